@@ -1,0 +1,84 @@
+"""Records that flow from the generator through curation into storage."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from schemas.base import StrictModel
+from schemas.llm import ChatMessage, Usage
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons an item is not accepted."""
+
+    UNPARSEABLE = "unparseable"
+    LLM_ERROR = "llm_error"
+    CUT_OFF = "cut_off"
+    EMPTY_RESPONSE = "empty_response"
+    TOO_SHORT = "too_short"
+    REFUSAL = "refusal"
+    RESTATES_INSTRUCTION = "restates_instruction"
+    EXACT_DUPLICATE = "exact_duplicate"
+    NEAR_DUPLICATE = "near_duplicate"
+    SURPLUS = "surplus"
+
+
+class WorkItem(StrictModel):
+    """One unit of generation, fully derived from (seed, index, attempt) so any worker rebuilds it."""
+
+    index: int = Field(ge=0)
+    attempt: int = Field(default=0, ge=0)
+    skills: list[str] = Field(default_factory=list)
+    query_type: str | None = None
+    prompt: list[ChatMessage] | None = None
+
+
+class GeneratedItem(StrictModel):
+    """What a recipe hands to the curate stage (one Redis stream entry per item)."""
+
+    job_id: str
+    index: int
+    attempts: int = 1
+    skills: list[str] = Field(default_factory=list)
+    query_type: str | None = None
+    instruction: str = ""
+    input: str = ""
+    output: str = ""
+    finish_reason: str | None = None
+    error: Reason | None = None
+    error_detail: str = ""
+    model: str = ""
+    endpoint: str = ""
+    recipe: str = ""
+    template_version: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    conversation: list[ChatMessage] = Field(default_factory=list)
+
+
+class QualityVerdict(StrictModel):
+    accepted: bool
+    reasons: list[Reason] = Field(default_factory=list)
+    detail: str = ""
+
+
+class Example(StrictModel):
+    """A stored record, accepted or rejected, with its full provenance."""
+
+    id: str
+    job_id: str
+    index: int
+    instruction: str
+    input: str = ""
+    output: str
+    skills: list[str] = Field(default_factory=list)
+    query_type: str | None = None
+    model: str
+    endpoint: str
+    recipe: str
+    template_version: str
+    usage: Usage
+    verdict: QualityVerdict
+    duplicate_of: str | None = None
+    conversation: list[ChatMessage] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -1,0 +1,197 @@
+"""Job specs (a discriminated union on ``recipe``), job status and the queue payloads."""
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from schemas.base import StrictModel
+from schemas.llm import ChatMessage
+from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
+
+MAX_COUNT = 1_000_000
+
+
+class GenerationParams(StrictModel):
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=2048, ge=16, le=32_768)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+
+
+class DedupSettings(StrictModel):
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(default=0.7, ge=0.1, le=1.0, description="Jaccard similarity of instructions")
+    num_perm: int = Field(default=128, ge=16, le=512)
+
+
+class QualitySettings(StrictModel):
+    enabled: bool = True
+    min_response_words: int = Field(default=40, ge=0)
+    min_instruction_words: int = Field(default=5, ge=0)
+    max_restate_similarity: float = Field(default=0.8, gt=0, le=1.0)
+
+
+class _JobSpecBase(StrictModel):
+    count: int = Field(ge=1, le=MAX_COUNT, description="accepted examples wanted")
+    seed: int = Field(default=0, ge=0)
+    endpoint: str | None = Field(default=None, description="endpoint name; the server default when absent")
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    max_items: int | None = Field(
+        default=None, ge=1, le=10 * MAX_COUNT,
+        description="attempt budget: items generated at most (default 3 x count)",
+    )
+    item_retries: int = Field(default=2, ge=0, le=10, description="fresh draws after an unparseable answer")
+    chunk_size: int | None = Field(default=None, ge=1, le=10_000)
+    keep_conversation: bool = Field(default=True, description="store the full conversation as provenance")
+
+    @model_validator(mode="after")
+    def _budget(self) -> Self:
+        if self.max_items is None:
+            self.max_items = max(self.count, math.ceil(3 * self.count))
+        if self.max_items < self.count:
+            raise ValueError(f"max_items ({self.max_items}) must be at least count ({self.count})")
+        return self
+
+    @property
+    def budget(self) -> int:
+        assert self.max_items is not None
+        return self.max_items
+
+
+class InstructJobSpec(_JobSpecBase):
+    """Instruct-SkillMix generation (papers.md §A stage 2)."""
+
+    recipe: Literal["instruct"] = "instruct"
+    skill_set: str | SkillSetCreate = Field(description="'name@version' / 'name' (latest) or an inline set")
+    k: int = Field(default=2, ge=1, le=5, description="skills per example")
+    refine: bool = Field(default=True, description="critique-and-refine turns")
+
+    @field_validator("skill_set")
+    @classmethod
+    def _ref(cls, value: str | SkillSetCreate) -> str | SkillSetCreate:
+        if isinstance(value, str):
+            parse_skill_set_ref(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not isinstance(self.skill_set, str) and len(self.skill_set.skills) < self.k:
+            raise ValueError(f"skill_set has {len(self.skill_set.skills)} skills, fewer than k={self.k}")
+        return self
+
+
+Prompt = str | list[ChatMessage]
+
+
+class PromptsJobSpec(_JobSpecBase):
+    """One completion per given prompt: bulk generation without skill mixing."""
+
+    recipe: Literal["prompts"] = "prompts"
+    prompts: list[Prompt] = Field(min_length=1, max_length=MAX_COUNT)
+    count: int = Field(default=0, ge=0, le=MAX_COUNT, description="defaults to the number of prompts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        if isinstance(data, dict):
+            data = dict(data)
+            prompts = data.get("prompts")
+            if isinstance(prompts, list):
+                data.setdefault("count", len(prompts))
+                data.setdefault("max_items", len(prompts))
+            quality = data.setdefault("quality", {})
+            if isinstance(quality, dict):
+                quality.setdefault("min_response_words", 1)
+                quality.setdefault("min_instruction_words", 0)
+            dedup = data.setdefault("dedup", {})
+            if isinstance(dedup, dict):
+                dedup.setdefault("near", False)
+        return data
+
+    @model_validator(mode="after")
+    def _fits(self) -> Self:
+        if self.count < 1 or self.count > len(self.prompts):
+            raise ValueError(f"count must be between 1 and the number of prompts ({len(self.prompts)})")
+        if self.budget > len(self.prompts):
+            raise ValueError(f"max_items cannot exceed the number of prompts ({len(self.prompts)})")
+        return self
+
+
+JobSpec = Annotated[InstructJobSpec | PromptsJobSpec, Field(discriminator="recipe")]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobCounters(StrictModel):
+    planned: int = 0
+    generated: int = 0
+    processed: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+    parse_failures: int = 0
+    llm_calls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class JobRecord(StrictModel):
+    """What the API stores at submit time: the spec plus everything resolved then (so workers never guess)."""
+
+    id: str
+    spec: JobSpec
+    skill_set: SkillSet | None = None
+    endpoint: str
+    model: str
+    chunk_size: int
+    usd_per_mtok_prompt: float = 0.0
+    usd_per_mtok_completion: float = 0.0
+    created_at: datetime
+
+
+class JobStatus(StrictModel):
+    id: str
+    recipe: str
+    state: JobState
+    count: int
+    endpoint: str
+    skill_set: str | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    message: str = ""
+    counters: JobCounters
+
+
+class JobsPublic(StrictModel):
+    data: list[JobStatus]
+    count: int
+
+
+class ChunkTask(StrictModel):
+    """Queue payload of one arq job: items [start, stop) of a generation job."""
+
+    job_id: str
+    start: int = Field(ge=0)
+    stop: int = Field(ge=1)
+
+    @property
+    def arq_id(self) -> str:
+        return f"skillmix:chunk:{self.job_id}:{self.start}-{self.stop}"

@@ -1,0 +1,55 @@
+"""OpenAI-compatible chat shapes: what the LLM client sends and what the recipes get back."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.base import StrictModel
+
+Role = Literal["system", "user", "assistant"]
+
+
+class ChatMessage(StrictModel):
+    role: Role
+    content: str
+
+
+class Usage(StrictModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+
+    def add(self, other: "Usage") -> "Usage":
+        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
+
+
+class ChatResult(StrictModel):
+    """One finished completion, after whatever retries it took."""
+
+    content: str
+    finish_reason: str | None = None
+    model: str
+    usage: Usage
+
+
+class WireChoice(BaseModel):
+    """Lenient: providers add fields freely, so responses are parsed with extra='ignore'."""
+
+    model_config = ConfigDict(extra="ignore")
+    message: dict[str, Any]
+    finish_reason: str | None = None
+
+
+class WireUsage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class WireResponse(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str = ""
+    choices: list[WireChoice] = Field(min_length=1)
+    usage: WireUsage | None = None

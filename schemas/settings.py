@@ -1,0 +1,62 @@
+"""Process settings, read once at start from ``SKILLMIX_*`` environment variables or ``.env``.
+
+Endpoints are named so a job says ``endpoint: "openai"`` and never carries a key: the key itself stays in
+the environment variable the endpoint names (``api_key_env``).
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, HttpUrl, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.base import StrictModel
+
+
+class EndpointSettings(StrictModel):
+    """One OpenAI-compatible endpoint and the limits its provider grants us."""
+
+    base_url: HttpUrl = Field(description="up to and including /v1, e.g. https://api.openai.com/v1")
+    model: str = Field(min_length=1)
+    api_key_env: str | None = Field(default=None, description="name of the env var holding the key")
+    rpm: int = Field(default=500, ge=1, description="requests per minute")
+    tpm: int = Field(default=2_000_000, ge=1, description="tokens (prompt + completion) per minute")
+    max_concurrency: int = Field(default=32, ge=1, le=4096)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=6, ge=0, le=50)
+    json_schema: bool = Field(default=False, description="supports response_format with a JSON schema")
+    usd_per_mtok_prompt: float = Field(default=0.0, ge=0)
+    usd_per_mtok_completion: float = Field(default=0.0, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_route(cls, value: HttpUrl) -> HttpUrl:
+        if str(value).rstrip("/").endswith("/chat/completions"):
+            raise ValueError("base_url must stop at the API root (…/v1), not at /chat/completions")
+        return value
+
+    @property
+    def chat_url(self) -> str:
+        return str(self.base_url).rstrip("/") + "/chat/completions"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SKILLMIX_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("./data")
+    endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
+    default_endpoint: str = "local"
+    chunk_size: int = Field(default=32, ge=1, le=10_000)
+    worker_max_jobs: int = Field(default=16, ge=1, description="chunks one worker process runs at once")
+    curate_batch: int = Field(default=64, ge=1, description="stream entries one curate read takes")
+    claim_idle_ms: int = Field(default=60_000, ge=1000, description="re-deliver curate entries idle this long")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,34 @@
+"""The HTTP API: FastAPI app factory; OpenAPI docs at /docs."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq.connections import create_pool
+from fastapi import FastAPI
+
+from schemas.settings import Settings, get_settings
+from service.routes import jobs, skill_sets
+from workers.worker import redis_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.redis = await create_pool(redis_settings(settings))
+        yield
+        await app.state.redis.aclose()
+
+    app = FastAPI(title="skillmix", version="0.1.0", lifespan=lifespan,
+                  description="Skill-mix synthetic training data as a service.")
+    app.include_router(jobs.router)
+    app.include_router(skill_sets.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        await app.state.redis.ping()
+        return {"status": "ok"}
+
+    return app

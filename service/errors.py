@@ -1,0 +1,16 @@
+"""Domain errors raised by routes, turned into JSON in one handler; 422s use FastAPI's own shape."""
+
+from typing import NoReturn
+
+from fastapi import HTTPException
+
+
+def unprocessable(field: str, message: str) -> NoReturn:
+    """A 422 naming the field, in the same shape FastAPI uses for validation errors."""
+    raise HTTPException(
+        status_code=422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}]
+    )
+
+
+def not_found(what: str, ident: str) -> NoReturn:
+    raise HTTPException(status_code=404, detail=f"{what} {ident!r} not found")

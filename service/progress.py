@@ -1,0 +1,53 @@
+"""The live progress bar of a job (``submit --wait``, ``quickstart``) and its one-screen summary."""
+
+import asyncio
+import time
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from schemas.jobs import JobStatus
+
+
+async def fetch_status(client: httpx.AsyncClient, job_id: str) -> JobStatus:
+    response = await client.get(f"/v1/jobs/{job_id}")
+    response.raise_for_status()
+    return JobStatus.model_validate_json(response.content)
+
+
+async def follow(client: httpx.AsyncClient, job_id: str, console: Console, interval: float = 0.5) -> JobStatus:
+    """Poll until the job finishes, drawing accepted/target, calls/s, tokens and 429s."""
+    started = time.monotonic()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} accepted"),
+        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console, transient=False,
+    ) as bar:
+        status = await fetch_status(client, job_id)
+        task = bar.add_task(f"job {job_id[:8]}", total=status.count, stats="")
+        while True:
+            c = status.counters
+            elapsed = max(time.monotonic() - started, 1e-6)
+            stats = (f"{c.llm_calls / elapsed:5.1f} calls/s  {c.prompt_tokens + c.completion_tokens} tok  "
+                     f"{c.rate_limited} x429  {c.rejected} rejected")
+            bar.update(task, completed=c.accepted, stats=stats, description=f"job {job_id[:8]} {status.state}")
+            if status.state.finished:
+                return status
+            await asyncio.sleep(interval)
+            status = await fetch_status(client, job_id)
+
+
+def summary(status: JobStatus, seconds: float) -> Table:
+    c = status.counters
+    table = Table(title=f"job {status.id} — {status.state}", show_header=False)
+    table.add_row("accepted", f"{c.accepted} of {status.count}")
+    table.add_row("rejected", f"{c.rejected}" + "".join(f"\n  {r}: {n}" for r, n in c.rejected_by_reason.items()))
+    table.add_row("items generated", f"{c.generated} (parse failures redrawn: {c.parse_failures})")
+    table.add_row("LLM calls", f"{c.llm_calls} (retries {c.retries}, 429s {c.rate_limited})")
+    table.add_row("tokens", f"{c.prompt_tokens} prompt + {c.completion_tokens} completion")
+    table.add_row("cost estimate", f"${c.cost_usd:.4f}")
+    table.add_row("seconds", f"{seconds:.1f}")
+    if status.message:
+        table.add_row("message", status.message)
+    return table

@@ -1,0 +1,128 @@
+"""Shared fixtures: a real Redis (db 15, flushed around each test), real API and worker processes."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as sync_redis
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+pytest_plugins = ["tests.plugins.fake_llm"]
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_DB = 15
+REDIS_URL = os.environ.get("SKILLMIX_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_DB}")
+
+
+def _flush() -> None:
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    except sync_redis.ConnectionError:
+        pytest.exit(f"tests need Redis at {REDIS_URL}; start it with: redis-server --daemonize yes", 2)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[ArqRedis]:
+    _flush()
+    pool = await create_pool(RedisSettings.from_dsn(REDIS_URL))
+    yield pool
+    await pool.aclose()
+    _flush()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before answering at {url}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing answered at {url} within {timeout}s")
+
+
+def service_env(endpoints: dict[str, object] | None = None, **extra: str) -> dict[str, str]:
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLMIX_")}
+    env.update({"SKILLMIX_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"})
+    if endpoints:
+        env["SKILLMIX_ENDPOINTS"] = json.dumps(endpoints)
+        env["SKILLMIX_DEFAULT_ENDPOINT"] = next(iter(endpoints))
+    env.update(extra)
+    return env
+
+
+class Processes:
+    """Starts `skillmix serve` / `skillmix worker` subprocesses and stops them all at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.procs = tmp, []  # type: list[subprocess.Popen[bytes]]
+
+    def start(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{name}-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def api(self, env: dict[str, str]) -> str:
+        port = free_port()
+        proc = self.start(["serve", "--port", str(port)], env, "api")
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/healthz", proc)
+        return url
+
+    def worker(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return self.start(["worker"], env, "worker")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        print(procs.logs())
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report
+
+
+StartFn = Callable[..., object]

@@ -1,0 +1,511 @@
+"""A fake OpenAI-compatible chat endpoint: real HTTP, deterministic answers, planted faults, a rate limit.
+
+    python -m tests.fake_llm --host 127.0.0.1 --port 0 --rpm 600 --latency-ms 300
+
+prints its base URL (``http://HOST:PORT/v1``) as the first stdout line. Every ``FakeConfig`` field is
+also a ``--kebab-case`` flag and can be changed at runtime with ``POST /admin/config``.
+
+Answers depend only on the messages and ``seed`` (sha256 key), so reruns are reproducible; faults that
+concern the *content* (duplicates, shirking, refusals, cut-offs) are decided by the same key, while
+transport faults (5xx, hangs, malformed bodies) come from a seeded RNG in arrival order.
+"""
+
+import argparse
+import asyncio
+import hashlib
+import math
+import random
+import re
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+DESCRIPTION = "A fake OpenAI-compatible chat endpoint for tests and benchmarks."
+DEFAULT_MODEL = "fake-model"
+REFUSAL = "I'm sorry, but I can't help with that."
+PAIR_MARKER = "## Instruction"
+INSTRUCTION_PROPS = ("instruction", "question", "prompt", "problem", "task", "query")
+RECENT_S = 10  # seconds of per-second admission counts kept for /admin/stats
+
+
+class FakeConfig(BaseModel):
+    """Everything tunable; rates are probabilities in [0, 1]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int = Field(0, ge=0, description="requests per minute; 0 = unlimited")
+    burst_s: float = Field(1.0, gt=0, description="bucket capacity in seconds of rpm")
+    latency_ms: float = Field(0.0, ge=0, description="delay before every admitted answer")
+    latency_jitter_ms: float = Field(0.0, ge=0, description="extra uniform random delay")
+    prose_words: int = Field(80, ge=1, description="length of non-pair answers")
+    exact_dup_rate: float = Field(0.0, ge=0, le=1, description="pair copied from a canned pair")
+    near_dup_rate: float = Field(0.0, ge=0, le=1, description="canned instruction with 2 words changed")
+    shirker_rate: float = Field(0.0, ge=0, le=1, description="lazy response")
+    refusal_rate: float = Field(0.0, ge=0, le=1, description="response is a refusal")
+    cutoff_rate: float = Field(0.0, ge=0, le=1, description="answer truncated, finish_reason=length")
+    error_rate: float = Field(0.0, ge=0, le=1, description="random 500/503")
+    hang_rate: float = Field(0.0, ge=0, le=1, description="sleep hang_s before answering")
+    hang_s: float = Field(30.0, ge=0)
+    malformed_rate: float = Field(0.0, ge=0, le=1, description="200 with a broken body")
+    storm: int = Field(0, ge=0, description="the next N requests get 429")
+    storm_retry_after_s: float = Field(1.0, gt=0, description="retry-after of storm 429s")
+    storm_s: float = Field(0.0, ge=0, description="every request gets 429 for this long from when set")
+    fail_next: int = Field(0, ge=0, description="the next N admitted requests get fail_status")
+    fail_status: int = Field(503, ge=400, le=599)
+    hang_next: int = Field(0, ge=0, description="the next N admitted requests hang")
+    malformed_next: int = Field(0, ge=0, description="the next N admitted requests get a broken body")
+    max_context_words: int = Field(0, ge=0, description="400 if prompt words + max_tokens exceed; 0 = off")
+    require_key: str | None = Field(None, description="401 unless 'Authorization: Bearer KEY'")
+    model_strict: str | None = Field(None, description="404 for any other model")
+    fault_seed: int = Field(0, description="seed of the transport-fault RNG")
+
+    @model_validator(mode="after")
+    def _planted_rates_fit(self) -> "FakeConfig":
+        planted = self.exact_dup_rate + self.near_dup_rate + self.shirker_rate
+        if planted + self.refusal_rate + self.cutoff_rate > 1.0:
+            raise ValueError("planted fault rates must sum to at most 1")
+        return self
+
+
+# --- deterministic text -------------------------------------------------------------------------
+
+
+def _vocabulary(size: int = 2400) -> list[str]:
+    """Made-up two-syllable words from a fixed seed: plenty of distinct words, same in every process."""
+    onsets = "b br c ch cl d dr f fl g gr h j k l m n p pl pr qu r s sh sk sl st t th tr v w z".split()
+    vowels = "a e i o u ai ea io ou".split()
+    codas = ["", "n", "r", "s", "l", "m", "nd", "st", "x", "k"]
+    rng = random.Random(20240601)
+    words: dict[str, None] = {}
+    while len(words) < size:
+        words["".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(2))] = None
+    return list(words)
+
+
+VOCAB = _vocabulary()
+VERBS = "Explain Describe Compare Summarize Outline Analyze Justify Evaluate Illustrate Critique".split()
+SHIRKS = ("Sure, here is a quick answer: it depends on the situation.", "That is a good question.")
+_WORD = re.compile(r"\S+")
+
+
+def _sentences(rng: random.Random, n_words: int) -> str:
+    words = rng.choices(VOCAB, k=n_words)
+    out, i = [], 0
+    while i < n_words:
+        k = rng.randint(8, 14)
+        out.append(" ".join(words[i : i + k]).capitalize() + ".")
+        i += k
+    return " ".join(out)
+
+
+def _instruction(rng: random.Random) -> str:
+    return f"{rng.choice(VERBS)} {_sentences(rng, rng.randint(35, 43))}"
+
+
+def _response(rng: random.Random) -> str:
+    return _sentences(rng, rng.randint(230, 270))
+
+
+CANNED = [(_instruction(r), _response(r)) for r in (random.Random(f"canned-{i}") for i in range(3))]
+
+
+def truncate_words(text: str, n: int) -> str:
+    """The first ``n`` whitespace-separated words, original spacing kept."""
+    for i, match in enumerate(_WORD.finditer(text)):
+        if i == n - 1:
+            return text[: match.end()]
+    return text
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+@dataclass
+class Pair:
+    instruction: str
+    response: str
+    fault: str | None = None  # exact_dup, near_dup, shirker, refusal, cutoff
+
+
+def make_pair(digest: bytes, config: FakeConfig) -> Pair:
+    """An instruction/response pair; the key's hash decides which planted fault (if any) it carries."""
+    u = int.from_bytes(digest[:8]) / 2**64
+    rng = random.Random(int.from_bytes(digest[8:16]))
+    edges = [
+        ("exact_dup", config.exact_dup_rate),
+        ("near_dup", config.near_dup_rate),
+        ("shirker", config.shirker_rate),
+        ("refusal", config.refusal_rate),
+        ("cutoff", config.cutoff_rate),
+    ]
+    fault, acc = None, 0.0
+    for name, rate in edges:
+        acc += rate
+        if u < acc:
+            fault = name
+            break
+    if fault == "exact_dup":
+        return Pair(*CANNED[rng.randrange(len(CANNED))], fault=fault)
+    if fault == "near_dup":
+        words = CANNED[rng.randrange(len(CANNED))][0].split(" ")
+        for pos in rng.sample(range(1, len(words)), 2):  # never the leading verb
+            words[pos] = rng.choice(VOCAB) + ("." if words[pos].endswith(".") else "")
+        return Pair(" ".join(words), _response(rng), fault)
+    instruction = _instruction(rng)
+    if fault == "shirker":
+        lazy = f"Answer in one paragraph: {instruction}" if rng.random() < 0.5 else rng.choice(SHIRKS)
+        return Pair(instruction, lazy, fault)
+    if fault == "refusal":
+        return Pair(instruction, REFUSAL, fault)
+    return Pair(instruction, _response(rng), fault)
+
+
+def fill_schema(schema: dict[str, Any], pair: Pair, rng: random.Random) -> Any:
+    """A value matching ``schema``: the instruction-like string property gets the instruction."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind == "object" or "properties" in schema:
+        props: dict[str, Any] = schema.get("properties") or {}
+        strings = [k for k, v in props.items() if isinstance(v, dict) and v.get("type") == "string"]
+        named = [k for k in strings if k.lower() in INSTRUCTION_PROPS]
+        lead = (named or strings or [None])[0]
+        return {k: pair.instruction if k == lead else fill_schema(v, pair, rng) for k, v in props.items()}
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    if kind == "array":
+        items = schema.get("items") or {"type": "string"}
+        if items.get("type", "string") == "string":
+            return [_sentences(rng, 6) for _ in range(3)]
+        return [fill_schema(items, pair, rng)]
+    if kind in ("integer", "number"):
+        return 0
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return pair.response
+
+
+def answer(request: dict[str, Any], messages: list[dict[str, str]], config: FakeConfig) -> tuple[str, str]:
+    """(content, planted fault or "") for a validated request; deterministic in messages + seed."""
+    hasher = hashlib.sha256()
+    for message in messages:
+        hasher.update(message["content"].encode())
+        hasher.update(b"\x00")
+    hasher.update(repr(request.get("seed")).encode())
+    digest = hasher.digest()
+    rng = random.Random(int.from_bytes(digest[16:24]))
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    response_format = request.get("response_format")
+    schema = None
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+    if schema is None and PAIR_MARKER not in last_user:
+        return _sentences(rng, config.prose_words), ""
+    pair = make_pair(digest, config)
+    if schema is not None:
+        content = orjson.dumps(fill_schema(schema, pair, rng)).decode()
+    else:
+        content = f"{PAIR_MARKER}\n{pair.instruction}\n\n## Response\n{pair.response}"
+    if pair.fault == "cutoff":
+        content = truncate_words(content, max(1, word_count(content) * 3 // 5))
+    return content, pair.fault or ""
+
+
+# --- server state -------------------------------------------------------------------------------
+
+
+class FakeState:
+    """Counters, the token bucket and fault RNG of one running fake."""
+
+    def __init__(self, config: FakeConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        now = time.monotonic()
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("requests", "ok", "rate_limited", "errors", "malformed", "hung", "unauthorized",
+             "bad_requests", "not_found", "prompt_tokens", "completion_tokens", "truncated"), 0
+        )  # fmt: skip
+        self.planted: dict[str, int] = {}
+        self.tokens = self.capacity()
+        self.refilled_at = now
+        self.window: deque[float] = deque()
+        self.max_rps_1s = 0
+        self.per_second: dict[int, int] = {}
+        self.in_flight = self.max_in_flight = 0
+        self.fault_rng = random.Random(self.config.fault_seed)
+        self.storm_until = now + self.config.storm_s if self.config.storm_s else 0.0
+
+    def capacity(self) -> float:
+        return max(1.0, self.config.rpm / 60 * self.config.burst_s)
+
+    def take(self, now: float) -> float:
+        """0 if the bucket had a token (taken), else seconds until one is there."""
+        rate = self.config.rpm / 60
+        self.tokens = min(self.capacity(), self.tokens + (now - self.refilled_at) * rate)
+        self.refilled_at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / rate
+
+    def admit(self, now: float) -> None:
+        """Record a request that passed the rate limit (it may still fail by injected fault)."""
+        self.window.append(now)
+        while self.window[0] <= now - 1.0:
+            self.window.popleft()
+        self.max_rps_1s = max(self.max_rps_1s, len(self.window))
+        second = int(now)
+        self.per_second[second] = self.per_second.get(second, 0) + 1
+        if len(self.per_second) > RECENT_S:
+            del self.per_second[min(self.per_second)]
+
+    def snapshot(self) -> dict[str, Any]:
+        now = int(time.monotonic())
+        return {
+            **self.counts,
+            "max_rps_1s": self.max_rps_1s,
+            "recent_rps": [self.per_second.get(s, 0) for s in range(now - RECENT_S + 1, now + 1)],
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "planted": dict(self.planted),
+        }
+
+    def update(self, patch: dict[str, Any]) -> None:
+        self.config = FakeConfig.model_validate({**self.config.model_dump(), **patch})
+        now = time.monotonic()
+        if {"rpm", "burst_s"} & patch.keys():
+            self.tokens, self.refilled_at = self.capacity(), now
+        if "storm_s" in patch:
+            self.storm_until = now + self.config.storm_s
+        if "fault_seed" in patch:
+            self.fault_rng = random.Random(self.config.fault_seed)
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type="application/json")
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    kind = "requests" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
+    return _json({"error": {"message": message, "type": kind, "param": None, "code": code}}, status, headers)
+
+
+def _rate_limited(state: FakeState, seconds: float) -> Response:
+    state.counts["rate_limited"] += 1
+    headers = {
+        "retry-after": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(math.ceil(seconds * 1000)),
+    }
+    return _error(429, "rate_limit_exceeded", "Rate limit reached for requests.", headers)
+
+
+def _messages(request: Any) -> list[dict[str, str]]:
+    messages = request.get("messages") if isinstance(request, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    for m in messages:
+        if not (isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)):
+            raise ValueError("each message needs string 'role' and 'content'")
+    return messages
+
+
+def create_app(config: FakeConfig | None = None) -> Starlette:
+    """The ASGI app; usable in-process too (e.g. with ``httpx.ASGITransport``)."""
+    state = FakeState(config or FakeConfig())
+
+    async def chat(request: Request) -> Response:
+        state.counts["requests"] += 1
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            return await _chat(request)
+        finally:
+            state.in_flight -= 1
+
+    async def _chat(request: Request) -> Response:
+        cfg, counts = state.config, state.counts
+        if cfg.require_key and request.headers.get("authorization") != f"Bearer {cfg.require_key}":
+            counts["unauthorized"] += 1
+            return _error(401, "invalid_api_key", "Incorrect API key provided.")
+        try:
+            body = orjson.loads(await request.body())
+            messages = _messages(body)
+            max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 4096))
+            if not isinstance(max_tokens, int) or max_tokens < 1:
+                raise ValueError("'max_tokens' must be a positive integer")
+        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+            counts["bad_requests"] += 1
+            return _error(400, "invalid_request_error", str(exc))
+        model = body.get("model") or DEFAULT_MODEL
+        if cfg.model_strict and model != cfg.model_strict:
+            counts["not_found"] += 1
+            return _error(404, "model_not_found", f"The model '{model}' does not exist.")
+        prompt_tokens = sum(word_count(m["content"]) for m in messages)
+        if cfg.max_context_words and prompt_tokens + max_tokens > cfg.max_context_words:
+            counts["bad_requests"] += 1
+            return _error(400, "context_length_exceeded", "This model's maximum context length is exceeded.")
+
+        now = time.monotonic()
+        if cfg.storm > 0:
+            cfg.storm -= 1
+            return _rate_limited(state, cfg.storm_retry_after_s)
+        if state.storm_until > now:
+            return _rate_limited(state, state.storm_until - now)
+        if cfg.rpm and (wait := state.take(now)):
+            return _rate_limited(state, wait)
+        state.admit(now)
+
+        rng = state.fault_rng
+        hang, error, malformed = rng.random() < cfg.hang_rate, rng.random() < cfg.error_rate, rng.random()
+        if cfg.hang_next > 0 or hang:
+            cfg.hang_next = max(0, cfg.hang_next - 1)
+            counts["hung"] += 1
+            await asyncio.sleep(cfg.hang_s)
+        delay = cfg.latency_ms + (rng.random() * cfg.latency_jitter_ms if cfg.latency_jitter_ms else 0.0)
+        if delay:
+            await asyncio.sleep(delay / 1000)
+        if cfg.fail_next > 0 or error:
+            status = cfg.fail_status if cfg.fail_next > 0 else rng.choice((500, 503))
+            cfg.fail_next = max(0, cfg.fail_next - 1)
+            counts["errors"] += 1
+            return _error(status, "server_error", "The server had an error processing your request.")
+        if cfg.malformed_next > 0 or malformed < cfg.malformed_rate:
+            cfg.malformed_next = max(0, cfg.malformed_next - 1)
+            counts["malformed"] += 1
+            broken = (
+                b'{"id": "chatcmpl-broken", "choices": [' if counts["malformed"] % 2 else b'{"object": "x"}'
+            )
+            return Response(broken, 200, media_type="application/json")
+
+        content, fault = answer(body, messages, cfg)
+        finish = "length" if fault == "cutoff" else "stop"
+        if word_count(content) > max_tokens:
+            content, finish = truncate_words(content, max_tokens), "length"
+            counts["truncated"] += 1
+        if fault:
+            state.planted[fault] = state.planted.get(fault, 0) + 1
+        completion_tokens = word_count(content)
+        counts["ok"] += 1
+        counts["prompt_tokens"] += prompt_tokens
+        counts["completion_tokens"] += completion_tokens
+        return _json(
+            {
+                "id": "chatcmpl-" + hashlib.sha256(content.encode()).hexdigest()[:24],
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    async def models(_: Request) -> Response:
+        name = state.config.model_strict or DEFAULT_MODEL
+        return _json({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "fake"}]})
+
+    async def health(_: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def stats(_: Request) -> Response:
+        return _json(state.snapshot())
+
+    async def get_config(_: Request) -> Response:
+        return _json(state.config.model_dump())
+
+    async def set_config(request: Request) -> Response:
+        try:
+            patch = orjson.loads(await request.body())
+            if not isinstance(patch, dict):
+                raise ValueError("expected a JSON object")
+            state.update(patch)
+        except ValidationError as exc:
+            return _json({"detail": exc.errors(include_url=False, include_context=False)}, 422)
+        except ValueError as exc:
+            return _json({"detail": str(exc)}, 422)
+        return _json(state.config.model_dump())
+
+    async def reset(_: Request) -> Response:
+        state.reset()
+        return _json(state.snapshot())
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/health", health),
+            Route("/admin/stats", stats),
+            Route("/admin/config", get_config, methods=["GET"]),
+            Route("/admin/config", set_config, methods=["POST"]),
+            Route("/admin/reset", reset, methods=["POST"]),
+        ]
+    )
+    app.state.fake = state
+    return app
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_llm", description=DESCRIPTION)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = pick a free port")
+    for name, field in FakeConfig.model_fields.items():
+        kind = field.annotation if field.annotation in (int, float) else str
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=field.description)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = vars(_parser().parse_args(argv))
+    config = FakeConfig.model_validate(
+        {k: v for k, v in args.items() if k in FakeConfig.model_fields and v is not None}
+    )
+    family = socket.AF_INET6 if ":" in args["host"] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args["host"], args["port"]))
+    sock.listen(2048)  # connections queue here until uvicorn starts accepting
+    host, port = sock.getsockname()[:2]
+    print(f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}/v1", flush=True)
+    server_config = uvicorn.Config(
+        create_app(config),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+        backlog=2048,
+    )
+    uvicorn.Server(server_config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

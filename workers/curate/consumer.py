@@ -1,0 +1,132 @@
+"""The curate stage: a Redis consumer group over every active job's item stream.
+
+Each entry is checked for quality, then for duplicates (shared state in Redis, so every worker of a job
+sees the same dedup index), decided atomically, stored, and only then acknowledged. An entry whose worker
+died before the acknowledgement is claimed again after ``claim_idle_ms`` and redone idempotently.
+"""
+
+import asyncio
+import logging
+import time
+
+from arq.connections import ArqRedis
+from redis.exceptions import ResponseError
+
+from schemas.examples import Example, GeneratedItem, QualityVerdict
+from schemas.jobs import JobRecord, JobState
+from schemas.settings import Settings
+from workers import jobstore, keys
+from workers.curate.decide import decide, previous
+from workers.curate.dedup import Deduper
+from workers.curate.quality import QualityFilter
+from workers.curate.store import write_example
+from workers.lifecycle import advance
+
+log = logging.getLogger(__name__)
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class CurateConsumer:
+    def __init__(self, redis: ArqRedis, settings: Settings, name: str) -> None:
+        self.redis, self.settings, self.name = redis, settings, name
+        self.deduper = Deduper()
+        self._groups: set[str] = set()
+        self._records: dict[str, JobRecord] = {}
+        self._last_claim = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                if not await self.step(block_ms=1000):
+                    await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the stage alive; the entry stays pending and is claimed again
+                log.exception("curate step failed")
+                await asyncio.sleep(1.0)
+
+    async def _ensure_group(self, job_id: str) -> None:
+        if job_id in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(keys.items(job_id), keys.CURATE_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(job_id)
+
+    async def step(self, block_ms: int = 0) -> int:
+        """Curate one batch from all active jobs; returns how many entries were handled."""
+        job_ids = sorted(j.decode() for j in await self.redis.smembers(keys.ACTIVE_JOBS))
+        if not job_ids:
+            return 0
+        for job_id in job_ids:
+            await self._ensure_group(job_id)
+        handled = 0
+        if time.monotonic() - self._last_claim > self.settings.claim_idle_ms / 4000:
+            self._last_claim = time.monotonic()
+            for job_id in job_ids:
+                _, claimed, *_ = await self.redis.xautoclaim(
+                    keys.items(job_id), keys.CURATE_GROUP, self.name,
+                    min_idle_time=self.settings.claim_idle_ms, start_id="0-0", count=self.settings.curate_batch,
+                )
+                for entry in claimed:
+                    handled += await self.handle(job_id, entry)
+        streams = {keys.items(j): ">" for j in job_ids}
+        replies = await self.redis.xreadgroup(
+            keys.CURATE_GROUP, self.name, streams, count=self.settings.curate_batch, block=block_ms or None
+        )
+        for stream, entries in replies or []:
+            job_id = stream.decode().removeprefix(keys.job("")).removesuffix(":items")
+            for entry in entries:
+                handled += await self.handle(job_id, entry)
+        return handled
+
+    async def _record(self, job_id: str) -> JobRecord | None:
+        if job_id not in self._records:
+            record = await jobstore.load_record(self.redis, job_id)
+            if record is None:
+                return None
+            self._records[job_id] = record
+        return self._records[job_id]
+
+    async def handle(self, job_id: str, entry: Entry) -> int:
+        msg_id, fields = entry
+        record = await self._record(job_id)
+        if record is not None and fields.get(b"d"):
+            if await jobstore.get_state(self.redis, job_id) != JobState.CANCELLED:
+                item = GeneratedItem.model_validate_json(fields[b"d"])
+                await self._curate(record, item)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(keys.items(job_id), keys.CURATE_GROUP, msg_id)
+            pipe.xdel(keys.items(job_id), msg_id)
+            await pipe.execute()
+        if record is not None:
+            await advance(self.redis, record)
+        return 1
+
+    async def _curate(self, record: JobRecord, item: GeneratedItem) -> None:
+        example_id = f"{record.id}-{item.index}"
+        decision = await previous(self.redis, record.id, item.index)
+        verdict = QualityFilter(record.spec.quality).verdict(item)
+        duplicate_of = None
+        if decision is None:
+            reason = verdict.reasons[0] if verdict.reasons else None
+            if reason is None:
+                dedup = await self.deduper.check_and_add(
+                    self.redis, record.id, example_id, item.instruction, record.spec.dedup
+                )
+                if dedup.reason is not None and dedup.duplicate_of != example_id:
+                    reason, duplicate_of = dedup.reason, dedup.duplicate_of
+            decision = await decide(self.redis, record.id, item.index, reason, record.spec.count)
+        if decision.reason is not None and decision.reason not in verdict.reasons:
+            verdict = QualityVerdict(accepted=False, reasons=[decision.reason, *verdict.reasons],
+                                     detail=verdict.detail)
+        example = Example(
+            id=example_id, job_id=record.id, index=item.index, instruction=item.instruction, input=item.input,
+            output=item.output, skills=item.skills, query_type=item.query_type, model=item.model,
+            endpoint=item.endpoint, recipe=item.recipe, template_version=item.template_version,
+            usage=item.usage, verdict=verdict.model_copy(update={"accepted": decision.accepted}),
+            duplicate_of=duplicate_of, conversation=item.conversation,
+        )
+        await write_example(self.redis, "accepted" if decision.accepted else "rejected", decision.seq, example)

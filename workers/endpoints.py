@@ -1,0 +1,37 @@
+"""Endpoint lookup: the process settings first, then endpoints registered at run time in Redis.
+
+Run-time registration is how ``skillmix local-llm`` makes its freshly started server known to every
+worker and API process without restarting them.
+"""
+
+from redis.asyncio import Redis
+
+from schemas.settings import EndpointSettings, Settings
+from workers.keys import PREFIX
+
+REGISTRY_KEY = f"{PREFIX}:endpoints"
+
+
+class UnknownEndpoint(LookupError):
+    pass
+
+
+async def register(redis: Redis, name: str, endpoint: EndpointSettings) -> None:
+    await redis.hset(REGISTRY_KEY, name, endpoint.model_dump_json())
+
+
+async def unregister(redis: Redis, name: str) -> None:
+    await redis.hdel(REGISTRY_KEY, name)
+
+
+async def resolve(redis: Redis, settings: Settings, name: str) -> EndpointSettings:
+    if name in settings.endpoints:
+        return settings.endpoints[name]
+    raw = await redis.hget(REGISTRY_KEY, name)
+    if raw is None:
+        known = sorted(set(settings.endpoints) | {k.decode() for k in await redis.hkeys(REGISTRY_KEY)})
+        raise UnknownEndpoint(
+            f"unknown endpoint {name!r}; known: {', '.join(known) or 'none'}. Configure it with "
+            f"SKILLMIX_ENDPOINTS__{name.upper()}__BASE_URL and __MODEL, or start `skillmix local-llm`."
+        )
+    return EndpointSettings.model_validate_json(raw)

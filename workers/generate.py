@@ -1,0 +1,107 @@
+"""The generate stage: run one chunk's items through its recipe and append each result to the job stream.
+
+Items in a chunk run concurrently; the LLM client's limits bound the real concurrency. An item already
+generated (a retried chunk) is skipped, and a failed item still produces a stream entry carrying its
+reason, so curation always sees every planned item exactly once and the job can finish.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import orjson
+from arq.connections import ArqRedis
+
+from schemas.examples import GeneratedItem, Reason, WorkItem
+from schemas.jobs import ChunkTask, JobRecord, JobState
+from schemas.llm import Usage
+from workers import jobstore, keys
+from workers.llm.client import LLMClient
+from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
+from workers.recipes import ParseFailure, Recipe
+
+log = logging.getLogger(__name__)
+
+
+class EndpointDown(Exception):
+    """Some items could not reach the endpoint even after the client's retries: retry the chunk later."""
+
+
+@dataclass
+class ChunkOutcome:
+    emitted: int = 0
+    skipped: int = 0
+    unavailable: list[int] = field(default_factory=list)
+
+
+async def generate_item(recipe: Recipe, llm: LLMClient, index: int, retries: int) -> tuple[GeneratedItem, int]:
+    """Returns the record and how many parse failures it took; redraws the item on each parse failure."""
+    usage, conversation, detail = Usage(), [], ""
+    for attempt in range(retries + 1):
+        item = recipe.item(index, attempt)
+        try:
+            result = await recipe.generate(item, llm)
+        except ParseFailure as exc:
+            usage, conversation, detail = usage.add(exc.usage), exc.conversation, exc.detail
+            continue
+        except LLMBadRequest as exc:
+            return recipe.record_for(item, error=Reason.LLM_ERROR, error_detail=str(exc), usage=usage), attempt
+        result.usage = result.usage.add(usage)
+        return result, attempt
+    last: WorkItem = recipe.item(index, retries)
+    failed = recipe.record_for(
+        last, error=Reason.UNPARSEABLE, error_detail=detail, usage=usage,
+        conversation=conversation if recipe.record.spec.keep_conversation else [],
+    )
+    return failed, retries + 1
+
+
+async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_failures: int) -> None:
+    """Stream entry, 'generated' mark and usage counters in one transaction."""
+    u = item.usage
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(keys.items(record.id), {"d": orjson.dumps(item.model_dump(mode="json"))})
+        pipe.sadd(keys.generated(record.id), item.index)
+        for name, value in (("llm_calls", u.calls), ("retries", u.retries), ("rate_limited", u.rate_limited),
+                            ("prompt_tokens", u.prompt_tokens), ("completion_tokens", u.completion_tokens),
+                            ("parse_failures", parse_failures)):
+            if value:
+                pipe.hincrby(keys.counters(record.id), name, value)
+        await pipe.execute()
+
+
+async def run_chunk(
+    redis: ArqRedis, record: JobRecord, recipe: Recipe, llm: LLMClient, task: ChunkTask, final_try: bool
+) -> ChunkOutcome:
+    outcome = ChunkOutcome()
+    indexes = list(range(task.start, task.stop))
+    done = await redis.smismember(keys.generated(record.id), indexes)
+    todo = [i for i, d in zip(indexes, done, strict=True) if not d]
+    outcome.skipped = len(indexes) - len(todo)
+    await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
+
+    async def one(index: int) -> None:
+        state = await jobstore.get_state(redis, record.id)
+        if state is None or state.finished:
+            outcome.skipped += 1
+            return
+        try:
+            item, failures = await generate_item(recipe, llm, index, record.spec.item_retries)
+        except LLMFatal as exc:
+            await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
+            return
+        except LLMError as exc:
+            if not final_try:
+                outcome.unavailable.append(index)
+                return
+            item = recipe.record_for(recipe.item(index), error=Reason.LLM_ERROR, error_detail=str(exc))
+            failures = 0
+        await emit(redis, record, item, failures)
+        outcome.emitted += 1
+
+    async with asyncio.TaskGroup() as group:
+        for i in todo:
+            group.create_task(one(i))
+    if outcome.unavailable:
+        raise EndpointDown(f"{len(outcome.unavailable)} items of {task.arq_id} could not reach the endpoint")
+    return outcome

@@ -1,0 +1,156 @@
+"""Job records, state and counters in Redis: the one place that knows how a job is laid out.
+
+Counters live in one hash and change only through HINCRBY or the Lua scripts below, so many workers on
+many machines update them without lost writes.
+"""
+
+import math
+from datetime import UTC, datetime
+
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+
+from schemas.jobs import ChunkTask, JobCounters, JobRecord, JobState, JobStatus
+from workers import keys
+
+_INT_FIELDS = (
+    "planned", "processed", "accepted", "rejected", "parse_failures", "llm_calls", "retries",
+    "rate_limited", "prompt_tokens", "completion_tokens",
+)
+
+# Move to a new state unless the job already finished (finished states are final).
+_SET_STATE = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if cur == 'completed' or cur == 'failed' or cur == 'cancelled' then return 0 end
+if ARGV[4] ~= '' and cur ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'message', ARGV[2], 'updated_at', ARGV[3])
+if ARGV[1] == 'completed' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+  redis.call('SREM', KEYS[2], ARGV[5])
+end
+return 1
+"""
+
+# Raise ``planned`` from an expected value; only one of many racing workers wins a top-up.
+_PLAN = """
+local cur = redis.call('HGET', KEYS[2], 'state')
+if cur ~= 'queued' and cur ~= 'running' then return -1 end
+local planned = tonumber(redis.call('HGET', KEYS[1], 'planned') or '0')
+if planned ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'planned', ARGV[2])
+return planned
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+async def create_job(redis: Redis, record: JobRecord) -> None:
+    created = await redis.set(keys.job(record.id), record.model_dump_json(), nx=True)
+    if not created:
+        raise ValueError(f"job {record.id} exists")
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.meta(record.id), mapping={"state": JobState.QUEUED.value, "message": "",
+                                                 "updated_at": now_iso()})
+        pipe.hset(keys.counters(record.id), mapping={"planned": 0, "processed": 0, "accepted": 0})
+        pipe.zadd(keys.JOBS_INDEX, {record.id: record.created_at.timestamp()})
+        pipe.sadd(keys.ACTIVE_JOBS, record.id)
+        await pipe.execute()
+
+
+async def load_record(redis: Redis, job_id: str) -> JobRecord | None:
+    raw = await redis.get(keys.job(job_id))
+    return None if raw is None else JobRecord.model_validate_json(raw)
+
+
+async def get_state(redis: Redis, job_id: str) -> JobState | None:
+    raw = await redis.hget(keys.meta(job_id), "state")
+    return None if raw is None else JobState(raw.decode())
+
+
+async def set_state(
+    redis: Redis, job_id: str, state: JobState, message: str = "", *, only_from: JobState | None = None
+) -> bool:
+    """Returns False when the job had already finished (or was not in ``only_from``)."""
+    changed = await redis.eval(
+        _SET_STATE, 2, keys.meta(job_id), keys.ACTIVE_JOBS,
+        state.value, message, now_iso(), only_from.value if only_from else "", job_id,
+    )
+    return bool(changed)
+
+
+async def read_counters(redis: Redis, record: JobRecord) -> JobCounters:
+    raw = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.counters(record.id))).items()}
+    counters = JobCounters(
+        **{f: raw.get(f, 0) for f in _INT_FIELDS},
+        generated=await redis.scard(keys.generated(record.id)),
+        rejected_by_reason={k.split(":", 1)[1]: v for k, v in sorted(raw.items()) if k.startswith("rejected:")},
+    )
+    counters.cost_usd = round(
+        counters.prompt_tokens * record.usd_per_mtok_prompt / 1e6
+        + counters.completion_tokens * record.usd_per_mtok_completion / 1e6, 6,
+    )
+    return counters
+
+
+async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
+    record = await load_record(redis, job_id)
+    if record is None:
+        return None
+    meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.meta(job_id))).items()}
+    skill_set = record.skill_set.ref if record.skill_set else None
+    return JobStatus(
+        id=record.id, recipe=record.spec.recipe, state=JobState(meta.get("state", "queued")),
+        count=record.spec.count, endpoint=record.endpoint, skill_set=skill_set,
+        created_at=record.created_at, updated_at=meta.get("updated_at") or None,
+        message=meta.get("message", ""), counters=await read_counters(redis, record),
+    )
+
+
+async def list_job_ids(redis: Redis, offset: int, limit: int) -> tuple[list[str], int]:
+    ids = await redis.zrevrange(keys.JOBS_INDEX, offset, offset + limit - 1)
+    return [i.decode() for i in ids], await redis.zcard(keys.JOBS_INDEX)
+
+
+def top_up_size(record: JobRecord, counters: JobCounters) -> int:
+    """How many more items to plan so the expected accepted count reaches the target.
+
+    Waits for the in-flight items unless enough have been curated to trust the acceptance rate, so a job
+    overshoots its count by little and pays for few surplus calls.
+    """
+    spec = record.spec
+    outstanding = counters.planned - counters.processed
+    missing = spec.count - counters.accepted
+    if missing <= 0 or counters.planned >= spec.budget:
+        return 0
+    if counters.processed < 16 and outstanding > 0:
+        return 0
+    rate = counters.accepted / counters.processed if counters.processed else 1.0
+    rate = max(rate, 0.05)
+    expected = outstanding * rate
+    if outstanding > 0 and expected >= missing:
+        return 0
+    want = min(math.ceil((missing - expected) / rate * 1.1), spec.budget - counters.planned)
+    if outstanding > 0 and want < record.chunk_size // 2:
+        return 0  # wait and top up in chunk-sized steps rather than item by item
+    return max(1, want)
+
+
+async def plan(redis: ArqRedis, record: JobRecord, expected_planned: int, new_planned: int) -> bool:
+    """Atomically move ``planned`` and enqueue the new items' chunks; False if another worker won."""
+    start = await redis.eval(
+        _PLAN, 2, keys.counters(record.id), keys.meta(record.id), expected_planned, new_planned
+    )
+    if int(start) < 0:
+        return False
+    await enqueue_range(redis, record, expected_planned, new_planned)
+    return True
+
+
+async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:
+    """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once."""
+    for lo in range(start, stop, record.chunk_size):
+        task = ChunkTask(job_id=record.id, start=lo, stop=min(lo + record.chunk_size, stop))
+        await redis.enqueue_job(
+            "run_chunk_job", task.model_dump(), _job_id=task.arq_id, _queue_name=keys.QUEUE_NAME
+        )

@@ -1,0 +1,71 @@
+"""Every Redis key and queue name, in one place, so a reader sees the whole layout at once.
+
+Per job (``{id}`` is the job id):
+  job:{id}                 string  JobRecord JSON (immutable after submit)
+  job:{id}:meta            hash    state, message, updated_at
+  job:{id}:counters        hash    JobCounters fields plus ``rejected:<reason>`` fields
+  job:{id}:items           stream  GeneratedItem JSON, consumed by the ``curate`` group
+  job:{id}:generated       set     item indexes already generated (a retried chunk skips them)
+  job:{id}:decisions       hash    item index -> "a:<seq>" / "r:<seq>:<reason>[:<dup_of>]" (idempotent curation)
+  job:{id}:exact           set     normalised-text hashes of kept instructions
+  job:{id}:lsh:{band}      hash    band hash -> example id (MinHash LSH buckets)
+  job:{id}:sig             hash    example id -> MinHash signature (to verify LSH candidates)
+  job:{id}:accepted:{b}    hash    seq -> Example JSON, 1,000 per bucket (no giant key)
+  job:{id}:rejected:{b}    hash    seq -> Example JSON
+"""
+
+PREFIX = "skillmix"
+QUEUE_NAME = f"{PREFIX}:queue"
+CURATE_GROUP = "curate"
+JOBS_INDEX = f"{PREFIX}:jobs"  # zset: job id -> created timestamp
+ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids whose stream may hold work
+SKILL_SETS_INDEX = f"{PREFIX}:skillsets"  # set of skill set names
+BUCKET_SIZE = 1000
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def meta(job_id: str) -> str:
+    return f"{job(job_id)}:meta"
+
+
+def counters(job_id: str) -> str:
+    return f"{job(job_id)}:counters"
+
+
+def items(job_id: str) -> str:
+    return f"{job(job_id)}:items"
+
+
+def generated(job_id: str) -> str:
+    return f"{job(job_id)}:generated"
+
+
+def decisions(job_id: str) -> str:
+    return f"{job(job_id)}:decisions"
+
+
+def exact(job_id: str) -> str:
+    return f"{job(job_id)}:exact"
+
+
+def lsh_prefix(job_id: str) -> str:
+    return f"{job(job_id)}:lsh:"
+
+
+def signatures(job_id: str) -> str:
+    return f"{job(job_id)}:sig"
+
+
+def bucket_prefix(job_id: str, kind: str) -> str:
+    return f"{job(job_id)}:{kind}:"
+
+
+def bucket(job_id: str, kind: str, seq: int) -> str:
+    return f"{bucket_prefix(job_id, kind)}{seq // BUCKET_SIZE}"
+
+
+def skill_set(name: str) -> str:
+    return f"{PREFIX}:skillset:{name}"

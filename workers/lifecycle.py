@@ -1,0 +1,30 @@
+"""After every curated item: finish the job, or top it up with more items, exactly once across workers."""
+
+from collections import Counter
+
+from arq.connections import ArqRedis
+
+from schemas.jobs import JobCounters, JobRecord, JobState
+from workers import jobstore
+
+
+def shortfall_message(record: JobRecord, counters: JobCounters) -> str:
+    reasons = Counter(counters.rejected_by_reason).most_common(3)
+    why = ", ".join(f"{r} {n}" for r, n in reasons) or "none"
+    return (
+        f"fell short: {counters.accepted} of {record.spec.count} accepted after {counters.processed} items; "
+        f"attempt budget (max_items={record.spec.budget}) spent. Top rejections: {why}"
+    )
+
+
+async def advance(redis: ArqRedis, record: JobRecord) -> None:
+    counters = await jobstore.read_counters(redis, record)
+    if counters.accepted >= record.spec.count:
+        await jobstore.set_state(redis, record.id, JobState.COMPLETED, f"{counters.accepted} accepted")
+        return
+    if counters.processed >= counters.planned and counters.planned >= record.spec.budget:
+        await jobstore.set_state(redis, record.id, JobState.COMPLETED, shortfall_message(record, counters))
+        return
+    more = jobstore.top_up_size(record, counters)
+    if more:
+        await jobstore.plan(redis, record, counters.planned, counters.planned + more)

@@ -1,0 +1,82 @@
+"""What every recipe provides: items from indexes, and the LLM calls that turn an item into a record.
+
+A recipe never touches the queue, Redis or curation; adding one means a config model in
+``schemas/jobs.py``, a module here and one line in ``REGISTRY`` (``workers/recipes/__init__.py``).
+"""
+
+from abc import ABC, abstractmethod
+from functools import cache
+from importlib import resources
+from string import Template
+from typing import ClassVar
+
+from schemas.examples import GeneratedItem, WorkItem
+from schemas.jobs import JobRecord
+from schemas.llm import ChatMessage, ChatResult, Usage
+from schemas.settings import EndpointSettings
+from workers.llm.client import LLMClient
+from workers.sampler import derive_rng
+
+
+class ParseFailure(Exception):
+    """The model answered, but not in a shape we can use: the item is redrawn (and counted)."""
+
+    def __init__(self, detail: str, usage: Usage, conversation: list[ChatMessage]) -> None:
+        super().__init__(detail)
+        self.detail, self.usage, self.conversation = detail, usage, conversation
+
+
+@cache
+def template(recipe: str, version: str, name: str) -> Template:
+    """Prompt templates are versioned files; the version is stored on every record."""
+    path = resources.files("workers.recipes").joinpath("templates", recipe, version, f"{name}.txt")
+    return Template(path.read_text(encoding="utf-8"))
+
+
+class Conversation:
+    """One multi-turn chat with the generator, accumulating usage across its calls."""
+
+    def __init__(self, llm: LLMClient, record: JobRecord, item: WorkItem, system: str | None = None) -> None:
+        self.llm, self.record, self.item = llm, record, item
+        self.messages: list[ChatMessage] = [ChatMessage(role="system", content=system)] if system else []
+        self.usage = Usage()
+        self.turn = 0
+
+    async def ask(self, prompt: str, json_schema: dict[str, object] | None = None) -> ChatResult:
+        self.messages.append(ChatMessage(role="user", content=prompt))
+        params = self.record.spec.params
+        seed = derive_rng(self.record.spec.seed, self.item.index, self.item.attempt, self.turn).getrandbits(31)
+        result = await self.llm.chat(
+            self.messages, max_tokens=params.max_tokens, temperature=params.temperature,
+            top_p=params.top_p, seed=seed, json_schema=json_schema,
+        )
+        self.turn += 1
+        self.usage = self.usage.add(result.usage)
+        self.messages.append(ChatMessage(role="assistant", content=result.content))
+        return result
+
+
+class Recipe(ABC):
+    name: ClassVar[str]
+    template_version: ClassVar[str] = ""
+
+    def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
+        self.record, self.endpoint_name, self.endpoint = record, endpoint_name, endpoint
+
+    @abstractmethod
+    def item(self, index: int, attempt: int = 0) -> WorkItem:
+        """The work item for an index; a pure function of the job so any worker rebuilds it."""
+
+    @abstractmethod
+    async def generate(self, item: WorkItem, llm: LLMClient) -> GeneratedItem:
+        """Run the item's LLM calls; raise ParseFailure when the answer has no usable shape."""
+
+    def record_for(self, item: WorkItem, **fields: object) -> GeneratedItem:
+        return GeneratedItem.model_validate(
+            {
+                "job_id": self.record.id, "index": item.index, "attempts": item.attempt + 1,
+                "skills": item.skills, "query_type": item.query_type, "model": self.endpoint.model,
+                "endpoint": self.endpoint_name, "recipe": self.name,
+                "template_version": self.template_version, **fields,
+            }
+        )

@@ -1,0 +1,106 @@
+"""The arq worker: chunk generation jobs plus the curate consumer, sharing one Redis pool and HTTP client.
+
+Start with ``skillmix worker`` (or ``arq workers.worker.WorkerSettings``). Shared resources are created
+once per process in ``startup`` and carried in ``ctx``; the job function stays thin.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any, ClassVar
+
+import httpx
+from arq import Retry
+from arq.connections import ArqRedis, RedisSettings
+
+from schemas.jobs import ChunkTask, JobRecord
+from schemas.settings import Settings, get_settings
+from workers import endpoints, jobstore, keys
+from workers.curate.consumer import CurateConsumer
+from workers.generate import EndpointDown, run_chunk
+from workers.llm.client import LLMClient
+from workers.recipes import Recipe, recipe_for
+
+log = logging.getLogger(__name__)
+MAX_TRIES = 8
+
+
+class Resources:
+    """Per-process caches: one LLM client per endpoint (its limiter is per endpoint), one recipe per job."""
+
+    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+        self.redis, self.settings = redis, settings
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=512))
+        self.clients: dict[str, LLMClient] = {}
+        self.recipes: dict[str, tuple[JobRecord, Recipe]] = {}
+
+    async def client(self, name: str) -> LLMClient:
+        if name not in self.clients:
+            endpoint = await endpoints.resolve(self.redis, self.settings, name)
+            self.clients[name] = LLMClient(name, endpoint, http=self.http)
+        return self.clients[name]
+
+    async def recipe(self, job_id: str) -> tuple[JobRecord, Recipe] | None:
+        if job_id not in self.recipes:
+            record = await jobstore.load_record(self.redis, job_id)
+            if record is None:
+                return None
+            endpoint = await endpoints.resolve(self.redis, self.settings, record.endpoint)
+            self.recipes[job_id] = (record, recipe_for(record, record.endpoint, endpoint))
+        return self.recipes[job_id]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, int]:
+    res: Resources = ctx["resources"]
+    task = ChunkTask.model_validate(payload)
+    found = await res.recipe(task.job_id)
+    if found is None:
+        return {"emitted": 0, "skipped": task.stop - task.start}
+    record, recipe = found
+    llm = await res.client(record.endpoint)
+    try:
+        outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES)
+    except EndpointDown as exc:
+        log.warning("%s; retry %d", exc, ctx["job_try"])
+        raise Retry(defer=min(10 * ctx["job_try"], 120)) from exc
+    return {"emitted": outcome.emitted, "skipped": outcome.skipped}
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings = get_settings()
+    res = Resources(ctx["redis"], settings)
+    ctx["resources"] = res
+    stop = asyncio.Event()
+    consumer = CurateConsumer(ctx["redis"], settings, f"{socket.gethostname()}-{os.getpid()}")
+    ctx["curate_stop"] = stop
+    ctx["curate_task"] = asyncio.create_task(consumer.run(stop))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    ctx["curate_stop"].set()
+    task: asyncio.Task[None] = ctx["curate_task"]
+    try:
+        await asyncio.wait_for(task, timeout=5)
+    except TimeoutError:
+        task.cancel()
+    await ctx["resources"].aclose()
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+class WorkerSettings:
+    functions: ClassVar[list[Any]] = [run_chunk_job]
+    on_startup = startup
+    on_shutdown = shutdown
+    queue_name = keys.QUEUE_NAME
+    max_jobs = get_settings().worker_max_jobs
+    job_timeout = 6 * 3600
+    max_tries = MAX_TRIES
+    keep_result = 3600
+    redis_settings = redis_settings(get_settings())
