@@ -42,7 +42,9 @@ class _JobSpecBase(StrictModel):
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     max_items: int | None = Field(
-        default=None, ge=1, le=10 * MAX_COUNT,
+        default=None,
+        ge=1,
+        le=10 * MAX_COUNT,
         description="attempt budget: items generated at most (default 3 x count)",
     )
     item_retries: int = Field(default=2, ge=0, le=10, description="fresh draws after an unparseable answer")

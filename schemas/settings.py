@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     default_endpoint: str = "local"
     chunk_size: int = Field(default=32, ge=1, le=10_000)
     worker_max_jobs: int = Field(default=16, ge=1, description="chunks one worker process runs at once")
+    chunk_timeout_s: int = Field(
+        default=1800,
+        ge=5,
+        description="a chunk running longer is abandoned and retried (also how soon a "
+        "killed worker's chunk is picked up again)",
+    )
     curate_batch: int = Field(default=64, ge=1, description="stream entries one curate read takes")
     claim_idle_ms: int = Field(default=60_000, ge=1000, description="re-deliver curate entries idle this long")
     api_host: str = "127.0.0.1"

@@ -47,8 +47,10 @@ class SkillSetCreate(StrictModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "SkillSetCreate":
-        for label, names in (("skills", [s.name for s in self.skills]),
-                             ("query_types", [q.name for q in self.query_types])):
+        for label, names in (
+            ("skills", [s.name for s in self.skills]),
+            ("query_types", [q.name for q in self.query_types]),
+        ):
             seen: set[str] = set()
             dupes = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
             if dupes:

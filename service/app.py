@@ -21,8 +21,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.redis.aclose()
 
-    app = FastAPI(title="skillmix", version="0.1.0", lifespan=lifespan,
-                  description="Skill-mix synthetic training data as a service.")
+    app = FastAPI(
+        title="skillmix",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Skill-mix synthetic training data as a service.",
+    )
     app.include_router(jobs.router)
     app.include_router(skill_sets.router)
 

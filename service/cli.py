@@ -37,8 +37,9 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     from service.app import create_app
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                log_level="warning")
+    uvicorn.run(
+        create_app(settings), host=host or settings.api_host, port=port or settings.api_port, log_level="warning"
+    )
 
 
 @app.command()
@@ -48,7 +49,7 @@ def worker(burst: bool = typer.Option(False, help="exit when the queue is empty"
 
     from workers.worker import WorkerSettings
 
-    run_worker(WorkerSettings, burst=burst)  # type: ignore[arg-type]
+    run_worker(WorkerSettings, burst=burst)
 
 
 async def _submit(api: str, body: dict[str, object], wait: bool) -> int:

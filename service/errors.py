@@ -7,9 +7,7 @@ from fastapi import HTTPException
 
 def unprocessable(field: str, message: str) -> NoReturn:
     """A 422 naming the field, in the same shape FastAPI uses for validation errors."""
-    raise HTTPException(
-        status_code=422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}]
-    )
+    raise HTTPException(status_code=422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
 
 
 def not_found(what: str, ident: str) -> NoReturn:

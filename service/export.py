@@ -21,8 +21,10 @@ def alpaca(example: Example) -> dict[str, Any]:
 
 def sharegpt(example: Example) -> dict[str, Any]:
     human = example.instruction + (f"\n\n{example.input}" if example.input else "")
-    return {"id": example.id, "conversations": [{"from": "human", "value": human},
-                                                 {"from": "gpt", "value": example.output}]}
+    return {
+        "id": example.id,
+        "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": example.output}],
+    }
 
 
 def full(example: Example) -> dict[str, Any]:
@@ -30,7 +32,9 @@ def full(example: Example) -> dict[str, Any]:
 
 
 CONVERTERS: dict[ExportFormat, Callable[[Example], dict[str, Any]]] = {
-    ExportFormat.ALPACA: alpaca, ExportFormat.SHAREGPT: sharegpt, ExportFormat.JSONL: full,
+    ExportFormat.ALPACA: alpaca,
+    ExportFormat.SHAREGPT: sharegpt,
+    ExportFormat.JSONL: full,
 }
 
 

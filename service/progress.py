@@ -21,16 +21,23 @@ async def follow(client: httpx.AsyncClient, job_id: str, console: Console, inter
     """Poll until the job finishes, drawing accepted/target, calls/s, tokens and 429s."""
     started = time.monotonic()
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} accepted"),
-        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} accepted"),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as bar:
         status = await fetch_status(client, job_id)
         task = bar.add_task(f"job {job_id[:8]}", total=status.count, stats="")
         while True:
             c = status.counters
             elapsed = max(time.monotonic() - started, 1e-6)
-            stats = (f"{c.llm_calls / elapsed:5.1f} calls/s  {c.prompt_tokens + c.completion_tokens} tok  "
-                     f"{c.rate_limited} x429  {c.rejected} rejected")
+            stats = (
+                f"{c.llm_calls / elapsed:5.1f} calls/s  {c.prompt_tokens + c.completion_tokens} tok  "
+                f"{c.rate_limited} x429  {c.rejected} rejected"
+            )
             bar.update(task, completed=c.accepted, stats=stats, description=f"job {job_id[:8]} {status.state}")
             if status.state.finished:
                 return status

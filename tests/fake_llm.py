@@ -26,7 +26,7 @@ import orjson
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -35,6 +35,7 @@ DEFAULT_MODEL = "fake-model"
 REFUSAL = "I'm sorry, but I can't help with that."
 PAIR_MARKER = "## Instruction"
 INSTRUCTION_PROPS = ("instruction", "question", "prompt", "problem", "task", "query")
+KEEP_ALIVE_S = 60  # longer than httpx's 5 s pool expiry, so clients close idle connections first
 RECENT_S = 10  # seconds of per-second admission counts kept for /admin/stats
 
 
@@ -180,9 +181,9 @@ def fill_schema(schema: dict[str, Any], pair: Pair, rng: random.Random) -> Any:
         props: dict[str, Any] = schema.get("properties") or {}
         strings = [k for k, v in props.items() if isinstance(v, dict) and v.get("type") == "string"]
         named = [k for k in strings if k.lower() in INSTRUCTION_PROPS]
-        lead = (named or strings or [None])[0]
+        lead = (named or strings or [""])[0]
         return {k: pair.instruction if k == lead else fill_schema(v, pair, rng) for k, v in props.items()}
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     if kind == "array":
         items = schema.get("items") or {"type": "string"}
@@ -337,6 +338,8 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
             return await _chat(request)
+        except ClientDisconnect:  # the client gave up (e.g. its timeout); nobody reads an answer
+            return Response(status_code=499)
         finally:
             state.in_flight -= 1
 
@@ -502,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=1,
+        timeout_keep_alive=KEEP_ALIVE_S,
         backlog=2048,
     )
     uvicorn.Server(server_config).run(sockets=[sock])

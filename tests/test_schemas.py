@@ -49,8 +49,9 @@ def test_skill_names_must_be_snake_case_and_unique() -> None:
     with pytest.raises(ValidationError, match="persuasive_writing"):
         Skill(name="Persuasive Writing")
     with pytest.raises(ValidationError, match="duplicate names: a_b"):
-        SkillSetCreate(name="x", skills=[Skill(name="a_b"), Skill(name="a_b")],
-                       query_types=[{"name": "q", "definition": "d"}])  # type: ignore[list-item]
+        SkillSetCreate(
+            name="x", skills=[Skill(name="a_b"), Skill(name="a_b")], query_types=[{"name": "q", "definition": "d"}]
+        )  # type: ignore[list-item]
 
 
 def test_skill_set_refs() -> None:

@@ -50,7 +50,10 @@ async def generate_item(recipe: Recipe, llm: LLMClient, index: int, retries: int
         return result, attempt
     last: WorkItem = recipe.item(index, retries)
     failed = recipe.record_for(
-        last, error=Reason.UNPARSEABLE, error_detail=detail, usage=usage,
+        last,
+        error=Reason.UNPARSEABLE,
+        error_detail=detail,
+        usage=usage,
         conversation=conversation if recipe.record.spec.keep_conversation else [],
     )
     return failed, retries + 1
@@ -62,9 +65,14 @@ async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_fa
     async with redis.pipeline(transaction=True) as pipe:
         pipe.xadd(keys.items(record.id), {"d": orjson.dumps(item.model_dump(mode="json"))})
         pipe.sadd(keys.generated(record.id), item.index)
-        for name, value in (("llm_calls", u.calls), ("retries", u.retries), ("rate_limited", u.rate_limited),
-                            ("prompt_tokens", u.prompt_tokens), ("completion_tokens", u.completion_tokens),
-                            ("parse_failures", parse_failures)):
+        for name, value in (
+            ("llm_calls", u.calls),
+            ("retries", u.retries),
+            ("rate_limited", u.rate_limited),
+            ("prompt_tokens", u.prompt_tokens),
+            ("completion_tokens", u.completion_tokens),
+            ("parse_failures", parse_failures),
+        ):
             if value:
                 pipe.hincrby(keys.counters(record.id), name, value)
         await pipe.execute()

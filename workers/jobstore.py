@@ -14,8 +14,16 @@ from schemas.jobs import ChunkTask, JobCounters, JobRecord, JobState, JobStatus
 from workers import keys
 
 _INT_FIELDS = (
-    "planned", "processed", "accepted", "rejected", "parse_failures", "llm_calls", "retries",
-    "rate_limited", "prompt_tokens", "completion_tokens",
+    "planned",
+    "processed",
+    "accepted",
+    "rejected",
+    "parse_failures",
+    "llm_calls",
+    "retries",
+    "rate_limited",
+    "prompt_tokens",
+    "completion_tokens",
 )
 
 # Move to a new state unless the job already finished (finished states are final).
@@ -50,8 +58,9 @@ async def create_job(redis: Redis, record: JobRecord) -> None:
     if not created:
         raise ValueError(f"job {record.id} exists")
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.meta(record.id), mapping={"state": JobState.QUEUED.value, "message": "",
-                                                 "updated_at": now_iso()})
+        pipe.hset(
+            keys.meta(record.id), mapping={"state": JobState.QUEUED.value, "message": "", "updated_at": now_iso()}
+        )
         pipe.hset(keys.counters(record.id), mapping={"planned": 0, "processed": 0, "accepted": 0})
         pipe.zadd(keys.JOBS_INDEX, {record.id: record.created_at.timestamp()})
         pipe.sadd(keys.ACTIVE_JOBS, record.id)
@@ -73,8 +82,15 @@ async def set_state(
 ) -> bool:
     """Returns False when the job had already finished (or was not in ``only_from``)."""
     changed = await redis.eval(
-        _SET_STATE, 2, keys.meta(job_id), keys.ACTIVE_JOBS,
-        state.value, message, now_iso(), only_from.value if only_from else "", job_id,
+        _SET_STATE,
+        2,
+        keys.meta(job_id),
+        keys.ACTIVE_JOBS,
+        state.value,
+        message,
+        now_iso(),
+        only_from.value if only_from else "",
+        job_id,
     )
     return bool(changed)
 
@@ -88,7 +104,8 @@ async def read_counters(redis: Redis, record: JobRecord) -> JobCounters:
     )
     counters.cost_usd = round(
         counters.prompt_tokens * record.usd_per_mtok_prompt / 1e6
-        + counters.completion_tokens * record.usd_per_mtok_completion / 1e6, 6,
+        + counters.completion_tokens * record.usd_per_mtok_completion / 1e6,
+        6,
     )
     return counters
 
@@ -100,10 +117,16 @@ async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
     meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.meta(job_id))).items()}
     skill_set = record.skill_set.ref if record.skill_set else None
     return JobStatus(
-        id=record.id, recipe=record.spec.recipe, state=JobState(meta.get("state", "queued")),
-        count=record.spec.count, endpoint=record.endpoint, skill_set=skill_set,
-        created_at=record.created_at, updated_at=meta.get("updated_at") or None,
-        message=meta.get("message", ""), counters=await read_counters(redis, record),
+        id=record.id,
+        recipe=record.spec.recipe,
+        state=JobState(meta.get("state", "queued")),
+        count=record.spec.count,
+        endpoint=record.endpoint,
+        skill_set=skill_set,
+        created_at=record.created_at,
+        updated_at=meta.get("updated_at") or None,
+        message=meta.get("message", ""),
+        counters=await read_counters(redis, record),
     )
 
 
@@ -138,9 +161,7 @@ def top_up_size(record: JobRecord, counters: JobCounters) -> int:
 
 async def plan(redis: ArqRedis, record: JobRecord, expected_planned: int, new_planned: int) -> bool:
     """Atomically move ``planned`` and enqueue the new items' chunks; False if another worker won."""
-    start = await redis.eval(
-        _PLAN, 2, keys.counters(record.id), keys.meta(record.id), expected_planned, new_planned
-    )
+    start = await redis.eval(_PLAN, 2, keys.counters(record.id), keys.meta(record.id), expected_planned, new_planned)
     if int(start) < 0:
         return False
     await enqueue_range(redis, record, expected_planned, new_planned)
@@ -151,6 +172,4 @@ async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: in
     """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once."""
     for lo in range(start, stop, record.chunk_size):
         task = ChunkTask(job_id=record.id, start=lo, stop=min(lo + record.chunk_size, stop))
-        await redis.enqueue_job(
-            "run_chunk_job", task.model_dump(), _job_id=task.arq_id, _queue_name=keys.QUEUE_NAME
-        )
+        await redis.enqueue_job("run_chunk_job", task.model_dump(), _job_id=task.arq_id, _queue_name=keys.QUEUE_NAME)

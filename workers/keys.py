@@ -7,7 +7,7 @@ Per job (``{id}`` is the job id):
   job:{id}:items           stream  GeneratedItem JSON, consumed by the ``curate`` group
   job:{id}:generated       set     item indexes already generated (a retried chunk skips them)
   job:{id}:decisions       hash    item index -> "a:<seq>" / "r:<seq>:<reason>[:<dup_of>]" (idempotent curation)
-  job:{id}:exact           set     normalised-text hashes of kept instructions
+  job:{id}:exact           hash    normalised-text hash -> example id of kept instructions
   job:{id}:lsh:{band}      hash    band hash -> example id (MinHash LSH buckets)
   job:{id}:sig             hash    example id -> MinHash signature (to verify LSH candidates)
   job:{id}:accepted:{b}    hash    seq -> Example JSON, 1,000 per bucket (no giant key)

@@ -19,8 +19,7 @@ async def save_skill_set(redis: Redis, create: SkillSetCreate) -> SkillSet:
     draft = SkillSet(**create.model_dump(), version=1).model_dump()
     draft["version"] = 0
     body = SkillSet.model_construct(**draft).model_dump_json()
-    version = int(await redis.eval(_SAVE, 2, keys.skill_set(create.name), keys.SKILL_SETS_INDEX,
-                                   body, create.name))
+    version = int(await redis.eval(_SAVE, 2, keys.skill_set(create.name), keys.SKILL_SETS_INDEX, body, create.name))
     return SkillSet(**create.model_dump(), version=version)
 
 

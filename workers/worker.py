@@ -100,7 +100,7 @@ class WorkerSettings:
     on_shutdown = shutdown
     queue_name = keys.QUEUE_NAME
     max_jobs = get_settings().worker_max_jobs
-    job_timeout = 6 * 3600
+    job_timeout = get_settings().chunk_timeout_s
     max_tries = MAX_TRIES
     keep_result = 3600
     redis_settings = redis_settings(get_settings())

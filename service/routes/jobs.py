@@ -1,8 +1,8 @@
 """Jobs: submit, inspect, stream examples, cancel, export."""
 
 import uuid
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
@@ -44,9 +44,15 @@ async def submit_job(spec: JobSpec, redis: RedisDep, settings: SettingsDep) -> J
         unprocessable("endpoint", str(exc))
     skill_set = await _resolve_skill_set(redis, spec) if isinstance(spec, InstructJobSpec) else None
     record = JobRecord(
-        id=uuid.uuid4().hex, spec=spec, skill_set=skill_set, endpoint=endpoint_name, model=endpoint.model,
-        chunk_size=spec.chunk_size or settings.chunk_size, usd_per_mtok_prompt=endpoint.usd_per_mtok_prompt,
-        usd_per_mtok_completion=endpoint.usd_per_mtok_completion, created_at=datetime.now(UTC),
+        id=uuid.uuid4().hex,
+        spec=spec,
+        skill_set=skill_set,
+        endpoint=endpoint_name,
+        model=endpoint.model,
+        chunk_size=spec.chunk_size or settings.chunk_size,
+        usd_per_mtok_prompt=endpoint.usd_per_mtok_prompt,
+        usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
+        created_at=datetime.now(UTC),
     )
     await jobstore.create_job(redis, record)
     await jobstore.plan(redis, record, 0, min(spec.count, spec.budget))
@@ -101,8 +107,9 @@ async def export_job(job_id: str, redis: RedisDep, format: ExportFormat = Export
     await _status(redis, job_id)
     media = "application/x-ndjson" if format is ExportFormat.JSONL else "application/json"
     body = render(iter_examples(redis, job_id, "accepted"), format)
-    return StreamingResponse(body, media_type=media,
-                             headers={"content-disposition": f'attachment; filename="{job_id}.{format}.json"'})
+    return StreamingResponse(
+        body, media_type=media, headers={"content-disposition": f'attachment; filename="{job_id}.{format}.json"'}
+    )
 
 
 @router.get("/{job_id}/coverage", response_model=Coverage)

@@ -67,8 +67,12 @@ class CurateConsumer:
             self._last_claim = time.monotonic()
             for job_id in job_ids:
                 _, claimed, *_ = await self.redis.xautoclaim(
-                    keys.items(job_id), keys.CURATE_GROUP, self.name,
-                    min_idle_time=self.settings.claim_idle_ms, start_id="0-0", count=self.settings.curate_batch,
+                    keys.items(job_id),
+                    keys.CURATE_GROUP,
+                    self.name,
+                    min_idle_time=self.settings.claim_idle_ms,
+                    start_id="0-0",
+                    count=self.settings.curate_batch,
                 )
                 for entry in claimed:
                     handled += await self.handle(job_id, entry)
@@ -120,13 +124,23 @@ class CurateConsumer:
                     reason, duplicate_of = dedup.reason, dedup.duplicate_of
             decision = await decide(self.redis, record.id, item.index, reason, record.spec.count)
         if decision.reason is not None and decision.reason not in verdict.reasons:
-            verdict = QualityVerdict(accepted=False, reasons=[decision.reason, *verdict.reasons],
-                                     detail=verdict.detail)
+            verdict = QualityVerdict(accepted=False, reasons=[decision.reason, *verdict.reasons], detail=verdict.detail)
         example = Example(
-            id=example_id, job_id=record.id, index=item.index, instruction=item.instruction, input=item.input,
-            output=item.output, skills=item.skills, query_type=item.query_type, model=item.model,
-            endpoint=item.endpoint, recipe=item.recipe, template_version=item.template_version,
-            usage=item.usage, verdict=verdict.model_copy(update={"accepted": decision.accepted}),
-            duplicate_of=duplicate_of, conversation=item.conversation,
+            id=example_id,
+            job_id=record.id,
+            index=item.index,
+            instruction=item.instruction,
+            input=item.input,
+            output=item.output,
+            skills=item.skills,
+            query_type=item.query_type,
+            model=item.model,
+            endpoint=item.endpoint,
+            recipe=item.recipe,
+            template_version=item.template_version,
+            usage=item.usage,
+            verdict=verdict.model_copy(update={"accepted": decision.accepted}),
+            duplicate_of=duplicate_of,
+            conversation=item.conversation,
         )
         await write_example(self.redis, "accepted" if decision.accepted else "rejected", decision.seq, example)

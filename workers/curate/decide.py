@@ -57,7 +57,12 @@ async def previous(redis: Redis, job_id: str, index: int) -> Decision | None:
 async def decide(redis: Redis, job_id: str, index: int, reason: Reason | None, target: int) -> Decision:
     """Accept if no reason and the job still wants examples; otherwise reject (``surplus`` past the target)."""
     raw = await redis.eval(
-        _DECIDE, 2, keys.decisions(job_id), keys.counters(job_id), str(index),
-        reason.value if reason else "", target,
+        _DECIDE,
+        2,
+        keys.decisions(job_id),
+        keys.counters(job_id),
+        str(index),
+        reason.value if reason else "",
+        target,
     )
     return _parse(raw)

@@ -34,7 +34,8 @@ def _strip_table(text: str) -> dict[int, str]:
 
 
 def normalise_text(text: str) -> str:
-    """Lower-case, NFKC, no apostrophes or sentence punctuation, single spaces: the form texts are compared in."""
+    """The form texts are compared in: NFKC, lower-case, no apostrophes or sentence punctuation, single
+    spaces."""
     text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES)
     return " ".join(text.translate(_strip_table(text)).split())
 
@@ -49,7 +50,7 @@ def _prose(text: str) -> str:
     return " ".join(text.split())
 
 
-# A few hundred frequent function words: content words are what is left.
+# About two hundred frequent function words: content words are what is left.
 _STOPWORDS = frozenset(
     """
     a about above after again against all also am an and any are as at be because been before being
@@ -65,8 +66,17 @@ _STOPWORDS = frozenset(
 )
 
 
+_SUFFIX_RE = re.compile(r"(?:ing|ed|es|s)$")
+
+
 def content_words(text: str) -> set[str]:
-    return {w for w in words(text) if len(w) > 2 and w not in _STOPWORDS}
+    """Crudely stemmed non-stopwords ("bake", "baking" -> "bak"): enough to tell whether a response
+    talks about the things the instruction mentions."""
+    found = set()
+    for word in normalise_text(text).replace("_", " ").split():
+        if len(word) > 2 and word not in _STOPWORDS:
+            found.add(_SUFFIX_RE.sub("", word)[:5].rstrip("e") or word)
+    return found
 
 
 class QualityCheck(ABC):
@@ -155,11 +165,13 @@ _ACT = (
 )
 _REFUSAL_PATTERNS = [
     rf"\bi {_NEG}(?: \w+){{0,2}}? {_ACT}\b",
-    rf"\b(?:i'm|i am) (?:so |very |really |truly )?(?:sorry|afraid),? (?:but )?i {_NEG}(?: \w+)?\s*(?:[.!]|$)",
+    rf"\b(?:i'm|i am) (?:so |very |really |truly )?(?:sorry|afraid),? (?:but )?i {_NEG}"
+    r"(?: \w+)?\s*(?:[.!]|$)",
     r"\bas an (?:ai|artificial intelligence)(?: (?:language )?model| assistant)?,? i\b",
     r"\bi (?:must|have to|will have to|need to) (?:respectfully |politely )?decline\b",
     r"\bi apologi[sz]e,? but\b",
-    r"\b(?:against|violates?|goes against) (?:my|the|openai's) (?:\w+ )?(?:guidelines|programming|policy|policies)\b",
+    r"\b(?:against|violates?|goes against) (?:my|the|openai's) (?:\w+ )?"
+    r"(?:guidelines|programming|policy|policies)\b",
     r"\bit(?: is|'s) not appropriate for me to\b",
     r"\bi (?:do not|don't) have (?:the ability|the capability|personal (?:opinions|experiences|feelings))\b",
 ]
@@ -241,8 +253,8 @@ _FILLER_PATTERNS = [
     r"aspects|considerations|approaches|options)\b",
     r"\bit (?:really |all )?depends on\b",
     r"\bit is important to\b|\bit's important to\b",
-    r"\b(?:consult|talk to|speak with|speak to|seek advice from) (?:with )?(?:an? |the )?(?:relevant |qualified )?"
-    r"(?:experts?|professionals?|specialists?)\b",
+    r"\b(?:consult|talk to|speak with|speak to|seek advice from) (?:with )?(?:an? |the )?"
+    r"(?:relevant |qualified )?(?:experts?|professionals?|specialists?)\b",
     r"\bdo (?:your|some) (?:own )?research\b",
     r"\beveryone(?:'s situation)? is different\b|\bevery situation is (?:different|unique)\b",
     r"\bno one-size-fits-all\b|\bone size (?:does not|doesn't) fit all\b",
@@ -257,6 +269,20 @@ _FILLER_PATTERNS = [
     r"\bcarefully consider\b|\bthink carefully\b",
     r"\bstay positive\b|\bbe patient\b",
     r"\bmany (?:people|experts) (?:believe|say|find|agree)\b",
+    r"\b(?:both )?an art and a science\b",
+    r"\bis a (?:journey|process)\b|\benjoy the (?:process|journey)\b",
+    r"\btakes? (?:time|practice) and (?:patience|practice|effort)\b",
+    r"\bpractice and (?:persistence|patience)\b",
+    r"\bdon't be afraid to\b|\bdo not be afraid to\b",
+    r"\bexperiment with different\b|\btry (?:new|different) things\b",
+    r"\bsmall (?:changes|adjustments|steps) can make a (?:big|huge) difference\b",
+    r"\blearning (?:opportunity|experience)\b",
+    r"\bstay (?:motivated|focused|consistent)\b",
+    r"\bwhat works best for you\b|\bthe best (?:approach|option|choice) for you\b",
+    r"\bthere are (?:many|so many) different\b",
+    r"\bit's a good idea to\b|\bit is a good idea to\b",
+    r"\bwith (?:time|practice) and (?:patience|persistence|dedication)\b|\bover time\b",
+    r"\bkeep going\b|\bkeep (?:at it|trying)\b",
     r"\b(?:several|many|various) (?:key )?(?:factors|things) to (?:consider|keep in mind)\b",
 ]
 _FILLER_RE = re.compile("|".join(f"(?:{p})" for p in _FILLER_PATTERNS))
@@ -265,14 +291,15 @@ _FILLER_RE = re.compile("|".join(f"(?:{p})" for p in _FILLER_PATTERNS))
 class GenericFillerCheck(QualityCheck):
     """The lazy shirker: short, built from stock phrases, and barely touching the instruction's specifics.
 
-    All three conditions must hold, which keeps normal answers (long, or specific, or plainly worded)
-    out of its way. It reports TOO_SHORT: the answer is short for what it was asked.
+    All conditions must hold, which keeps normal answers (long, or specific, or plainly worded) out of
+    its way. It reports TOO_SHORT: the answer is short for what it was asked.
     """
 
     name = "generic_filler"
     reason = Reason.TOO_SHORT
     MAX_WORDS = 160
     MIN_FILLER_PHRASES = 3
+    MIN_FILLER_PER_100_WORDS = 5.0
     MAX_OVERLAP = 0.25  # share of the instruction's content words the response uses
 
     def _measure(self, item: GeneratedItem) -> tuple[int, int, float]:
@@ -282,8 +309,8 @@ class GenericFillerCheck(QualityCheck):
 
     def check(self, item: GeneratedItem) -> Reason | None:
         n_words, fillers, overlap = self._measure(item)
-        generic = fillers >= self.MIN_FILLER_PHRASES and overlap < self.MAX_OVERLAP
-        return self.reason if n_words <= self.MAX_WORDS and generic else None
+        padded = fillers >= self.MIN_FILLER_PHRASES and 100 * fillers >= self.MIN_FILLER_PER_100_WORDS * n_words
+        return self.reason if n_words <= self.MAX_WORDS and padded and overlap < self.MAX_OVERLAP else None
 
     def explain(self, item: GeneratedItem) -> str:
         _, fillers, overlap = self._measure(item)
@@ -306,7 +333,7 @@ class QualityFilter:
             ]
         self.stats: Counter[str] = Counter()
 
-    def evaluate(self, item: GeneratedItem) -> QualityVerdict:
+    def verdict(self, item: GeneratedItem) -> QualityVerdict:
         reasons: list[Reason] = []
         details: list[str] = []
         for check in self.checks:

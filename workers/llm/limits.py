@@ -87,6 +87,9 @@ class EndpointLimiter:
         self.paused_until = max(self.paused_until, time.monotonic() + max(seconds, 0.0))
 
     async def _wait_pause(self) -> None:
-        # Loop: the pause may be extended by another 429 while we sleep.
-        while (delay := self.paused_until - time.monotonic()) > 0:
+        # Sleep exactly to the deadline, then look again: another 429 may have extended it meanwhile.
+        while True:
+            delay = self.paused_until - time.monotonic()
+            if delay <= 0:
+                return
             await asyncio.sleep(delay)

@@ -47,8 +47,12 @@ class Conversation:
         params = self.record.spec.params
         seed = derive_rng(self.record.spec.seed, self.item.index, self.item.attempt, self.turn).getrandbits(31)
         result = await self.llm.chat(
-            self.messages, max_tokens=params.max_tokens, temperature=params.temperature,
-            top_p=params.top_p, seed=seed, json_schema=json_schema,
+            self.messages,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=seed,
+            json_schema=json_schema,
         )
         self.turn += 1
         self.usage = self.usage.add(result.usage)
@@ -74,9 +78,15 @@ class Recipe(ABC):
     def record_for(self, item: WorkItem, **fields: object) -> GeneratedItem:
         return GeneratedItem.model_validate(
             {
-                "job_id": self.record.id, "index": item.index, "attempts": item.attempt + 1,
-                "skills": item.skills, "query_type": item.query_type, "model": self.endpoint.model,
-                "endpoint": self.endpoint_name, "recipe": self.name,
-                "template_version": self.template_version, **fields,
+                "job_id": self.record.id,
+                "index": item.index,
+                "attempts": item.attempt + 1,
+                "skills": item.skills,
+                "query_type": item.query_type,
+                "model": self.endpoint.model,
+                "endpoint": self.endpoint_name,
+                "recipe": self.name,
+                "template_version": self.template_version,
+                **fields,
             }
         )

@@ -66,8 +66,10 @@ class InstructRecipe(Recipe):
         query = self.query_types[item.query_type or ""]
         chat = Conversation(llm, self.record, item, system=self._template("system").template.strip())
         write = self._template("write").substitute(
-            query_type=query.name, query_definition=query.definition,
-            skills=self._skill_lines(item), format=self.format,
+            query_type=query.name,
+            query_definition=query.definition,
+            skills=self._skill_lines(item),
+            format=self.format,
         )
         result = await self._ask_until_whole(chat, write)
         if self.spec.refine:
@@ -78,6 +80,10 @@ class InstructRecipe(Recipe):
         except PairNotFound as exc:
             raise ParseFailure(str(exc), chat.usage, chat.messages) from exc
         return self.record_for(
-            item, instruction=instruction, output=response, finish_reason=result.finish_reason,
-            usage=chat.usage, conversation=chat.messages if self.spec.keep_conversation else [],
+            item,
+            instruction=instruction,
+            output=response,
+            finish_reason=result.finish_reason,
+            usage=chat.usage,
+            conversation=chat.messages if self.spec.keep_conversation else [],
         )

@@ -31,6 +31,10 @@ class PromptsRecipe(Recipe):
         chat.messages.extend(history)
         result = await chat.ask(last.content)
         return self.record_for(
-            item, instruction=last.content, output=result.content, finish_reason=result.finish_reason,
-            usage=chat.usage, conversation=chat.messages if self.spec.keep_conversation else [],
+            item,
+            instruction=last.content,
+            output=result.content,
+            finish_reason=result.finish_reason,
+            usage=chat.usage,
+            conversation=chat.messages if self.spec.keep_conversation else [],
         )

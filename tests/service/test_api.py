@@ -1,0 +1,88 @@
+"""The HTTP API over a real socket: validation errors name the field, unknown ids are 404s."""
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+
+from tests.conftest import Processes, service_env
+
+STARTER = json.loads((Path(__file__).parents[2] / "service/data/starter-skills.json").read_text())
+ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model", "rpm": 600}}
+
+
+@pytest.fixture
+def api(processes: Processes, redis: ArqRedis) -> str:
+    return processes.api(service_env(ENDPOINTS))
+
+
+def _errors(response: httpx.Response) -> list[tuple[str, str]]:
+    assert response.status_code == 422, response.text
+    return [(".".join(map(str, e["loc"])), e["msg"]) for e in response.json()["detail"]]
+
+
+def test_skill_sets_are_versioned_and_immutable(api: str) -> None:
+    first = httpx.post(f"{api}/v1/skill-sets", json=STARTER)
+    assert first.status_code == 201 and first.json()["version"] == 1
+    changed = {**STARTER, "skills": STARTER["skills"][:5]}
+    second = httpx.post(f"{api}/v1/skill-sets", json=changed)
+    assert second.json()["version"] == 2
+    assert len(httpx.get(f"{api}/v1/skill-sets/starter/1").json()["skills"]) == 40
+    assert len(httpx.get(f"{api}/v1/skill-sets/starter").json()["skills"]) == 5
+    assert httpx.get(f"{api}/v1/skill-sets").json()["count"] == 1
+    assert httpx.get(f"{api}/v1/skill-sets/starter/3").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"recipe": "instruct", "skill_set": "starter@1", "count": -1}, "count", "greater than"),
+        ({"recipe": "instruct", "skill_set": "nope@1", "count": 5}, "skill_set", "unknown skill set"),
+        (
+            {"recipe": "instruct", "skill_set": "starter@1", "count": 5, "endpoint": "gpt9"},
+            "endpoint",
+            "unknown endpoint",
+        ),
+        (
+            {"recipe": "instruct", "skill_set": "starter@1", "count": 5, "params": {"temperature": 5}},
+            "temperature",
+            "less than or equal",
+        ),
+        ({"recipe": "instruct", "skill_set": "starter@1", "count": 5, "colour": "red"}, "colour", "Extra"),
+        ({"recipe": "instruct", "count": 5}, "skill_set", "Field required"),
+    ],
+)
+def test_bad_job_specs_are_422_naming_the_field(api: str, body: dict[str, object], field: str, words: str) -> None:
+    httpx.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
+    errors = _errors(httpx.post(f"{api}/v1/jobs", json=body))
+    assert any(field in loc and words in msg for loc, msg in errors), errors
+    assert httpx.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored
+
+
+def test_k_larger_than_the_skill_set_is_422(api: str) -> None:
+    small = {**STARTER, "name": "tiny", "skills": STARTER["skills"][:2]}
+    httpx.post(f"{api}/v1/skill-sets", json=small).raise_for_status()
+    errors = _errors(httpx.post(f"{api}/v1/jobs", json={"recipe": "instruct", "skill_set": "tiny", "count": 3, "k": 3}))
+    assert errors == [("body.k", "k=3 but skill set tiny@1 has only 2 skills")]
+
+
+def test_unknown_ids_are_404(api: str) -> None:
+    for path in ("/v1/jobs/abc", "/v1/jobs/abc/examples", "/v1/jobs/abc/export", "/v1/skill-sets/none"):
+        assert httpx.get(api + path).status_code == 404, path
+    assert httpx.post(f"{api}/v1/jobs/abc/cancel").status_code == 404
+    assert httpx.get(f"{api}/v1/jobs/abc/export", params={"format": "csv"}).status_code == 422
+
+
+def test_submit_stores_queues_and_reports(api: str) -> None:
+    httpx.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
+    response = httpx.post(f"{api}/v1/jobs", json={"recipe": "instruct", "skill_set": "starter", "count": 70})
+    assert response.status_code == 201
+    job = response.json()
+    assert job["state"] == "queued" and job["skill_set"] == "starter@1" and job["endpoint"] == "fake"
+    assert job["counters"]["planned"] == 70
+    assert httpx.get(f"{api}/v1/jobs/{job['id']}").json()["id"] == job["id"]
+    assert [j["id"] for j in httpx.get(f"{api}/v1/jobs").json()["data"]] == [job["id"]]
+    cancelled = httpx.post(f"{api}/v1/jobs/{job['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled"

@@ -1,0 +1,160 @@
+"""Whole jobs through the real API process, real worker processes, real Redis and the fake endpoint."""
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from arq.connections import ArqRedis
+
+from tests.conftest import Processes, service_env
+from workers.curate.dedup import jaccard
+from workers.curate.quality import normalise_text
+
+STARTER = json.loads((Path(__file__).parents[1] / "service/data/starter-skills.json").read_text())
+
+
+def wait_for(api: str, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+        if done(status):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job did not get there in {timeout}s: {status}")
+
+
+def finished(status: dict[str, Any]) -> bool:
+    return status["state"] in ("completed", "failed", "cancelled")
+
+
+def examples(api: str, job_id: str, status: str = "accepted") -> list[dict[str, Any]]:
+    response = httpx.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": status}, timeout=30)
+    response.raise_for_status()
+    return [json.loads(line) for line in response.text.splitlines() if line]
+
+
+def start_stack(processes: Processes, fake: Any, workers: int = 1, **env: str) -> str:
+    settings = service_env({"fake": fake.endpoint_settings()}, **env)
+    api = processes.api(settings)
+    for _ in range(workers):
+        processes.worker(settings)
+    httpx.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
+    return api
+
+
+def submit(api: str, **spec: Any) -> str:
+    response = httpx.post(f"{api}/v1/jobs", json=spec)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_instruct_job_end_to_end_dedups_and_filters(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(
+        rpm=6000, latency_ms=20, exact_dup_rate=0.05, near_dup_rate=0.05, shirker_rate=0.05, refusal_rate=0.02
+    )
+    api = start_stack(processes, fake)
+    job_id = submit(api, recipe="instruct", skill_set="starter@1", count=200, seed=11)
+    status = wait_for(api, job_id, finished, timeout=120)
+    assert status["state"] == "completed", status
+    c = status["counters"]
+    assert c["accepted"] == 200
+    reasons = c["rejected_by_reason"]
+    assert reasons.get("exact_duplicate", 0) > 0 and reasons.get("near_duplicate", 0) > 0, reasons
+    assert reasons.get("restates_instruction", 0) + reasons.get("too_short", 0) > 0, reasons
+    assert reasons.get("refusal", 0) > 0, reasons
+    assert c["llm_calls"] >= 3 * c["processed"]  # write, critique, refine per item
+
+    accepted = examples(api, job_id)
+    assert len(accepted) == 200 and len({e["index"] for e in accepted}) == 200
+    texts = [normalise_text(e["instruction"]) for e in accepted]
+    assert len(set(texts)) == 200
+    worst = max(jaccard(a, b) for i, a in enumerate(texts) for b in texts[i + 1 :])
+    assert worst < 0.7
+    first = accepted[0]
+    assert len(first["skills"]) == 2 and first["query_type"] and first["template_version"] == "v1"
+    assert first["model"] == "fake-model" and first["verdict"]["accepted"] is True
+    assert [m["role"] for m in first["conversation"]] == ["system"] + ["user", "assistant"] * 3
+
+    rejected = examples(api, job_id, "rejected")
+    assert len(rejected) == c["rejected"] and all(r["verdict"]["reasons"] for r in rejected)
+    assert any(r["duplicate_of"] for r in rejected)
+
+    alpaca = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "alpaca"}).json()
+    assert len(alpaca) == 200 and set(alpaca[0]) == {"instruction", "input", "output"}
+    sharegpt = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "sharegpt"}).json()
+    assert sharegpt[0]["conversations"][0]["from"] == "human"
+    coverage = httpx.get(f"{api}/v1/jobs/{job_id}/coverage").json()
+    assert coverage["items"] == 200 and coverage["skills_covered"] >= 35
+
+
+def test_stays_under_the_endpoint_rate_limit(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(rpm=1200, latency_ms=50)
+    api = start_stack(processes, fake)
+    prompts = [f"Write a haiku about the number {i}." for i in range(240)]
+    job_id = submit(api, recipe="prompts", prompts=prompts, dedup={"exact": False})
+    status = wait_for(api, job_id, finished, timeout=90)
+    assert status["counters"]["accepted"] == 240
+    stats = fake.stats()
+    assert stats["rate_limited"] <= 0.01 * stats["requests"], stats
+    assert stats["max_rps_1s"] <= 1200 / 60 * 1.5, stats
+
+
+def test_recovers_from_429_storm_and_5xx(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(rpm=0, latency_ms=10, error_rate=0.2, storm=40, storm_retry_after_s=1.0)
+    api = start_stack(processes, fake)
+    job_id = submit(api, recipe="prompts", prompts=[f"Tell me fact number {i}." for i in range(100)])
+    status = wait_for(api, job_id, finished, timeout=90)
+    c = status["counters"]
+    assert status["state"] == "completed" and c["accepted"] == 100, status
+    assert c["rate_limited"] >= 1 and c["retries"] >= 10
+    stats = fake.stats()
+    # the endpoint-wide pause means the storm is not multiplied by every concurrent request's retries
+    assert stats["rate_limited"] <= 40 + 32, stats
+
+
+def test_cancel_stops_the_job(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(rpm=600, latency_ms=200)
+    api = start_stack(processes, fake)
+    job_id = submit(api, recipe="instruct", skill_set="starter@1", count=500, refine=False)
+    wait_for(api, job_id, lambda s: s["counters"]["accepted"] >= 3, timeout=60)
+    assert httpx.post(f"{api}/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+    time.sleep(1.0)
+    calls = fake.stats()["requests"]
+    time.sleep(3.0)
+    status = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+    assert status["state"] == "cancelled" and status["counters"]["accepted"] < 500
+    assert fake.stats()["requests"] - calls <= 2  # no new work is started after the cancel
+
+
+def test_job_falls_short_honestly_when_budget_is_spent(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(rpm=0, latency_ms=5, shirker_rate=0.7)
+    api = start_stack(processes, fake)
+    job_id = submit(api, recipe="instruct", skill_set="starter@1", count=20, max_items=25, refine=False)
+    status = wait_for(api, job_id, finished, timeout=60)
+    c = status["counters"]
+    assert status["state"] == "completed" and c["accepted"] < 20 and c["processed"] == 25, status
+    assert "fell short" in status["message"] and "max_items=25" in status["message"]
+
+
+def test_killed_worker_loses_and_duplicates_nothing(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(rpm=0, latency_ms=100)
+    api = start_stack(processes, fake, SKILLMIX_CHUNK_TIMEOUT_S="8", SKILLMIX_CLAIM_IDLE_MS="2000")
+    settings = service_env(
+        {"fake": fake.endpoint_settings()}, SKILLMIX_CHUNK_TIMEOUT_S="8", SKILLMIX_CLAIM_IDLE_MS="2000"
+    )
+    job_id = submit(api, recipe="instruct", skill_set="starter@1", count=120, refine=False, chunk_size=8)
+    wait_for(api, job_id, lambda s: s["counters"]["accepted"] >= 10, timeout=60)
+    victim = processes.procs[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    processes.worker(settings)
+    status = wait_for(api, job_id, finished, timeout=120)
+    assert status["state"] == "completed" and status["counters"]["accepted"] == 120, status
+    accepted = examples(api, job_id)
+    assert len(accepted) == 120 and len({e["index"] for e in accepted}) == 120

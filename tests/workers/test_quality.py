@@ -1,0 +1,270 @@
+"""Quality checks: each reason fires on a planted example and stays quiet on good answers."""
+
+import pytest
+
+from schemas.examples import GeneratedItem, QualityVerdict, Reason
+from schemas.jobs import QualitySettings
+from workers.curate.quality import (
+    CutOffCheck,
+    ErrorCheck,
+    GenericFillerCheck,
+    QualityFilter,
+    RefusalCheck,
+    RestatesInstructionCheck,
+    normalise_text,
+)
+
+INSTRUCTION = (
+    "I run a small bakery in Leeds and my sourdough loaves keep coming out dense and gummy in the middle, "
+    "even though the crust looks fine. My starter doubles in about six hours, I bake at 230C in a Dutch oven "
+    "and proof overnight in the fridge. What should I change first, and how will I know it worked?"
+)
+
+GOOD_ANSWER = (
+    "A dense, gummy crumb with a good-looking crust almost always means the dough was under-fermented or "
+    "the loaf was cut before it finished setting, so change one variable at a time, starting with bulk "
+    "fermentation. A starter that doubles in six hours is on the slow side, so your bulk probably needs "
+    "longer than the recipe says: aim for a 50 to 75 percent rise in the tub, with a domed, jiggly surface "
+    "and bubbles on the sides, rather than watching the clock. If your kitchen is below 24C, move the tub "
+    "somewhere warmer or extend the bulk by an hour. Second, an overnight cold proof cannot rescue a short "
+    "bulk; it slows everything down, so the loaf goes into the oven under-proofed and the centre never "
+    "opens up. Third, check the bake itself: at 230C in a Dutch oven, take the lid off after 20 minutes "
+    "and bake until the internal temperature reaches 96 to 98C, which an instant-read thermometer will "
+    "tell you. Finally, let the loaf cool for at least an hour before slicing, because the crumb is still "
+    "cooking from residual heat. You will know the bulk fix worked when the next loaf has an open, even "
+    "crumb that springs back when pressed, and no shiny, wet band just above the base. Keep notes on dough "
+    "temperature and rise for each batch so you can repeat it."
+)
+
+# papers.md §A shirkers: a lazy, generic, padded answer, and the instruction re-asked.
+LAZY_ANSWER = (
+    "That's a great question! There are many factors to consider when it comes to this. It really depends "
+    "on your specific situation and needs. In general, it is important to do your research and think "
+    "carefully before making any changes. Everyone is different, so what works for one person may not work "
+    "for another. You may also want to consult with an expert who can give you personalised advice. "
+    "Ultimately, the best approach is the one that works for you. I hope this helps! Let me know if you "
+    "have any other questions."
+)
+LAZY_ANSWER_2 = (
+    "Improving your bread is a journey that takes time and patience. Baking is both an art and a science, "
+    "and there are many different elements that can influence the final result. It's a good idea to "
+    "experiment with different approaches and see what works best for you. Small adjustments can make a big "
+    "difference, so don't be afraid to try new things. Remember that even professional bakers have bad days, "
+    "and every loaf is a learning opportunity. With practice and persistence, you will see improvement over "
+    "time. Keep going, stay motivated, and enjoy the process!"
+)
+REASKED = INSTRUCTION + " Answer in one paragraph."
+
+# More normal answers that must pass every check.
+OTHER_GOOD = [
+    (
+        "Write a short cover letter opening for a junior data analyst applying to a hospital trust.",
+        "Dear Hiring Manager, I am writing to apply for the Junior Data Analyst role at Northgate Hospital "
+        "Trust. During my statistics degree I cleaned and analysed two years of outpatient appointment "
+        "data for a university project, cutting the no-show forecast error by a third with a simple "
+        "logistic model. I would welcome the chance to bring the same care to your waiting-list and "
+        "bed-occupancy reporting, and I am comfortable with SQL, Python and Power BI.",
+    ),
+    (
+        "Explain to a new manager how to give critical feedback to a senior engineer without damaging trust.",
+        "In general, it is important to separate the work from the person, so start with one concrete "
+        "example: the last two pull requests merged without tests, and the on-call rota paid for it twice. "
+        "Ask for their view before proposing anything; senior engineers often know exactly why it "
+        "happened, such as deadline pressure you created. Agree on one change together, like a rule that "
+        "reviews block on missing tests, and check in after a sprint. Ultimately, the best feedback is "
+        "specific, private and followed up. I hope this helps, and let me know if you have any other "
+        "questions about the first conversation.",
+    ),
+    (
+        "My sister failed her driving test for the second time today and is upset. What can I text her?",
+        "Something like: 'I'm so sorry about the test today, I know how much you wanted it. Failing twice "
+        "doesn't mean you're a bad driver; lots of people pass on the third go, and examiners see nerves all "
+        "the time. Take tonight off, be patient with yourself, and when you're ready, ask your instructor "
+        "which mistakes the examiner marked so the next lesson targets them. Keep going, you'll get there, "
+        "and I'll buy the celebration pizza when you pass.' Keep it short and warm, and don't offer driving "
+        "advice unless she asks for it.",
+    ),
+    (
+        "Write a four-line poem about the first frost of autumn in a city park.",
+        "The benches wear a silver coat at dawn,\nthe pond has learned to hold its breath in glass,\na "
+        "jogger writes white sentences in air,\nand every leaf is keeping one cold star.",
+    ),
+    (
+        "My Python script reads a 2 GB CSV with pandas and runs out of memory. What can I do?",
+        "Read the file in chunks instead of all at once: pd.read_csv(path, chunksize=100_000) returns an "
+        "iterator of DataFrames, so you can aggregate each chunk and combine the partial results. Also "
+        "pass usecols to load only the columns you need and dtype to store integers as int32 and repeated "
+        "strings as category, which often cuts memory by half or more. If you need the whole table, "
+        "convert it once to Parquet and query it with DuckDB or Polars, which stream data from disk "
+        "instead of holding it in RAM.",
+    ),
+]
+
+
+def item(instruction: str = INSTRUCTION, output: str = GOOD_ANSWER, **fields: object) -> GeneratedItem:
+    return GeneratedItem.model_validate(
+        {"job_id": "job-q", "index": 0, "instruction": instruction, "output": output, **fields}
+    )
+
+
+def evaluate(it: GeneratedItem, **settings: object) -> QualityVerdict:
+    return QualityFilter(QualitySettings.model_validate(settings)).verdict(it)
+
+
+def test_normalise_text() -> None:
+    assert normalise_text("  Hello,\tWORLD!  It\u2019s   \ufb01ne\u2026 ") == "hello world its fine"
+    assert normalise_text("f(x) = x*2 - 1.") == "f(x) = x*2 - 1"
+
+
+def test_good_answer_is_accepted() -> None:
+    verdict = evaluate(item())
+    assert verdict == QualityVerdict(accepted=True, reasons=[], detail="")
+
+
+@pytest.mark.parametrize(("instruction", "output"), OTHER_GOOD)
+def test_other_good_answers_are_accepted(instruction: str, output: str) -> None:
+    assert evaluate(item(instruction, output), min_response_words=20).accepted
+
+
+@pytest.mark.parametrize("error", [Reason.UNPARSEABLE, Reason.LLM_ERROR])
+def test_error_is_the_only_reason(error: Reason) -> None:
+    verdict = evaluate(item(output="", error=error, error_detail="no 'Response:' section"))
+    assert verdict.reasons == [error]
+    assert not verdict.accepted
+    assert "no 'Response:' section" in verdict.detail
+
+
+def test_cut_off() -> None:
+    verdict = evaluate(item(finish_reason="length"))
+    assert verdict.reasons == [Reason.CUT_OFF]
+    assert evaluate(item(finish_reason="stop")).accepted
+
+
+def test_disabled_still_rejects_errors_and_cut_offs() -> None:
+    assert evaluate(item(output="ok"), enabled=False).accepted
+    assert evaluate(item(output="", error=Reason.UNPARSEABLE), enabled=False).reasons == [Reason.UNPARSEABLE]
+    assert evaluate(item(finish_reason="length"), enabled=False).reasons == [Reason.CUT_OFF]
+    assert evaluate(item(output=LAZY_ANSWER), enabled=False).accepted
+
+
+@pytest.mark.parametrize("output", ["", "   ", "\n\t", "...", "!!"])
+def test_empty_response(output: str) -> None:
+    assert evaluate(item(output=output)).reasons == [Reason.EMPTY_RESPONSE]
+
+
+def test_too_short_response_and_instruction() -> None:
+    assert evaluate(item(output="Bake it longer and let it cool.")).reasons == [Reason.TOO_SHORT]
+    assert evaluate(item(instruction="Fix my bread?")).reasons == [Reason.TOO_SHORT]
+    assert evaluate(
+        item(output="Bake it longer.", instruction="Fix bread"), min_response_words=1
+    ).reasons == [Reason.TOO_SHORT]
+    # Thresholds come from the settings (the prompts recipe defaults to 1 and 0).
+    assert evaluate(item("Hi", "Hello!"), min_response_words=1, min_instruction_words=0).accepted
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "I'm sorry, but I can't help with that request.",
+        "I\u2019m sorry, but I can\u2019t.",
+        "I cannot help with this because it involves food safety regulations I am not qualified to assess.",
+        "As an AI language model, I do not have hands, so I have never baked bread. " + GOOD_ANSWER,
+        "Unfortunately, I am unable to provide advice on commercial baking. " + GOOD_ANSWER,
+        "I can't assist with that.",
+        "I must respectfully decline to answer this question.",
+        "I apologize, but that request goes against my guidelines.",
+        "Sure. Hmm, on reflection this is outside what I can do. I won't provide that. I will not help with "
+        "this request under any circumstances.",
+    ],
+)
+def test_refusals(output: str) -> None:
+    assert RefusalCheck().check(item(output=output)) is Reason.REFUSAL
+    assert Reason.REFUSAL in evaluate(item(output=output)).reasons
+
+
+def test_refusal_making_up_most_of_a_short_response() -> None:
+    output = (
+        "Thank you for the detailed description of your bakery in Leeds, your starter and your oven. "
+        "Unfortunately I cannot help with this request. I will not provide commercial baking advice, and I "
+        "cannot assist with food business questions of any kind."
+    )
+    assert output.lower().index("i cannot help") > RefusalCheck.START_CHARS
+    assert RefusalCheck().check(item(output=output)) is Reason.REFUSAL
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        GOOD_ANSWER + " I cannot help noticing that many bakers skip the cooling step. If a customer asks "
+        "you to slice a hot loaf, say: 'I'm sorry, but I can't do that until it has cooled.'",
+        "I cannot stress enough how much the bulk rise matters. " + GOOD_ANSWER,
+        "I can't help but smile when a loaf finally opens up. " + GOOD_ANSWER,
+        GOOD_ANSWER + " As an AI language model I would add one thing: write the times down.",
+    ],
+)
+def test_refusal_phrases_in_legit_answers_are_not_flagged(output: str) -> None:
+    assert RefusalCheck().check(item(output=output)) is None
+    assert evaluate(item(output=output)).accepted
+
+
+def test_restated_instruction_shirker() -> None:
+    verdict = evaluate(item(output=REASKED))
+    assert verdict.reasons[0] is Reason.RESTATES_INSTRUCTION
+    assert not verdict.accepted
+
+
+def test_restated_instruction_variants() -> None:
+    check = RestatesInstructionCheck(max_similarity=0.8)
+    short_instruction = "Give three tips for a first job interview at a bank."
+    assert check.check(item(short_instruction, "Answer in one paragraph: " + short_instruction)) is not None
+    assert check.check(
+        item(short_instruction, short_instruction + " Please answer briefly in one paragraph.")
+    )
+    # The instruction's words shuffled: set Jaccard 1.0.
+    shuffled = " ".join(reversed(INSTRUCTION.split()))
+    assert check.check(item(output=shuffled)) is Reason.RESTATES_INSTRUCTION
+    # A fragment of the instruction: contained in it.
+    fragment = " ".join(INSTRUCTION.split()[10:40])
+    assert check.check(item(output=fragment)) is Reason.RESTATES_INSTRUCTION
+
+
+def test_answer_that_quotes_the_question_first_is_not_a_restatement() -> None:
+    output = f"You asked: {INSTRUCTION} Here is what I would do. {GOOD_ANSWER}"
+    assert RestatesInstructionCheck(0.8).check(item(output=output)) is None
+    # Short factual answers reuse the question's words without restating it.
+    factual = item("What is the capital of France?", "The capital of France is Paris.")
+    assert RestatesInstructionCheck(0.8).check(factual) is None
+
+
+def test_lazy_generic_shirker() -> None:
+    verdict = evaluate(item(output=LAZY_ANSWER))
+    assert verdict.reasons == [Reason.TOO_SHORT]
+    assert "generic filler" in verdict.detail
+    assert GenericFillerCheck().check(item(output=LAZY_ANSWER)) is Reason.TOO_SHORT
+
+
+def test_natural_lazy_generic_shirker() -> None:
+    verdict = evaluate(item(output=LAZY_ANSWER_2))
+    assert verdict.reasons == [Reason.TOO_SHORT]
+
+
+def test_generic_filler_needs_low_overlap() -> None:
+    # The same stock phrases wrapped around the specifics of the question are a normal answer.
+    specific = (
+        LAZY_ANSWER + " For your sourdough, lengthen the bulk rise until the dough grows by half, proof less "
+        "overnight in the fridge, and check the middle reaches 96C in the Dutch oven."
+    )
+    assert GenericFillerCheck().check(item(output=specific)) is None
+
+
+def test_error_check_reports_the_item_error() -> None:
+    assert ErrorCheck().check(item(error=Reason.LLM_ERROR)) is Reason.LLM_ERROR
+    assert CutOffCheck().check(item()) is None
+
+
+def test_several_reasons_primary_first_and_stats() -> None:
+    quality = QualityFilter(QualitySettings())
+    verdict = quality.verdict(item(output="I'm sorry, but I can't help with that.", finish_reason="length"))
+    assert verdict.reasons == [Reason.CUT_OFF, Reason.TOO_SHORT, Reason.REFUSAL]
+    quality.verdict(item())
+    assert quality.stats == {"total": 2, "accepted": 1, "cut_off": 1}
