@@ -5,13 +5,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
 import redis as sync_redis
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from pydantic import BaseModel
 
 pytest_plugins = ["tests.plugins.fake_llm"]
 
@@ -59,13 +60,15 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) ->
     raise TimeoutError(f"nothing answered at {url} within {timeout}s")
 
 
-def service_env(endpoints: dict[str, object] | None = None, **extra: str) -> dict[str, str]:
+def service_env(endpoints: Mapping[str, object] | None = None, **extra: str) -> dict[str, str]:
     import json
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLMIX_")}
     env.update({"SKILLMIX_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"})
     if endpoints:
-        env["SKILLMIX_ENDPOINTS"] = json.dumps(endpoints)
+        env["SKILLMIX_ENDPOINTS"] = json.dumps(
+            {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in endpoints.items()}
+        )
         env["SKILLMIX_DEFAULT_ENDPOINT"] = next(iter(endpoints))
     env.update(extra)
     return env
@@ -75,7 +78,8 @@ class Processes:
     """Starts `skillmix serve` / `skillmix worker` subprocesses and stops them all at teardown."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp, self.procs = tmp, []  # type: list[subprocess.Popen[bytes]]
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"{name}-{len(self.procs)}.log").open("wb")
@@ -120,7 +124,9 @@ def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proces
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     setattr(item, "rep_" + report.when, report)
     return report

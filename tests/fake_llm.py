@@ -393,9 +393,7 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
         if cfg.malformed_next > 0 or malformed < cfg.malformed_rate:
             cfg.malformed_next = max(0, cfg.malformed_next - 1)
             counts["malformed"] += 1
-            broken = (
-                b'{"id": "chatcmpl-broken", "choices": [' if counts["malformed"] % 2 else b'{"object": "x"}'
-            )
+            broken = b'{"id": "chatcmpl-broken", "choices": [' if counts["malformed"] % 2 else b'{"object": "x"}'
             return Response(broken, 200, media_type="application/json")
 
         content, fault = answer(body, messages, cfg)

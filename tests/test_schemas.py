@@ -7,7 +7,7 @@ from pydantic import TypeAdapter, ValidationError
 from schemas.jobs import InstructJobSpec, JobSpec, PromptsJobSpec
 from schemas.skills import Skill, SkillSetCreate, parse_skill_set_ref
 
-SPEC = TypeAdapter(JobSpec)
+SPEC: TypeAdapter[InstructJobSpec | PromptsJobSpec] = TypeAdapter(JobSpec)
 
 
 def test_schemas_import_nothing_from_service_or_workers() -> None:
@@ -51,7 +51,7 @@ def test_skill_names_must_be_snake_case_and_unique() -> None:
     with pytest.raises(ValidationError, match="duplicate names: a_b"):
         SkillSetCreate(
             name="x", skills=[Skill(name="a_b"), Skill(name="a_b")], query_types=[{"name": "q", "definition": "d"}]
-        )  # type: ignore[list-item]
+        )
 
 
 def test_skill_set_refs() -> None:

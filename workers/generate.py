@@ -21,6 +21,7 @@ from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
 from workers.recipes import ParseFailure, Recipe
 
 log = logging.getLogger(__name__)
+STATE_POLL_S = 0.5
 
 
 class EndpointDown(Exception):
@@ -89,10 +90,6 @@ async def run_chunk(
     await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
 
     async def one(index: int) -> None:
-        state = await jobstore.get_state(redis, record.id)
-        if state is None or state.finished:
-            outcome.skipped += 1
-            return
         try:
             item, failures = await generate_item(recipe, llm, index, record.spec.item_retries)
         except LLMFatal as exc:
@@ -108,8 +105,22 @@ async def run_chunk(
         outcome.emitted += 1
 
     async with asyncio.TaskGroup() as group:
-        for i in todo:
-            group.create_task(one(i))
+        tasks = [group.create_task(one(i)) for i in todo]
+        watcher = group.create_task(_stop_when_finished(redis, record.id, tasks))
+        await asyncio.wait(tasks)
+        watcher.cancel()
+    outcome.skipped += sum(t.cancelled() for t in tasks)
     if outcome.unavailable:
         raise EndpointDown(f"{len(outcome.unavailable)} items of {task.arq_id} could not reach the endpoint")
     return outcome
+
+
+async def _stop_when_finished(redis: ArqRedis, job_id: str, tasks: list[asyncio.Task[None]]) -> None:
+    """A cancelled or completed job stops paying for calls: in-flight items are cancelled within a poll."""
+    while True:
+        state = await jobstore.get_state(redis, job_id)
+        if state is None or state.finished:
+            for t in tasks:
+                t.cancel()
+            return
+        await asyncio.sleep(STATE_POLL_S)

@@ -1,5 +1,6 @@
 """Versioned, immutable skill sets: saving a name again makes a new version, never an overwrite."""
 
+import orjson
 from redis.asyncio import Redis
 
 from schemas.skills import SkillSet, SkillSetCreate
@@ -16,9 +17,7 @@ return version
 
 
 async def save_skill_set(redis: Redis, create: SkillSetCreate) -> SkillSet:
-    draft = SkillSet(**create.model_dump(), version=1).model_dump()
-    draft["version"] = 0
-    body = SkillSet.model_construct(**draft).model_dump_json()
+    body = orjson.dumps({**create.model_dump(mode="json"), "version": 0}).decode()
     version = int(await redis.eval(_SAVE, 2, keys.skill_set(create.name), keys.SKILL_SETS_INDEX, body, create.name))
     return SkillSet(**create.model_dump(), version=version)
 

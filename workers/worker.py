@@ -10,7 +10,6 @@ import os
 import socket
 from typing import Any, ClassVar
 
-import httpx
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings
 
@@ -27,18 +26,21 @@ MAX_TRIES = 8
 
 
 class Resources:
-    """Per-process caches: one LLM client per endpoint (its limiter is per endpoint), one recipe per job."""
+    """Per-process caches: one LLM client per endpoint, one recipe per job.
+
+    Each LLM client owns the process's HTTP connection pool for its endpoint, sized to the endpoint's
+    concurrency and sharded (see ``ShardedTransport``), together with that endpoint's limiter.
+    """
 
     def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self.redis, self.settings = redis, settings
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=512))
         self.clients: dict[str, LLMClient] = {}
         self.recipes: dict[str, tuple[JobRecord, Recipe]] = {}
 
     async def client(self, name: str) -> LLMClient:
         if name not in self.clients:
             endpoint = await endpoints.resolve(self.redis, self.settings, name)
-            self.clients[name] = LLMClient(name, endpoint, http=self.http)
+            self.clients[name] = LLMClient(name, endpoint)
         return self.clients[name]
 
     async def recipe(self, job_id: str) -> tuple[JobRecord, Recipe] | None:
@@ -51,7 +53,8 @@ class Resources:
         return self.recipes[job_id]
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for client in self.clients.values():
+            await client.aclose()
 
 
 async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, int]:

@@ -43,10 +43,7 @@ async def resolved(value: Awaitable[Any] | Any) -> Any:
 
 def vocabulary(size: int = 20_000, seed: int = 0) -> list[str]:
     rnd = random.Random(seed)
-    made = {
-        "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(3, 9)))
-        for _ in range(size)
-    }
+    made = {"".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(3, 9))) for _ in range(size)}
     return sorted(made)
 
 
@@ -64,9 +61,7 @@ def change_words(rnd: random.Random, text_words: list[str], n: int) -> list[str]
     return changed
 
 
-async def add(
-    redis: Redis, example_id: str, text: str, settings: DedupSettings, job: str = JOB
-) -> DedupResult:
+async def add(redis: Redis, example_id: str, text: str, settings: DedupSettings, job: str = JOB) -> DedupResult:
     return await Deduper().check_and_add(redis, job, example_id, text, settings)
 
 
@@ -92,10 +87,7 @@ def test_jaccard_on_normalised_words() -> None:
 async def test_new_text_is_stored_under_the_job_keys(redis: Redis) -> None:
     result = await add(redis, "ex-1", "Write a haiku about the sea at night.", DedupSettings())
     assert result == DedupResult()
-    assert (
-        await resolved(redis.hget(keys.exact(JOB), exact_hash("write a haiku about the sea at night")))
-        == b"ex-1"
-    )
+    assert await resolved(redis.hget(keys.exact(JOB), exact_hash("write a haiku about the sea at night"))) == b"ex-1"
     bands, _ = band_params(0.7, 128)
     assert len(await resolved(redis.hgetall(f"{keys.lsh_prefix(JOB)}{bands - 1}"))) == 1
     assert len(await resolved(redis.hget(keys.signatures(JOB), "ex-1")) or b"") == 4 * 128
@@ -111,9 +103,7 @@ async def test_new_text_is_stored_under_the_job_keys(redis: Redis) -> None:
     ],
 )
 async def test_exact_duplicates_ignore_case_space_and_punctuation(redis: Redis, variant: str) -> None:
-    assert (
-        await add(redis, "first", "Write a haiku about the sea at night.", DedupSettings()) == DedupResult()
-    )
+    assert await add(redis, "first", "Write a haiku about the sea at night.", DedupSettings()) == DedupResult()
     result = await add(redis, "second", variant, DedupSettings())
     assert result == DedupResult(Reason.EXACT_DUPLICATE, "first")
 
@@ -190,9 +180,7 @@ async def test_concurrent_inserts_of_one_text_keep_exactly_one(redis: Redis) -> 
 async def test_concurrent_near_only_inserts_keep_exactly_one(redis: Redis) -> None:
     deduper = Deduper()
     text = "Plan a three-day trip to Lisbon for a family with two small children."
-    results = await asyncio.gather(
-        *(deduper.check_and_add(redis, JOB, f"ex-{i}", text, NEAR_ONLY) for i in range(20))
-    )
+    results = await asyncio.gather(*(deduper.check_and_add(redis, JOB, f"ex-{i}", text, NEAR_ONLY) for i in range(20)))
     assert sum(r.reason is None for r in results) == 1
     assert {r.reason for r in results} == {None, Reason.NEAR_DUPLICATE}
 
@@ -223,9 +211,7 @@ async def test_jobs_are_isolated(redis: Redis) -> None:
     text = "Suggest three icebreakers for a remote team meeting of new hires."
     assert await add(redis, "a", text, DedupSettings(), job="job-1") == DedupResult()
     assert await add(redis, "a", text, DedupSettings(), job="job-2") == DedupResult()
-    assert await add(redis, "b", text, DedupSettings(), job="job-2") == DedupResult(
-        Reason.EXACT_DUPLICATE, "a"
-    )
+    assert await add(redis, "b", text, DedupSettings(), job="job-2") == DedupResult(Reason.EXACT_DUPLICATE, "a")
 
 
 async def test_re_adding_the_same_example_is_idempotent(redis: Redis) -> None:

@@ -155,9 +155,9 @@ def test_empty_response(output: str) -> None:
 def test_too_short_response_and_instruction() -> None:
     assert evaluate(item(output="Bake it longer and let it cool.")).reasons == [Reason.TOO_SHORT]
     assert evaluate(item(instruction="Fix my bread?")).reasons == [Reason.TOO_SHORT]
-    assert evaluate(
-        item(output="Bake it longer.", instruction="Fix bread"), min_response_words=1
-    ).reasons == [Reason.TOO_SHORT]
+    assert evaluate(item(output="Bake it longer.", instruction="Fix bread"), min_response_words=1).reasons == [
+        Reason.TOO_SHORT
+    ]
     # Thresholds come from the settings (the prompts recipe defaults to 1 and 0).
     assert evaluate(item("Hi", "Hello!"), min_response_words=1, min_instruction_words=0).accepted
 
@@ -217,9 +217,7 @@ def test_restated_instruction_variants() -> None:
     check = RestatesInstructionCheck(max_similarity=0.8)
     short_instruction = "Give three tips for a first job interview at a bank."
     assert check.check(item(short_instruction, "Answer in one paragraph: " + short_instruction)) is not None
-    assert check.check(
-        item(short_instruction, short_instruction + " Please answer briefly in one paragraph.")
-    )
+    assert check.check(item(short_instruction, short_instruction + " Please answer briefly in one paragraph."))
     # The instruction's words shuffled: set Jaccard 1.0.
     shuffled = " ".join(reversed(INSTRUCTION.split()))
     assert check.check(item(output=shuffled)) is Reason.RESTATES_INSTRUCTION
@@ -265,6 +263,6 @@ def test_error_check_reports_the_item_error() -> None:
 def test_several_reasons_primary_first_and_stats() -> None:
     quality = QualityFilter(QualitySettings())
     verdict = quality.verdict(item(output="I'm sorry, but I can't help with that.", finish_reason="length"))
-    assert verdict.reasons == [Reason.CUT_OFF, Reason.TOO_SHORT, Reason.REFUSAL]
+    assert verdict.reasons == [Reason.CUT_OFF, Reason.REFUSAL, Reason.TOO_SHORT]
     quality.verdict(item())
     assert quality.stats == {"total": 2, "accepted": 1, "cut_off": 1}

@@ -326,9 +326,10 @@ class QualityFilter:
         if settings.enabled:
             self.checks += [
                 EmptyResponseCheck(),
-                TooShortCheck(settings.min_response_words, settings.min_instruction_words),
+                # the specific reasons first: a refusal or a re-asked instruction is also short
                 RefusalCheck(),
                 RestatesInstructionCheck(settings.max_restate_similarity),
+                TooShortCheck(settings.min_response_words, settings.min_instruction_words),
                 GenericFillerCheck(),
             ]
         self.stats: Counter[str] = Counter()

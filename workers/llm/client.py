@@ -217,10 +217,8 @@ class LLMClient:
                 usage.rate_limited += 1
                 await self._limiter.pause(exc.retry_after)
                 if usage.rate_limited > max_rate_limited:
-                    raise LLMUnavailable(
-                        f"{self.name}: still rate limited after {usage.calls} calls"
-                    ) from exc
-                log.info("%s: 429, endpoint paused %.2fs", self.name, exc.retry_after)
+                    raise LLMUnavailable(f"{self.name}: still rate limited after {usage.calls} calls") from exc
+                log.debug("%s: 429, endpoint paused %.2fs", self.name, exc.retry_after)
             except LLMError as exc:
                 if not exc.retryable:
                     raise
@@ -235,9 +233,7 @@ class LLMClient:
         """The only place httpx errors exist: every failure leaves here as an ``LLMError``."""
         try:
             async with asyncio.timeout(self.endpoint.timeout_s):
-                response = await self._http.post(
-                    self._url, content=body, headers=self._headers, timeout=self._timeout
-                )
+                response = await self._http.post(self._url, content=body, headers=self._headers, timeout=self._timeout)
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise LLMTimeout(f"{self.name}: no answer within {self.endpoint.timeout_s}s") from exc
         except httpx.DecodingError as exc:
