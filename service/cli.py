@@ -16,7 +16,7 @@ from service.progress import follow, summary
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
 console = Console()
-API_OPTION = typer.Option(help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
+API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
 
 
 def _api(url: str | None) -> str:

@@ -1,6 +1,7 @@
 """The HTTP API over a real socket: validation errors name the field, unknown ids are 404s."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,9 +14,19 @@ STARTER = json.loads((Path(__file__).parents[2] / "service/data/starter-skills.j
 ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model", "rpm": 600}}
 
 
+@pytest.fixture(scope="module")
+def api_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One API process for the module (start-up costs seconds); each test still gets a flushed Redis."""
+    procs = Processes(tmp_path_factory.mktemp("api"))
+    try:
+        yield procs.api(service_env(ENDPOINTS))
+    finally:
+        procs.stop()
+
+
 @pytest.fixture
-def api(processes: Processes, redis: ArqRedis) -> str:
-    return processes.api(service_env(ENDPOINTS))
+def api(api_process: str, redis: ArqRedis) -> str:
+    return api_process
 
 
 def _errors(response: httpx.Response) -> list[tuple[str, str]]:

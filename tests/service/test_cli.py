@@ -1,0 +1,54 @@
+"""The `skillmix` command as a user runs it: clear messages for bad input, submit --wait, export."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from tests.conftest import REPO, Processes, service_env
+
+
+def skillmix(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_bad_spec_files_get_a_message_not_a_traceback(tmp_path: Path) -> None:
+    missing = skillmix("submit", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and "no such file" in missing.stdout and "Traceback" not in missing.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text("{recipe: instruct")
+    result = skillmix("submit", str(broken))
+    assert result.returncode == 2 and "not valid JSON" in result.stdout
+    nobody = skillmix("submit", str(broken.with_name("ok.json")), "--api", "http://127.0.0.1:9")
+    assert nobody.returncode == 2
+
+
+def test_submit_wait_then_export(tmp_path: Path, processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(rpm=0, latency_ms=5)
+    env = service_env({"fake": fake.endpoint_settings()})
+    api = processes.api(env)
+    processes.worker(env)
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"recipe": "prompts", "prompts": [f"Name a colour, {i}." for i in range(12)]}))
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(json.dumps({"recipe": "prompts", "prompts": []}))
+    bad = skillmix("submit", str(invalid), "--api", api, env=env)
+    assert bad.returncode == 2 and "invalid prompts" in bad.stdout
+
+    done = skillmix("submit", str(spec), "--wait", "--api", api, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "12 of 12" in done.stdout and "completed" in done.stdout
+    job_id = done.stdout.split("submitted job ")[1].split()[0]
+
+    out = tmp_path / "out" / "data.json"
+    exported = skillmix("export", job_id, "--format", "alpaca", "-o", str(out), "--api", api, env=env)
+    assert exported.returncode == 0, exported.stdout
+    rows = json.loads(out.read_text())
+    assert len(rows) == 12 and {r["instruction"] for r in rows} == {f"Name a colour, {i}." for i in range(12)}
+    unknown = skillmix("export", "nope", "-o", str(out), "--api", api, env=env)
+    assert unknown.returncode == 2 and "not found" in unknown.stdout
