@@ -15,7 +15,7 @@ from service.export import ExportFormat
 from service.progress import follow, summary
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)
 API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
 
 

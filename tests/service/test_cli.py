@@ -24,8 +24,10 @@ def test_bad_spec_files_get_a_message_not_a_traceback(tmp_path: Path) -> None:
     broken.write_text("{recipe: instruct")
     result = skillmix("submit", str(broken))
     assert result.returncode == 2 and "not valid JSON" in result.stdout
-    nobody = skillmix("submit", str(broken.with_name("ok.json")), "--api", "http://127.0.0.1:9")
-    assert nobody.returncode == 2
+    good = tmp_path / "ok.json"
+    good.write_text(json.dumps({"recipe": "prompts", "prompts": ["hi"]}))
+    nobody = skillmix("submit", str(good), "--api", "http://127.0.0.1:9")
+    assert nobody.returncode == 2 and "no API answering at http://127.0.0.1:9" in nobody.stdout
 
 
 def test_submit_wait_then_export(tmp_path: Path, processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
