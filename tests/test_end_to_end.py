@@ -158,3 +158,28 @@ def test_killed_worker_loses_and_duplicates_nothing(processes: Processes, redis:
     assert status["state"] == "completed" and status["counters"]["accepted"] == 120, status
     accepted = examples(api, job_id)
     assert len(accepted) == 120 and len({e["index"] for e in accepted}) == 120
+
+
+def test_endpoint_down_then_back_loses_nothing(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(rpm=0, latency_ms=5, error_rate=1.0)
+    settings = service_env({"fake": fake.endpoint_settings(max_retries=1)})
+    api = processes.api(settings)
+    processes.worker(settings)
+    job_id = submit(api, recipe="prompts", prompts=[f"Say {i}." for i in range(40)])
+    wait_for(api, job_id, lambda s: s["counters"]["retries"] >= 40, timeout=30)
+    assert httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["processed"] == 0
+    fake.configure(error_rate=0.0)
+    status = wait_for(api, job_id, finished, timeout=60)
+    assert status["state"] == "completed" and status["counters"]["accepted"] == 40, status
+    assert sorted(e["index"] for e in examples(api, job_id)) == list(range(40))
+
+
+def test_bad_key_fails_the_job_with_a_clear_message(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(rpm=0, require_key="right")
+    settings = service_env({"fake": fake.endpoint_settings(api_key_env="FAKE_KEY")}, FAKE_KEY="wrong")
+    api = processes.api(settings)
+    processes.worker(settings)
+    job_id = submit(api, recipe="prompts", prompts=["hello"] * 1 + ["world"])
+    status = wait_for(api, job_id, finished, timeout=30)
+    assert status["state"] == "failed" and "401" in status["message"], status
+    assert fake.stats()["requests"] <= 2

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from arq.connections import ArqRedis
+from redis.asyncio.client import Pipeline
 
 from schemas.examples import GeneratedItem, Reason, WorkItem
 from schemas.jobs import ChunkTask, JobRecord, JobState
@@ -46,6 +47,7 @@ async def generate_item(recipe: Recipe, llm: LLMClient, index: int, retries: int
             usage, conversation, detail = usage.add(exc.usage), exc.conversation, exc.detail
             continue
         except LLMBadRequest as exc:
+            usage = usage.add(exc.usage or Usage())
             return recipe.record_for(item, error=Reason.LLM_ERROR, error_detail=str(exc), usage=usage), attempt
         result.usage = result.usage.add(usage)
         return result, attempt
@@ -60,22 +62,32 @@ async def generate_item(recipe: Recipe, llm: LLMClient, index: int, retries: int
     return failed, retries + 1
 
 
+def _count_usage(pipe: Pipeline, job_id: str, usage: Usage, parse_failures: int = 0) -> None:
+    for name, value in (
+        ("llm_calls", usage.calls),
+        ("retries", usage.retries),
+        ("rate_limited", usage.rate_limited),
+        ("prompt_tokens", usage.prompt_tokens),
+        ("completion_tokens", usage.completion_tokens),
+        ("parse_failures", parse_failures),
+    ):
+        if value:
+            pipe.hincrby(keys.counters(job_id), name, value)
+
+
 async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_failures: int) -> None:
     """Stream entry, 'generated' mark and usage counters in one transaction."""
-    u = item.usage
     async with redis.pipeline(transaction=True) as pipe:
         pipe.xadd(keys.items(record.id), {"d": orjson.dumps(item.model_dump(mode="json"))})
         pipe.sadd(keys.generated(record.id), item.index)
-        for name, value in (
-            ("llm_calls", u.calls),
-            ("retries", u.retries),
-            ("rate_limited", u.rate_limited),
-            ("prompt_tokens", u.prompt_tokens),
-            ("completion_tokens", u.completion_tokens),
-            ("parse_failures", parse_failures),
-        ):
-            if value:
-                pipe.hincrby(keys.counters(record.id), name, value)
+        _count_usage(pipe, record.id, item.usage, parse_failures)
+        await pipe.execute()
+
+
+async def count_failed_calls(redis: ArqRedis, job_id: str, usage: Usage) -> None:
+    """Calls that ended in an error were still made (and maybe billed): they count too."""
+    async with redis.pipeline(transaction=True) as pipe:
+        _count_usage(pipe, job_id, usage)
         await pipe.execute()
 
 
@@ -93,9 +105,11 @@ async def run_chunk(
         try:
             item, failures = await generate_item(recipe, llm, index, record.spec.item_retries)
         except LLMFatal as exc:
+            await count_failed_calls(redis, record.id, exc.usage or Usage())
             await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
             return
         except LLMError as exc:
+            await count_failed_calls(redis, record.id, exc.usage or Usage())
             if not final_try:
                 outcome.unavailable.append(index)
                 return

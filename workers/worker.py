@@ -69,7 +69,7 @@ async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[st
         outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES)
     except EndpointDown as exc:
         log.warning("%s; retry %d", exc, ctx["job_try"])
-        raise Retry(defer=min(10 * ctx["job_try"], 120)) from exc
+        raise Retry(defer=min(5 * ctx["job_try"], 60)) from exc
     return {"emitted": outcome.emitted, "skipped": outcome.skipped}
 
 
