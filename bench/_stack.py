@@ -67,6 +67,11 @@ def machine_busy() -> tuple[float, float]:
     return float(sum(parts) - idle), float(sum(parts))
 
 
+def loadavg() -> float:
+    """1-minute load average: other processes on the machine skew every number here."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def service_env(redis_url: str, endpoints: Mapping[str, Any], default: str, **extra: str) -> dict[str, str]:
     """The parent environment minus any SKILLMIX_* (so a stray shell setting cannot leak in), plus ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLMIX_")}
@@ -85,18 +90,21 @@ def service_env(redis_url: str, endpoints: Mapping[str, Any], default: str, **ex
 class Stack:
     """Child processes of one benchmark run (fake endpoint, API, workers), stopped together."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, src: Path = REPO) -> None:
+        self.src = src  # the product tree the children run from (cwd, so `python -m` imports it)
         self.logdir = Path(tempfile.mkdtemp(prefix=f"skillmix-{name}-"))
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.workers: list[subprocess.Popen[bytes]] = []
         self.api_proc: subprocess.Popen[bytes] | None = None
         self._stopped = False
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None, **kw: Any) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None, pipe_stdout: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """Own session (a terminal's Ctrl-C reaches only us; we stop the children in order); logs to logdir."""
         log = (self.logdir / f"{name}-{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen(
-            argv, cwd=REPO, env=env, stderr=log, start_new_session=True, **({"stdout": log} | kw)
-        )
+        stdout: Any = subprocess.PIPE if pipe_stdout else log
+        proc = subprocess.Popen(argv, cwd=self.src, env=env, stdout=stdout, stderr=log, start_new_session=True)
         self.procs.append((name, proc))
         return proc
 
@@ -105,7 +113,7 @@ class Stack:
         argv = [sys.executable, "-m", "tests.fake_llm", "--port", "0"]
         for key, value in config.items():
             argv += ["--" + key.replace("_", "-"), str(value)]
-        proc = self._spawn("fake", argv, None, stdout=subprocess.PIPE)
+        proc = self._spawn("fake", argv, None, pipe_stdout=True)
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()
         if not line.startswith("http"):
@@ -165,6 +173,7 @@ class Stack:
         def _exit(signum: int, _frame: object) -> None:
             raise SystemExit(128 + signum)
 
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`&`)
         signal.signal(signal.SIGTERM, _exit)
         signal.signal(signal.SIGHUP, _exit)
 
@@ -203,6 +212,24 @@ def fake_stats(base_url: str) -> dict[str, Any] | None:
     except (httpx.HTTPError, ValueError):
         return None
     return data if isinstance(data, dict) and "rate_limited" in data and "requests" in data else None
+
+
+def source_info(src: Path) -> dict[str, Any]:
+    """Which product code ran: the tree, and its commit (+dirty) when it is a git checkout."""
+    info: dict[str, Any] = {"src": str(src)}
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        if head.returncode == 0 and Path(src, ".git").exists():
+            dirty = subprocess.run(
+                ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+            ).stdout.strip()
+            info["commit"] = head.stdout.strip() + ("-dirty" if dirty else "")
+    except OSError:
+        pass
+    stamp = Path(src, "SNAPSHOT_OF")  # written by whoever exported a snapshot (see bench/README.md)
+    if stamp.exists():
+        info["commit"] = stamp.read_text().strip()
+    return info
 
 
 def save(name: str, line: str) -> Path:

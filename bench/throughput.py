@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import Stack, cpu_seconds, fake_stats, flush_db, machine_busy, save, service_env  # noqa: E402
+from _stack import REPO, Stack, cpu_seconds, fake_stats, flush_db, loadavg, machine_busy, save, service_env, source_info
 
 POLL_S = 0.05
 ENDPOINT = "bench"
@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32, help="endpoint max_concurrency (per worker process)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     p.add_argument("--force", action="store_true", help="allow flushing db 0")
-    p.add_argument("--max-tokens", type=int, default=128, help="per call; above the fake's 80-word answers (cut-off answers are always rejected)")
+    p.add_argument(
+        "--max-tokens", type=int, default=128, help="per call; above the fake's 80-word answers (cut-offs are rejected)"
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="SKILLMIX_CHUNK_SIZE (default: product default)")
     p.add_argument("--worker-max-jobs", type=int, default=None, help="SKILLMIX_WORKER_MAX_JOBS")
     p.add_argument("--curate-batch", type=int, default=None, help="SKILLMIX_CURATE_BATCH")
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=None, help="bound on the whole run (default from calls/rpm)")
     p.add_argument("--trace", default=None, help="write the (seconds, llm_calls) samples as CSV here")
+    p.add_argument("--src", type=Path, default=REPO, help="product tree to run (default: this checkout)")
     p.add_argument("--save", default=None, help="also write the JSON line to bench/results/NAME.json")
     return p.parse_args(argv)
 
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     env = service_env(args.redis_url, {ENDPOINT: endpoint}, ENDPOINT, **extra)  # type: ignore[arg-type]
 
-    stack = Stack("throughput")
+    stack = Stack("throughput", args.src)
     stack.guard()
     try:
         api = stack.api(env)
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         cpu0 = {p.pid: cpu_seconds(p.pid) for p in stack.workers}
         api_cpu0 = cpu_seconds(stack.api_proc.pid) if stack.api_proc else 0.0
-        busy0 = machine_busy()
+        busy0, load0 = machine_busy(), loadavg()
         response = httpx.post(f"{api}/v1/jobs", json=spec, timeout=60)
         if response.status_code != 201:
             raise RuntimeError(f"submit failed: {response.status_code} {response.text[:500]}")
@@ -150,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise TimeoutError(f"job {job_id} not finished within {timeout:.0f}s (state {state}, calls {calls})")
             time.sleep(POLL_S)
 
-        busy1 = machine_busy()
+        busy1, load1 = machine_busy(), loadavg()
         cpu1 = {pid: cpu_seconds(pid) for pid in cpu0}
         api_cpu1 = cpu_seconds(stack.api_proc.pid) if stack.api_proc else 0.0
         status = httpx.get(f"{api}/v1/jobs/{job_id}", timeout=30).json()
@@ -190,13 +193,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "message": status["message"],
         "steady_calls_per_s": None if steady is None else round(steady, 2),
         "calls_at_t_first": c_first,
+        "ok_calls_per_s": round((calls - rate_limited - c_first) / seconds, 2) if seconds > 0 else None,
         "concurrency": args.concurrency,
         "rpm_per_worker": worker_rpm,
         "chunk_size": args.chunk_size,
         "worker_max_jobs": args.worker_max_jobs,
         "api_cpu_s": round(api_cpu1 - api_cpu0, 2),
+        "loadavg_1m": [load0, load1],
         "machine_cpu_busy_pct": round(100 * (busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1]), 1),
     }
+    result.update(source_info(args.src))
     if fake_before is not None and fake_after is not None:
         result["fake_requests"] = fake_after["requests"] - fake_before["requests"]
         result["fake_rate_limited"] = fake_after["rate_limited"] - fake_before["rate_limited"]

@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
+from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
 
@@ -124,7 +125,9 @@ class PromptsJobSpec(_JobSpecBase):
         return self
 
 
-JobSpec = Annotated[InstructJobSpec | PromptsJobSpec, Field(discriminator="recipe")]
+JobSpec = Annotated[
+    InstructJobSpec | PromptsJobSpec | ExtractAgnosticSpec | ExtractDatasetSpec, Field(discriminator="recipe")
+]
 
 
 class JobState(StrEnum):
@@ -180,6 +183,7 @@ class JobStatus(StrictModel):
     updated_at: datetime | None = None
     message: str = ""
     counters: JobCounters
+    result: str | None = Field(default=None, description="what the job produced, e.g. an extracted skill set ref")
 
 
 class JobsPublic(StrictModel):

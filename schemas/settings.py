@@ -4,10 +4,12 @@ Endpoints are named so a job says ``endpoint: "openai"`` and never carries a key
 the environment variable the endpoint names (``api_key_env``).
 """
 
+import math
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, HttpUrl, field_validator
+from pydantic import Field, HttpUrl, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.base import StrictModel
@@ -21,10 +23,15 @@ class EndpointSettings(StrictModel):
     api_key_env: str | None = Field(default=None, description="name of the env var holding the key")
     rpm: int = Field(default=500, ge=1, description="requests per minute")
     tpm: int = Field(default=2_000_000, ge=1, description="tokens (prompt + completion) per minute")
-    max_concurrency: int = Field(default=32, ge=1, le=4096)
+    max_concurrency: int = Field(
+        default=0, ge=0, le=4096, description="requests in flight; 0 = enough for the rpm at 1 s latency (32..1024)"
+    )
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=6, ge=0, le=50)
     json_schema: bool = Field(default=False, description="supports response_format with a JSON schema")
+    schema_string_bounds: bool = Field(
+        default=False, description="enforces minLength/maxLength in JSON schemas (llama.cpp, vLLM; not OpenAI)"
+    )
     usd_per_mtok_prompt: float = Field(default=0.0, ge=0)
     usd_per_mtok_completion: float = Field(default=0.0, ge=0)
 
@@ -34,6 +41,12 @@ class EndpointSettings(StrictModel):
         if str(value).rstrip("/").endswith("/chat/completions"):
             raise ValueError("base_url must stop at the API root (…/v1), not at /chat/completions")
         return value
+
+    @model_validator(mode="after")
+    def _concurrency(self) -> Self:
+        if self.max_concurrency == 0:  # throughput is capped at concurrency / latency: leave headroom
+            self.max_concurrency = min(1024, max(32, math.ceil(self.rpm / 60)))
+        return self
 
     @property
     def chat_url(self) -> str:

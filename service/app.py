@@ -7,7 +7,7 @@ from arq.connections import create_pool
 from fastapi import FastAPI
 
 from schemas.settings import Settings, get_settings
-from service.routes import jobs, skill_sets
+from service.routes import extract, jobs, skill_sets
 from workers.worker import redis_settings
 
 
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Skill-mix synthetic training data as a service.",
     )
     app.include_router(jobs.router)
+    app.include_router(extract.router)  # /v1/skill-sets/extract..., none of which clash with /{name}
     app.include_router(skill_sets.router)
 
     @app.get("/healthz", tags=["health"])

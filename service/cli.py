@@ -12,9 +12,11 @@ from rich.console import Console
 
 from schemas.settings import get_settings
 from service.export import ExportFormat
+from service.extract_cli import app as extract_app
 from service.progress import follow, summary
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
+app.add_typer(extract_app, name="extract")  # skillmix extract agnostic|dataset
 console = Console(soft_wrap=True)
 API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
 
@@ -45,11 +47,9 @@ def serve(host: str | None = None, port: int | None = None) -> None:
 @app.command()
 def worker(burst: bool = typer.Option(False, help="exit when the queue is empty")) -> None:
     """Run one worker process: chunk generation plus the curate stage."""
-    from arq.worker import run_worker
+    from workers.worker import make_worker
 
-    from workers.worker import WorkerSettings
-
-    run_worker(WorkerSettings, burst=burst)
+    make_worker(get_settings(), burst=burst).run()
 
 
 async def _submit(api: str, body: dict[str, object], wait: bool) -> int:
@@ -116,6 +116,68 @@ def export(
     except httpx.ConnectError:
         _fail(f"no API answering at {_api(api)}; start it with `skillmix serve`")
     console.print(f"wrote {output}")
+
+
+@app.command()
+def quickstart(
+    count: int = typer.Option(10, min=1, max=100, help="accepted examples wanted"),
+    output: Path = typer.Option(Path("skillmix-out/quickstart.jsonl"), "--output", "-o"),
+) -> None:
+    """Run a small instruct job end to end on a real local LLM: no key, no network, no configuration."""
+    from service.local_llm import LocalLLMError
+    from service.local_redis import LocalRedisError
+    from service.quickstart import quickstart as run
+
+    try:
+        code = asyncio.run(run(get_settings(), output, count, console))
+    except (LocalLLMError, LocalRedisError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("interrupted: everything started has been stopped")
+        code = 130
+    raise typer.Exit(code)
+
+
+@app.command("local-llm")
+def local_llm(
+    model: Path | None = typer.Option(None, help="a GGUF file (default: the bundled SmolLM2-135M-Instruct)"),
+    parallel: int = typer.Option(4, min=1, max=64, help="request slots (continuous batching)"),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads (default: the usable cores)"),
+) -> None:
+    """Serve a local model and register it as the endpoint `local` until Ctrl-C."""
+    from service.local_llm import LocalLLMError
+
+    try:
+        asyncio.run(_serve_local(model, parallel, threads))
+    except LocalLLMError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("stopped; endpoint `local` unregistered")
+
+
+async def _serve_local(model: Path | None, parallel: int, threads: int | None) -> None:
+    from arq.connections import create_pool
+
+    from service.local_llm import LocalLLMServer
+    from service.local_model import ensure_model
+    from service.quickstart import local_endpoint
+    from workers import endpoints
+    from workers.worker import redis_settings
+
+    settings = get_settings()
+    path = await ensure_model(model)
+    redis = await create_pool(redis_settings(settings))
+    try:
+        async with LocalLLMServer(path, parallel=parallel, threads=threads, require_api_key=False) as server:
+            endpoint = local_endpoint(server).model_copy(update={"api_key_env": None})
+            await endpoints.register(redis, "local", endpoint)
+            console.print(f"serving {server.model_name} at {server.base_url} as endpoint `local`; Ctrl-C stops")
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await endpoints.unregister(redis, "local")
+    finally:
+        await redis.aclose()
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ class FakeConfig(BaseModel):
     require_key: str | None = Field(None, description="401 unless 'Authorization: Bearer KEY'")
     model_strict: str | None = Field(None, description="404 for any other model")
     fault_seed: int = Field(0, description="seed of the transport-fault RNG")
+    # skill extraction (see "skill extraction" below)
+    extract_offlist_rate: float = Field(0.0, ge=0, le=1, description="map answers naming a skill not on the list")
+    extract_garbage_rate: float = Field(0.0, ge=0, le=1, description="extraction answers that are not JSON")
 
     @model_validator(mode="after")
     def _planted_rates_fit(self) -> "FakeConfig":
@@ -209,6 +212,9 @@ def answer(request: dict[str, Any], messages: list[dict[str, str]], config: Fake
     digest = hasher.digest()
     rng = random.Random(int.from_bytes(digest[16:24]))
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    extracted = answer_extraction(request, last_user, digest, config)
+    if extracted is not None:
+        return extracted, ""
     response_format = request.get("response_format")
     schema = None
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
@@ -223,6 +229,120 @@ def answer(request: dict[str, Any], messages: list[dict[str, str]], config: Fake
     if pair.fault == "cutoff":
         content = truncate_words(content, max(1, word_count(content) * 3 // 5))
     return content, pair.fault or ""
+
+
+# --- skill extraction ---------------------------------------------------------------------------
+# Requests whose JSON schema is named ``extract_<task>`` (workers/extract) get answers computed from the
+# one-line JSON after the prompt's <input> tag, so tests can predict every label, merge and mapping:
+#   label        the first snake_case token (with an underscore) in a row's text, else its first 3 words
+#   merge        labels lose their last _segment, round after round, until the groups fit max_skills
+#   map          the listed skill that is the longest prefix of the row's label, else a stable pick;
+#                ``extract_offlist_rate`` of the rows get a name that is not on the list
+#   topics, skills, query_types   numbered names plus a near-duplicate (skills also repeat the topic)
+# ``extract_garbage_rate`` of extraction answers are prose, not JSON. Both rates are drawn from the
+# request's hash, so a retry with another seed gets a fresh draw.
+
+EXTRACT_SCHEMA_PREFIX = "extract_"
+EXTRACT_GARBAGE = "These rows cover several interesting skills; it is hard to say which."
+_SNAKE_TOKEN = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")
+_ALNUM = re.compile(r"[a-z0-9]+")
+
+
+def extraction_label(text: str) -> str:
+    found = _SNAKE_TOKEN.search(text)
+    if found:
+        return found.group(0)
+    return "_".join(_ALNUM.findall(text.lower())[:3]) or "empty_text"
+
+
+def merge_labels(labels: list[str], cap: int) -> dict[str, list[str]]:
+    """Group names -> members: strip one trailing segment per pass while there are more than ``cap``."""
+    groups: dict[str, list[str]] = {label: [label] for label in labels}
+    while len(groups) > cap:
+        parents: dict[str, list[str]] = {}
+        for name, members in groups.items():
+            parents.setdefault(name.rsplit("_", 1)[0], []).extend(members)
+        if parents.keys() == groups.keys():
+            break
+        groups = parents
+    if len(groups) > cap:  # nothing left to strip: fold the surplus into the first groups
+        names = sorted(groups)
+        kept = {n: groups[n] for n in names[:cap]}
+        for i, name in enumerate(names[cap:]):
+            kept[names[i % cap]].extend(groups[name])
+        groups = kept
+    return groups
+
+
+def _stable(*parts: object) -> float:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8]) / 2**64
+
+
+def pick_skill(label: str, skills: list[str]) -> str:
+    prefixes = [s for s in skills if label == s or label.startswith(s + "_")]
+    if prefixes:
+        return max(prefixes, key=len)
+    pool = sorted(s for s in skills if s.split("_")[0] == label.split("_")[0]) or sorted(skills)
+    return pool[int(_stable(label) * len(pool))]
+
+
+def _extraction_payload(last_user: str) -> Any:
+    lines = last_user.splitlines()
+    start = lines.index("<input>") if "<input>" in lines else -1
+    return orjson.loads(lines[start + 1]) if 0 <= start < len(lines) - 1 else {}
+
+
+def answer_extraction(request: dict[str, Any], last_user: str, digest: bytes, config: FakeConfig) -> str | None:
+    """The answer to an extraction request, or None if the request is not one."""
+    response_format = request.get("response_format")
+    if not isinstance(response_format, dict):
+        return None
+    name = str((response_format.get("json_schema") or {}).get("name") or "")
+    if not name.startswith(EXTRACT_SCHEMA_PREFIX):
+        return None
+    task, data = name.removeprefix(EXTRACT_SCHEMA_PREFIX), _extraction_payload(last_user)
+    if _stable(digest.hex(), "garbage") < config.extract_garbage_rate:
+        return EXTRACT_GARBAGE
+    body: dict[str, Any]
+    if task == "label":
+        body = {"labels": [{"id": r["id"], "skill": extraction_label(r["text"])} for r in data["rows"]]}
+    elif task == "merge":
+        groups = merge_labels([item["label"] for item in data["labels"]], int(data["max_skills"]))
+        body = {
+            "skills": [
+                {"name": group, "description": f"Rows about {group.replace('_', ' ')}.", "members": members}
+                for group, members in groups.items()
+            ]
+        }
+    elif task == "map":
+        skills = [s["name"] for s in data["skills"]]
+        labels = []
+        for row in data["rows"]:
+            choice = pick_skill(row["label"], skills)
+            if _stable(digest.hex(), row["id"], "offlist") < config.extract_offlist_rate:
+                choice += "_variant"
+            labels.append({"id": row["id"], "skill": choice})
+        body = {"labels": labels}
+    elif task == "topics":
+        base = " ".join(_ALNUM.findall(str(data.get("domain", "")).lower())[:2]).title() or "General"
+        first = len(data.get("exclude", [])) + 1
+        topics = [f"{base} Area {i}" for i in range(first, first + int(data["count"]))]
+        body = {"topics": [*topics, topics[0].upper() + "!"]}
+    elif task == "skills":
+        topic = str(data["topic"])
+        own = [{"name": f"{topic} Skill {j}", "description": f"Skill {j} of {topic}."} for j in range(data["count"])]
+        shared = {"name": "Clear Writing", "description": "Write clearly."}
+        body = {"skills": [{"name": topic, "description": "The topic itself."}, shared, *own]}
+    elif task == "query_types":
+        kinds = [
+            {"name": f"Query Type {i}", "definition": f"Requests of kind {i}.", "examples": [f"Example {i}a"]}
+            for i in range(1, int(data["count"]) + 1)
+        ]
+        body = {"query_types": [*kinds, {**kinds[0], "name": "query type 1"}]}
+    else:
+        return None
+    return orjson.dumps(body).decode()
 
 
 # --- server state -------------------------------------------------------------------------------

@@ -155,7 +155,8 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
         asyncio.run(main())
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", script])
+    # TMPDIR: the killed parent cannot remove its temp dir, so keep it inside tmp_path
+    parent = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         deadline = time.monotonic() + 90
         while not pid_file.exists() or not pid_file.read_text():

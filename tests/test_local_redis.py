@@ -77,7 +77,9 @@ async def test_arq_round_trip_on_private_server() -> None:
         try:
             job = await pool.enqueue_job("_add", 2, 3)
             assert job is not None
-            worker = Worker(functions=[_add], redis_settings=settings, burst=True, poll_delay=0.05)
+            worker = Worker(
+                functions=[_add], redis_settings=settings, burst=True, poll_delay=0.05, handle_signals=False
+            )
             try:
                 await asyncio.wait_for(worker.async_run(), timeout=30)
             finally:

@@ -17,7 +17,7 @@ from schemas.examples import GeneratedItem, Reason, WorkItem
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.llm import Usage
 from workers import jobstore, keys
-from workers.llm.client import LLMClient
+from workers.llm.client import ChatClient, MeteredClient
 from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
 from workers.recipes import ParseFailure, Recipe
 
@@ -36,7 +36,7 @@ class ChunkOutcome:
     unavailable: list[int] = field(default_factory=list)
 
 
-async def generate_item(recipe: Recipe, llm: LLMClient, index: int, retries: int) -> tuple[GeneratedItem, int]:
+async def generate_item(recipe: Recipe, llm: ChatClient, index: int, retries: int) -> tuple[GeneratedItem, int]:
     """Returns the record and how many parse failures it took; redraws the item on each parse failure."""
     usage, conversation, detail = Usage(), [], ""
     for attempt in range(retries + 1):
@@ -62,39 +62,44 @@ async def generate_item(recipe: Recipe, llm: LLMClient, index: int, retries: int
     return failed, retries + 1
 
 
-def _count_usage(pipe: Pipeline, job_id: str, usage: Usage, parse_failures: int = 0) -> None:
+def _count_usage(pipe: Pipeline, job_id: str, usage: Usage) -> None:
     for name, value in (
         ("llm_calls", usage.calls),
         ("retries", usage.retries),
         ("rate_limited", usage.rate_limited),
         ("prompt_tokens", usage.prompt_tokens),
         ("completion_tokens", usage.completion_tokens),
-        ("parse_failures", parse_failures),
     ):
         if value:
             pipe.hincrby(keys.counters(job_id), name, value)
 
 
 async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_failures: int) -> None:
-    """Stream entry, 'generated' mark and usage counters in one transaction."""
+    """Stream entry, 'generated' mark and parse-failure count in one transaction (usage is metered per call)."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.xadd(keys.items(record.id), {"d": orjson.dumps(item.model_dump(mode="json"))})
         pipe.sadd(keys.generated(record.id), item.index)
-        _count_usage(pipe, record.id, item.usage, parse_failures)
+        if parse_failures:
+            pipe.hincrby(keys.counters(record.id), "parse_failures", parse_failures)
         await pipe.execute()
 
 
-async def count_failed_calls(redis: ArqRedis, job_id: str, usage: Usage) -> None:
-    """Calls that ended in an error were still made (and maybe billed): they count too."""
-    async with redis.pipeline(transaction=True) as pipe:
-        _count_usage(pipe, job_id, usage)
-        await pipe.execute()
+def metered(redis: ArqRedis, job_id: str, llm: ChatClient) -> MeteredClient:
+    """The job's view of the endpoint: every call's usage lands in the job counters as it finishes."""
+
+    async def count(usage: Usage) -> None:
+        async with redis.pipeline(transaction=True) as pipe:
+            _count_usage(pipe, job_id, usage)
+            await pipe.execute()
+
+    return MeteredClient(llm, count)
 
 
 async def run_chunk(
-    redis: ArqRedis, record: JobRecord, recipe: Recipe, llm: LLMClient, task: ChunkTask, final_try: bool
+    redis: ArqRedis, record: JobRecord, recipe: Recipe, client: ChatClient, task: ChunkTask, final_try: bool
 ) -> ChunkOutcome:
     outcome = ChunkOutcome()
+    llm = metered(redis, record.id, client)
     indexes = list(range(task.start, task.stop))
     done = await redis.smismember(keys.generated(record.id), indexes)
     todo = [i for i, d in zip(indexes, done, strict=True) if not d]
@@ -105,11 +110,9 @@ async def run_chunk(
         try:
             item, failures = await generate_item(recipe, llm, index, record.spec.item_retries)
         except LLMFatal as exc:
-            await count_failed_calls(redis, record.id, exc.usage or Usage())
             await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
             return
         except LLMError as exc:
-            await count_failed_calls(redis, record.id, exc.usage or Usage())
             if not final_try:
                 outcome.unavailable.append(index)
                 return

@@ -127,6 +127,7 @@ async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
         updated_at=meta.get("updated_at") or None,
         message=meta.get("message", ""),
         counters=await read_counters(redis, record),
+        result=meta.get("result") or None,
     )
 
 

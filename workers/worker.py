@@ -10,13 +10,14 @@ import os
 import socket
 from typing import Any, ClassVar
 
-from arq import Retry
+from arq import Retry, Worker
 from arq.connections import ArqRedis, RedisSettings
 
 from schemas.jobs import ChunkTask, JobRecord
 from schemas.settings import Settings, get_settings
 from workers import endpoints, jobstore, keys
 from workers.curate.consumer import CurateConsumer
+from workers.extract.runner import extract_function
 from workers.generate import EndpointDown, run_chunk
 from workers.llm.client import LLMClient
 from workers.recipes import Recipe, recipe_for
@@ -74,7 +75,7 @@ async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[st
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    settings = get_settings()
+    settings: Settings = ctx.get("settings") or get_settings()
     res = Resources(ctx["redis"], settings)
     ctx["resources"] = res
     stop = asyncio.Event()
@@ -97,8 +98,28 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return RedisSettings.from_dsn(settings.redis_url)
 
 
+def make_worker(settings: Settings, **overrides: Any) -> Worker:
+    """A worker built from explicit settings (the CLI and the in-process quick start use this)."""
+    options: dict[str, Any] = {
+        "functions": WorkerSettings.functions,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "queue_name": keys.QUEUE_NAME,
+        "max_jobs": settings.worker_max_jobs,
+        "job_timeout": settings.chunk_timeout_s,
+        "max_tries": MAX_TRIES,
+        "keep_result": 3600,
+        "redis_settings": redis_settings(settings),
+        "ctx": {"settings": settings},
+    }
+    options.update(overrides)
+    return Worker(**options)
+
+
 class WorkerSettings:
-    functions: ClassVar[list[Any]] = [run_chunk_job]
+    """For ``arq workers.worker.WorkerSettings``; ``skillmix worker`` uses ``make_worker`` instead."""
+
+    functions: ClassVar[list[Any]] = [run_chunk_job, extract_function]
     on_startup = startup
     on_shutdown = shutdown
     queue_name = keys.QUEUE_NAME

@@ -62,7 +62,7 @@ class CurateConsumer:
             return 0
         for job_id in job_ids:
             await self._ensure_group(job_id)
-        handled = 0
+        batches: dict[str, list[Entry]] = {}
         if time.monotonic() - self._last_claim > self.settings.claim_idle_ms / 4000:
             self._last_claim = time.monotonic()
             for job_id in job_ids:
@@ -74,16 +74,18 @@ class CurateConsumer:
                     start_id="0-0",
                     count=self.settings.curate_batch,
                 )
-                for entry in claimed:
-                    handled += await self.handle(job_id, entry)
+                batches.setdefault(job_id, []).extend(claimed)
         streams = {keys.items(j): ">" for j in job_ids}
         replies = await self.redis.xreadgroup(
             keys.CURATE_GROUP, self.name, streams, count=self.settings.curate_batch, block=block_ms or None
         )
         for stream, entries in replies or []:
             job_id = stream.decode().removeprefix(keys.job("")).removesuffix(":items")
-            for entry in entries:
-                handled += await self.handle(job_id, entry)
+            batches.setdefault(job_id, []).extend(entries)
+        handled = 0
+        for job_id, entries in batches.items():
+            if entries:
+                handled += await self.handle(job_id, entries)
         return handled
 
     async def _record(self, job_id: str) -> JobRecord | None:
@@ -94,20 +96,21 @@ class CurateConsumer:
             self._records[job_id] = record
         return self._records[job_id]
 
-    async def handle(self, job_id: str, entry: Entry) -> int:
-        msg_id, fields = entry
+    async def handle(self, job_id: str, entries: list[Entry]) -> int:
+        """Curate a batch of one job's entries, acknowledge them together, then advance the job once."""
         record = await self._record(job_id)
-        if record is not None and fields.get(b"d"):
-            if await jobstore.get_state(self.redis, job_id) != JobState.CANCELLED:
-                item = GeneratedItem.model_validate_json(fields[b"d"])
-                await self._curate(record, item)
+        if record is not None and await jobstore.get_state(self.redis, job_id) != JobState.CANCELLED:
+            for _, fields in entries:
+                if fields.get(b"d"):
+                    await self._curate(record, GeneratedItem.model_validate_json(fields[b"d"]))
+        ids = [msg_id for msg_id, _ in entries]
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(keys.items(job_id), keys.CURATE_GROUP, msg_id)
-            pipe.xdel(keys.items(job_id), msg_id)
+            pipe.xack(keys.items(job_id), keys.CURATE_GROUP, *ids)
+            pipe.xdel(keys.items(job_id), *ids)
             await pipe.execute()
         if record is not None:
             await advance(self.redis, record)
-        return 1
+        return len(entries)
 
     async def _curate(self, record: JobRecord, item: GeneratedItem) -> None:
         example_id = f"{record.id}-{item.index}"

@@ -10,10 +10,10 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import httpx
 import orjson
@@ -173,6 +173,7 @@ class LLMClient:
         top_p: float = 1.0,
         seed: int | None = None,
         json_schema: dict[str, Any] | None = None,
+        schema_name: str = "answer",
     ) -> ChatResult:
         """One completion, retried per ``RetryPolicy``; raises an ``LLMError`` carrying ``usage``."""
         payload: dict[str, Any] = {
@@ -187,7 +188,7 @@ class LLMClient:
         if json_schema is not None:
             payload["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "answer", "strict": True, "schema": json_schema},
+                "json_schema": {"name": schema_name, "strict": True, "schema": json_schema},
             }
         body = orjson.dumps(payload)
         estimate = estimate_tokens(messages, max_tokens)
@@ -309,3 +310,53 @@ def _error_code(body: bytes) -> str | None:
     error = data.get("error") if isinstance(data, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, str) else None
+
+
+class ChatClient(Protocol):
+    """What recipes need from an endpoint: ``LLMClient`` and wrappers such as ``MeteredClient``."""
+
+    async def chat(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "answer",
+    ) -> ChatResult: ...
+
+
+class MeteredClient:
+    """Reports every call's usage the moment it finishes, success or error.
+
+    Counting per call (not per finished item) keeps cost accounting right when items are cancelled or fail
+    part-way through a multi-turn conversation.
+    """
+
+    def __init__(self, inner: ChatClient, on_usage: Callable[[Usage], Awaitable[None]]) -> None:
+        self.inner, self.on_usage = inner, on_usage
+
+    async def chat(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "answer",
+    ) -> ChatResult:
+        try:
+            result = await self.inner.chat(
+                messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                json_schema=json_schema, schema_name=schema_name,
+            )  # fmt: skip
+        except LLMError as exc:
+            if exc.usage is not None:
+                await asyncio.shield(self.on_usage(exc.usage))
+            raise
+        await asyncio.shield(self.on_usage(result.usage))
+        return result

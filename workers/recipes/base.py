@@ -14,7 +14,7 @@ from schemas.examples import GeneratedItem, WorkItem
 from schemas.jobs import JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import EndpointSettings
-from workers.llm.client import LLMClient
+from workers.llm.client import ChatClient
 from workers.sampler import derive_rng
 
 
@@ -36,7 +36,7 @@ def template(recipe: str, version: str, name: str) -> Template:
 class Conversation:
     """One multi-turn chat with the generator, accumulating usage across its calls."""
 
-    def __init__(self, llm: LLMClient, record: JobRecord, item: WorkItem, system: str | None = None) -> None:
+    def __init__(self, llm: ChatClient, record: JobRecord, item: WorkItem, system: str | None = None) -> None:
         self.llm, self.record, self.item = llm, record, item
         self.messages: list[ChatMessage] = [ChatMessage(role="system", content=system)] if system else []
         self.usage = Usage()
@@ -72,7 +72,7 @@ class Recipe(ABC):
         """The work item for an index; a pure function of the job so any worker rebuilds it."""
 
     @abstractmethod
-    async def generate(self, item: WorkItem, llm: LLMClient) -> GeneratedItem:
+    async def generate(self, item: WorkItem, llm: ChatClient) -> GeneratedItem:
         """Run the item's LLM calls; raise ParseFailure when the answer has no usable shape."""
 
     def record_for(self, item: WorkItem, **fields: object) -> GeneratedItem:

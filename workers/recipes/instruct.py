@@ -12,7 +12,7 @@ from schemas.examples import GeneratedItem, WorkItem
 from schemas.jobs import InstructJobSpec, JobRecord
 from schemas.llm import ChatResult
 from schemas.settings import EndpointSettings
-from workers.llm.client import LLMClient
+from workers.llm.client import ChatClient
 from workers.recipes.base import Conversation, ParseFailure, Recipe, template
 from workers.recipes.parse import PairNotFound, parse_pair
 from workers.sampler import SkillSampler
@@ -36,8 +36,26 @@ class InstructRecipe(Recipe):
         self.skills = {s.name: s for s in record.skill_set.skills}
         self.query_types = {q.name: q for q in record.skill_set.query_types}
         self.sampler = SkillSampler(list(self.skills), list(self.query_types), record.spec.k, record.spec.seed)
-        self.schema = PAIR_SCHEMA if endpoint.json_schema else None
+        self.schema = self._pair_schema(endpoint) if endpoint.json_schema else None
         self.format = self._template("format_json" if endpoint.json_schema else "format_text").template
+
+    def _pair_schema(self, endpoint: EndpointSettings) -> dict[str, object]:
+        """Where the server enforces string lengths, steer the answer into the range the quality stage wants
+        (about 6 characters a word); small local models otherwise stop early or ramble until cut off."""
+        if not endpoint.schema_string_bounds:
+            return PAIR_SCHEMA
+        quality, words_cap = self.spec.quality, self.spec.params.max_tokens * 3 // 4
+        return {
+            **PAIR_SCHEMA,
+            "properties": {
+                "instruction": {"type": "string", "minLength": 6 * quality.min_instruction_words, "maxLength": 600},
+                "response": {
+                    "type": "string",
+                    "minLength": 7 * quality.min_response_words,
+                    "maxLength": max(7 * quality.min_response_words + 200, 5 * words_cap),
+                },
+            },
+        }
 
     def _template(self, name: str) -> Template:
         return template(self.name, self.template_version, name)
@@ -62,7 +80,7 @@ class InstructRecipe(Recipe):
             result = await chat.ask(rewrite, self.schema)
         return result
 
-    async def generate(self, item: WorkItem, llm: LLMClient) -> GeneratedItem:
+    async def generate(self, item: WorkItem, llm: ChatClient) -> GeneratedItem:
         query = self.query_types[item.query_type or ""]
         chat = Conversation(llm, self.record, item, system=self._template("system").template.strip())
         write = self._template("write").substitute(

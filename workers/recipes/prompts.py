@@ -6,7 +6,7 @@ from schemas.examples import GeneratedItem, WorkItem
 from schemas.jobs import JobRecord, PromptsJobSpec
 from schemas.llm import ChatMessage
 from schemas.settings import EndpointSettings
-from workers.llm.client import LLMClient
+from workers.llm.client import ChatClient
 from workers.recipes.base import Conversation, Recipe
 
 
@@ -24,7 +24,7 @@ class PromptsRecipe(Recipe):
         messages = [ChatMessage(role="user", content=prompt)] if isinstance(prompt, str) else prompt
         return WorkItem(index=index, attempt=attempt, prompt=messages)
 
-    async def generate(self, item: WorkItem, llm: LLMClient) -> GeneratedItem:
+    async def generate(self, item: WorkItem, llm: ChatClient) -> GeneratedItem:
         assert item.prompt is not None
         *history, last = item.prompt
         chat = Conversation(llm, self.record, item)

@@ -1,0 +1,173 @@
+"""Extraction through the API: bad input is a 422 naming the problem; a real worker runs an uploaded
+2,000-row dataset end to end, and a generation job then runs on the extracted set; the CLI follows a job."""
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+
+from schemas.settings import Settings
+from service.app import create_app
+from tests.conftest import REDIS_URL, REPO, Processes, service_env
+from tests.extract.helpers import coarse_of, write_jsonl
+from tests.plugins.fake_llm import FakeLLM, FakeLLMFactory
+from tests.test_end_to_end import examples, finished, submit, wait_for
+from workers import keys
+
+ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model"}}
+
+
+@pytest.fixture
+async def client(redis: ArqRedis, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process on the test's Redis (no worker: these tests only submit)."""
+    settings = Settings(redis_url=REDIS_URL, data_dir=tmp_path, endpoints=ENDPOINTS, default_endpoint="fake")
+    app = create_app(settings)
+    app.state.settings, app.state.redis = settings, redis
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+        yield c
+
+
+def errors(response: httpx.Response) -> dict[str, str]:
+    assert response.status_code == 422, response.text
+    tags = {"body", "extract-agnostic", "extract-from-dataset"}
+    return {".".join(str(p) for p in e["loc"] if p not in tags): e["msg"] for e in response.json()["detail"]}
+
+
+def dataset(path: str = "seed.jsonl", **extra: Any) -> dict[str, Any]:
+    return {"recipe": "extract-from-dataset", "skill_set_name": "s", "source": {"path": path}} | extra
+
+
+async def test_bad_input_is_a_422_naming_the_problem(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "seed.jsonl", 20)
+    (tmp_path / "broken.jsonl").write_text('{"instruction": "a"}\n{"instruction": \n')
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "outside.jsonl").symlink_to(tmp_path.parent / "nowhere.jsonl")
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        (dataset("broken.jsonl"), "source.format", "line 2 is not valid JSON"),
+        (
+            dataset(source={"path": "seed.jsonl", "text_column": "question"}),
+            "source.text_column",
+            "no column 'question'",
+        ),
+        (dataset("empty.jsonl"), "source.path", "is empty"),
+        (dataset(max_rows=10), "max_rows", "more than max_rows=10"),
+        (dataset(rows=50), "rows", "rows=50 but the dataset has only 20"),
+        (dataset("missing.jsonl"), "source.path", "no file 'missing.jsonl'"),
+        (dataset("../seed.jsonl"), "source.path", "relative to the data dir"),
+        (dataset("outside.jsonl"), "source.path", "outside the data dir"),
+        (dataset("seed.csv"), "source", "cannot tell the format"),
+        (dataset(endpoint="nope"), "endpoint", "unknown endpoint 'nope'"),
+        (dataset(colour="red"), "colour", "Extra inputs are not permitted"),
+        ({"recipe": "extract-agnostic", "skill_set_name": "Bad Name"}, "skill_set_name", "should match pattern"),
+        ({"recipe": "extract-agnostic", "skill_set_name": "s", "num_topics": 0}, "num_topics", "greater than or equal"),
+    ]
+    for body, field, message in cases:
+        found = errors(await client.post("/v1/skill-sets/extract", json=body))
+        assert field in found and message in found[field], (body, found)
+
+    seed = (tmp_path / "seed.jsonl").read_bytes()
+    spec = json.dumps({"recipe": "extract-from-dataset", "skill_set_name": "s"})
+    both = json.dumps(dataset())
+    uploads: list[tuple[dict[str, tuple[str | None, bytes | str]], str, str]] = [
+        ({"spec": (None, spec)}, "file", "needs the seed dataset"),
+        ({"file": ("x.jsonl", seed)}, "spec", "needs the job spec"),
+        ({"file": ("x.jsonl", seed), "spec": (None, both)}, "source.path", "not both"),
+        ({"file": ("x.jsonl", b"not json\n"), "spec": (None, spec)}, "source.format", "line 1 is not valid JSON"),
+        ({"file": ("x.txt", seed), "spec": (None, spec)}, "source", "cannot tell the format"),
+        ({"file": ("x.jsonl", seed), "spec": (None, "{")}, "spec", "not valid JSON"),
+    ]
+    for files, field, message in uploads:
+        found = errors(await client.post("/v1/skill-sets/extract", files=files))
+        assert field in found and message in found[field], (files, found)
+
+
+async def test_submit_resolves_the_dataset_and_queues_a_step(
+    client: httpx.AsyncClient, redis: ArqRedis, tmp_path: Path
+) -> None:
+    write_jsonl(tmp_path / "seed.jsonl", 20)
+    response = await client.post(
+        "/v1/skill-sets/extract",
+        files={
+            "file": ("mine.jsonl", (tmp_path / "seed.jsonl").read_bytes()),
+            "spec": (None, json.dumps({"recipe": "extract-from-dataset", "skill_set_name": "s", "rows": 15})),
+        },
+    )
+    assert response.status_code == 201, response.text
+    status = response.json()
+    assert (status["recipe"], status["state"], status["count"], status["counters"]["planned"]) == (
+        "extract-from-dataset", "queued", 15, 15
+    )  # fmt: skip
+    job = (await client.get(f"/v1/jobs/{status['id']}")).json()
+    assert job["id"] == status["id"] and job["result"] is None
+    uploaded = tmp_path / "uploads" / f"{status['id']}.jsonl"
+    assert uploaded.read_bytes() == (tmp_path / "seed.jsonl").read_bytes()
+    queued = await redis.zrange(keys.QUEUE_NAME, 0, -1)
+    assert f"skillmix:extract:{status['id']}:0".encode() in queued
+    assert (await client.get(f"/v1/skill-sets/extract/{status['id']}/unlabelled")).text == ""
+    assert (await client.get("/v1/skill-sets/extract/nope/unlabelled")).status_code == 404
+
+
+def stack(processes: Processes, fake: FakeLLM, data_dir: Path) -> str:
+    env = service_env({"fake": fake.endpoint_settings()}, SKILLMIX_DATA_DIR=str(data_dir))
+    api = processes.api(env)
+    processes.worker(env)
+    return api
+
+
+def test_uploaded_dataset_to_a_generation_job(
+    processes: Processes, redis: ArqRedis, fake_llm: FakeLLMFactory, tmp_path: Path
+) -> None:
+    fake = fake_llm(extract_offlist_rate=0.2, extract_garbage_rate=0.05)
+    api = stack(processes, fake, tmp_path / "data")
+    seed = write_jsonl(tmp_path / "seed.jsonl", 2000)
+    spec = {"recipe": "extract-from-dataset", "skill_set_name": "tickets", "max_skills": 20}
+    with seed.open("rb") as fh:
+        response = httpx.post(
+            f"{api}/v1/skill-sets/extract", files={"file": ("tickets.jsonl", fh), "spec": (None, json.dumps(spec))}
+        )
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    status = wait_for(api, job_id, finished, timeout=60)
+    assert status["state"] == "completed", status
+    c = status["counters"]
+    assert c["accepted"] + c["rejected"] == 2000 and c["accepted"] > 1800 and c["rejected"] > 0
+    unlabelled = [
+        json.loads(line) for line in httpx.get(f"{api}/v1/skill-sets/extract/{job_id}/unlabelled").text.splitlines()
+    ]
+    assert len(unlabelled) == c["rejected"] and len({u["row"] for u in unlabelled}) == c["rejected"]
+    assert sum(c["rejected_by_reason"].values()) == c["rejected"]
+
+    assert status["result"] == "tickets@1"
+    latest = httpx.get(f"{api}/v1/skill-sets/tickets").json()
+    assert latest == httpx.get(f"{api}/v1/skill-sets/tickets/1").json()
+    assert sum(s["frequency"] for s in latest["skills"]) == c["accepted"]
+    assert {s["name"] for s in latest["skills"]} <= {coarse_of(i) for i in range(2000)}
+    assert all(1 <= len(s["examples"]) <= 5 for s in latest["skills"])
+
+    gen = submit(api, recipe="instruct", skill_set="tickets@1", count=10, refine=False, seed=3)
+    done = wait_for(api, gen, finished, timeout=60)
+    assert done["state"] == "completed" and done["counters"]["accepted"] == 10, done
+    names = {s["name"] for s in latest["skills"]}
+    assert all(set(e["skills"]) <= names and len(e["skills"]) == 2 for e in examples(api, gen))
+
+
+def test_cli_follows_an_agnostic_extraction(
+    processes: Processes, redis: ArqRedis, fake_llm: FakeLLMFactory, tmp_path: Path
+) -> None:
+    api = stack(processes, fake_llm(), tmp_path / "data")
+    out = tmp_path / "set.json"
+    argv = ["extract", "agnostic", "--name", "cli-set", "--topics", "3", "--skills-per-topic", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", *argv, "--domain", "sql", "-o", str(out), "--api", api],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cli-set@1" in done.stdout and "accepted" in done.stdout
+    written = json.loads(out.read_text())
+    assert written["name"] == "cli-set" and written["version"] == 1 and len(written["skills"]) == 1 + 3 * 2

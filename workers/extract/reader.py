@@ -1,0 +1,279 @@
+"""Seed datasets, streamed: JSONL line by line, Parquet batch by batch; never the whole file in memory.
+
+The API checks a dataset once at submit (``inspect``: format, columns, every row's shape, row count), so
+workers read rows they know are well formed. A ``Position`` is where the next row starts (a byte offset
+for JSONL, a row for Parquet), so a resumed step seeks there instead of re-reading from the top.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from schemas.extract import DatasetSource
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+
+RowFormat = Literal["alpaca", "messages", "text"]
+PARQUET_BATCH_ROWS = 512
+ALPACA_FIELDS = ("instruction", "input", "output")
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as given; ``field`` is the spec field to fix (a 422 names it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+@dataclass(frozen=True)
+class Position:
+    row: int = 0
+    offset: int = 0  # JSONL byte offset of ``row``; unused for Parquet
+
+
+@dataclass(frozen=True)
+class SeedRow:
+    index: int
+    text: str
+    after: Position  # where the row after this one starts
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    rows: int
+    row_format: RowFormat
+
+
+def resolve_path(data_dir: Path, relative: str) -> Path:
+    """The dataset's real path, refusing anything (symlinks included) that leads out of the data dir."""
+    root = data_dir.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise DatasetError("source.path", f"{relative!r} leads outside the data dir")
+    if not path.is_file():
+        raise DatasetError("source.path", f"no file {relative!r} under the data dir")
+    return path
+
+
+def _string(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def row_text(row: Any, row_format: RowFormat, text_column: str | None) -> str:
+    """The text the LLM sees for a row; raises ValueError naming what is wrong with the row."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a row must be a JSON object, not {type(row).__name__}")
+    if row_format == "text":
+        assert text_column is not None
+        if text_column not in row:
+            raise ValueError(f"no column {text_column!r} (the row has: {', '.join(map(str, row)) or 'nothing'})")
+        return _string(row, text_column)
+    if row_format == "alpaca":
+        if "instruction" not in row:
+            raise ValueError(f"no 'instruction' field (the row has: {', '.join(map(str, row)) or 'nothing'})")
+        instruction, given, output = (_string(row, k) for k in ALPACA_FIELDS)
+        parts = [instruction] + ([f"Input:\n{given}"] if given else []) + ([f"Response:\n{output}"] if output else [])
+        return "\n\n".join(parts) if instruction.strip() else ""
+    messages = row.get("messages")
+    if not isinstance(messages, list):
+        raise ValueError("'messages' must be a list of {role, content} objects")
+    lines = []
+    for message in messages:
+        if not (isinstance(message, dict) and isinstance(message.get("content"), str | None)):
+            raise ValueError("each message needs a string 'content'")
+        lines.append(f"{message.get('role') or 'user'}: {message.get('content') or ''}")
+    return "\n".join(lines) if any(m.get("content") for m in messages) else ""
+
+
+def detect_row_format(row: Any) -> RowFormat:
+    if isinstance(row, dict) and "messages" in row:
+        return "messages"
+    if isinstance(row, dict) and "instruction" in row:
+        return "alpaca"
+    keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
+    raise DatasetError(
+        "source.text_column",
+        f"cannot tell the row format: the first row has {keys or 'no fields'}; rows need 'instruction' (alpaca) "
+        "or 'messages' (chat), or set source.text_column to the column to read",
+    )
+
+
+class DatasetReader:
+    """Reads one dataset; ``source.row_format`` must be resolved (``inspect`` does that at submit)."""
+
+    def __init__(self, path: Path, source: DatasetSource, max_chars: int | None = None) -> None:
+        if source.row_format is None:
+            raise ValueError("source.row_format must be resolved before reading")
+        self.path, self.source, self.row_format = path, source, source.row_format
+        self.max_chars = max_chars  # rows are cut as they are read, so a huge row costs no memory later
+
+    def rows(self, start: Position = Position()) -> Iterator[SeedRow]:
+        if self.source.format == "parquet":
+            return self._parquet_rows(start)
+        return self._jsonl_rows(start)
+
+    def _text(self, row: Any) -> str:
+        text = row_text(row, self.row_format, self.source.text_column)
+        return text if self.max_chars is None else text[: self.max_chars]
+
+    def _jsonl_rows(self, start: Position) -> Iterator[SeedRow]:
+        index, offset = start.row, start.offset
+        with self.path.open("rb") as fh:
+            fh.seek(offset)
+            for line in fh:
+                offset += len(line)
+                if not line.strip():
+                    continue
+                yield SeedRow(index, self._text(orjson.loads(line)), Position(index + 1, offset))
+                index += 1
+
+    def _columns(self, file: "pq.ParquetFile") -> list[str]:
+        names = set(file.schema_arrow.names)
+        if self.row_format == "text":
+            assert self.source.text_column is not None
+            return [self.source.text_column]
+        if self.row_format == "alpaca":
+            return [c for c in ALPACA_FIELDS if c in names]
+        return ["messages"]
+
+    def _parquet_rows(self, start: Position) -> Iterator[SeedRow]:
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(self.path) as file:
+            groups: list[int] = []
+            first = 0  # skip whole row groups before ``start``, then rows within the first kept
+            for g in range(file.metadata.num_row_groups):
+                rows = file.metadata.row_group(g).num_rows
+                if first + rows <= start.row and not groups:
+                    first += rows
+                    continue
+                groups.append(g)
+            index = first
+            for batch in file.iter_batches(PARQUET_BATCH_ROWS, row_groups=groups, columns=self._columns(file)):
+                for row in batch.to_pylist():
+                    if index >= start.row:
+                        yield SeedRow(index, self._text(row), Position(index + 1))
+                    index += 1
+
+    async def batches(self, start: Position, size: int, limit: int) -> AsyncIterator[list[SeedRow]]:
+        """Rows ``[start.row, limit)`` in lists of ``size``, each read in a thread (file I/O off the loop)."""
+        it = self.rows(start)
+
+        def take() -> list[SeedRow]:
+            out: list[SeedRow] = []
+            for row in it:
+                if row.index >= limit:
+                    break
+                out.append(row)
+                if len(out) >= size:
+                    break
+            return out
+
+        try:
+            while batch := await asyncio.to_thread(take):
+                yield batch
+                if batch[-1].index + 1 >= limit:
+                    return
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+
+
+def inspect(path: Path, source: DatasetSource, rows: int, max_rows: int) -> DatasetInfo:
+    """Check a whole dataset before a job is queued: every problem found here is a precise 422.
+
+    ``rows`` > 0 means only the first ``rows`` are used (and must exist); otherwise all rows, at most
+    ``max_rows``. Blocking: call it in a thread.
+    """
+    if path.stat().st_size == 0:
+        raise DatasetError("source.path", f"{source.path!r} is empty")
+    if source.format == "parquet":
+        return _inspect_parquet(path, source, rows, max_rows)
+    return _inspect_jsonl(path, source, rows, max_rows)
+
+
+def _too_many(max_rows: int) -> DatasetError:
+    return DatasetError(
+        "max_rows",
+        f"the dataset has more than max_rows={max_rows} rows; set rows to use only the first N, "
+        "or raise max_rows (at most 1,000,000)",
+    )
+
+
+def _too_few(found: int, rows: int) -> DatasetError:
+    return DatasetError("rows", f"rows={rows} but the dataset has only {found} rows")
+
+
+def _inspect_jsonl(path: Path, source: DatasetSource, rows: int, max_rows: int) -> DatasetInfo:
+    row_format, count = source.row_format, 0
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            if rows and count >= rows:
+                break
+            if count >= max_rows:
+                raise _too_many(max_rows)
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise DatasetError("source.format", f"line {number} is not valid JSON ({exc}); is it JSONL?") from exc
+            if row_format is None:
+                row_format = detect_row_format(row)
+            try:
+                row_text(row, row_format, source.text_column)
+            except ValueError as exc:
+                field = "source.text_column" if row_format == "text" else "source.row_format"
+                raise DatasetError(field, f"line {number}: {exc}") from exc
+            count += 1
+    if count == 0:
+        raise DatasetError("source.path", f"{source.path!r} has no rows (only blank lines)")
+    if rows and count < rows:
+        raise _too_few(count, rows)
+    assert row_format is not None
+    return DatasetInfo(count, row_format)
+
+
+def _inspect_parquet(path: Path, source: DatasetSource, rows: int, max_rows: int) -> DatasetInfo:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError("source.format", f"{source.path!r} is not a Parquet file ({exc})") from exc
+    with file:
+        schema, total = file.schema_arrow, file.metadata.num_rows
+        names = schema.names
+        row_format = source.row_format or detect_row_format(dict.fromkeys(names))
+        need = {"text": source.text_column, "alpaca": "instruction", "messages": "messages"}[row_format]
+        if need not in names:
+            field = "source.text_column" if row_format == "text" else "source.row_format"
+            raise DatasetError(field, f"no column {need!r}; the file has: {', '.join(names)}")
+        for name in [need] if row_format != "alpaca" else [c for c in ALPACA_FIELDS if c in names]:
+            kind = schema.field(name).type
+            if row_format == "messages":
+                ok = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+            else:
+                ok = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            if not ok:
+                raise DatasetError("source.row_format", f"column {name!r} has type {kind}, which is not {row_format}")
+    if total == 0:
+        raise DatasetError("source.path", f"{source.path!r} has no rows")
+    if rows and total < rows:
+        raise _too_few(total, rows)
+    if not rows and total > max_rows:
+        raise _too_many(max_rows)
+    return DatasetInfo(min(total, rows) if rows else total, row_format)

@@ -1,0 +1,202 @@
+"""Extraction jobs on the spine's queue: one time-boxed arq step at a time, each enqueueing the next.
+
+A step works until its slice of time is spent (well inside the worker's job timeout), saving its place in
+Redis, then enqueues the next step under a deterministic id. A killed worker's step is retried by arq like
+any chunk and resumes from the saved place; calls that fail even after the client's retries make arq retry
+the step later, and on the last try their rows are reported unlabelled instead.
+
+Dataset phases: label -> merge -> map -> finish. Model-only: topics -> skills -> query types -> finish.
+"""
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from arq import Retry
+from arq.connections import ArqRedis
+from arq.worker import func
+from redis.asyncio import Redis
+
+from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
+from schemas.jobs import JobRecord, JobState
+from schemas.settings import Settings
+from schemas.skills import Skill, SkillSet, SkillSetCreate
+from workers import endpoints, jobstore, keys
+from workers.extract.agnostic import Agnostic, ask_query_types
+from workers.extract.ask import Asker
+from workers.extract.label import Labeller
+from workers.extract.mapping import Mapper
+from workers.extract.merge import Merger
+from workers.extract.phase import MAX_PARALLEL_CALLS, EndpointDown, ExtractFailed, Phase
+from workers.extract.reader import DatasetError, DatasetReader, resolve_path
+from workers.extract.store import ExtractStore
+from workers.llm.client import LLMClient
+from workers.llm.errors import LLMFatal
+from workers.skillsets import save_skill_set
+
+if TYPE_CHECKING:
+    from workers.worker import Resources
+
+log = logging.getLogger(__name__)
+FUNCTION = "run_extract_step"
+MAX_STEP_TRIES = 8
+SLICE_MAX_S = 60.0  # a step hands over after this long (or a quarter of the job timeout, if shorter)
+HARD_LIMIT_FRACTION = 0.8  # of the job timeout: past it the step is cut and its window redone next step
+
+
+async def enqueue_step(redis: ArqRedis, job_id: str, step: int) -> None:
+    task = ExtractTask(job_id=job_id, step=step)
+    await redis.enqueue_job(FUNCTION, task.model_dump(), _job_id=task.arq_id, _queue_name=keys.QUEUE_NAME)
+
+
+async def create(redis: Redis, record: JobRecord) -> None:
+    """Store the job; ``planned`` is known up front (the rows, or the model-only steps)."""
+    await jobstore.create_job(redis, record)
+    await redis.hset(keys.counters(record.id), "planned", record.spec.count)
+
+
+async def submit(redis: ArqRedis, record: JobRecord) -> None:
+    await create(redis, record)
+    await enqueue_step(redis, record.id, 0)
+
+
+async def run_extract_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """The arq job function: thin; the phases do the work."""
+    res: Resources = ctx["resources"]
+    redis: ArqRedis = ctx["redis"]
+    task = ExtractTask.model_validate(payload)
+    record = await jobstore.load_record(redis, task.job_id)
+    state = await jobstore.get_state(redis, task.job_id)
+    if record is None or state is None or state.finished:
+        return {"step": task.step, "skipped": True}
+    await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
+    timeout = res.settings.chunk_timeout_s
+    try:
+        llm = await res.client(record.endpoint)
+        async with asyncio.timeout(timeout * HARD_LIMIT_FRACTION):
+            deadline = time.monotonic() + min(SLICE_MAX_S, timeout / 4)
+            finished = await run_step(redis, res.settings, record, llm, deadline, ctx["job_try"] >= MAX_STEP_TRIES)
+    except TimeoutError:
+        finished = False
+    except EndpointDown as exc:
+        log.warning("extract %s step %d: %s; retry %d", record.id, task.step, exc, ctx["job_try"])
+        raise Retry(defer=min(10 * ctx["job_try"], 120)) from exc
+    except (ExtractFailed, DatasetError) as exc:
+        await jobstore.set_state(redis, record.id, JobState.FAILED, str(exc))
+        return {"step": task.step, "failed": str(exc)}
+    except (LLMFatal, endpoints.UnknownEndpoint) as exc:
+        await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
+        return {"step": task.step, "failed": str(exc)}
+    except Exception as exc:  # a bug: fail the job visibly rather than leave it running forever
+        log.exception("extract %s step %d failed", record.id, task.step)
+        await jobstore.set_state(redis, record.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        return {"step": task.step, "failed": repr(exc)}
+    if not finished:
+        await enqueue_step(redis, record.id, task.step + 1)
+    return {"step": task.step, "finished": finished}
+
+
+extract_function = func(run_extract_step, name=FUNCTION, max_tries=MAX_STEP_TRIES)
+
+
+async def run_step(
+    redis: Redis, settings: Settings, record: JobRecord, llm: LLMClient, deadline: float, final_try: bool
+) -> bool:
+    """Advance the job as far as the deadline allows; True once the job has finished."""
+    spec = record.spec
+    assert isinstance(spec, ExtractAgnosticSpec | ExtractDatasetSpec)
+    store = ExtractStore(redis, record.id)
+    phase = Phase(
+        redis=redis,
+        record=record,
+        store=store,
+        asker=Asker(llm, store, spec),
+        deadline=deadline,
+        final_try=final_try,
+        parallel=min(MAX_PARALLEL_CALLS, llm.endpoint.max_concurrency),
+    )
+    if isinstance(spec, ExtractAgnosticSpec):
+        agnostic = Agnostic(phase)
+        if not await agnostic.run():
+            return False
+        return await finish(phase, await agnostic.skill_set())
+    return await run_dataset(phase, settings.data_dir)
+
+
+async def run_dataset(phase: Phase, data_dir: Path) -> bool:
+    spec, store = phase.dataset, phase.store
+    path = resolve_path(data_dir, spec.source.path)
+    phase.reader = DatasetReader(path, spec.source, max(spec.max_row_chars, EXEMPLAR_CHARS))
+    current = (await store.state()).get("phase", "label")
+    # Each phase makes progress before it checks the clock, so every step moves the job on.
+    if current == "label":
+        if not await Labeller(phase).run():
+            return False
+        current = "merge"
+        await store.set_state(phase=current)
+    if current == "merge":
+        if not await Merger(phase).run():
+            return False
+        current = "map"
+        await store.set_state(phase=current)
+        if await phase.should_pause():
+            return await _cancelled(phase)
+    coarse: list[dict[str, str]] = orjson.loads(await store.coarse() or b"[]")
+    if current == "map":
+        if not await Mapper(phase, coarse).run():
+            return False
+        await store.set_state(phase="finish")
+    return await finish(phase, await dataset_skill_set(phase, coarse))
+
+
+async def _cancelled(phase: Phase) -> bool:
+    state = await jobstore.get_state(phase.redis, phase.record.id)
+    return state is None or state.finished
+
+
+async def dataset_skill_set(phase: Phase, coarse: list[dict[str, str]]) -> SkillSetCreate:
+    """Coarse skills that got rows, most frequent first, with their first rows as exemplars."""
+    spec, store = phase.dataset, phase.store
+    freq = await store.frequencies()
+    described = {c["name"]: c.get("description", "") for c in coarse}
+    names = sorted((n for n in freq if freq[n] > 0), key=lambda n: (-freq[n], n))
+    if not names:
+        raise ExtractFailed("no row was mapped to a coarse skill; see the unlabelled rows for why")
+    skills = [
+        Skill(name=n, description=described.get(n, ""), examples=await store.exemplars(n), frequency=freq[n])
+        for n in names
+    ]
+    unused = len(described) - len(names)
+    if unused > 0:
+        await phase.note(f"{unused} coarse skills got no rows and were left out")
+    samples = [ex for depth in range(2) for s in skills for ex in s.examples[depth : depth + 1]]
+    query_types = await ask_query_types(phase, spec.description or "the requests in this dataset", samples[:24])
+    counters = await jobstore.read_counters(phase.redis, phase.record)
+    description = spec.description or (
+        f"Extracted from {spec.source.path} ({spec.rows} rows, {counters.accepted} mapped, "
+        f"{counters.rejected} unlabelled) by {phase.record.model}."
+    )
+    return SkillSetCreate(name=spec.skill_set_name, description=description, skills=skills, query_types=query_types)
+
+
+async def finish(phase: Phase, create: SkillSetCreate) -> bool:
+    """Save the new version, record it as the job's result, complete the job (once)."""
+    meta = keys.meta(phase.record.id)
+    if await phase.redis.hget(meta, "result") is None:
+        saved: SkillSet = await save_skill_set(phase.redis, create)
+        await phase.redis.hset(meta, "result", saved.ref)
+        ref = saved.ref
+    else:
+        ref = (await phase.redis.hget(meta, "result")).decode()
+    counters = await jobstore.read_counters(phase.redis, phase.record)
+    message = f"skill set {ref}: {len(create.skills)} skills, {len(create.query_types)} query types"
+    if isinstance(phase.spec, ExtractDatasetSpec):
+        message += f"; {counters.accepted} rows mapped, {counters.rejected} unlabelled"
+    notes = await phase.store.notes()
+    if notes:
+        message += "; " + "; ".join(notes)
+    await jobstore.set_state(phase.redis, phase.record.id, JobState.COMPLETED, message)
+    return True
