@@ -19,6 +19,7 @@ class Reason(StrEnum):
     TOO_SHORT = "too_short"
     REFUSAL = "refusal"
     RESTATES_INSTRUCTION = "restates_instruction"
+    REPETITIVE = "repetitive"
     EXACT_DUPLICATE = "exact_duplicate"
     NEAR_DUPLICATE = "near_duplicate"
     SURPLUS = "surplus"

@@ -19,6 +19,7 @@ class GenerationParams(StrictModel):
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=2048, ge=16, le=32_768)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2, description="OpenAI-style; curbs repetition")
 
 
 class DedupSettings(StrictModel):
@@ -125,9 +126,13 @@ class PromptsJobSpec(_JobSpecBase):
         return self
 
 
+GenerationSpec = Annotated[InstructJobSpec | PromptsJobSpec, Field(discriminator="recipe")]
+"""What ``POST /v1/jobs`` accepts; extraction specs go to ``POST /v1/skill-sets/extract``."""
+
 JobSpec = Annotated[
     InstructJobSpec | PromptsJobSpec | ExtractAgnosticSpec | ExtractDatasetSpec, Field(discriminator="recipe")
 ]
+"""Every kind of stored job."""
 
 
 class JobState(StrEnum):

@@ -24,7 +24,7 @@ class EndpointSettings(StrictModel):
     rpm: int = Field(default=500, ge=1, description="requests per minute")
     tpm: int = Field(default=2_000_000, ge=1, description="tokens (prompt + completion) per minute")
     max_concurrency: int = Field(
-        default=0, ge=0, le=4096, description="requests in flight; 0 = enough for the rpm at 1 s latency (32..1024)"
+        default=0, ge=0, le=4096, description="requests in flight; 0 = enough for the rpm at 1 s latency (32..256)"
     )
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=6, ge=0, le=50)
@@ -45,7 +45,7 @@ class EndpointSettings(StrictModel):
     @model_validator(mode="after")
     def _concurrency(self) -> Self:
         if self.max_concurrency == 0:  # throughput is capped at concurrency / latency: leave headroom
-            self.max_concurrency = min(1024, max(32, math.ceil(self.rpm / 60)))
+            self.max_concurrency = min(256, max(32, math.ceil(self.rpm / 60)))
         return self
 
     @property
@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     )
     curate_batch: int = Field(default=64, ge=1, description="stream entries one curate read takes")
     claim_idle_ms: int = Field(default=60_000, ge=1000, description="re-deliver curate entries idle this long")
+    local_model: Path | None = Field(default=None, description="a GGUF file for quickstart / local-llm")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 

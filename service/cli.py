@@ -165,7 +165,7 @@ async def _serve_local(model: Path | None, parallel: int, threads: int | None) -
     from workers.worker import redis_settings
 
     settings = get_settings()
-    path = await ensure_model(model)
+    path = await ensure_model(model or settings.local_model)
     redis = await create_pool(redis_settings(settings))
     try:
         async with LocalLLMServer(path, parallel=parallel, threads=threads, require_api_key=False) as server:

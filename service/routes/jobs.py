@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 
-from schemas.jobs import InstructJobSpec, JobRecord, JobSpec, JobsPublic, JobState, JobStatus
+from schemas.jobs import GenerationSpec, InstructJobSpec, JobRecord, JobsPublic, JobState, JobStatus
 from schemas.skills import SkillSet, parse_skill_set_ref
 from service.deps import RedisDep, SettingsDep
 from service.errors import not_found, unprocessable
@@ -36,7 +36,7 @@ async def _resolve_skill_set(redis: RedisDep, spec: InstructJobSpec) -> SkillSet
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus)
-async def submit_job(spec: JobSpec, redis: RedisDep, settings: SettingsDep) -> JobStatus:
+async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDep) -> JobStatus:
     endpoint_name = spec.endpoint or settings.default_endpoint
     try:
         endpoint = await endpoints.resolve(redis, settings, endpoint_name)

@@ -52,7 +52,8 @@ def write_jsonl(path: Path, n: int, label: Any = hierarchical_label) -> Path:
 
 
 def settings_for(data_dir: Path, fake: FakeLLM) -> Settings:
-    return Settings(data_dir=data_dir, endpoints={"fake": fake.endpoint_settings()}, default_endpoint="fake")
+    endpoint = fake.endpoint_settings(max_concurrency=64)  # an explicit pool: quick to build per job
+    return Settings(data_dir=data_dir, endpoints={"fake": endpoint}, default_endpoint="fake")
 
 
 async def start_job(redis: ArqRedis, settings: Settings, body: dict[str, Any]) -> JobRecord:

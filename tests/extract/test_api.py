@@ -171,3 +171,14 @@ def test_cli_follows_an_agnostic_extraction(
     assert "cli-set@1" in done.stdout and "accepted" in done.stdout
     written = json.loads(out.read_text())
     assert written["name"] == "cli-set" and written["version"] == 1 and len(written["skills"]) == 1 + 3 * 2
+
+    seed = write_jsonl(tmp_path / "local" / "rows.jsonl", 300)  # uploaded from the client's disk
+    argv = ["extract", "dataset", str(seed), "--name", "cli-data", "--max-skills", "20", "--api", api]
+    done = subprocess.run([sys.executable, "-m", "service.cli", *argv], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cli-data@1" in done.stdout and "300/300" in done.stdout  # the progress bar: mapped of rows
+    bad = subprocess.run(
+        [sys.executable, "-m", "service.cli", *argv[:3], "--name", "x", "--rows", "999", "--api", api],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "invalid rows" in bad.stdout and "only 300" in bad.stdout

@@ -266,3 +266,17 @@ def test_several_reasons_primary_first_and_stats() -> None:
     assert verdict.reasons == [Reason.CUT_OFF, Reason.REFUSAL, Reason.TOO_SHORT]
     quality.verdict(item())
     assert quality.stats == {"total": 2, "accepted": 1, "cut_off": 1}
+
+
+def test_degenerate_repetition_is_rejected_but_normal_prose_is_not() -> None:
+    looping = "Your query averages within each customer, not across orders. " + "The answer is: " * 25
+    verdict = evaluate(item(output=looping))
+    assert not verdict.accepted and verdict.reasons[0] is Reason.REPETITIVE
+    assert "distinct" in verdict.detail
+    assert evaluate(item()).accepted  # the long, normal answer repeats few 3-grams
+    listy = (
+        "Step 1: check the value of cell B2 against the budget total. Step 2: check the value of cell C2 "
+        "against last month. Step 3: check the formula in D2 copies down without shifting the range. Step 4: "
+        "check the totals row sums the right columns. Step 5: check the currency format of every cell."
+    )
+    assert Reason.REPETITIVE not in evaluate(item(output=listy)).reasons

@@ -210,6 +210,29 @@ class RefusalCheck(QualityCheck):
         return f"refusal: {match.group(0)!r}" if match else "refusal"
 
 
+class RepetitionCheck(QualityCheck):
+    """Degenerate looping ("The answer is: The answer is: ...") that small models fall into when sampling
+    goes wrong: most word 3-grams of the response are repeats. Human prose repeats few 3-grams."""
+
+    name = "repetitive"
+    reason = Reason.REPETITIVE
+    MIN_WORDS = 30
+    MIN_DISTINCT_SHARE = 0.5
+
+    def _distinct_share(self, item: GeneratedItem) -> float:
+        tokens = words(item.output)
+        grams = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
+        return len(set(grams)) / len(grams) if grams else 1.0
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        if len(words(item.output)) < self.MIN_WORDS:
+            return None
+        return self.reason if self._distinct_share(item) < self.MIN_DISTINCT_SHARE else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        return f"only {self._distinct_share(item):.0%} of the response's word 3-grams are distinct"
+
+
 class RestatesInstructionCheck(QualityCheck):
     """The response is the instruction again (a shirker: re-asked, perhaps with "answer in one paragraph")."""
 
@@ -329,6 +352,7 @@ class QualityFilter:
                 # the specific reasons first: a refusal or a re-asked instruction is also short
                 RefusalCheck(),
                 RestatesInstructionCheck(settings.max_restate_similarity),
+                RepetitionCheck(),
                 TooShortCheck(settings.min_response_words, settings.min_instruction_words),
                 GenericFillerCheck(),
             ]

@@ -172,6 +172,7 @@ class LLMClient:
         temperature: float = 0.7,
         top_p: float = 1.0,
         seed: int | None = None,
+        frequency_penalty: float = 0.0,
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
     ) -> ChatResult:
@@ -185,6 +186,8 @@ class LLMClient:
         }
         if seed is not None:
             payload["seed"] = seed
+        if frequency_penalty:
+            payload["frequency_penalty"] = frequency_penalty
         if json_schema is not None:
             payload["response_format"] = {
                 "type": "json_schema",
@@ -323,6 +326,7 @@ class ChatClient(Protocol):
         temperature: float = 0.7,
         top_p: float = 1.0,
         seed: int | None = None,
+        frequency_penalty: float = 0.0,
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
     ) -> ChatResult: ...
@@ -346,13 +350,14 @@ class MeteredClient:
         temperature: float = 0.7,
         top_p: float = 1.0,
         seed: int | None = None,
+        frequency_penalty: float = 0.0,
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
     ) -> ChatResult:
         try:
             result = await self.inner.chat(
                 messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                json_schema=json_schema, schema_name=schema_name,
+                frequency_penalty=frequency_penalty, json_schema=json_schema, schema_name=schema_name,
             )  # fmt: skip
         except LLMError as exc:
             if exc.usage is not None:

@@ -42,15 +42,18 @@ class Conversation:
         self.usage = Usage()
         self.turn = 0
 
-    async def ask(self, prompt: str, json_schema: dict[str, object] | None = None) -> ChatResult:
+    async def ask(
+        self, prompt: str, json_schema: dict[str, object] | None = None, max_tokens: int | None = None
+    ) -> ChatResult:
         self.messages.append(ChatMessage(role="user", content=prompt))
         params = self.record.spec.params
         seed = derive_rng(self.record.spec.seed, self.item.index, self.item.attempt, self.turn).getrandbits(31)
         result = await self.llm.chat(
             self.messages,
-            max_tokens=params.max_tokens,
+            max_tokens=max_tokens or params.max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
+            frequency_penalty=params.frequency_penalty,
             seed=seed,
             json_schema=json_schema,
         )

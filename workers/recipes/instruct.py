@@ -41,19 +41,23 @@ class InstructRecipe(Recipe):
 
     def _pair_schema(self, endpoint: EndpointSettings) -> dict[str, object]:
         """Where the server enforces string lengths, steer the answer into the range the quality stage wants
-        (about 6 characters a word); small local models otherwise stop early or ramble until cut off."""
+        and inside max_tokens (about 3 characters a token, leaving room for the request and the JSON);
+        small local models otherwise stop early or ramble until they are cut off."""
         if not endpoint.schema_string_bounds:
             return PAIR_SCHEMA
-        quality, words_cap = self.spec.quality, self.spec.params.max_tokens * 3 // 4
+        quality, max_tokens = self.spec.quality, self.spec.params.max_tokens
+        instruction_max = min(600, max(80, max_tokens))
+        response_min = 7 * quality.min_response_words
+        response_max = max(response_min + 200, 3 * max_tokens - instruction_max - 60)
         return {
             **PAIR_SCHEMA,
             "properties": {
-                "instruction": {"type": "string", "minLength": 6 * quality.min_instruction_words, "maxLength": 600},
-                "response": {
+                "instruction": {
                     "type": "string",
-                    "minLength": 7 * quality.min_response_words,
-                    "maxLength": max(7 * quality.min_response_words + 200, 5 * words_cap),
+                    "minLength": 6 * quality.min_instruction_words,
+                    "maxLength": instruction_max,
                 },
+                "response": {"type": "string", "minLength": response_min, "maxLength": response_max},
             },
         }
 
@@ -91,7 +95,8 @@ class InstructRecipe(Recipe):
         )
         result = await self._ask_until_whole(chat, write)
         if self.spec.refine:
-            await chat.ask(self._template("critique").substitute(skill_list=", ".join(item.skills)))
+            critique = self._template("critique").substitute(skill_list=", ".join(item.skills))
+            await chat.ask(critique, max_tokens=max(64, self.spec.params.max_tokens // 2))  # a list, not an essay
             result = await self._ask_until_whole(chat, self._template("refine").substitute(format=self.format))
         try:
             instruction, response = parse_pair(result.content)

@@ -1,0 +1,38 @@
+"""The README's main job, for real: `quickstart` on the bundled model, end to end (marked local_llm)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from arq.connections import ArqRedis
+from rich.console import Console
+
+from schemas.settings import Settings
+from service.quickstart import quickstart
+from tests.conftest import REDIS_URL
+from tests.test_local_llm import needs_model
+
+
+@pytest.mark.local_llm
+@needs_model
+async def test_quickstart_runs_a_real_model_end_to_end(tmp_path: Path, redis: ArqRedis) -> None:
+    out = tmp_path / "skillmix-out" / "quickstart.jsonl"
+    console = Console(file=(tmp_path / "console.txt").open("w"), width=120)
+    code = await quickstart(Settings(redis_url=REDIS_URL), out, count=3, console=console)
+    console.file.close()
+    transcript = (tmp_path / "console.txt").read_text()
+    job_id = transcript.split("job     ")[1].split(":")[0]
+    counters = {k.decode(): int(v) for k, v in (await redis.hgetall(f"skillmix:job:{job_id}:counters")).items()}
+    assert counters["processed"] == counters["accepted"] + counters["rejected"]
+    assert counters["llm_calls"] >= 3 * counters["processed"] > 0  # write, critique, refine: real calls
+    state = (await redis.hget(f"skillmix:job:{job_id}:meta", "state")).decode()
+    assert state == "completed", transcript
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == counters["accepted"]
+    assert code == (0 if rows else 1)
+    assert rows, f"the real model produced no accepted example: {counters}\n{transcript}"
+    for row in rows:
+        assert row["model"].startswith("SmolLM2") and row["endpoint"] == "local" and len(row["skills"]) == 2
+        assert len(row["output"].split()) >= 40 and row["verdict"]["accepted"]
+        assert row["conversation"][-1]["role"] == "assistant"
+    assert "accepted" in transcript and str(out) in transcript
