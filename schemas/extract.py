@@ -31,6 +31,7 @@ class ExtractParams(StrictModel):
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=4096, ge=256, le=32_768, description="cap on any one answer")
     top_p: float = Field(default=1.0, gt=0, le=1)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
 
 
 class _ExtractSpecBase(StrictModel):
