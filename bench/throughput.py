@@ -40,7 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--model", default=None, help="model name (default: first of GET /models, else fake-model)")
     p.add_argument("--api-key-env", default=None, help="env var holding the API key (passed to the workers)")
-    p.add_argument("--concurrency", type=int, default=32, help="endpoint max_concurrency (per worker process)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="endpoint max_concurrency per worker process (default 0: the product derives it from the rpm)",
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     p.add_argument("--force", action="store_true", help="allow flushing db 0")
     p.add_argument(
@@ -72,6 +77,14 @@ def pick_model(base_url: str, api_key_env: str | None) -> str:
         return str(data["data"][0]["id"])
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
         return "fake-model"
+
+
+def product_concurrency(src: Path, endpoint: dict[str, Any]) -> int:
+    """The max_concurrency the workers will use: the product's own EndpointSettings resolves 0 (derived)."""
+    sys.path.insert(1, str(src))
+    from schemas.settings import EndpointSettings
+
+    return EndpointSettings.model_validate(endpoint).max_concurrency
 
 
 def steady_rate(samples: list[tuple[float, int]], lo: float, hi: float) -> float | None:
@@ -108,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "SKILLMIX_CURATE_BATCH": None if args.curate_batch is None else str(args.curate_batch),
     }
     env = service_env(args.redis_url, {ENDPOINT: endpoint}, ENDPOINT, **extra)  # type: ignore[arg-type]
+    effective_concurrency = product_concurrency(args.src, endpoint)
 
     stack = Stack("throughput", args.src)
     stack.guard()
@@ -194,7 +208,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steady_calls_per_s": None if steady is None else round(steady, 2),
         "calls_at_t_first": c_first,
         "ok_calls_per_s": round((calls - rate_limited - c_first) / seconds, 2) if seconds > 0 else None,
-        "concurrency": args.concurrency,
+        "concurrency": effective_concurrency,
+        "concurrency_arg": args.concurrency,
         "rpm_per_worker": worker_rpm,
         "chunk_size": args.chunk_size,
         "worker_max_jobs": args.worker_max_jobs,

@@ -78,6 +78,9 @@ async def _submit(api: str, body: dict[str, object], wait: bool) -> int:
 def submit(
     spec: Annotated[Path, typer.Argument(help="job spec as a JSON file")],
     wait: bool = typer.Option(False, help="follow the job with a live progress bar"),
+    prompts: Path | None = typer.Option(
+        None, help='JSONL for a prompts job: one string, {"prompt": ...} or {"messages": [...]} a line'
+    ),
     api: str | None = API_OPTION,
 ) -> None:
     """Submit a job spec (JSON) to the API."""
@@ -87,7 +90,35 @@ def submit(
         _fail(f"{spec}: no such file")
     except json.JSONDecodeError as exc:
         _fail(f"{spec}: not valid JSON ({exc.msg} at line {exc.lineno}); a job spec is a JSON object")
+    if not isinstance(body, dict):
+        _fail(f"{spec}: a job spec is a JSON object, not {type(body).__name__}")
+    if prompts is not None:
+        body["prompts"] = read_prompts(prompts)
     raise typer.Exit(asyncio.run(_submit(_api(api), body, wait)))
+
+
+def read_prompts(path: Path) -> list[object]:
+    """Prompts from JSONL, checked line by line so a bad line is named, not a traceback."""
+    found: list[object] = []
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        _fail(f"{path}: no such file")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            _fail(f"{path}:{number}: not valid JSON ({exc.msg})")
+        if isinstance(value, dict):
+            value = value.get("messages", value.get("prompt"))
+        if not isinstance(value, str | list):
+            _fail(f'{path}:{number}: expected a string, {{"prompt": "..."}} or {{"messages": [...]}}')
+        found.append(value)
+    if not found:
+        _fail(f"{path}: no prompts in the file")
+    return found
 
 
 async def _export(api: str, job_id: str, fmt: ExportFormat, out: Path) -> int:

@@ -36,13 +36,24 @@ def test_submit_wait_then_export(tmp_path: Path, processes: Processes, redis: Ar
     api = processes.api(env)
     processes.worker(env)
     spec = tmp_path / "job.json"
-    spec.write_text(json.dumps({"recipe": "prompts", "prompts": [f"Name a colour, {i}." for i in range(12)]}))
+    spec.write_text(json.dumps({"recipe": "prompts"}))
+    jsonl = tmp_path / "prompts.jsonl"
+    lines = [json.dumps(f"Name a colour, {i}.") for i in range(10)]
+    lines += [
+        json.dumps({"prompt": "Name a colour, 10."}),
+        json.dumps({"messages": [{"role": "user", "content": "Name a colour, 11."}]}),
+    ]
+    jsonl.write_text("\n".join(lines) + "\n")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('"fine"\n{"promp": 1}\n')
+    bad_line = skillmix("submit", str(spec), "--prompts", str(broken), "--api", api, env=env)
+    assert bad_line.returncode == 2 and "broken.jsonl:2: expected a string" in bad_line.stdout
     invalid = tmp_path / "invalid.json"
     invalid.write_text(json.dumps({"recipe": "prompts", "prompts": []}))
     bad = skillmix("submit", str(invalid), "--api", api, env=env)
     assert bad.returncode == 2 and "invalid prompts" in bad.stdout
 
-    done = skillmix("submit", str(spec), "--wait", "--api", api, env=env)
+    done = skillmix("submit", str(spec), "--prompts", str(jsonl), "--wait", "--api", api, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "12 of 12" in done.stdout and "completed" in done.stdout
     job_id = done.stdout.split("submitted job ")[1].split()[0]
