@@ -105,7 +105,7 @@ class PromptsJobSpec(_JobSpecBase):
         if isinstance(data, dict):
             data = dict(data)
             prompts = data.get("prompts")
-            if isinstance(prompts, list):
+            if isinstance(prompts, list) and prompts:
                 data.setdefault("count", len(prompts))
                 data.setdefault("max_items", len(prompts))
             quality = data.setdefault("quality", {})

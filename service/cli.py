@@ -8,27 +8,15 @@ from typing import Annotated
 
 import httpx
 import typer
-from rich.console import Console
 
 from schemas.settings import get_settings
+from service.cli_common import API_OPTION, api_url, console, fail, print_validation_errors
 from service.export import ExportFormat
 from service.extract_cli import app as extract_app
 from service.progress import follow, summary
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
 app.add_typer(extract_app, name="extract")  # skillmix extract agnostic|dataset
-console = Console(soft_wrap=True)
-API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
-
-
-def _api(url: str | None) -> str:
-    settings = get_settings()
-    return url or f"http://{settings.api_host}:{settings.api_port}"
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -57,11 +45,9 @@ async def _submit(api: str, body: dict[str, object], wait: bool) -> int:
         try:
             response = await client.post("/v1/jobs", json=body)
         except httpx.ConnectError:
-            _fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
+            fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
         if response.status_code == 422:
-            for err in response.json()["detail"]:
-                loc = ".".join(str(p) for p in err["loc"][1:]) or "spec"
-                console.print(f"[red]invalid {loc}:[/red] {err['msg']}")
+            print_validation_errors(response)
             return 2
         response.raise_for_status()
         job_id = response.json()["id"]
@@ -87,14 +73,14 @@ def submit(
     try:
         body = json.loads(spec.read_text())
     except FileNotFoundError:
-        _fail(f"{spec}: no such file")
+        fail(f"{spec}: no such file")
     except json.JSONDecodeError as exc:
-        _fail(f"{spec}: not valid JSON ({exc.msg} at line {exc.lineno}); a job spec is a JSON object")
+        fail(f"{spec}: not valid JSON ({exc.msg} at line {exc.lineno}); a job spec is a JSON object")
     if not isinstance(body, dict):
-        _fail(f"{spec}: a job spec is a JSON object, not {type(body).__name__}")
+        fail(f"{spec}: a job spec is a JSON object, not {type(body).__name__}")
     if prompts is not None:
         body["prompts"] = read_prompts(prompts)
-    raise typer.Exit(asyncio.run(_submit(_api(api), body, wait)))
+    raise typer.Exit(asyncio.run(_submit(api_url(api), body, wait)))
 
 
 def read_prompts(path: Path) -> list[object]:
@@ -103,21 +89,21 @@ def read_prompts(path: Path) -> list[object]:
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
-        _fail(f"{path}: no such file")
+        fail(f"{path}: no such file")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            _fail(f"{path}:{number}: not valid JSON ({exc.msg})")
+            fail(f"{path}:{number}: not valid JSON ({exc.msg})")
         if isinstance(value, dict):
             value = value.get("messages", value.get("prompt"))
         if not isinstance(value, str | list):
-            _fail(f'{path}:{number}: expected a string, {{"prompt": "..."}} or {{"messages": [...]}}')
+            fail(f'{path}:{number}: expected a string, {{"prompt": "..."}} or {{"messages": [...]}}')
         found.append(value)
     if not found:
-        _fail(f"{path}: no prompts in the file")
+        fail(f"{path}: no prompts in the file")
     return found
 
 
@@ -125,7 +111,7 @@ async def _export(api: str, job_id: str, fmt: ExportFormat, out: Path) -> int:
     async with httpx.AsyncClient(base_url=api, timeout=60) as client:
         async with client.stream("GET", f"/v1/jobs/{job_id}/export", params={"format": fmt.value}) as response:
             if response.status_code == 404:
-                _fail(f"job {job_id} not found at {api}")
+                fail(f"job {job_id} not found at {api}")
             response.raise_for_status()
             out.parent.mkdir(parents=True, exist_ok=True)
             with out.open("wb") as fh:
@@ -143,9 +129,9 @@ def export(
 ) -> None:
     """Download a job's accepted examples as alpaca, sharegpt or jsonl."""
     try:
-        asyncio.run(_export(_api(api), job_id, format, output))
+        asyncio.run(_export(api_url(api), job_id, format, output))
     except httpx.ConnectError:
-        _fail(f"no API answering at {_api(api)}; start it with `skillmix serve`")
+        fail(f"no API answering at {api_url(api)}; start it with `skillmix serve`")
     console.print(f"wrote {output}")
 
 
@@ -162,7 +148,7 @@ def quickstart(
     try:
         code = asyncio.run(run(get_settings(), output, count, console))
     except (LocalLLMError, LocalRedisError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
         console.print("interrupted: everything started has been stopped")
         code = 130
@@ -181,7 +167,7 @@ def local_llm(
     try:
         asyncio.run(_serve_local(model, parallel, threads))
     except LocalLLMError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
         console.print("stopped; endpoint `local` unregistered")
 

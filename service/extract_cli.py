@@ -11,27 +11,13 @@ from typing import IO, Any
 
 import httpx
 import typer
-from rich.console import Console
 
-from schemas.settings import get_settings
+from service.cli_common import API_OPTION, api_url, console, print_validation_errors
 from service.progress import follow, summary
 
 app = typer.Typer(help="Extract a skill set from a seed dataset or from the model itself.", no_args_is_help=True)
-console = Console()
-API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
 NAME_OPTION = typer.Option(..., "--name", "-n", help="skill set name; the result is its next version")
 UPLOAD_TIMEOUT_S = 600.0
-
-
-def _api(url: str | None) -> str:
-    settings = get_settings()
-    return url or f"http://{settings.api_host}:{settings.api_port}"
-
-
-def _print_422(response: httpx.Response) -> None:
-    for err in response.json()["detail"]:
-        loc = ".".join(str(p) for p in err["loc"][1:] if p not in ("extract-agnostic", "extract-from-dataset"))
-        console.print(f"[red]invalid {loc or 'spec'}:[/red] {err['msg']}")
 
 
 async def _run(api: str, spec: dict[str, Any], upload: Path | None, wait: bool, output: Path | None) -> int:
@@ -50,7 +36,7 @@ async def _run(api: str, spec: dict[str, Any], upload: Path | None, wait: bool, 
             console.print(f"[red]error:[/red] no API answering at {api}; start it with `skillmix serve`")
             return 2
         if response.status_code == 422:
-            _print_422(response)
+            print_validation_errors(response)
             return 2
         response.raise_for_status()
         job_id = response.json()["id"]
@@ -110,7 +96,7 @@ def agnostic(
     }
     if domain:
         spec["domain"] = domain
-    raise typer.Exit(asyncio.run(_run(_api(api), spec, None, wait, output)))
+    raise typer.Exit(asyncio.run(_run(api_url(api), spec, None, wait, output)))
 
 
 @app.command()
@@ -157,4 +143,4 @@ def dataset(
             console.print(f"[red]error:[/red] {path}: no such file (use --server-path for a file on the server)")
             raise typer.Exit(2)
     spec["source"] = source
-    raise typer.Exit(asyncio.run(_run(_api(api), spec, upload, wait, output)))
+    raise typer.Exit(asyncio.run(_run(api_url(api), spec, upload, wait, output)))
