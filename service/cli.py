@@ -1,6 +1,7 @@
 """The ``skillmix`` command: serve the API, run workers, submit and export jobs, run the quick start."""
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -35,9 +36,10 @@ def serve(host: str | None = None, port: int | None = None) -> None:
 @app.command()
 def worker(burst: bool = typer.Option(False, help="exit when the queue is empty")) -> None:
     """Run one worker process: chunk generation plus the curate stage."""
-    from workers.worker import make_worker
+    from workers.worker import run_resilient
 
-    make_worker(get_settings(), burst=burst).run()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_resilient(get_settings(), burst=burst))
 
 
 async def _submit(api: str, body: dict[str, object], wait: bool) -> int:

@@ -11,7 +11,9 @@ import socket
 from typing import Any, ClassVar
 
 from arq import Retry, Worker
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.jobs import ChunkTask, JobRecord
 from schemas.settings import Settings, get_settings
@@ -24,6 +26,7 @@ from workers.recipes import Recipe, recipe_for
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
+RECONNECT_MAX_S = 10.0
 
 
 class Resources:
@@ -114,6 +117,53 @@ def make_worker(settings: Settings, **overrides: Any) -> Worker:
     }
     options.update(overrides)
     return Worker(**options)
+
+
+async def run_resilient(settings: Settings, burst: bool = False) -> None:
+    """Run a worker that outlives Redis restarts and failovers.
+
+    arq's worker stops on a lost connection; a fleet must not. On a lost connection the chunks this process
+    was running are cancelled, and once Redis answers again their arq in-progress keys are released so any
+    worker picks them up at once (their finished items are skipped; curation is idempotent).
+    """
+    delay = 0.5
+    while True:
+        worker = make_worker(settings, burst=burst)
+        try:
+            await worker.async_run()
+            await worker.close()
+            return
+        except asyncio.CancelledError:  # SIGINT/SIGTERM: arq cancels its main task; shut down as arq would
+            await worker.close()
+            return
+        except (RedisConnectionError, ConnectionError, OSError) as exc:
+            log.warning("lost Redis (%s); restarting the worker when it answers", exc)
+        orphans = list(worker.tasks)
+        for task in worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        if "curate_task" in worker.ctx:
+            await shutdown(worker.ctx)
+        while not await _release(settings, orphans):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+        delay = 0.5
+
+
+async def _release(settings: Settings, job_ids: list[str]) -> bool:
+    """Delete the in-progress marks of chunks this process abandoned; False while Redis is still away."""
+    try:
+        redis = await create_pool(redis_settings(settings), retry=0)
+    except (RedisConnectionError, ConnectionError, OSError):
+        return False
+    try:
+        if job_ids:
+            await redis.delete(*(in_progress_key_prefix + job_id for job_id in job_ids))
+        return True
+    except (RedisConnectionError, ConnectionError, OSError):
+        return False
+    finally:
+        await redis.aclose()
 
 
 class WorkerSettings:
