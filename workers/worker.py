@@ -27,6 +27,7 @@ from workers.recipes import Recipe, recipe_for
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
 RECONNECT_MAX_S = 10.0
+RECIPE_CACHE = 64
 
 
 class Resources:
@@ -53,6 +54,8 @@ class Resources:
             if record is None:
                 return None
             endpoint = await endpoints.resolve(self.redis, self.settings, record.endpoint)
+            if len(self.recipes) >= RECIPE_CACHE:  # oldest first: dicts keep insertion order
+                del self.recipes[next(iter(self.recipes))]
             self.recipes[job_id] = (record, recipe_for(record, record.endpoint, endpoint))
         return self.recipes[job_id]
 

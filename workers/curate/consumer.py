@@ -60,6 +60,9 @@ class CurateConsumer:
         job_ids = sorted(j.decode() for j in await self.redis.smembers(keys.ACTIVE_JOBS))
         if not job_ids:
             return 0
+        active = set(job_ids)  # forget finished jobs so a long-lived worker's caches stay small
+        self._groups &= active
+        self._records = {k: v for k, v in self._records.items() if k in active}
         for job_id in job_ids:
             await self._ensure_group(job_id)
         batches: dict[str, list[Entry]] = {}
