@@ -17,6 +17,7 @@ from schemas.llm import ChatMessage
 from schemas.settings import EndpointSettings
 
 BURST_S = 1.0  # a limiter may release at most about this many seconds' worth of its rate at once
+SAFETY = 0.97  # pace slightly under the grant: scheduling jitter against the provider's own bucket causes 429s
 CHARS_PER_TOKEN = 4  # rough, provider-independent; corrected afterwards from the returned usage
 
 
@@ -43,8 +44,9 @@ def estimate_tokens(messages: list[ChatMessage], max_tokens: int) -> int:
 
 def _per_minute_limiter(per_minute: int) -> AsyncLimiter:
     """AsyncLimiter(max_rate, period) bursts max_rate at once; keep that burst to ~BURST_S of the rate."""
-    period = max(BURST_S, 60.0 / per_minute)
-    return AsyncLimiter(per_minute * period / 60.0, period)
+    paced = max(1.0, per_minute * SAFETY)
+    period = max(BURST_S, 60.0 / paced)
+    return AsyncLimiter(paced * period / 60.0, period)
 
 
 class EndpointLimiter:
