@@ -151,7 +151,7 @@ def quickstart(
         code = asyncio.run(run(get_settings(), output, count, console))
     except (LocalLLMError, LocalRedisError) as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("interrupted: everything started has been stopped")
         code = 130
     raise typer.Exit(code)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -96,6 +97,9 @@ def job_spec(skill_set: str, count: int) -> dict[str, Any]:
 
 async def quickstart(settings: Settings, out: Path, count: int, console: Console) -> int:
     started = time.monotonic()
+    task = asyncio.current_task()
+    if task is not None:  # SIGTERM unwinds like Ctrl-C: everything started here is stopped
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     logs = out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
@@ -133,7 +137,12 @@ async def quickstart(settings: Settings, out: Path, count: int, console: Console
             response.raise_for_status()
             job_id = response.json()["id"]
             console.print(f"[bold]job[/bold]     {job_id}: {count} instruct examples on {ref}")
-            status = await follow(client, job_id, console)
+            try:
+                status = await follow(client, job_id, console)
+            except BaseException:  # Ctrl-C or a failure: the job is ours, so it must not resume later
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(client.post(f"/v1/jobs/{job_id}/cancel"))
+                raise
             out.parent.mkdir(parents=True, exist_ok=True)
             async with client.stream("GET", f"/v1/jobs/{job_id}/export", params={"format": "jsonl"}) as export:
                 export.raise_for_status()
