@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +10,9 @@ import httpx
 import typer
 
 from schemas.settings import get_settings
-from service.cli_common import API_OPTION, api_url, console, fail, print_validation_errors
+from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, submitted_job_id
 from service.export import ExportFormat
 from service.extract_cli import app as extract_app
-from service.progress import follow, summary
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
 app.add_typer(extract_app, name="extract")  # skillmix extract agnostic|dataset
@@ -48,17 +46,12 @@ async def _submit(api: str, body: dict[str, object], wait: bool) -> int:
             response = await client.post("/v1/jobs", json=body)
         except httpx.ConnectError:
             fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
-        if response.status_code == 422:
-            print_validation_errors(response)
+        job_id = submitted_job_id(response, "job")
+        if job_id is None:
             return 2
-        response.raise_for_status()
-        job_id = response.json()["id"]
-        console.print(f"submitted job [bold]{job_id}[/bold]")
         if not wait:
             return 0
-        started = time.monotonic()
-        status = await follow(client, job_id, console)
-        console.print(summary(status, time.monotonic() - started))
+        status = await follow_to_end(client, job_id)
         return 0 if status.state == "completed" else 1
 
 

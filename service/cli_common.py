@@ -1,12 +1,15 @@
 """What every `skillmix` sub-command shares: the console, where the API is, and how errors are shown."""
 
+import time
 from typing import NoReturn
 
 import httpx
 import typer
 from rich.console import Console
 
+from schemas.jobs import JobStatus
 from schemas.settings import get_settings
+from service.progress import follow, summary
 
 console = Console(soft_wrap=True)
 API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
@@ -31,3 +34,22 @@ def print_validation_errors(response: httpx.Response) -> None:
             parts = parts[1:]
         loc = ".".join(str(p) for p in parts)
         console.print(f"[red]invalid {loc or 'spec'}:[/red] {err['msg']}")
+
+
+def submitted_job_id(response: httpx.Response, what: str) -> str | None:
+    """The new job's id, or None after printing why the API refused the spec (422)."""
+    if response.status_code == 422:
+        print_validation_errors(response)
+        return None
+    response.raise_for_status()
+    job_id = str(response.json()["id"])
+    console.print(f"submitted {what} [bold]{job_id}[/bold]")
+    return job_id
+
+
+async def follow_to_end(client: httpx.AsyncClient, job_id: str) -> JobStatus:
+    """The live progress bar until the job finishes, then the one-screen summary."""
+    started = time.monotonic()
+    status = await follow(client, job_id, console)
+    console.print(summary(status, time.monotonic() - started))
+    return status

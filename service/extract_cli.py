@@ -5,15 +5,13 @@ A module of its own (mounted by ``service.cli``) so the extraction options do no
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import typer
 
-from service.cli_common import API_OPTION, api_url, console, print_validation_errors
-from service.progress import follow, summary
+from service.cli_common import API_OPTION, api_url, console, follow_to_end, submitted_job_id
 
 app = typer.Typer(help="Extract a skill set from a seed dataset or from the model itself.", no_args_is_help=True)
 NAME_OPTION = typer.Option(..., "--name", "-n", help="skill set name; the result is its next version")
@@ -35,17 +33,12 @@ async def _run(api: str, spec: dict[str, Any], upload: Path | None, wait: bool, 
         except httpx.ConnectError:
             console.print(f"[red]error:[/red] no API answering at {api}; start it with `skillmix serve`")
             return 2
-        if response.status_code == 422:
-            print_validation_errors(response)
+        job_id = submitted_job_id(response, "extraction job")
+        if job_id is None:
             return 2
-        response.raise_for_status()
-        job_id = response.json()["id"]
-        console.print(f"submitted extraction job [bold]{job_id}[/bold]")
         if not wait:
             return 0
-        started = time.monotonic()
-        status = await follow(client, job_id, console)
-        console.print(summary(status, time.monotonic() - started))
+        status = await follow_to_end(client, job_id)
         if status.state != "completed" or not status.result:
             return 1
         console.print(f'skill set [bold]{status.result}[/bold]: use it as "skill_set": "{status.result}"')

@@ -32,6 +32,7 @@ class CurateConsumer:
         self.deduper = Deduper()
         self._groups: set[str] = set()
         self._records: dict[str, JobRecord] = {}
+        self._filters: dict[str, QualityFilter] = {}  # built once per job, not once per item
         self._last_claim = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -63,6 +64,7 @@ class CurateConsumer:
         active = set(job_ids)  # forget finished jobs so a long-lived worker's caches stay small
         self._groups &= active
         self._records = {k: v for k, v in self._records.items() if k in active}
+        self._filters = {k: v for k, v in self._filters.items() if k in active}
         for job_id in job_ids:
             await self._ensure_group(job_id)
         batches: dict[str, list[Entry]] = {}
@@ -118,7 +120,9 @@ class CurateConsumer:
     async def _curate(self, record: JobRecord, item: GeneratedItem) -> None:
         example_id = f"{record.id}-{item.index}"
         decision = await previous(self.redis, record.id, item.index)
-        verdict = QualityFilter(record.spec.quality).verdict(item)
+        if record.id not in self._filters:
+            self._filters[record.id] = QualityFilter(record.spec.quality)
+        verdict = self._filters[record.id].verdict(item)
         duplicate_of = None
         if decision is None:
             reason = verdict.reasons[0] if verdict.reasons else None
