@@ -14,6 +14,7 @@ from arq import Retry, Worker
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.jobs import ChunkTask, JobRecord
 from schemas.settings import Settings, get_settings
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 8
 RECONNECT_MAX_S = 10.0
 RECIPE_CACHE = 64
+# What a Redis that is restarting, failing over or briefly overloaded raises; none of it may end a worker.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 class Resources:
@@ -101,7 +104,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    return RedisSettings.from_dsn(settings.redis_url)
+    # arq's 1 s connect timeout is too tight for a loaded machine; the worker then waits and retries anyway.
+    redis = RedisSettings.from_dsn(settings.redis_url)
+    redis.conn_timeout = 5
+    return redis
 
 
 def make_worker(settings: Settings, **overrides: Any) -> Worker:
@@ -139,7 +145,7 @@ async def run_resilient(settings: Settings, burst: bool = False) -> None:
         except asyncio.CancelledError:  # SIGINT/SIGTERM: arq cancels its main task; shut down as arq would
             await worker.close()
             return
-        except (RedisConnectionError, ConnectionError, OSError) as exc:
+        except REDIS_DOWN as exc:
             log.warning("lost Redis (%s); restarting the worker when it answers", exc)
         orphans = list(worker.tasks)
         for task in worker.tasks.values():
@@ -157,13 +163,13 @@ async def _release(settings: Settings, job_ids: list[str]) -> bool:
     """Delete the in-progress marks of chunks this process abandoned; False while Redis is still away."""
     try:
         redis = await create_pool(redis_settings(settings), retry=0)
-    except (RedisConnectionError, ConnectionError, OSError):
+    except REDIS_DOWN:
         return False
     try:
         if job_ids:
             await redis.delete(*(in_progress_key_prefix + job_id for job_id in job_ids))
         return True
-    except (RedisConnectionError, ConnectionError, OSError):
+    except REDIS_DOWN:
         return False
     finally:
         await redis.aclose()
