@@ -3,12 +3,12 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from arq.connections import create_pool
 from fastapi import FastAPI
 
 from schemas.settings import Settings, get_settings
+from service.errors import redis_unavailable
 from service.routes import extract, jobs, skill_sets
-from workers.worker import redis_settings
+from workers.redis_pool import REDIS_ERRORS, open_redis
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -17,7 +17,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.redis = await create_pool(redis_settings(settings))
+        app.state.redis = await open_redis(settings)
         yield
         await app.state.redis.aclose()
 
@@ -27,6 +27,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Skill-mix synthetic training data as a service.",
     )
+    for error in REDIS_ERRORS:
+        app.add_exception_handler(error, redis_unavailable)
     app.include_router(jobs.router)
     app.include_router(extract.router)  # /v1/skill-sets/extract..., none of which clash with /{name}
     app.include_router(skill_sets.router)

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -163,29 +164,35 @@ def local_llm(
         asyncio.run(_serve_local(model, parallel, threads))
     except LocalLLMError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        console.print("stopped; endpoint `local` unregistered")
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        console.print("interrupted while stopping")
+        raise typer.Exit(130) from None
+    console.print("stopped; endpoint `local` unregistered")
 
 
 async def _serve_local(model: Path | None, parallel: int, threads: int | None) -> None:
-    from arq.connections import create_pool
-
     from service.local_llm import LocalLLMServer
     from service.local_model import ensure_model
     from service.quickstart import local_endpoint
     from workers import endpoints
-    from workers.worker import redis_settings
+    from workers.redis_pool import open_redis
 
     settings = get_settings()
     path = await ensure_model(model or settings.local_model)
-    redis = await create_pool(redis_settings(settings))
+    redis = await open_redis(settings)
     try:
         async with LocalLLMServer(path, parallel=parallel, threads=threads, require_api_key=False) as server:
             endpoint = local_endpoint(server).model_copy(update={"api_key_env": None})
             await endpoints.register(redis, "local", endpoint)
             console.print(f"serving {server.model_name} at {server.base_url} as endpoint `local`; Ctrl-C stops")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            # Our own handlers: Ctrl-C and SIGTERM (docker, systemd) both unwind, even where the parent
+            # started us with SIGINT ignored (a background job of a non-interactive shell).
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
             try:
-                await asyncio.Event().wait()
+                await stop.wait()
             finally:
                 await endpoints.unregister(redis, "local")
     finally:

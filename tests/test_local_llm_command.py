@@ -1,6 +1,7 @@
 """`skillmix local-llm`: serves the bundled model, registers it as endpoint `local` for running workers,
 and unregisters and stops it on Ctrl-C (marked local_llm)."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -47,8 +48,17 @@ def test_local_llm_registers_serves_a_job_and_cleans_up(processes: Processes, re
         row = httpx.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": "accepted"}).json()
         assert row["model"].startswith("SmolLM2") and row["output"].strip()
     finally:
-        server.send_signal(signal.SIGINT)
-        out, _ = server.communicate(timeout=30)
+        server.send_signal(signal.SIGTERM)  # as docker or systemd stop it; Ctrl-C takes the same path
+        try:
+            out, _ = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, _ = server.communicate()
+            pytest.fail(f"local-llm did not stop within 30 s of SIGTERM: {out}")
     assert server.returncode == 0, out
     assert "unregistered" in out
+    served = re.search(r"at (http://\S+) as endpoint", out)
+    assert served is not None, out
+    with pytest.raises(httpx.ConnectError):  # the model server it started is gone too
+        httpx.get(f"{served.group(1)}/models", timeout=5)
     assert not registry.hexists(REGISTRY_KEY, "local")

@@ -63,7 +63,10 @@ def test_redis_restart_mid_job(processes: Processes, aof_redis: AofRedis, fake_l
         time.sleep(0.2)
 
     aof_redis.stop()  # everything acknowledged so far is in the append-only file
-    time.sleep(1.5)
+    down = httpx.get(f"{api}/v1/jobs/{job_id}", timeout=30)
+    assert down.status_code == 503 and "Redis" in down.json()["detail"], down.text
+    assert down.headers["retry-after"] == "2"
+    time.sleep(1.0)
     aof_redis.start()
 
     deadline = time.monotonic() + 90

@@ -5,16 +5,15 @@ once per process in ``startup`` and carried in ``ctx``; the job function stays t
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 from typing import Any, ClassVar
 
 from arq import Retry, Worker
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.jobs import ChunkTask, JobRecord
 from schemas.settings import Settings, get_settings
@@ -24,13 +23,12 @@ from workers.extract.runner import extract_function
 from workers.generate import EndpointDown, run_chunk
 from workers.llm.client import LLMClient
 from workers.recipes import Recipe, recipe_for
+from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
 RECONNECT_MAX_S = 10.0
 RECIPE_CACHE = 64
-# What a Redis that is restarting, failing over or briefly overloaded raises; none of it may end a worker.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 class Resources:
@@ -68,19 +66,36 @@ class Resources:
 
 
 async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, int]:
-    res: Resources = ctx["resources"]
     task = ChunkTask.model_validate(payload)
+    try:
+        return await _run_chunk(ctx, task)
+    except EndpointDown as exc:
+        log.warning("%s; retry %d", exc, ctx["job_try"])
+        raise Retry(defer=min(5 * ctx["job_try"], 60)) from exc
+    except Exception as exc:
+        if not _redis_trouble(exc):
+            raise
+        # arq would record the chunk as failed and its items would never come; run it again instead
+        # (items already generated are skipped). If Redis is really gone, run_resilient takes over.
+        log.warning("Redis error in %s (%r); retry %d", task.arq_id, exc, ctx["job_try"])
+        raise Retry(defer=min(ctx["job_try"], 10)) from exc
+
+
+async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
+    res: Resources = ctx["resources"]
     found = await res.recipe(task.job_id)
     if found is None:
         return {"emitted": 0, "skipped": task.stop - task.start}
     record, recipe = found
     llm = await res.client(record.endpoint)
-    try:
-        outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES)
-    except EndpointDown as exc:
-        log.warning("%s; retry %d", exc, ctx["job_try"])
-        raise Retry(defer=min(5 * ctx["job_try"], 60)) from exc
+    outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES)
     return {"emitted": outcome.emitted, "skipped": outcome.skipped}
+
+
+def _redis_trouble(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda e: isinstance(e, REDIS_DOWN)) is not None
+    return isinstance(exc, REDIS_DOWN)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -101,13 +116,6 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     except TimeoutError:
         task.cancel()
     await ctx["resources"].aclose()
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    # arq's 1 s connect timeout is too tight for a loaded machine; the worker then waits and retries anyway.
-    redis = RedisSettings.from_dsn(settings.redis_url)
-    redis.conn_timeout = 5
-    return redis
 
 
 def make_worker(settings: Settings, **overrides: Any) -> Worker:
@@ -137,7 +145,14 @@ async def run_resilient(settings: Settings, burst: bool = False) -> None:
     """
     delay = 0.5
     while True:
-        worker = make_worker(settings, burst=burst)
+        try:
+            pool = await open_redis(settings)
+        except REDIS_DOWN as exc:
+            log.warning("Redis not answering (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+            continue
+        worker = make_worker(settings, burst=burst, redis_pool=pool)
         try:
             await worker.async_run()
             await worker.close()
@@ -153,6 +168,8 @@ async def run_resilient(settings: Settings, burst: bool = False) -> None:
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         if "curate_task" in worker.ctx:
             await shutdown(worker.ctx)
+        with contextlib.suppress(*REDIS_DOWN):
+            await pool.aclose()
         while not await _release(settings, orphans):
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
@@ -162,7 +179,7 @@ async def run_resilient(settings: Settings, burst: bool = False) -> None:
 async def _release(settings: Settings, job_ids: list[str]) -> bool:
     """Delete the in-progress marks of chunks this process abandoned; False while Redis is still away."""
     try:
-        redis = await create_pool(redis_settings(settings), retry=0)
+        redis = await open_redis(settings)
     except REDIS_DOWN:
         return False
     try:

@@ -1,0 +1,30 @@
+"""How every process opens Redis: arq's pool, with a timeout on connecting and on every reply.
+
+arq sets only a connect timeout; without a read timeout a half-open connection (a Redis host that vanished
+without a FIN) would hang a worker or an API request for ever.
+"""
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from schemas.settings import Settings
+
+# What a Redis that is restarting, failing over or briefly overloaded raises; none of it may end a worker.
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+REDIS_DOWN = (*REDIS_ERRORS, ConnectionError, OSError)  # the builtins come from arq's own connect loop
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    redis = RedisSettings.from_dsn(settings.redis_url)
+    redis.conn_timeout = max(1, round(settings.redis_timeout_s))  # arq's 1 s is tight on a loaded machine
+    return redis
+
+
+async def open_redis(settings: Settings) -> ArqRedis:
+    """A connected pool whose every connection times out reads after ``redis_timeout_s``."""
+    pool = await create_pool(redis_settings(settings))
+    pool.connection_pool.connection_kwargs["socket_timeout"] = settings.redis_timeout_s
+    await pool.connection_pool.disconnect()  # the ping's connection was made without it
+    pool.connection_pool.reset()
+    return pool
