@@ -10,7 +10,6 @@ import atexit
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,12 @@ from urllib.parse import urlparse
 import httpx
 import redis as sync_redis
 
+from service.ports import free_port
+from tests.net import wait_http
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 ARQ_HEALTH_KEY = "skillmix:queue:health-check"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_db(url: str) -> int:
@@ -188,20 +184,6 @@ def _connected(pid: int, port: int) -> bool:
         )
     except ImportError:
         return True  # without psutil the health key plus the grace sleep has to do
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before answering at {url}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing answered at {url} within {timeout}s")
 
 
 def fake_stats(base_url: str) -> dict[str, Any] | None:

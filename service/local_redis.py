@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ResponseError
+
+from service.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,6 @@ def find_redis_server() -> Path:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _db_of(url: str | None) -> int:
     """The database index in a redis URL (path or ``?db=``), so a fallback server keeps it."""
     if not url:
@@ -190,7 +185,7 @@ class PrivateRedis:
 
     async def _try_start(self) -> bool:
         assert self._workdir is not None and self.binary is not None
-        self.port = await asyncio.to_thread(_free_port)
+        self.port = await asyncio.to_thread(free_port)
         if self._log is None:
             self._log = await asyncio.to_thread((self._workdir / "redis.log").open, "ab")
         args = [

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -25,6 +24,7 @@ from schemas.settings import EndpointSettings, Settings
 from service.local_llm import LocalLLMServer
 from service.local_model import ensure_model
 from service.local_redis import ensure_redis
+from service.ports import free_port
 from service.progress import follow, summary
 
 LOCAL_KEY_ENV = "SKILLMIX_LOCAL_LLM_KEY"
@@ -47,12 +47,6 @@ def local_endpoint(server: LocalLLMServer) -> EndpointSettings:
             "max_retries": 2, "json_schema": True, "schema_string_bounds": True,
         }
     )  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _child(stack: AsyncExitStack, args: list[str], env: dict[str, str], log: Path) -> None:
@@ -123,7 +117,7 @@ async def quickstart(settings: Settings, out: Path, count: int, console: Console
                 "SKILLMIX_WORKER_MAX_JOBS": "4", "PYTHONUNBUFFERED": "1",
             }
         )  # fmt: skip
-        port = _free_port()
+        port = free_port()
         api = f"http://127.0.0.1:{port}"
         await _child(stack, ["serve", "--port", str(port)], env, logs / "api.log")
         await _child(stack, ["worker"], env, logs / "worker.log")

@@ -1,18 +1,18 @@
 """Shared fixtures: a real Redis (db 15, flushed around each test), real API and worker processes."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
-import httpx
 import pytest
 import redis as sync_redis
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from pydantic import BaseModel
+
+from service.ports import free_port
+from tests.net import wait_http
 
 pytest_plugins = ["tests.plugins.fake_llm"]
 
@@ -38,26 +38,6 @@ async def redis() -> AsyncIterator[ArqRedis]:
     yield pool
     await pool.aclose()
     _flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before answering at {url}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing answered at {url} within {timeout}s")
 
 
 def service_env(endpoints: Mapping[str, object] | None = None, **extra: str) -> dict[str, str]:

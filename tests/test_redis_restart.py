@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Processes, free_port, service_env
+from service.ports import free_port
+from tests.conftest import Processes, service_env
 
 
 class AofRedis:
