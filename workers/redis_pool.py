@@ -28,3 +28,10 @@ async def open_redis(settings: Settings) -> ArqRedis:
     await pool.connection_pool.disconnect()  # the ping's connection was made without it
     pool.connection_pool.reset()
     return pool
+
+
+def redis_trouble(exc: BaseException) -> bool:
+    """Whether an error (or any error in a task group's) means Redis is away, so the work should rerun."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda e: isinstance(e, REDIS_ERRORS)) is not None
+    return isinstance(exc, REDIS_ERRORS)  # not the builtins: a missing file is no reason to rerun

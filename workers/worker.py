@@ -23,7 +23,7 @@ from workers.extract.runner import extract_function
 from workers.generate import EndpointDown, run_chunk
 from workers.llm.client import LLMClient
 from workers.recipes import Recipe, recipe_for
-from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings
+from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, redis_trouble
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
@@ -73,7 +73,7 @@ async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[st
         log.warning("%s; retry %d", exc, ctx["job_try"])
         raise Retry(defer=min(5 * ctx["job_try"], 60)) from exc
     except Exception as exc:
-        if not _redis_trouble(exc):
+        if not redis_trouble(exc):
             raise
         # arq would record the chunk as failed and its items would never come; run it again instead
         # (items already generated are skipped). If Redis is really gone, run_resilient takes over.
@@ -90,12 +90,6 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
     llm = await res.client(record.endpoint)
     outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES)
     return {"emitted": outcome.emitted, "skipped": outcome.skipped}
-
-
-def _redis_trouble(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(lambda e: isinstance(e, REDIS_DOWN)) is not None
-    return isinstance(exc, REDIS_DOWN)
 
 
 async def startup(ctx: dict[str, Any]) -> None:

@@ -8,9 +8,11 @@ from arq import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from schemas.extract import ExtractTask
 from schemas.jobs import ChunkTask
 from schemas.settings import Settings
 from tests.conftest import REDIS_URL
+from workers.extract.runner import run_extract_step
 from workers.redis_pool import open_redis
 from workers.worker import run_chunk_job
 
@@ -54,3 +56,20 @@ async def test_other_errors_still_fail_the_chunk() -> None:
     task = ChunkTask(job_id="j1", start=0, stop=4)
     with pytest.raises(ValueError):
         await run_chunk_job({"resources": _RedisGone(ValueError("a bug")), "job_try": 1}, task.model_dump())
+
+
+class _RedisAway:
+    """A Redis client whose every command fails as a restarting server's would."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def fail(*args: Any, **kwargs: Any) -> Any:
+            raise RedisConnectionError("Connection refused")
+
+        return fail
+
+
+async def test_an_extraction_step_hit_by_redis_trouble_is_retried() -> None:
+    task = ExtractTask(job_id="j1", step=3)
+    ctx = {"redis": _RedisAway(), "resources": None, "job_try": 1}
+    with pytest.raises(Retry):
+        await run_extract_step(ctx, task.model_dump())

@@ -35,6 +35,7 @@ from workers.extract.reader import DatasetError, DatasetReader, resolve_path
 from workers.extract.store import ExtractStore
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMFatal
+from workers.redis_pool import redis_trouble
 from workers.skillsets import save_skill_set
 
 if TYPE_CHECKING:
@@ -65,9 +66,20 @@ async def submit(redis: ArqRedis, record: JobRecord) -> None:
 
 async def run_extract_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
     """The arq job function: thin; the phases do the work."""
+    task = ExtractTask.model_validate(payload)
+    try:
+        return await _step(ctx, task)
+    except Exception as exc:
+        if not redis_trouble(exc):
+            raise
+        # Redis restarting: run this step again (its finished work is stored); arq would drop it
+        log.warning("extract %s step %d: Redis error %r; retry %d", task.job_id, task.step, exc, ctx["job_try"])
+        raise Retry(defer=min(ctx["job_try"], 10)) from exc
+
+
+async def _step(ctx: dict[str, Any], task: ExtractTask) -> dict[str, Any]:
     res: Resources = ctx["resources"]
     redis: ArqRedis = ctx["redis"]
-    task = ExtractTask.model_validate(payload)
     record = await jobstore.load_record(redis, task.job_id)
     state = await jobstore.get_state(redis, task.job_id)
     if record is None or state is None or state.finished:
@@ -91,6 +103,8 @@ async def run_extract_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict
         await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
         return {"step": task.step, "failed": str(exc)}
     except Exception as exc:  # a bug: fail the job visibly rather than leave it running forever
+        if redis_trouble(exc):
+            raise
         log.exception("extract %s step %d failed", record.id, task.step)
         await jobstore.set_state(redis, record.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         return {"step": task.step, "failed": repr(exc)}
