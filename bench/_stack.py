@@ -22,8 +22,7 @@ from urllib.parse import urlparse
 import httpx
 import redis as sync_redis
 
-from service.ports import free_port
-from tests.net import wait_http
+from service.ports import free_port, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

@@ -11,8 +11,7 @@ import redis as sync_redis
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from pydantic import BaseModel
 
-from service.ports import free_port
-from tests.net import wait_http
+from service.ports import free_port, wait_http
 
 pytest_plugins = ["tests.plugins.fake_llm"]
 
