@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="Redis connect and reply timeout; longer than any blocking read"
     )
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, le=60, description="worker heartbeat; silent for 3 beats = dead, its chunks rerun"
+    )
     claim_idle_ms: int = Field(default=60_000, ge=1000, description="re-deliver curate entries idle this long")
     local_model: Path | None = Field(default=None, description="a GGUF file for quickstart / local-llm")
     api_host: str = "127.0.0.1"

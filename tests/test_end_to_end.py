@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis as sync_redis
 from arq.connections import ArqRedis
 
-from tests.conftest import Processes, service_env
+from tests.conftest import REDIS_URL, Processes, service_env
 from workers.curate.dedup import jaccard
 from workers.curate.quality import normalise_text
 
@@ -143,16 +144,18 @@ def test_job_falls_short_honestly_when_budget_is_spent(processes: Processes, red
 
 
 def test_killed_worker_loses_and_duplicates_nothing(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
-    fake = fake_llm(rpm=0, latency_ms=100)
-    api = start_stack(processes, fake, SKILLMIX_CHUNK_TIMEOUT_S="8", SKILLMIX_CLAIM_IDLE_MS="2000")
-    settings = service_env(
-        {"fake": fake.endpoint_settings()}, SKILLMIX_CHUNK_TIMEOUT_S="8", SKILLMIX_CLAIM_IDLE_MS="2000"
-    )
+    """SIGKILL mid-job; the default 30-minute chunk timeout stays: heartbeats get its chunks rerun at once."""
+    fake = fake_llm(rpm=900, latency_ms=100)  # paced, so most chunks are mid-way when the worker dies
+    fast = {"SKILLMIX_HEARTBEAT_S": "1", "SKILLMIX_CLAIM_IDLE_MS": "2000"}
+    api = start_stack(processes, fake, 1, **fast)
+    settings = service_env({"fake": fake.endpoint_settings()}, **fast)
     job_id = submit(api, recipe="instruct", skill_set="starter@1", count=120, refine=False, chunk_size=8)
     wait_for(api, job_id, lambda s: s["counters"]["accepted"] >= 10, timeout=60)
     victim = processes.procs[1]
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    with sync_redis.Redis.from_url(REDIS_URL) as plain:
+        assert plain.keys("arq:in-progress:*"), "the test must kill the worker while it holds chunks"
     processes.worker(settings)
     status = wait_for(api, job_id, finished, timeout=120)
     assert status["state"] == "completed" and status["counters"]["accepted"] == 120, status

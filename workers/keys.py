@@ -12,6 +12,10 @@ Per job (``{id}`` is the job id):
   job:{id}:sig             hash    example id -> MinHash signature (to verify LSH candidates)
   job:{id}:accepted:{b}    hash    seq -> Example JSON, 1,000 per bucket (no giant key)
   job:{id}:rejected:{b}    hash    seq -> Example JSON
+
+Per worker process and per running arq job (see ``workers.liveness``):
+  worker:{wid}             string  heartbeat; expires when the process stops beating
+  running:{arq job id}     string  the worker id running that arq job
 """
 
 PREFIX = "skillmix"
@@ -69,3 +73,11 @@ def bucket(job_id: str, kind: str, seq: int) -> str:
 
 def skill_set(name: str) -> str:
     return f"{PREFIX}:skillset:{name}"
+
+
+def heartbeat(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def running(arq_job_id: str) -> str:
+    return f"{PREFIX}:running:{arq_job_id}"

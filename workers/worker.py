@@ -21,6 +21,7 @@ from workers import endpoints, jobstore, keys
 from workers.curate.consumer import CurateConsumer
 from workers.extract.runner import extract_function
 from workers.generate import EndpointDown, run_chunk
+from workers.liveness import Liveness
 from workers.llm.client import LLMClient
 from workers.recipes import Recipe, recipe_for
 from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, redis_trouble
@@ -93,23 +94,34 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    """Per-process resources, plus the two background loops: the curate consumer and the heartbeat."""
     settings: Settings = ctx.get("settings") or get_settings()
-    res = Resources(ctx["redis"], settings)
-    ctx["resources"] = res
-    stop = asyncio.Event()
+    ctx["resources"] = Resources(ctx["redis"], settings)
+    liveness = Liveness(ctx["redis"], settings)
     consumer = CurateConsumer(ctx["redis"], settings, f"{socket.gethostname()}-{os.getpid()}")
-    ctx["curate_stop"] = stop
-    ctx["curate_task"] = asyncio.create_task(consumer.run(stop))
+    stop = asyncio.Event()
+    ctx["liveness"], ctx["background_stop"] = liveness, stop
+    await liveness.beat()  # alive before the first job starts
+    ctx["background"] = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(liveness.run(stop))]
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    ctx["curate_stop"].set()
-    task: asyncio.Task[None] = ctx["curate_task"]
-    try:
-        await asyncio.wait_for(task, timeout=5)
-    except TimeoutError:
+    ctx["background_stop"].set()
+    tasks: list[asyncio.Task[None]] = ctx["background"]
+    _, pending = await asyncio.wait(tasks, timeout=5)
+    for task in pending:
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await ctx["liveness"].close()
     await ctx["resources"].aclose()
+
+
+async def job_started(ctx: dict[str, Any]) -> None:
+    await ctx["liveness"].job_started(ctx)
+
+
+async def job_ended(ctx: dict[str, Any]) -> None:
+    await ctx["liveness"].job_ended(ctx)
 
 
 def make_worker(settings: Settings, **overrides: Any) -> Worker:
@@ -118,6 +130,8 @@ def make_worker(settings: Settings, **overrides: Any) -> Worker:
         "functions": WorkerSettings.functions,
         "on_startup": startup,
         "on_shutdown": shutdown,
+        "on_job_start": job_started,
+        "after_job_end": job_ended,
         "queue_name": keys.QUEUE_NAME,
         "max_jobs": settings.worker_max_jobs,
         "job_timeout": settings.chunk_timeout_s,
@@ -160,7 +174,7 @@ async def run_resilient(settings: Settings, burst: bool = False) -> None:
         for task in worker.tasks.values():
             task.cancel()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        if "curate_task" in worker.ctx:
+        if "background" in worker.ctx:
             await shutdown(worker.ctx)
         with contextlib.suppress(*REDIS_DOWN):
             await pool.aclose()
@@ -178,7 +192,8 @@ async def _release(settings: Settings, job_ids: list[str]) -> bool:
         return False
     try:
         if job_ids:
-            await redis.delete(*(in_progress_key_prefix + job_id for job_id in job_ids))
+            marks = [in_progress_key_prefix + job_id for job_id in job_ids]
+            await redis.delete(*marks, *(keys.running(job_id) for job_id in job_ids))
         return True
     except REDIS_DOWN:
         return False
@@ -192,6 +207,8 @@ class WorkerSettings:
     functions: ClassVar[list[Any]] = [run_chunk_job, extract_function]
     on_startup = startup
     on_shutdown = shutdown
+    on_job_start = job_started
+    after_job_end = job_ended
     queue_name = keys.QUEUE_NAME
     max_jobs = get_settings().worker_max_jobs
     job_timeout = get_settings().chunk_timeout_s

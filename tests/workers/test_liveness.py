@@ -1,0 +1,45 @@
+"""Heartbeats and the reaper, against the real Redis: only the jobs of silent workers are freed."""
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
+
+from schemas.settings import Settings
+from tests.conftest import REDIS_URL
+from workers import keys
+from workers.liveness import Liveness
+
+
+def _liveness(redis: ArqRedis) -> Liveness:
+    return Liveness(redis, Settings(redis_url=REDIS_URL, heartbeat_s=0.2))
+
+
+async def test_only_jobs_of_silent_workers_are_freed(redis: ArqRedis) -> None:
+    alive, dead = _liveness(redis), _liveness(redis)
+    for worker, job_id in ((alive, "chunk-a"), (dead, "chunk-b")):
+        await worker.beat()
+        await redis.psetex(in_progress_key_prefix + job_id, 600_000, b"1")
+        await worker.job_started({"job_id": job_id})
+    await redis.psetex(in_progress_key_prefix + "chunk-c", 600_000, b"1")  # no owner recorded: left alone
+
+    assert await alive.reap() == 0  # both still beating
+    await redis.delete(keys.heartbeat(dead.worker_id))  # what expiry does once a worker stops beating
+    assert await alive.reap() == 1
+    assert not await redis.exists(in_progress_key_prefix + "chunk-b", keys.running("chunk-b"))
+    assert await redis.exists(in_progress_key_prefix + "chunk-a") and await redis.exists(keys.running("chunk-a"))
+    assert await redis.exists(in_progress_key_prefix + "chunk-c")
+    assert await alive.reap() == 0  # nothing twice
+
+
+async def test_a_heartbeat_expires_after_three_beats(redis: ArqRedis) -> None:
+    worker = _liveness(redis)
+    await worker.beat()
+    ttl_ms = await redis.pttl(keys.heartbeat(worker.worker_id))
+    assert 400 < ttl_ms <= 600
+
+
+async def test_a_finished_job_forgets_its_worker(redis: ArqRedis) -> None:
+    worker = _liveness(redis)
+    await worker.job_started({"job_id": "chunk-a"})
+    assert (await redis.get(keys.running("chunk-a"))) == worker.worker_id.encode()
+    await worker.job_ended({"job_id": "chunk-a"})
+    assert not await redis.exists(keys.running("chunk-a"))

@@ -1,0 +1,95 @@
+"""Worker liveness: every process beats a heartbeat, and the chunks of a process that stopped beating run again.
+
+arq marks a running job with an in-progress key that expires only after the job timeout (30 minutes by
+default), so the chunks of a worker that was SIGKILLed, ran out of memory or lost its machine would wait
+that long. Here each running arq job names its worker; a worker silent for ``DEAD_AFTER_BEATS`` beats is
+dead, and any live worker deletes the in-progress keys of its jobs so the queue hands them out at once.
+Running a chunk twice is safe: finished items are skipped and curation is idempotent per item.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
+
+from schemas.settings import Settings
+from workers import keys
+from workers.redis_pool import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+DEAD_AFTER_BEATS = 3
+
+# Free an orphaned job only if it is still marked as run by the dead worker and that worker is still silent.
+_RELEASE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+
+class Liveness:
+    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+        self.redis, self.settings = redis, settings
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._release = redis.register_script(_RELEASE)
+
+    @property
+    def _dead_after_ms(self) -> int:
+        return int(self.settings.heartbeat_s * DEAD_AFTER_BEATS * 1000)
+
+    async def job_started(self, ctx: dict[str, Any]) -> None:
+        """arq's ``on_job_start``: record who runs this job (for as long as arq's own in-progress mark)."""
+        ttl_s = int(self.settings.chunk_timeout_s) + 60
+        await self.redis.set(keys.running(ctx["job_id"]), self.worker_id, ex=ttl_s)
+
+    async def job_ended(self, ctx: dict[str, Any]) -> None:
+        """arq's ``after_job_end``: runs once arq has removed its in-progress mark."""
+        await self.redis.delete(keys.running(ctx["job_id"]))
+
+    async def beat(self) -> None:
+        await self.redis.set(keys.heartbeat(self.worker_id), b"1", px=self._dead_after_ms)
+
+    async def reap(self) -> int:
+        """Free the in-progress jobs of dead workers; returns how many were freed."""
+        marks = [key async for key in self.redis.scan_iter(match=in_progress_key_prefix + "*", count=1000)]
+        if not marks:
+            return 0
+        job_ids = [m.decode().removeprefix(in_progress_key_prefix) for m in marks]
+        owners = await self.redis.mget([keys.running(j) for j in job_ids])
+        known = [(j, o.decode()) for j, o in zip(job_ids, owners, strict=True) if o is not None]
+        alive = await asyncio.gather(*(self.redis.exists(keys.heartbeat(o)) for _, o in known))
+        freed = 0
+        for (job_id, owner), beating in zip(known, alive, strict=True):
+            if beating:
+                continue
+            mark_keys = [in_progress_key_prefix + job_id, keys.running(job_id), keys.heartbeat(owner)]
+            if await self._release(keys=mark_keys, args=[owner]):
+                log.warning("worker %s stopped beating; %s runs again", owner, job_id)
+                freed += 1
+        return freed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat, and look for orphans, once per ``heartbeat_s`` until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.beat()
+                await self.reap()
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as exc:  # Redis away: run_resilient restarts the worker when it is back
+                log.warning("heartbeat failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
+
+    async def close(self) -> None:
+        """A stopping worker says so at once (its cancelled jobs went back to the queue already)."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.redis.delete(keys.heartbeat(self.worker_id))
