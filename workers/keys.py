@@ -13,9 +13,9 @@ Per job (``{id}`` is the job id):
   job:{id}:accepted:{b}    hash    seq -> Example JSON, 1,000 per bucket (no giant key)
   job:{id}:rejected:{b}    hash    seq -> Example JSON
 
-Per worker process and per running arq job (see ``workers.liveness``):
-  worker:{wid}             string  heartbeat; expires when the process stops beating
-  running:{arq job id}     string  the worker id running that arq job
+Fleet-wide (see ``workers.liveness``):
+  worker:{wid}             string  a worker process's heartbeat; expires when it stops beating
+  running                  hash    arq job id -> id of the worker running it
 """
 
 PREFIX = "skillmix"
@@ -24,6 +24,7 @@ CURATE_GROUP = "curate"
 JOBS_INDEX = f"{PREFIX}:jobs"  # zset: job id -> created timestamp
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids whose stream may hold work
 SKILL_SETS_INDEX = f"{PREFIX}:skillsets"  # set of skill set names
+RUNNING = f"{PREFIX}:running"  # hash: arq job id -> worker id
 BUCKET_SIZE = 1000
 
 
@@ -77,7 +78,3 @@ def skill_set(name: str) -> str:
 
 def heartbeat(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
-
-
-def running(arq_job_id: str) -> str:
-    return f"{PREFIX}:running:{arq_job_id}"

@@ -27,11 +27,20 @@ DEAD_AFTER_BEATS = 3
 
 # Free an orphaned job only if it is still marked as run by the dead worker and that worker is still silent.
 _RELEASE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[3]) == 1 then
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] or redis.call('EXISTS', KEYS[3]) == 1 then
   return 0
 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
+"""
+
+# Forget a finished job only if it is still ours (a reaper may have handed it to another worker meanwhile).
+_FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
 """
 
 
@@ -40,38 +49,35 @@ class Liveness:
         self.redis, self.settings = redis, settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._release = redis.register_script(_RELEASE)
-
-    @property
-    def _dead_after_ms(self) -> int:
-        return int(self.settings.heartbeat_s * DEAD_AFTER_BEATS * 1000)
+        self._forget = redis.register_script(_FORGET)
 
     async def job_started(self, ctx: dict[str, Any]) -> None:
-        """arq's ``on_job_start``: record who runs this job (for as long as arq's own in-progress mark)."""
-        ttl_s = int(self.settings.chunk_timeout_s) + 60
-        await self.redis.set(keys.running(ctx["job_id"]), self.worker_id, ex=ttl_s)
+        """arq's ``on_job_start``: record who runs this job."""
+        await self.redis.hset(keys.RUNNING, ctx["job_id"], self.worker_id)
 
     async def job_ended(self, ctx: dict[str, Any]) -> None:
         """arq's ``after_job_end``: runs once arq has removed its in-progress mark."""
-        await self.redis.delete(keys.running(ctx["job_id"]))
+        await self._forget(keys=[keys.RUNNING], args=[ctx["job_id"], self.worker_id])
 
     async def beat(self) -> None:
-        await self.redis.set(keys.heartbeat(self.worker_id), b"1", px=self._dead_after_ms)
+        dead_after_ms = int(self.settings.heartbeat_s * DEAD_AFTER_BEATS * 1000)
+        await self.redis.set(keys.heartbeat(self.worker_id), b"1", px=dead_after_ms)
 
     async def reap(self) -> int:
-        """Free the in-progress jobs of dead workers; returns how many were freed."""
-        marks = [key async for key in self.redis.scan_iter(match=in_progress_key_prefix + "*", count=1000)]
-        if not marks:
-            return 0
-        job_ids = [m.decode().removeprefix(in_progress_key_prefix) for m in marks]
-        owners = await self.redis.mget([keys.running(j) for j in job_ids])
-        known = [(j, o.decode()) for j, o in zip(job_ids, owners, strict=True) if o is not None]
-        alive = await asyncio.gather(*(self.redis.exists(keys.heartbeat(o)) for _, o in known))
+        """Free the running jobs of dead workers; returns how many were freed.
+
+        Reads one hash of the jobs running fleet-wide (never a keyspace scan), then one EXISTS per worker.
+        """
+        running = {job.decode(): owner.decode() for job, owner in (await self.redis.hgetall(keys.RUNNING)).items()}
+        workers = sorted(set(running.values()))
+        beating = await asyncio.gather(*(self.redis.exists(keys.heartbeat(w)) for w in workers))
+        dead = {w for w, alive in zip(workers, beating, strict=True) if not alive}
         freed = 0
-        for (job_id, owner), beating in zip(known, alive, strict=True):
-            if beating:
+        for job_id, owner in running.items():
+            if owner not in dead:
                 continue
-            mark_keys = [in_progress_key_prefix + job_id, keys.running(job_id), keys.heartbeat(owner)]
-            if await self._release(keys=mark_keys, args=[owner]):
+            marks = [in_progress_key_prefix + job_id, keys.RUNNING, keys.heartbeat(owner)]
+            if await self._release(keys=marks, args=[job_id, owner]):
                 log.warning("worker %s stopped beating; %s runs again", owner, job_id)
                 freed += 1
         return freed

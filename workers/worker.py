@@ -193,7 +193,8 @@ async def _release(settings: Settings, job_ids: list[str]) -> bool:
     try:
         if job_ids:
             marks = [in_progress_key_prefix + job_id for job_id in job_ids]
-            await redis.delete(*marks, *(keys.running(job_id) for job_id in job_ids))
+            await redis.delete(*marks)
+            await redis.hdel(keys.RUNNING, *job_ids)
         return True
     except REDIS_DOWN:
         return False

@@ -24,8 +24,9 @@ async def test_only_jobs_of_silent_workers_are_freed(redis: ArqRedis) -> None:
     assert await alive.reap() == 0  # both still beating
     await redis.delete(keys.heartbeat(dead.worker_id))  # what expiry does once a worker stops beating
     assert await alive.reap() == 1
-    assert not await redis.exists(in_progress_key_prefix + "chunk-b", keys.running("chunk-b"))
-    assert await redis.exists(in_progress_key_prefix + "chunk-a") and await redis.exists(keys.running("chunk-a"))
+    assert not await redis.exists(in_progress_key_prefix + "chunk-b")
+    assert not await redis.hexists(keys.RUNNING, "chunk-b")
+    assert await redis.exists(in_progress_key_prefix + "chunk-a") and await redis.hexists(keys.RUNNING, "chunk-a")
     assert await redis.exists(in_progress_key_prefix + "chunk-c")
     assert await alive.reap() == 0  # nothing twice
 
@@ -40,6 +41,14 @@ async def test_a_heartbeat_expires_after_three_beats(redis: ArqRedis) -> None:
 async def test_a_finished_job_forgets_its_worker(redis: ArqRedis) -> None:
     worker = _liveness(redis)
     await worker.job_started({"job_id": "chunk-a"})
-    assert (await redis.get(keys.running("chunk-a"))) == worker.worker_id.encode()
+    assert await redis.hget(keys.RUNNING, "chunk-a") == worker.worker_id.encode()
     await worker.job_ended({"job_id": "chunk-a"})
-    assert not await redis.exists(keys.running("chunk-a"))
+    assert not await redis.hexists(keys.RUNNING, "chunk-a")
+
+
+async def test_a_job_handed_to_another_worker_is_not_forgotten_by_the_first(redis: ArqRedis) -> None:
+    slow, other = _liveness(redis), _liveness(redis)
+    await slow.job_started({"job_id": "chunk-a"})
+    await other.job_started({"job_id": "chunk-a"})  # the reaper thought `slow` dead; `other` reran it
+    await slow.job_ended({"job_id": "chunk-a"})
+    assert await redis.hget(keys.RUNNING, "chunk-a") == other.worker_id.encode()
