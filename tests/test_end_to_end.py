@@ -5,6 +5,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import httpx
 import redis as sync_redis
 from arq.connections import ArqRedis
 
+from schemas.jobs import JobRecord, PromptsJobSpec
 from tests.conftest import REDIS_URL, Processes, service_env
+from workers import jobstore, keys
 from workers.curate.dedup import jaccard
 from workers.curate.quality import normalise_text
 
@@ -161,6 +164,26 @@ def test_killed_worker_loses_and_duplicates_nothing(processes: Processes, redis:
     assert status["state"] == "completed" and status["counters"]["accepted"] == 120, status
     accepted = examples(api, job_id)
     assert len(accepted) == 120 and len({e["index"] for e in accepted}) == 120
+
+
+async def test_work_planned_by_a_process_that_died_is_enqueued_again(
+    processes: Processes, redis: ArqRedis, fake_llm: Any
+) -> None:
+    fake = fake_llm(rpm=0, latency_ms=5)
+    endpoint = fake.endpoint_settings()
+    settings = service_env({"fake": endpoint}, SKILLMIX_HEARTBEAT_S="1")
+    api = processes.api(settings)
+    processes.worker(settings)
+    spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(40)]})
+    record = JobRecord(
+        id="orphan", spec=spec, endpoint="fake", model=endpoint.model, chunk_size=8, created_at=datetime.now(UTC)
+    )
+    await jobstore.create_job(redis, record, planned=40)  # and the API dies here, before enqueueing
+    assert await redis.zcard(keys.QUEUE_NAME) == 0
+    status = wait_for(api, "orphan", finished, timeout=60)
+    assert status["state"] == "completed" and status["counters"]["accepted"] == 40, status
+    assert sorted(e["index"] for e in examples(api, "orphan")) == list(range(40))
+    assert not await redis.exists(keys.pending_plans("orphan"))
 
 
 def test_endpoint_down_then_back_loses_nothing(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:

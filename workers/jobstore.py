@@ -5,6 +5,7 @@ many machines update them without lost writes.
 """
 
 import math
+import time
 from datetime import UTC, datetime
 
 from arq.connections import ArqRedis
@@ -38,13 +39,16 @@ end
 return 1
 """
 
-# Raise ``planned`` from an expected value; only one of many racing workers wins a top-up.
+# Raise ``planned`` from an expected value; only one of many racing workers wins a top-up. The new range is
+# recorded as pending until its chunks are enqueued, so a process that dies in between loses nothing.
 _PLAN = """
 local cur = redis.call('HGET', KEYS[2], 'state')
 if cur ~= 'queued' and cur ~= 'running' then return -1 end
 local planned = tonumber(redis.call('HGET', KEYS[1], 'planned') or '0')
 if planned ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'planned', ARGV[2])
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[3], ARGV[1] .. '-' .. ARGV[2], t[1] * 1000 + math.floor(t[2] / 1000))
 return planned
 """
 
@@ -53,7 +57,11 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-async def create_job(redis: Redis, record: JobRecord) -> None:
+async def create_job(redis: Redis, record: JobRecord, planned: int = 0) -> None:
+    """Store a job with its first ``planned`` items recorded as pending, in one transaction.
+
+    The caller then enqueues them with ``enqueue_planned``; should it die first, ``redrive`` does.
+    """
     created = await redis.set(keys.job(record.id), record.model_dump_json(), nx=True)
     if not created:
         raise ValueError(f"job {record.id} exists")
@@ -61,7 +69,9 @@ async def create_job(redis: Redis, record: JobRecord) -> None:
         pipe.hset(
             keys.meta(record.id), mapping={"state": JobState.QUEUED.value, "message": "", "updated_at": now_iso()}
         )
-        pipe.hset(keys.counters(record.id), mapping={"planned": 0, "processed": 0, "accepted": 0})
+        pipe.hset(keys.counters(record.id), mapping={"planned": planned, "processed": 0, "accepted": 0})
+        if planned:
+            pipe.hset(keys.pending_plans(record.id), f"0-{planned}", int(time.time() * 1000))
         pipe.zadd(keys.JOBS_INDEX, {record.id: record.created_at.timestamp()})
         pipe.sadd(keys.ACTIVE_JOBS, record.id)
         await pipe.execute()
@@ -162,11 +172,44 @@ def top_up_size(record: JobRecord, counters: JobCounters) -> int:
 
 async def plan(redis: ArqRedis, record: JobRecord, expected_planned: int, new_planned: int) -> bool:
     """Atomically move ``planned`` and enqueue the new items' chunks; False if another worker won."""
-    start = await redis.eval(_PLAN, 2, keys.counters(record.id), keys.meta(record.id), expected_planned, new_planned)
+    start = await redis.eval(
+        _PLAN,
+        3,
+        keys.counters(record.id),
+        keys.meta(record.id),
+        keys.pending_plans(record.id),
+        expected_planned,
+        new_planned,
+    )
     if int(start) < 0:
         return False
-    await enqueue_range(redis, record, expected_planned, new_planned)
+    await enqueue_planned(redis, record, expected_planned, new_planned)
     return True
+
+
+async def enqueue_planned(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:
+    """Enqueue a pending range's chunks, then mark the range done (repeating this is harmless)."""
+    await enqueue_range(redis, record, start, stop)
+    await redis.hdel(keys.pending_plans(record.id), f"{start}-{stop}")
+
+
+async def redrive(redis: ArqRedis, stale_ms: int) -> int:
+    """Enqueue ranges left pending longer than ``stale_ms`` by a process that died; returns how many."""
+    now_s, now_us = await redis.time()
+    now_ms = now_s * 1000 + now_us // 1000
+    redriven = 0
+    for raw_id in await redis.smembers(keys.ACTIVE_JOBS):
+        job_id = raw_id.decode()
+        pending = await redis.hgetall(keys.pending_plans(job_id))
+        stale = [field.decode() for field, at in pending.items() if now_ms - int(at) >= stale_ms]
+        record = await load_record(redis, job_id) if stale else None
+        if record is None:
+            continue
+        for field in stale:
+            start, stop = (int(n) for n in field.split("-"))
+            await enqueue_planned(redis, record, start, stop)
+            redriven += 1
+    return redriven
 
 
 async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:

@@ -6,6 +6,7 @@ Per job (``{id}`` is the job id):
   job:{id}:counters        hash    JobCounters fields plus ``rejected:<reason>`` fields
   job:{id}:items           stream  GeneratedItem JSON, consumed by the ``curate`` group
   job:{id}:generated       set     item indexes already generated (a retried chunk skips them)
+  job:{id}:plans           hash    "start-stop" -> ms: item ranges planned but not yet enqueued
   job:{id}:decisions       hash    item index -> "a:<seq>" / "r:<seq>:<reason>[:<dup_of>]" (idempotent curation)
   job:{id}:exact           hash    normalised-text hash -> example id of kept instructions
   job:{id}:lsh:{band}      hash    band hash -> example id (MinHash LSH buckets)
@@ -25,6 +26,7 @@ JOBS_INDEX = f"{PREFIX}:jobs"  # zset: job id -> created timestamp
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids whose stream may hold work
 SKILL_SETS_INDEX = f"{PREFIX}:skillsets"  # set of skill set names
 RUNNING = f"{PREFIX}:running"  # hash: arq job id -> worker id
+REDRIVE_LOCK = f"{PREFIX}:redrive-lock"  # string: the worker re-enqueueing stale plans this interval
 BUCKET_SIZE = 1000
 
 
@@ -46,6 +48,10 @@ def items(job_id: str) -> str:
 
 def generated(job_id: str) -> str:
     return f"{job(job_id)}:generated"
+
+
+def pending_plans(job_id: str) -> str:
+    return f"{job(job_id)}:plans"
 
 
 def decisions(job_id: str) -> str:

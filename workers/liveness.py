@@ -1,10 +1,13 @@
-"""Worker liveness: every process beats a heartbeat, and the chunks of a process that stopped beating run again.
+"""Worker liveness: every process beats a heartbeat, and the work of a process that died is picked up again.
 
 arq marks a running job with an in-progress key that expires only after the job timeout (30 minutes by
 default), so the chunks of a worker that was SIGKILLed, ran out of memory or lost its machine would wait
 that long. Here each running arq job names its worker; a worker silent for ``DEAD_AFTER_BEATS`` beats is
 dead, and any live worker deletes the in-progress keys of its jobs so the queue hands them out at once.
 Running a chunk twice is safe: finished items are skipped and curation is idempotent per item.
+
+The same loop re-enqueues item ranges that were planned but never enqueued (``jobstore.redrive``): the API
+or a worker died between raising ``planned`` and enqueueing the chunks.
 """
 
 import asyncio
@@ -19,7 +22,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from schemas.settings import Settings
-from workers import keys
+from workers import jobstore, keys
 from workers.redis_pool import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -59,9 +62,19 @@ class Liveness:
         """arq's ``after_job_end``: runs once arq has removed its in-progress mark."""
         await self._forget(keys=[keys.RUNNING], args=[ctx["job_id"], self.worker_id])
 
+    @property
+    def dead_after_ms(self) -> int:
+        return int(self.settings.heartbeat_s * DEAD_AFTER_BEATS * 1000)
+
     async def beat(self) -> None:
-        dead_after_ms = int(self.settings.heartbeat_s * DEAD_AFTER_BEATS * 1000)
-        await self.redis.set(keys.heartbeat(self.worker_id), b"1", px=dead_after_ms)
+        await self.redis.set(keys.heartbeat(self.worker_id), b"1", px=self.dead_after_ms)
+
+    async def redrive(self) -> int:
+        """Re-enqueue plans a dead process left pending; one worker of the fleet does it per interval."""
+        stale_ms = 2 * self.dead_after_ms
+        if not await self.redis.set(keys.REDRIVE_LOCK, self.worker_id, nx=True, px=stale_ms // 2):
+            return 0
+        return await jobstore.redrive(self.redis, stale_ms)
 
     async def reap(self) -> int:
         """Free the running jobs of dead workers; returns how many were freed.
@@ -88,6 +101,7 @@ class Liveness:
             try:
                 await self.beat()
                 await self.reap()
+                await self.redrive()
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:  # Redis away: run_resilient restarts the worker when it is back

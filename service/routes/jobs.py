@@ -54,8 +54,9 @@ async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDe
         usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
         created_at=datetime.now(UTC),
     )
-    await jobstore.create_job(redis, record)
-    await jobstore.plan(redis, record, 0, min(spec.count, spec.budget))
+    first = min(spec.count, spec.budget)
+    await jobstore.create_job(redis, record, planned=first)
+    await jobstore.enqueue_planned(redis, record, 0, first)
     return await _status(redis, record.id)
 
 
