@@ -60,7 +60,7 @@ def _inlined_schema() -> dict[str, Any]:
 
 def _invalid(exc: ValidationError) -> RequestValidationError:
     """Pydantic's errors in FastAPI's 422 shape, located under ``body`` like any request body error."""
-    errors = exc.errors(include_url=False, include_context=False)
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)  # input may be raw bytes
     return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
 
 

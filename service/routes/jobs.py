@@ -19,6 +19,7 @@ from workers.sampler import Coverage, coverage
 from workers.skillsets import get_skill_set, save_skill_set, versions
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
 
 
 async def _resolve_skill_set(redis: RedisDep, spec: InstructJobSpec) -> SkillSet:
@@ -69,7 +70,9 @@ async def _status(redis: RedisDep, job_id: str) -> JobStatus:
 
 @router.get("", response_model=JobsPublic)
 async def list_jobs(
-    redis: RedisDep, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    redis: RedisDep,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobsPublic:
     ids, total = await jobstore.list_job_ids(redis, offset, limit)
     found = [await jobstore.get_status(redis, i) for i in ids]

@@ -3,6 +3,7 @@
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -98,3 +99,26 @@ def test_submit_stores_queues_and_reports(api: str) -> None:
     assert [j["id"] for j in httpx.get(f"{api}/v1/jobs").json()["data"]] == [job["id"]]
     cancelled = httpx.post(f"{api}/v1/jobs/{job['id']}/cancel").json()
     assert cancelled["state"] == "cancelled"
+
+
+NOT_UTF8 = {"content": b"\xb5\xba", "headers": {"content-type": "application/json"}}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "detail"),
+    [
+        ("GET", "/v1/jobs", {"params": {"offset": 10**24}}, 422, "offset"),  # past Redis's 64-bit ranges
+        ("POST", "/v1/jobs", NOT_UTF8, 400, "error parsing the body"),  # FastAPI's own answer
+        ("POST", "/v1/skill-sets/extract", NOT_UTF8, 422, "Invalid JSON"),
+        ("POST", "/v1/skill-sets", {"content": b"{no", "headers": {"content-type": "application/json"}}, 422, "JSON"),
+    ],
+    ids=["huge-offset", "jobs-not-utf8", "extract-not-utf8", "skill-set-not-json"],
+)
+def test_garbage_requests_get_a_clear_4xx_not_a_500(
+    api: str, method: str, path: str, kwargs: dict[str, Any], status: int, detail: str
+) -> None:
+    """Inputs schemathesis found to crash the API with a 500."""
+    response = httpx.request(method, api + path, **kwargs)
+    assert response.status_code == status, response.text
+    assert detail in response.text
+    assert httpx.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored
