@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from schemas.settings import Settings, get_settings
-from service.errors import redis_unavailable
+from service.errors import UNAVAILABLE, redis_unavailable
 from service.routes import extract, jobs, skill_sets
 from workers.redis_pool import REDIS_ERRORS, open_redis
 
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Skill-mix synthetic training data as a service.",
+        responses=UNAVAILABLE,
     )
     for error in REDIS_ERRORS:
         app.add_exception_handler(error, redis_unavailable)

@@ -1,14 +1,25 @@
 """Domain errors raised by routes, turned into JSON in one handler; 422s use FastAPI's own shape."""
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 
 def unprocessable(field: str, message: str) -> NoReturn:
     """A 422 naming the field, in the same shape FastAPI uses for validation errors."""
     raise HTTPException(status_code=422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
+
+
+class Detail(BaseModel):
+    detail: str
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail, "description": "no such id or name"}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": Detail, "description": "Redis is not answering; retry after `Retry-After` seconds"}
+}
 
 
 def not_found(what: str, ident: str) -> NoReturn:

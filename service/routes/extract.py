@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.jobs import JobRecord, JobStatus
 from service.deps import RedisDep, SettingsDep
-from service.errors import not_found, unprocessable
+from service.errors import NOT_FOUND, not_found, unprocessable
 from workers import endpoints, jobstore
 from workers.extract import runner
 from workers.extract.reader import DatasetError, inspect, resolve_path
@@ -165,7 +165,7 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
     return found
 
 
-@router.get("/{job_id}/unlabelled", response_class=StreamingResponse)
+@router.get("/{job_id}/unlabelled", responses=NOT_FOUND, response_class=StreamingResponse)
 async def unlabelled_rows(job_id: str, redis: RedisDep) -> StreamingResponse:
     """NDJSON, one ``UnlabelledRow`` per line: every seed row that ended without a coarse skill, and why."""
     record = await jobstore.load_record(redis, job_id)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from schemas.jobs import GenerationSpec, InstructJobSpec, JobRecord, JobsPublic, JobState, JobStatus
 from schemas.skills import SkillSet, parse_skill_set_ref
 from service.deps import RedisDep, SettingsDep
-from service.errors import not_found, unprocessable
+from service.errors import NOT_FOUND, not_found, unprocessable
 from service.export import ExportFormat, render
 from workers import endpoints, jobstore
 from workers.curate.store import iter_examples, iter_raw
@@ -79,12 +79,12 @@ async def list_jobs(
     return JobsPublic(data=[s for s in found if s is not None], count=total)
 
 
-@router.get("/{job_id}", response_model=JobStatus)
+@router.get("/{job_id}", responses=NOT_FOUND, response_model=JobStatus)
 async def get_job(job_id: str, redis: RedisDep) -> JobStatus:
     return await _status(redis, job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobStatus)
+@router.post("/{job_id}/cancel", responses=NOT_FOUND, response_model=JobStatus)
 async def cancel_job(job_id: str, redis: RedisDep) -> JobStatus:
     current = await _status(redis, job_id)
     if not current.state.finished:
@@ -92,7 +92,7 @@ async def cancel_job(job_id: str, redis: RedisDep) -> JobStatus:
     return await _status(redis, job_id)
 
 
-@router.get("/{job_id}/examples", response_class=StreamingResponse)
+@router.get("/{job_id}/examples", responses=NOT_FOUND, response_class=StreamingResponse)
 async def stream_examples(
     job_id: str, redis: RedisDep, status: Literal["accepted", "rejected"] = "accepted"
 ) -> StreamingResponse:
@@ -106,7 +106,7 @@ async def stream_examples(
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-@router.get("/{job_id}/export", response_class=StreamingResponse)
+@router.get("/{job_id}/export", responses=NOT_FOUND, response_class=StreamingResponse)
 async def export_job(job_id: str, redis: RedisDep, format: ExportFormat = ExportFormat.JSONL) -> StreamingResponse:
     await _status(redis, job_id)
     media = "application/x-ndjson" if format is ExportFormat.JSONL else "application/json"
@@ -116,7 +116,7 @@ async def export_job(job_id: str, redis: RedisDep, format: ExportFormat = Export
     )
 
 
-@router.get("/{job_id}/coverage", response_model=Coverage)
+@router.get("/{job_id}/coverage", responses=NOT_FOUND, response_model=Coverage)
 async def job_coverage(job_id: str, redis: RedisDep) -> Coverage:
     """Skill and skill-pair coverage of the accepted examples."""
     record = await jobstore.load_record(redis, job_id)

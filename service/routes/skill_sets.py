@@ -4,7 +4,7 @@ from fastapi import APIRouter, status
 
 from schemas.skills import SkillSet, SkillSetCreate, SkillSetsPublic
 from service.deps import RedisDep
-from service.errors import not_found
+from service.errors import NOT_FOUND, not_found
 from workers.skillsets import get_skill_set, list_skill_sets, save_skill_set
 
 router = APIRouter(prefix="/v1/skill-sets", tags=["skill-sets"])
@@ -21,7 +21,7 @@ async def all_skill_sets(redis: RedisDep) -> SkillSetsPublic:
     return SkillSetsPublic(data=found, count=len(found))
 
 
-@router.get("/{name}", response_model=SkillSet)
+@router.get("/{name}", responses=NOT_FOUND, response_model=SkillSet)
 async def latest_skill_set(name: str, redis: RedisDep) -> SkillSet:
     found = await get_skill_set(redis, name)
     if found is None:
@@ -29,7 +29,7 @@ async def latest_skill_set(name: str, redis: RedisDep) -> SkillSet:
     return found
 
 
-@router.get("/{name}/{version}", response_model=SkillSet)
+@router.get("/{name}/{version}", responses=NOT_FOUND, response_model=SkillSet)
 async def skill_set_version(name: str, version: int, redis: RedisDep) -> SkillSet:
     found = await get_skill_set(redis, name, version)
     if found is None:
