@@ -201,6 +201,9 @@ class LLMClient:
         except LLMError as exc:
             exc.usage = usage
             raise
+        except asyncio.CancelledError as exc:  # a cancelled job: its calls so far still count (and may be billed)
+            exc.usage = usage  # type: ignore[attr-defined]
+            raise
         finally:
             self.stats = self.stats.add(usage)
         await self._limiter.settle(estimate, usage.prompt_tokens + usage.completion_tokens)
@@ -211,10 +214,10 @@ class LLMClient:
         max_rate_limited = max_retries * self._retry.rate_limit_factor
         failures = 0
         while True:
-            usage.calls += 1
-            usage.retries = usage.calls - 1
             try:
                 async with self._limiter.slot(estimate):
+                    usage.calls += 1  # counted once it is sent, not while it waits for the limiter
+                    usage.retries = usage.calls - 1
                     response = await self._post(body)
                 return self._parse(response, usage)
             except LLMRateLimited as exc:
@@ -362,6 +365,10 @@ class MeteredClient:
         except LLMError as exc:
             if exc.usage is not None:
                 await asyncio.shield(self.on_usage(exc.usage))
+            raise
+        except asyncio.CancelledError as exc:
+            if (usage := getattr(exc, "usage", None)) is not None:
+                await asyncio.shield(self.on_usage(usage))
             raise
         await asyncio.shield(self.on_usage(result.usage))
         return result
