@@ -55,12 +55,22 @@ class Liveness:
         self._forget = redis.register_script(_FORGET)
 
     async def job_started(self, ctx: dict[str, Any]) -> None:
-        """arq's ``on_job_start``: record who runs this job."""
-        await self.redis.hset(keys.RUNNING, ctx["job_id"], self.worker_id)
+        """arq's ``on_job_start``: record who runs this job.
+
+        arq calls its hooks outside its own error handling, so a Redis blip here must not escape: the job
+        would be neither run nor released until arq's in-progress mark expired.
+        """
+        try:
+            await self.redis.hset(keys.RUNNING, ctx["job_id"], self.worker_id)
+        except REDIS_ERRORS as exc:  # the job runs anyway, only without fast recovery should we die
+            log.warning("could not record %s as running here: %s", ctx["job_id"], exc)
 
     async def job_ended(self, ctx: dict[str, Any]) -> None:
         """arq's ``after_job_end``: runs once arq has removed its in-progress mark."""
-        await self._forget(keys=[keys.RUNNING], args=[ctx["job_id"], self.worker_id])
+        try:
+            await self._forget(keys=[keys.RUNNING], args=[ctx["job_id"], self.worker_id])
+        except REDIS_ERRORS as exc:  # a stale entry is harmless: the reaper drops it once we are gone
+            log.warning("could not forget %s: %s", ctx["job_id"], exc)
 
     @property
     def dead_after_ms(self) -> int:

@@ -1,9 +1,11 @@
 """Heartbeats and the reaper, against the real Redis: only the jobs of silent workers are freed."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.jobs import JobRecord, PromptsJobSpec
 from schemas.settings import Settings
@@ -78,3 +80,21 @@ async def test_a_top_up_is_pending_until_enqueued(redis: ArqRedis) -> None:
     assert not await jobstore.plan(redis, record, 10, 50)  # another worker already moved it
     assert not await redis.exists(keys.pending_plans("j2"))
     assert await redis.zcard(keys.QUEUE_NAME) == 2
+
+
+async def test_a_redis_blip_in_arqs_job_hooks_does_not_escape() -> None:
+    """arq runs these hooks outside its error handling: an exception would strand the job."""
+
+    class Unreachable:
+        def register_script(self, script: str) -> Any:
+            async def run(**kwargs: Any) -> Any:
+                raise RedisConnectionError("Connection refused")
+
+            return run
+
+        async def hset(self, *args: Any) -> Any:
+            raise RedisConnectionError("Connection refused")
+
+    worker = Liveness(Unreachable(), Settings(redis_url=REDIS_URL))
+    await worker.job_started({"job_id": "chunk-a"})
+    await worker.job_ended({"job_id": "chunk-a"})
