@@ -116,6 +116,8 @@ class Liveness:
                 raise
             except REDIS_ERRORS as exc:  # Redis away: run_resilient restarts the worker when it is back
                 log.warning("heartbeat failed: %s", exc)
+            except Exception:  # never let the beat die while the worker lives: it would be taken for dead
+                log.exception("liveness step failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
 
