@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Required, Self, TypedDict, Unpack
 
 import httpx
 import orjson
@@ -318,21 +318,22 @@ def _error_code(body: bytes) -> str | None:
     return code if isinstance(code, str) else None
 
 
+class ChatOptions(TypedDict, total=False):
+    """Everything of one completion request besides its messages; ``LLMClient.chat`` holds the defaults."""
+
+    max_tokens: Required[int]
+    temperature: float
+    top_p: float
+    seed: int | None
+    frequency_penalty: float
+    json_schema: dict[str, Any] | None
+    schema_name: str
+
+
 class ChatClient(Protocol):
     """What recipes need from an endpoint: ``LLMClient`` and wrappers such as ``MeteredClient``."""
 
-    async def chat(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        frequency_penalty: float = 0.0,
-        json_schema: dict[str, Any] | None = None,
-        schema_name: str = "answer",
-    ) -> ChatResult: ...
+    async def chat(self, messages: list[ChatMessage], **options: Unpack[ChatOptions]) -> ChatResult: ...
 
 
 class MeteredClient:
@@ -345,23 +346,9 @@ class MeteredClient:
     def __init__(self, inner: ChatClient, on_usage: Callable[[Usage], Awaitable[None]]) -> None:
         self.inner, self.on_usage = inner, on_usage
 
-    async def chat(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        frequency_penalty: float = 0.0,
-        json_schema: dict[str, Any] | None = None,
-        schema_name: str = "answer",
-    ) -> ChatResult:
+    async def chat(self, messages: list[ChatMessage], **options: Unpack[ChatOptions]) -> ChatResult:
         try:
-            result = await self.inner.chat(
-                messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                frequency_penalty=frequency_penalty, json_schema=json_schema, schema_name=schema_name,
-            )  # fmt: skip
+            result = await self.inner.chat(messages, **options)
         except LLMError as exc:
             if exc.usage is not None:
                 await asyncio.shield(self.on_usage(exc.usage))
