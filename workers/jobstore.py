@@ -5,7 +5,6 @@ many machines update them without lost writes.
 """
 
 import math
-import time
 from datetime import UTC, datetime
 
 from arq.connections import ArqRedis
@@ -57,6 +56,12 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+async def redis_now_ms(redis: Redis) -> int:
+    """Redis's clock: what pending plans are stamped and judged by, whatever the machines' clocks say."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def create_job(redis: Redis, record: JobRecord, planned: int = 0) -> None:
     """Store a job with its first ``planned`` items recorded as pending, in one transaction.
 
@@ -65,13 +70,14 @@ async def create_job(redis: Redis, record: JobRecord, planned: int = 0) -> None:
     created = await redis.set(keys.job(record.id), record.model_dump_json(), nx=True)
     if not created:
         raise ValueError(f"job {record.id} exists")
+    planned_at = await redis_now_ms(redis) if planned else 0
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(
             keys.meta(record.id), mapping={"state": JobState.QUEUED.value, "message": "", "updated_at": now_iso()}
         )
         pipe.hset(keys.counters(record.id), mapping={"planned": planned, "processed": 0, "accepted": 0})
         if planned:
-            pipe.hset(keys.pending_plans(record.id), f"0-{planned}", int(time.time() * 1000))
+            pipe.hset(keys.pending_plans(record.id), f"0-{planned}", planned_at)
         pipe.zadd(keys.JOBS_INDEX, {record.id: record.created_at.timestamp()})
         pipe.sadd(keys.ACTIVE_JOBS, record.id)
         await pipe.execute()
@@ -195,8 +201,7 @@ async def enqueue_planned(redis: ArqRedis, record: JobRecord, start: int, stop: 
 
 async def redrive(redis: ArqRedis, stale_ms: int) -> int:
     """Enqueue ranges left pending longer than ``stale_ms`` by a process that died; returns how many."""
-    now_s, now_us = await redis.time()
-    now_ms = now_s * 1000 + now_us // 1000
+    now_ms = await redis_now_ms(redis)
     redriven = 0
     for raw_id in await redis.smembers(keys.ACTIVE_JOBS):
         job_id = raw_id.decode()
