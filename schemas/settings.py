@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     chunk_timeout_s: int = Field(
         default=1800,
         ge=5,
-        description="a chunk running longer is abandoned and retried (also how soon a "
-        "killed worker's chunk is picked up again)",
+        description="a chunk running longer is abandoned and retried (a killed worker's chunks are picked "
+        "up sooner: see heartbeat_s)",
     )
     curate_batch: int = Field(default=64, ge=1, description="stream entries one curate read takes")
     redis_timeout_s: float = Field(

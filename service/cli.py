@@ -164,8 +164,8 @@ def local_llm(
         asyncio.run(_serve_local(model, parallel, threads))
     except LocalLLMError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping
-        console.print("interrupted while stopping")
+    except KeyboardInterrupt:  # Ctrl-C before serving began (later ones are handled inside)
+        console.print("interrupted; the model server was stopped")
         raise typer.Exit(130) from None
     console.print("stopped; endpoint `local` unregistered")
 

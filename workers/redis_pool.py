@@ -4,11 +4,16 @@ arq sets only a connect timeout; without a read timeout a half-open connection (
 without a FIN) would hang a worker or an API request for ever.
 """
 
+import logging
+
+from arq import Retry
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # What a Redis that is restarting, failing over or briefly overloaded raises; none of it may end a worker.
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
@@ -35,3 +40,14 @@ def redis_trouble(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(lambda e: isinstance(e, REDIS_ERRORS)) is not None
     return isinstance(exc, REDIS_ERRORS)  # not the builtins: a missing file is no reason to rerun
+
+
+def rerun_on_redis_trouble(exc: Exception, job_try: int, what: str) -> None:
+    """Turn a Redis error in an arq job into a retry; returns for any other error (the caller re-raises).
+
+    arq records a job that raised as failed, and a failed chunk's or step's work would never come; run it
+    again instead (its finished work is stored). If Redis is really gone, ``run_resilient`` takes over.
+    """
+    if redis_trouble(exc):
+        log.warning("Redis error in %s (%r); retry %d", what, exc, job_try)
+        raise Retry(defer=min(job_try, 10)) from exc

@@ -24,7 +24,7 @@ from workers.generate import EndpointDown, run_chunk
 from workers.liveness import Liveness
 from workers.llm.client import LLMClient
 from workers.recipes import Recipe, recipe_for
-from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, redis_trouble
+from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
@@ -74,12 +74,8 @@ async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[st
         log.warning("%s; retry %d", exc, ctx["job_try"])
         raise Retry(defer=min(5 * ctx["job_try"], 60)) from exc
     except Exception as exc:
-        if not redis_trouble(exc):
-            raise
-        # arq would record the chunk as failed and its items would never come; run it again instead
-        # (items already generated are skipped). If Redis is really gone, run_resilient takes over.
-        log.warning("Redis error in %s (%r); retry %d", task.arq_id, exc, ctx["job_try"])
-        raise Retry(defer=min(ctx["job_try"], 10)) from exc
+        rerun_on_redis_trouble(exc, ctx["job_try"], task.arq_id)
+        raise
 
 
 async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:

@@ -35,7 +35,7 @@ from workers.extract.reader import DatasetError, DatasetReader, resolve_path
 from workers.extract.store import ExtractStore
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMFatal
-from workers.redis_pool import redis_trouble
+from workers.redis_pool import redis_trouble, rerun_on_redis_trouble
 from workers.skillsets import save_skill_set
 
 if TYPE_CHECKING:
@@ -70,11 +70,8 @@ async def run_extract_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict
     try:
         return await _step(ctx, task)
     except Exception as exc:
-        if not redis_trouble(exc):
-            raise
-        # Redis restarting: run this step again (its finished work is stored); arq would drop it
-        log.warning("extract %s step %d: Redis error %r; retry %d", task.job_id, task.step, exc, ctx["job_try"])
-        raise Retry(defer=min(ctx["job_try"], 10)) from exc
+        rerun_on_redis_trouble(exc, ctx["job_try"], f"extract {task.job_id} step {task.step}")
+        raise
 
 
 async def _step(ctx: dict[str, Any], task: ExtractTask) -> dict[str, Any]:
