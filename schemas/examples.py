@@ -20,6 +20,14 @@ class Reason(StrEnum):
     REFUSAL = "refusal"
     RESTATES_INSTRUCTION = "restates_instruction"
     REPETITIVE = "repetitive"
+    INCOMPLETE = "incomplete"  # ends mid-sentence, on a bare list marker or inside a code fence
+    OFF_TOPIC = "off_topic"  # shares too little content with the instruction
+    LOW_NOVELTY = "low_novelty"  # too few of the response's content words are new (a paraphrased re-ask)
+    VAGUE = "vague"  # filler and hedging with no specifics
+    ONE_PARAGRAPH = "one_paragraph"  # a single unstructured paragraph for a substantial request
+    TOO_BRIEF = "too_brief"  # far shorter than the job's typical response
+    PLACEHOLDER = "placeholder"  # leaked template text: {{answer}}, [Your Name], <insert ...>
+    IGNORES_SKILLS = "ignores_skills"  # touches none of the item's skills
     EXACT_DUPLICATE = "exact_duplicate"
     NEAR_DUPLICATE = "near_duplicate"
     SURPLUS = "surplus"

@@ -30,10 +30,78 @@ class DedupSettings(StrictModel):
 
 
 class QualitySettings(StrictModel):
+    """Which checks run (``checks``, in order; the error and cut-off checks always run) and their
+    thresholds. ``enabled: false`` turns every optional check off."""
+
     enabled: bool = True
+    # Optional checks to run, in this order: the first reason found is the primary one.
+    checks: list[
+        Literal[
+            "empty_response",
+            "refusal",
+            "placeholder",
+            "incomplete",
+            "restates_instruction",
+            "low_novelty",
+            "repetitive",
+            "too_short",
+            "generic_filler",
+            "off_topic",
+            "vague",
+            "one_paragraph",
+            "too_brief",
+            "ignores_skills",
+        ]
+    ] = Field(
+        default=[
+            "empty_response",
+            "refusal",
+            "placeholder",
+            "incomplete",
+            "restates_instruction",
+            "low_novelty",
+            "repetitive",
+            "too_short",
+            "generic_filler",
+            "off_topic",
+            "vague",
+            "one_paragraph",
+            "too_brief",
+            "ignores_skills",
+        ],
+        description="optional checks to run, in order (the first reason found is the primary one)",
+    )
     min_response_words: int = Field(default=40, ge=0)
     min_instruction_words: int = Field(default=5, ge=0)
     max_restate_similarity: float = Field(default=0.8, gt=0, le=1.0)
+    min_topic_overlap: float = Field(
+        default=0.1, ge=0, le=1.0, description="off_topic: share of the instruction's content words the response uses"
+    )
+    min_novelty: float = Field(
+        default=0.35, ge=0, le=1.0, description="low_novelty: share of the response's content words not in the request"
+    )
+    max_vagueness: float = Field(
+        default=1.0, gt=0, description="vague: filler-to-specifics score above which a response is vague"
+    )
+    brevity_ratio: float = Field(
+        default=0.35, ge=0, le=1.0, description="too_brief: below this share of the job's median response length"
+    )
+    brevity_min_items: int = Field(
+        default=20, ge=1, description="too_brief: responses seen before the job's median is trusted"
+    )
+    paragraph_max_words: int = Field(
+        default=200, ge=0, description="one_paragraph: a single unstructured paragraph shorter than this"
+    )
+    substantial_instruction_words: int = Field(
+        default=20, ge=0, description="one_paragraph, too_brief, off_topic: only for instructions this long"
+    )
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, checks: list[str]) -> list[str]:
+        if len(set(checks)) != len(checks):
+            raise ValueError("each check may be listed once")
+        return checks
 
 
 class _JobSpecBase(StrictModel):
@@ -116,6 +184,24 @@ class PromptsJobSpec(_JobSpecBase):
             if isinstance(dedup, dict):
                 dedup.setdefault("near", False)
         return data
+
+    @field_validator("prompts")
+    @classmethod
+    def _not_empty(cls, prompts: list[Prompt]) -> list[Prompt]:
+        """An empty prompt would fail its whole chunk in the worker: refuse it here, naming its index."""
+        empty = [
+            i
+            for i, prompt in enumerate(prompts)
+            if (not prompt.strip() if isinstance(prompt, str) else not any(m.content.strip() for m in prompt))
+        ]
+        if empty:
+            shown = ", ".join(f"prompts[{i}]" for i in empty[:10])
+            more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+            raise ValueError(
+                f"{shown}{more} {'is' if len(empty) == 1 else 'are'} empty: a text prompt needs non-blank text, "
+                "a chat prompt at least one message with non-blank content"
+            )
+        return prompts
 
     @model_validator(mode="after")
     def _fits(self) -> Self:

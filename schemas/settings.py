@@ -60,6 +60,9 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     data_dir: Path = Path("./data")
+    max_upload_mb: float = Field(
+        default=200, gt=0, description="largest seed dataset accepted as an upload (MiB); larger ones are a 413"
+    )
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
     default_endpoint: str = "local"
     chunk_size: int = Field(default=32, ge=1, le=10_000)
@@ -78,6 +81,13 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=60, description="worker heartbeat; silent for 3 beats = dead, its chunks rerun"
     )
     claim_idle_ms: int = Field(default=60_000, ge=1000, description="re-deliver curate entries idle this long")
+    stall_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a job with work outstanding and no progress this long is checked by the watchdog: chunks "
+        "that are neither queued nor running are enqueued again, or the job fails with the reason",
+    )
     local_model: Path | None = Field(default=None, description="a GGUF file for quickstart / local-llm")
     api_host: str = "127.0.0.1"
     api_port: int = 8000

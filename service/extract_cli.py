@@ -11,7 +11,14 @@ from typing import IO, Any
 import httpx
 import typer
 
-from service.cli_common import API_OPTION, api_url, console, follow_to_end, submitted_job_id
+from service.cli_common import (
+    API_OPTION,
+    api_url,
+    console,
+    follow_to_end,
+    print_validation_errors,
+    submitted_job_id,
+)
 
 app = typer.Typer(help="Extract a skill set from a seed dataset or from the model itself.", no_args_is_help=True)
 NAME_OPTION = typer.Option(..., "--name", "-n", help="skill set name; the result is its next version")
@@ -32,6 +39,9 @@ async def _run(api: str, spec: dict[str, Any], upload: Path | None, wait: bool, 
                     response = await client.post("/v1/skill-sets/extract", files=files, timeout=UPLOAD_TIMEOUT_S)
         except httpx.ConnectError:
             console.print(f"[red]error:[/red] no API answering at {api}; start it with `skillmix serve`")
+            return 2
+        if response.status_code == 413:  # the upload is over the server's SKILLMIX_MAX_UPLOAD_MB
+            print_validation_errors(response)
             return 2
         job_id = submitted_job_id(response, "extraction job")
         if job_id is None:

@@ -4,6 +4,9 @@ Run-time registration is how ``skillmix local-llm`` makes its freshly started se
 worker and API process without restarting them.
 """
 
+import hashlib
+import os
+
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings, Settings
@@ -35,3 +38,9 @@ async def resolve(redis: Redis, settings: Settings, name: str) -> EndpointSettin
             f"SKILLMIX_ENDPOINTS__{name.upper()}__BASE_URL and __MODEL, or start `skillmix local-llm`."
         )
     return EndpointSettings.model_validate_json(raw)
+
+
+def fingerprint(endpoint: EndpointSettings) -> str:
+    """Changes whenever a client built from these settings would differ: a new port, model, limit or key."""
+    key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
+    return hashlib.sha256(endpoint.model_dump_json().encode() + b"\0" + key.encode()).hexdigest()

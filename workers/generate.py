@@ -6,6 +6,7 @@ reason, so curation always sees every planned item exactly once and the job can 
 """
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -23,6 +24,11 @@ from workers.recipes import ParseFailure, Recipe
 
 log = logging.getLogger(__name__)
 STATE_POLL_S = 0.5
+STOP_WAIT_S = 15.0  # at most one Redis reply timeout for the watcher to see its flag
+
+
+class JobStopped(Exception):
+    """The job was cancelled or finished: the call is refused before it is sent."""
 
 
 class EndpointDown(Exception):
@@ -33,6 +39,7 @@ class EndpointDown(Exception):
 class ChunkOutcome:
     emitted: int = 0
     skipped: int = 0
+    stopped: int = 0
     unavailable: list[int] = field(default_factory=list)
 
 
@@ -62,10 +69,19 @@ async def generate_item(recipe: Recipe, llm: ChatClient, index: int, retries: in
     return failed, retries + 1
 
 
+# Count a call as it is sent, unless its job no longer runs: then it is refused and never leaves.
+_SEND = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return 0 end
+redis.call('HINCRBY', KEYS[2], 'llm_calls', 1)
+if tonumber(ARGV[1]) > 1 then redis.call('HINCRBY', KEYS[2], 'retries', 1) end
+return 1
+"""
+
+
 def _count_usage(pipe: Pipeline, job_id: str, usage: Usage) -> None:
+    """What a returned call adds: tokens and 429s (the call itself was counted when it was sent)."""
     for name, value in (
-        ("llm_calls", usage.calls),
-        ("retries", usage.retries),
         ("rate_limited", usage.rate_limited),
         ("prompt_tokens", usage.prompt_tokens),
         ("completion_tokens", usage.completion_tokens),
@@ -85,30 +101,47 @@ async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_fa
 
 
 def metered(redis: ArqRedis, job_id: str, llm: ChatClient) -> MeteredClient:
-    """The job's view of the endpoint: every call's usage lands in the job counters as it finishes."""
+    """The job's view of the endpoint: each call is counted in Redis before its bytes leave (so the job's
+    ``llm_calls`` is what the endpoint saw, even if this worker is killed mid-call) and refused once the job
+    is cancelled or finished; tokens land in the counters as each call returns."""
+    gate = redis.register_script(_SEND)
+    gate_keys = [keys.meta(job_id), keys.counters(job_id)]
 
-    async def count(usage: Usage) -> None:
+    async def on_send(attempt: int) -> None:
+        if not await gate(keys=gate_keys, args=[attempt]):
+            raise JobStopped(job_id)
+
+    async def on_usage(usage: Usage) -> None:
         async with redis.pipeline(transaction=True) as pipe:
             _count_usage(pipe, job_id, usage)
             await pipe.execute()
 
-    return MeteredClient(llm, count)
+    return MeteredClient(llm, on_send, on_usage)
 
 
 async def run_chunk(
     redis: ArqRedis, record: JobRecord, recipe: Recipe, client: ChatClient, task: ChunkTask, final_try: bool
 ) -> ChunkOutcome:
     outcome = ChunkOutcome()
-    llm = metered(redis, record.id, client)
+    state = await jobstore.get_state(redis, record.id)
+    if state is None or state.finished:  # a chunk still queued when its job ended starts nothing
+        outcome.skipped = task.stop - task.start
+        return outcome
     indexes = list(range(task.start, task.stop))
     done = await redis.smismember(keys.generated(record.id), indexes)
     todo = [i for i, d in zip(indexes, done, strict=True) if not d]
     outcome.skipped = len(indexes) - len(todo)
+    if not todo:
+        return outcome
     await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
+    llm = metered(redis, record.id, client)
 
     async def one(index: int) -> None:
         try:
             item, failures = await generate_item(recipe, llm, index, record.spec.item_retries)
+        except JobStopped:
+            outcome.stopped += 1
+            return
         except LLMFatal as exc:
             await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
             return
@@ -121,23 +154,37 @@ async def run_chunk(
         await emit(redis, record, item, failures)
         outcome.emitted += 1
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(i)) for i in todo]
-        watcher = group.create_task(_stop_when_finished(redis, record.id, tasks))
-        await asyncio.wait(tasks)
-        watcher.cancel()
-    outcome.skipped += sum(t.cancelled() for t in tasks)
+    tasks = [asyncio.create_task(one(i)) for i in todo]
+    finished = asyncio.Event()
+    watcher = asyncio.create_task(_stop_when_finished(redis, record.id, tasks, finished))
+    try:
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        finished.set()  # the watcher ends by this flag, never by a cancel (redis-py can swallow those)
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait([watcher], timeout=STOP_WAIT_S)
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        raise errors[0]
+    outcome.skipped += sum(isinstance(r, asyncio.CancelledError) for r in results) + outcome.stopped
     if outcome.unavailable:
         raise EndpointDown(f"{len(outcome.unavailable)} items of {task.arq_id} could not reach the endpoint")
     return outcome
 
 
-async def _stop_when_finished(redis: ArqRedis, job_id: str, tasks: list[asyncio.Task[None]]) -> None:
-    """A cancelled or completed job stops paying for calls: in-flight items are cancelled within a poll."""
-    while True:
+async def _stop_when_finished(
+    redis: ArqRedis, job_id: str, tasks: list[asyncio.Task[None]], finished: asyncio.Event
+) -> None:
+    """A cancelled or completed job stops paying for calls: in-flight items are cancelled within a poll.
+
+    (No new call leaves even before that: ``metered`` refuses it.)
+    """
+    while not finished.is_set():
         state = await jobstore.get_state(redis, job_id)
         if state is None or state.finished:
             for t in tasks:
                 t.cancel()
             return
-        await asyncio.sleep(STATE_POLL_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), timeout=STATE_POLL_S)

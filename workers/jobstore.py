@@ -26,15 +26,13 @@ _INT_FIELDS = (
     "completion_tokens",
 )
 
-# Move to a new state unless the job already finished (finished states are final).
+# Move to a new state unless the job already finished (finished states are final). A finished job stays in
+# the active set until the watchdog sees its stream drained (``workers.watchdog``): nothing is left behind.
 _SET_STATE = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if cur == 'completed' or cur == 'failed' or cur == 'cancelled' then return 0 end
 if ARGV[4] ~= '' and cur ~= ARGV[4] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'message', ARGV[2], 'updated_at', ARGV[3])
-if ARGV[1] == 'completed' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
-  redis.call('SREM', KEYS[2], ARGV[5])
-end
 return 1
 """
 
@@ -48,6 +46,7 @@ if planned ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'planned', ARGV[2])
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[3], ARGV[1] .. '-' .. ARGV[2], t[1] * 1000 + math.floor(t[2] / 1000))
+redis.call('RPUSH', KEYS[4], ARGV[1] .. '-' .. ARGV[2])
 return planned
 """
 
@@ -78,6 +77,7 @@ async def create_job(redis: Redis, record: JobRecord, planned: int = 0) -> None:
         pipe.hset(keys.counters(record.id), mapping={"planned": planned, "processed": 0, "accepted": 0})
         if planned:
             pipe.hset(keys.pending_plans(record.id), f"0-{planned}", planned_at)
+            pipe.rpush(keys.ranges(record.id), f"0-{planned}")
         pipe.zadd(keys.JOBS_INDEX, {record.id: record.created_at.timestamp()})
         pipe.sadd(keys.ACTIVE_JOBS, record.id)
         await pipe.execute()
@@ -180,10 +180,11 @@ async def plan(redis: ArqRedis, record: JobRecord, expected_planned: int, new_pl
     """Atomically move ``planned`` and enqueue the new items' chunks; False if another worker won."""
     start = await redis.eval(
         _PLAN,
-        3,
+        4,
         keys.counters(record.id),
         keys.meta(record.id),
         keys.pending_plans(record.id),
+        keys.ranges(record.id),
         expected_planned,
         new_planned,
     )
@@ -217,8 +218,23 @@ async def redrive(redis: ArqRedis, stale_ms: int) -> int:
     return redriven
 
 
+def chunks(record: JobRecord, start: int, stop: int) -> list[ChunkTask]:
+    """The chunks a planned range is cut into: the same on every process, so their arq ids are too."""
+    size = record.chunk_size
+    return [ChunkTask(job_id=record.id, start=lo, stop=min(lo + size, stop)) for lo in range(start, stop, size)]
+
+
+async def planned_ranges(redis: Redis, job_id: str) -> list[tuple[int, int]]:
+    """Every item range ever planned for the job, in order (they tile ``[0, planned)``)."""
+    return [_range(raw.decode()) for raw in await redis.lrange(keys.ranges(job_id), 0, -1)]
+
+
+def _range(field: str) -> tuple[int, int]:
+    start, stop = field.split("-")
+    return int(start), int(stop)
+
+
 async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:
     """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once."""
-    for lo in range(start, stop, record.chunk_size):
-        task = ChunkTask(job_id=record.id, start=lo, stop=min(lo + record.chunk_size, stop))
+    for task in chunks(record, start, stop):
         await redis.enqueue_job("run_chunk_job", task.model_dump(), _job_id=task.arq_id, _queue_name=keys.QUEUE_NAME)

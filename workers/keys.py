@@ -7,6 +7,8 @@ Per job (``{id}`` is the job id):
   job:{id}:items           stream  GeneratedItem JSON, consumed by the ``curate`` group
   job:{id}:generated       set     item indexes already generated (a retried chunk skips them)
   job:{id}:plans           hash    "start-stop" -> ms: item ranges planned but not yet enqueued
+  job:{id}:ranges          list    "start-stop" of every range ever planned (the watchdog's map of chunks)
+  job:{id}:redrives        hash    arq chunk id -> "times:generated" (chunks the watchdog enqueued again)
   job:{id}:decisions       hash    item index -> "a:<seq>" / "r:<seq>:<reason>[:<dup_of>]" (idempotent curation)
   job:{id}:exact           hash    normalised-text hash -> example id of kept instructions
   job:{id}:lsh:{band}      hash    band hash -> example id (MinHash LSH buckets)
@@ -17,6 +19,7 @@ Per job (``{id}`` is the job id):
 Fleet-wide (see ``workers.liveness``):
   worker:{wid}             string  a worker process's heartbeat; expires when it stops beating
   running                  hash    arq job id -> id of the worker running it
+  watchdog                 hash    job id -> "progress fingerprint|since ms" (see ``workers.watchdog``)
 """
 
 PREFIX = "skillmix"
@@ -27,6 +30,8 @@ ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids whose stream may hold wo
 SKILL_SETS_INDEX = f"{PREFIX}:skillsets"  # set of skill set names
 RUNNING = f"{PREFIX}:running"  # hash: arq job id -> worker id
 REDRIVE_LOCK = f"{PREFIX}:redrive-lock"  # string: the worker re-enqueueing stale plans this interval
+WATCHDOG = f"{PREFIX}:watchdog"  # hash: job id -> "fingerprint|since_ms"
+WATCHDOG_LOCK = f"{PREFIX}:watchdog-lock"  # string: the worker watching jobs this interval
 BUCKET_SIZE = 1000
 
 
@@ -52,6 +57,14 @@ def generated(job_id: str) -> str:
 
 def pending_plans(job_id: str) -> str:
     return f"{job(job_id)}:plans"
+
+
+def ranges(job_id: str) -> str:
+    return f"{job(job_id)}:ranges"
+
+
+def redrives(job_id: str) -> str:
+    return f"{job(job_id)}:redrives"
 
 
 def decisions(job_id: str) -> str:

@@ -7,7 +7,8 @@ dead, and any live worker deletes the in-progress keys of its jobs so the queue 
 Running a chunk twice is safe: finished items are skipped and curation is idempotent per item.
 
 The same loop re-enqueues item ranges that were planned but never enqueued (``jobstore.redrive``): the API
-or a worker died between raising ``planned`` and enqueueing the chunks.
+or a worker died between raising ``planned`` and enqueueing the chunks; and it runs the job watchdog
+(``workers.watchdog``), which re-enqueues chunks arq dropped and fails jobs that cannot progress.
 """
 
 import asyncio
@@ -24,6 +25,7 @@ from arq.constants import in_progress_key_prefix
 from schemas.settings import Settings
 from workers import jobstore, keys
 from workers.redis_pool import REDIS_ERRORS
+from workers.watchdog import Watchdog, WatchReport
 
 log = logging.getLogger(__name__)
 DEAD_AFTER_BEATS = 3
@@ -53,6 +55,7 @@ class Liveness:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._release = redis.register_script(_RELEASE)
         self._forget = redis.register_script(_FORGET)
+        self.watchdog = Watchdog(redis, int(settings.stall_s * 1000))
 
     async def job_started(self, ctx: dict[str, Any]) -> None:
         """arq's ``on_job_start``: record who runs this job.
@@ -86,6 +89,13 @@ class Liveness:
             return 0
         return await jobstore.redrive(self.redis, stale_ms)
 
+    async def watch(self) -> WatchReport | None:
+        """Look after every active job (``workers.watchdog``); one worker of the fleet does it per interval."""
+        interval_ms = max(1, int(self.settings.heartbeat_s * 1000))
+        if not await self.redis.set(keys.WATCHDOG_LOCK, self.worker_id, nx=True, px=interval_ms):
+            return None
+        return await self.watchdog.run_once()
+
     async def reap(self) -> int:
         """Free the running jobs of dead workers; returns how many were freed.
 
@@ -112,6 +122,7 @@ class Liveness:
                 await self.beat()
                 await self.reap()
                 await self.redrive()
+                await self.watch()
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:  # Redis away: run_resilient restarts the worker when it is back

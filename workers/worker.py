@@ -9,20 +9,24 @@ import contextlib
 import logging
 import os
 import socket
+import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from arq import Retry, Worker
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
-from schemas.jobs import ChunkTask, JobRecord
+from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.settings import Settings, get_settings
 from workers import endpoints, jobstore, keys
 from workers.curate.consumer import CurateConsumer
+from workers.endpoints import UnknownEndpoint
 from workers.extract.runner import extract_function
 from workers.generate import EndpointDown, run_chunk
 from workers.liveness import Liveness
 from workers.llm.client import LLMClient
+from workers.llm.errors import LLMMissingKey
 from workers.recipes import Recipe, recipe_for
 from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
 
@@ -30,25 +34,50 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 8
 RECONNECT_MAX_S = 10.0
 RECIPE_CACHE = 64
+ENDPOINT_RECHECK_S = 2.0
+ARQ_TIMEOUT_MARGIN_S = 30  # arq's own timeout only backs up ours (see run_chunk_job)
+
+
+@dataclass
+class _CachedClient:
+    client: LLMClient
+    fingerprint: str
+    checked_at: float
 
 
 class Resources:
     """Per-process caches: one LLM client per endpoint, one recipe per job.
 
     Each LLM client owns the process's HTTP connection pool for its endpoint, sized to the endpoint's
-    concurrency and sharded (see ``ShardedTransport``), together with that endpoint's limiter.
+    concurrency and sharded (see ``ShardedTransport``), together with that endpoint's limiter. Endpoint
+    settings are looked up again every ``ENDPOINT_RECHECK_S``: a restarted ``skillmix local-llm`` (new port)
+    or changed settings get a fresh client within seconds; the old one closes once its calls are done.
     """
 
     def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self.redis, self.settings = redis, settings
-        self.clients: dict[str, LLMClient] = {}
+        self.clients: dict[str, _CachedClient] = {}
         self.recipes: dict[str, tuple[JobRecord, Recipe]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
 
     async def client(self, name: str) -> LLMClient:
-        if name not in self.clients:
-            endpoint = await endpoints.resolve(self.redis, self.settings, name)
-            self.clients[name] = LLMClient(name, endpoint)
-        return self.clients[name]
+        cached = self.clients.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached.checked_at < ENDPOINT_RECHECK_S:
+            return cached.client
+        endpoint = await endpoints.resolve(self.redis, self.settings, name)
+        fingerprint = endpoints.fingerprint(endpoint)
+        if cached is not None and cached.fingerprint == fingerprint:
+            cached.checked_at = now
+            return cached.client
+        client = LLMClient(name, endpoint)  # raises LLMMissingKey before anything is replaced
+        if cached is not None:
+            log.info("endpoint %s changed; new calls use the new settings", name)
+            retire = asyncio.create_task(_close_later(cached.client, endpoint.timeout_s * 2))
+            self._retired.add(retire)
+            retire.add_done_callback(self._retired.discard)
+        self.clients[name] = _CachedClient(client, fingerprint, now)
+        return client
 
     async def recipe(self, job_id: str) -> tuple[JobRecord, Recipe] | None:
         if job_id not in self.recipes:
@@ -62,17 +91,37 @@ class Resources:
         return self.recipes[job_id]
 
     async def aclose(self) -> None:
-        for client in self.clients.values():
-            await client.aclose()
+        for task in list(self._retired):
+            task.cancel()
+        for cached in self.clients.values():
+            await cached.client.aclose()
+
+
+async def _close_later(client: LLMClient, after_s: float) -> None:
+    """Close a replaced client once the calls still using it have had time to finish."""
+    try:
+        await asyncio.sleep(after_s)
+    finally:
+        await client.aclose()
 
 
 async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, int]:
     task = ChunkTask.model_validate(payload)
+    settings: Settings = ctx.get("settings") or get_settings()
     try:
-        return await _run_chunk(ctx, task)
+        async with asyncio.timeout(settings.chunk_timeout_s):
+            return await _run_chunk(ctx, task)
+    except TimeoutError as exc:  # ours, not arq's: arq records its own timeout as a failure, never retried
+        log.warning("%s ran past %ss; retry %d", task.arq_id, settings.chunk_timeout_s, ctx["job_try"])
+        raise Retry(defer=1) from exc
     except EndpointDown as exc:
         log.warning("%s; retry %d", exc, ctx["job_try"])
         raise Retry(defer=min(5 * ctx["job_try"], 60)) from exc
+    except (LLMMissingKey, UnknownEndpoint) as exc:  # this worker cannot run the job: say where and why
+        message = f"worker host {socket.gethostname()}: {exc}"
+        await jobstore.set_state(ctx["redis"], task.job_id, JobState.FAILED, message)
+        log.error("job %s failed: %s", task.job_id, message)
+        return {"emitted": 0, "skipped": task.stop - task.start}
     except Exception as exc:
         rerun_on_redis_trouble(exc, ctx["job_try"], task.arq_id)
         raise
@@ -84,6 +133,9 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
     if found is None:
         return {"emitted": 0, "skipped": task.stop - task.start}
     record, recipe = found
+    state = await jobstore.get_state(ctx["redis"], task.job_id)
+    if state is None or state.finished:  # before any endpoint lookup: a finished job needs none
+        return {"emitted": 0, "skipped": task.stop - task.start}
     llm = await res.client(record.endpoint)
     outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES)
     return {"emitted": outcome.emitted, "skipped": outcome.skipped}
@@ -130,7 +182,7 @@ def make_worker(settings: Settings, **overrides: Any) -> Worker:
         "after_job_end": job_ended,
         "queue_name": keys.QUEUE_NAME,
         "max_jobs": settings.worker_max_jobs,
-        "job_timeout": settings.chunk_timeout_s,
+        "job_timeout": settings.chunk_timeout_s + ARQ_TIMEOUT_MARGIN_S,
         "max_tries": MAX_TRIES,
         "keep_result": 3600,
         "redis_settings": redis_settings(settings),
@@ -208,7 +260,7 @@ class WorkerSettings:
     after_job_end = job_ended
     queue_name = keys.QUEUE_NAME
     max_jobs = get_settings().worker_max_jobs
-    job_timeout = get_settings().chunk_timeout_s
+    job_timeout = get_settings().chunk_timeout_s + ARQ_TIMEOUT_MARGIN_S
     max_tries = MAX_TRIES
     keep_result = 3600
     redis_settings = redis_settings(get_settings())

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,25 @@ from workers import keys
 ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model"}}
 
 
-@pytest.fixture
-async def client(redis: ArqRedis, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+@asynccontextmanager
+async def in_process(redis: ArqRedis, data_dir: Path, **extra: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app in-process on the test's Redis (no worker: these tests only submit)."""
-    settings = Settings(redis_url=REDIS_URL, data_dir=tmp_path, endpoints=ENDPOINTS, default_endpoint="fake")
+    settings = Settings(redis_url=REDIS_URL, data_dir=data_dir, endpoints=ENDPOINTS, default_endpoint="fake", **extra)
     app = create_app(settings)
     app.state.settings, app.state.redis = settings, redis
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
         yield c
+
+
+@pytest.fixture
+async def client(redis: ArqRedis, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(redis, tmp_path) as c:
+        yield c
+
+
+def left_behind(data_dir: Path) -> list[Path]:
+    """Everything under the uploads area (a refused upload must leave nothing, not even its directory)."""
+    return sorted((data_dir / "uploads").rglob("*"))
 
 
 def errors(response: httpx.Response) -> dict[str, str]:
@@ -72,19 +84,116 @@ async def test_bad_input_is_a_422_naming_the_problem(client: httpx.AsyncClient, 
         assert field in found and message in found[field], (body, found)
 
     seed = (tmp_path / "seed.jsonl").read_bytes()
-    spec = json.dumps({"recipe": "extract-from-dataset", "skill_set_name": "s"})
+    base = {"recipe": "extract-from-dataset", "skill_set_name": "s"}
+    spec = json.dumps(base)
     both = json.dumps(dataset())
     uploads: list[tuple[dict[str, tuple[str | None, bytes | str]], str, str]] = [
         ({"spec": (None, spec)}, "file", "needs the seed dataset"),
         ({"file": ("x.jsonl", seed)}, "spec", "needs the job spec"),
         ({"file": ("x.jsonl", seed), "spec": (None, both)}, "source.path", "not both"),
         ({"file": ("x.jsonl", b"not json\n"), "spec": (None, spec)}, "source.format", "line 1 is not valid JSON"),
+        ({"file": ("x.jsonl", b""), "spec": (None, spec)}, "source.path", "is empty"),
         ({"file": ("x.txt", seed), "spec": (None, spec)}, "source", "cannot tell the format"),
         ({"file": ("x.jsonl", seed), "spec": (None, "{")}, "spec", "not valid JSON"),
+        (
+            {"file": ("x.jsonl", seed), "spec": (None, json.dumps(base | {"source": {"text_column": "question"}}))},
+            "source.text_column",
+            "no column 'question'",
+        ),
+        ({"file": ("x.jsonl", seed), "spec": (None, json.dumps(base | {"rows": 50}))}, "rows", "only 20"),
+        ({"file": ("x.jsonl", seed), "spec": (None, json.dumps(base | {"endpoint": "nope"}))}, "endpoint", "nope"),
+        ({"file": ("x.parquet", seed), "spec": (None, spec)}, "source.format", "not a Parquet file"),
     ]
     for files, field, message in uploads:
         found = errors(await client.post("/v1/skill-sets/extract", files=files))
         assert field in found and message in found[field], (files, found)
+        assert left_behind(tmp_path) == [], files  # saved, found bad, deleted
+    assert (await client.get("/v1/jobs")).json()["count"] == 0
+
+
+def multipart_body(spec: dict[str, Any], chunks: int, chunk: bytes, sent: list[int]) -> tuple[str, Any]:
+    """A multipart upload streamed chunk by chunk without a content-length; ``sent`` counts the chunks read."""
+    boundary = "b0undary"
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (
+            f'--{boundary}\r\ncontent-disposition: form-data; name="spec"\r\n\r\n{json.dumps(spec)}\r\n'
+            f'--{boundary}\r\ncontent-disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+        ).encode()
+        for _ in range(chunks):
+            sent[0] += 1
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return f"multipart/form-data; boundary={boundary}", body()
+
+
+async def test_an_oversize_upload_is_refused_and_leaves_nothing(redis: ArqRedis, tmp_path: Path) -> None:
+    row = json.dumps({"instruction": "Summarise this ticket about a refund request.", "output": "ok"}).encode()
+    chunk = (row + b"\n") * 800  # ~60 KB
+    spec = {"recipe": "extract-from-dataset", "skill_set_name": "big"}
+    async with in_process(redis, tmp_path, max_upload_mb=0.5) as client:
+        # with a content-length: refused before the body is read
+        files: dict[str, tuple[str | None, bytes | str]] = {
+            "file": ("big.jsonl", chunk * 10),
+            "spec": (None, json.dumps(spec)),
+        }
+        response = await client.post("/v1/skill-sets/extract", files=files)
+        assert response.status_code == 413, response.text
+        [error] = response.json()["detail"]
+        assert (
+            error["loc"] == ["body", "file"] and "0.5 MB" in error["msg"] and "SKILLMIX_MAX_UPLOAD_MB" in error["msg"]
+        )
+        assert left_behind(tmp_path) == []
+
+        # streamed without one: refused as soon as the cap is passed, the rest never read
+        sent = [0]
+        content_type, body = multipart_body(spec, 1000, chunk, sent)
+        response = await client.post("/v1/skill-sets/extract", content=body, headers={"content-type": content_type})
+        assert response.status_code == 413, response.text
+        assert "0.5 MB" in response.text
+        assert sent[0] <= 10, sent  # 0.5 MiB is 9 chunks: it stopped there, not at 1,000
+        assert left_behind(tmp_path) == []
+        assert (await client.get("/v1/jobs")).json()["count"] == 0
+
+        # under the cap, streamed the same way: accepted, and kept in the job's own directory
+        sent = [0]
+        content_type, body = multipart_body(spec, 3, chunk, sent)
+        response = await client.post("/v1/skill-sets/extract", content=body, headers={"content-type": content_type})
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        assert left_behind(tmp_path) == [tmp_path / "uploads" / job_id, tmp_path / "uploads" / job_id / "seed.jsonl"]
+        assert response.json()["count"] == 3 * 800
+
+
+async def test_an_upload_is_private_to_its_job(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    seed = write_jsonl(tmp_path / "seed.jsonl", 20)
+    spec = json.dumps({"recipe": "extract-from-dataset", "skill_set_name": "mine"})
+    response = await client.post(
+        "/v1/skill-sets/extract", files={"file": ("a.jsonl", seed.read_bytes()), "spec": (None, spec)}
+    )
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    uploaded = tmp_path / "uploads" / job_id / "seed.jsonl"
+    assert uploaded.read_bytes() == seed.read_bytes()
+
+    (tmp_path / "link.jsonl").symlink_to(uploaded)  # a way in through a symlink in the data dir
+    (tmp_path / "alias").symlink_to(tmp_path / "uploads")
+    for path in (
+        f"uploads/{job_id}/seed.jsonl",  # what `skillmix extract dataset --server-path` would send
+        f"./uploads/{job_id}/seed.jsonl",
+        f"uploads//{job_id}/seed.jsonl",
+        f"Uploads/{job_id}/seed.jsonl",
+        "link.jsonl",
+        f"alias/{job_id}/seed.jsonl",
+        "uploads/nothing-yet.jsonl",
+    ):
+        found = errors(await client.post("/v1/skill-sets/extract", json=dataset(path)))
+        assert "uploads area" in found.get("source.path", ""), (path, found)
+    assert (await client.get("/v1/jobs")).json()["count"] == 1
+    assert uploaded.read_bytes() == seed.read_bytes()  # the refusals did not touch the owner's upload
+    ok = await client.post("/v1/skill-sets/extract", json=dataset("seed.jsonl"))
+    assert ok.status_code == 201, ok.text
 
 
 async def test_submit_resolves_the_dataset_and_queues_a_step(
@@ -105,7 +214,7 @@ async def test_submit_resolves_the_dataset_and_queues_a_step(
     )  # fmt: skip
     job = (await client.get(f"/v1/jobs/{status['id']}")).json()
     assert job["id"] == status["id"] and job["result"] is None
-    uploaded = tmp_path / "uploads" / f"{status['id']}.jsonl"
+    uploaded = tmp_path / "uploads" / status["id"] / "seed.jsonl"
     assert uploaded.read_bytes() == (tmp_path / "seed.jsonl").read_bytes()
     queued = await redis.zrange(keys.QUEUE_NAME, 0, -1)
     assert f"skillmix:extract:{status['id']}:0".encode() in queued

@@ -81,6 +81,29 @@ def test_k_larger_than_the_skill_set_is_422(api: str) -> None:
     assert errors == [("body.k", "k=3 but skill set tiny@1 has only 2 skills")]
 
 
+@pytest.mark.parametrize(
+    ("bad", "index"),
+    [
+        ("", 3),
+        ("  \n\t ", 1),
+        ([], 2),
+        ([{"role": "system", "content": ""}, {"role": "user", "content": "   "}], 0),
+    ],
+    ids=["empty", "whitespace", "no-messages", "blank-messages"],
+)
+def test_an_empty_prompt_is_422_naming_its_index(api: str, bad: object, index: int) -> None:
+    """An empty prompt used to pass validation and then fail its whole chunk in the worker."""
+    prompts: list[object] = ["Name a colour.", [{"role": "user", "content": "Say hi."}], "Count to 3.", "Why?"]
+    prompts[index] = bad
+    errors = _errors(httpx.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": prompts}))
+    assert any("prompts" in loc and f"prompts[{index}] is empty" in msg for loc, msg in errors), errors
+    assert httpx.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored
+    prompts[index] = [{"role": "system", "content": ""}, {"role": "user", "content": "Fine now."}]
+    response = httpx.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": prompts})
+    assert response.status_code == 201, response.text
+    assert response.json()["count"] == 4
+
+
 def test_unknown_ids_are_404(api: str) -> None:
     for path in ("/v1/jobs/abc", "/v1/jobs/abc/examples", "/v1/jobs/abc/export", "/v1/skill-sets/none"):
         assert httpx.get(api + path).status_code == 404, path

@@ -219,7 +219,8 @@ async def test_429_connection_error_and_empty_choice_are_retried() -> None:
     async with mock_client(handler) as client:
         result = await client.chat(PROMPT, max_tokens=10)
     assert 0.2 <= time.monotonic() - started < 1.0  # retry-after-ms wins over retry-after
-    assert result.usage == Usage(prompt_tokens=3, completion_tokens=1, calls=4, retries=3, rate_limited=1)
+    # the refused connection sent nothing, so it is no call: three requests reached the endpoint
+    assert result.usage == Usage(prompt_tokens=3, completion_tokens=1, calls=3, retries=2, rate_limited=1)
 
 
 async def test_retry_after_forms_and_quota_429() -> None:

@@ -12,14 +12,13 @@ import time
 from arq.connections import ArqRedis
 from redis.exceptions import ResponseError
 
-from schemas.examples import Example, GeneratedItem, QualityVerdict
+from schemas.examples import Example, GeneratedItem, QualityVerdict, Reason
 from schemas.jobs import JobRecord, JobState
 from schemas.settings import Settings
 from workers import jobstore, keys
-from workers.curate.decide import decide, previous
+from workers.curate.decide import decide_and_store, previous
 from workers.curate.dedup import Deduper
 from workers.curate.quality import QualityFilter
-from workers.curate.store import write_example
 from workers.lifecycle import advance
 
 log = logging.getLogger(__name__)
@@ -119,22 +118,19 @@ class CurateConsumer:
 
     async def _curate(self, record: JobRecord, item: GeneratedItem) -> None:
         example_id = f"{record.id}-{item.index}"
-        decision = await previous(self.redis, record.id, item.index)
+        if await previous(self.redis, record.id, item.index) is not None:
+            return  # decided and stored in one step by an earlier delivery
         if record.id not in self._filters:
             self._filters[record.id] = QualityFilter(record.spec.quality)
         verdict = self._filters[record.id].verdict(item)
+        reason = verdict.reasons[0] if verdict.reasons else None
         duplicate_of = None
-        if decision is None:
-            reason = verdict.reasons[0] if verdict.reasons else None
-            if reason is None:
-                dedup = await self.deduper.check_and_add(
-                    self.redis, record.id, example_id, item.instruction, record.spec.dedup
-                )
-                if dedup.reason is not None and dedup.duplicate_of != example_id:
-                    reason, duplicate_of = dedup.reason, dedup.duplicate_of
-            decision = await decide(self.redis, record.id, item.index, reason, record.spec.count)
-        if decision.reason is not None and decision.reason not in verdict.reasons:
-            verdict = QualityVerdict(accepted=False, reasons=[decision.reason, *verdict.reasons], detail=verdict.detail)
+        if reason is None:
+            dedup = await self.deduper.check_and_add(
+                self.redis, record.id, example_id, item.instruction, record.spec.dedup
+            )
+            if dedup.reason is not None and dedup.duplicate_of != example_id:
+                reason, duplicate_of = dedup.reason, dedup.duplicate_of
         example = Example(
             id=example_id,
             job_id=record.id,
@@ -149,8 +145,22 @@ class CurateConsumer:
             recipe=item.recipe,
             template_version=item.template_version,
             usage=item.usage,
-            verdict=verdict.model_copy(update={"accepted": decision.accepted}),
+            verdict=verdict,
             duplicate_of=duplicate_of,
             conversation=item.conversation,
         )
-        await write_example(self.redis, "accepted" if decision.accepted else "rejected", decision.seq, example)
+        rejected_for = reason or Reason.SURPLUS  # no reason: rejected only if the job has enough already
+        rejected = QualityVerdict(
+            accepted=False,
+            reasons=[rejected_for, *(r for r in verdict.reasons if r != rejected_for)],
+            detail=verdict.detail,
+        )
+        await decide_and_store(
+            self.redis,
+            record.id,
+            item.index,
+            reason,
+            record.spec.count,
+            example.model_copy(update={"verdict": QualityVerdict(accepted=True)}).model_dump_json(),
+            example.model_copy(update={"verdict": rejected}).model_dump_json(),
+        )

@@ -1,7 +1,13 @@
-"""The one atomic, idempotent decision per item: accepted (with a sequence number) or rejected (why).
+"""The one atomic, idempotent step per item: decide (accepted with a sequence number, or rejected and why)
+and store the example in the same Lua script, so "counted" always means "stored".
 
-Stream entries can be delivered twice (a worker died before its XACK); the decision hash makes the
-second delivery reuse the first decision, so counters never double and storage slots never move.
+Stream entries can be delivered twice (a worker died before its XACK); the decision hash makes the second
+delivery a no-op, so counters never double and storage slots never move. The caller passes the example in
+both of its possible forms (as accepted and as rejected) because only the script knows, atomically with
+every other worker's decisions, whether the job still wants it.
+
+The storage bucket (``keys.bucket``) depends on the sequence number the script assigns, so the script
+appends the bucket number to the prefix it is given; all keys of one job share the ``{job id}`` part.
 """
 
 from dataclasses import dataclass
@@ -11,25 +17,28 @@ from redis.asyncio import Redis
 from schemas.examples import Reason
 from workers import keys
 
-_DECIDE = """
+_DECIDE_AND_STORE = """
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
 if prev then return prev end
 local reason = ARGV[2]
-local decision
+local decision, seq, kind, body
 if reason == '' then
   local accepted = tonumber(redis.call('HGET', KEYS[2], 'accepted') or '0')
   if accepted < tonumber(ARGV[3]) then
     redis.call('HINCRBY', KEYS[2], 'accepted', 1)
+    seq, kind, body = accepted, KEYS[3], ARGV[5]
     decision = 'a:' .. accepted
   else
     reason = 'surplus'
   end
 end
 if not decision then
-  local seq = redis.call('HINCRBY', KEYS[2], 'rejected', 1) - 1
+  seq = redis.call('HINCRBY', KEYS[2], 'rejected', 1) - 1
+  kind, body = KEYS[4], ARGV[6]
   redis.call('HINCRBY', KEYS[2], 'rejected:' .. reason, 1)
   decision = 'r:' .. seq .. ':' .. reason
 end
+redis.call('HSET', kind .. math.floor(seq / tonumber(ARGV[4])), seq, body)
 redis.call('HINCRBY', KEYS[2], 'processed', 1)
 redis.call('HSET', KEYS[1], ARGV[1], decision)
 return decision
@@ -54,15 +63,23 @@ async def previous(redis: Redis, job_id: str, index: int) -> Decision | None:
     return None if raw is None else _parse(raw)
 
 
-async def decide(redis: Redis, job_id: str, index: int, reason: Reason | None, target: int) -> Decision:
-    """Accept if no reason and the job still wants examples; otherwise reject (``surplus`` past the target)."""
+async def decide_and_store(
+    redis: Redis, job_id: str, index: int, reason: Reason | None, target: int, as_accepted: str, as_rejected: str
+) -> Decision:
+    """Accept if no reason and the job still wants examples, otherwise reject (``surplus`` past the target);
+    store ``as_accepted`` or ``as_rejected`` (JSON) in the slot the decision gets, in the same step."""
     raw = await redis.eval(
-        _DECIDE,
-        2,
+        _DECIDE_AND_STORE,
+        4,
         keys.decisions(job_id),
         keys.counters(job_id),
+        keys.bucket_prefix(job_id, "accepted"),
+        keys.bucket_prefix(job_id, "rejected"),
         str(index),
         reason.value if reason else "",
         target,
+        keys.BUCKET_SIZE,
+        as_accepted,
+        as_rejected,
     )
     return _parse(raw)

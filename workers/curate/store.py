@@ -1,8 +1,8 @@
 """Durable per-job storage of curated examples: Redis hashes of 1,000 examples each.
 
-Writing is idempotent (HSET of a fixed sequence number), so a redelivered stream entry rewrites the same
-slot instead of adding a copy. With Redis's append-only file on (as compose.yaml runs it) they survive a
-restart; no single key grows past one bucket.
+Examples are written by the same Lua script that decides them (``workers.curate.decide``), into a slot fixed
+by their sequence number, so a counted example is always a stored one. With Redis's append-only file on (as
+compose.yaml runs it) they survive a restart; no single key grows past one bucket.
 """
 
 from collections.abc import AsyncIterator
@@ -15,10 +15,6 @@ from workers import keys
 
 Kind = Literal["accepted", "rejected"]
 COUNTER_FOR: dict[Kind, str] = {"accepted": "accepted", "rejected": "rejected"}
-
-
-async def write_example(redis: Redis, kind: Kind, seq: int, example: Example) -> None:
-    await redis.hset(keys.bucket(example.job_id, kind, seq), str(seq), example.model_dump_json())
 
 
 async def count(redis: Redis, job_id: str, kind: Kind) -> int:

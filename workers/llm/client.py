@@ -42,6 +42,11 @@ POOL_SHARD_SIZE = 16  # connections per httpcore pool; see ShardedTransport
 BAD_REQUEST_STATUSES = frozenset({400, 413, 422})
 FATAL_STATUSES = frozenset({401, 402, 403, 404})
 FATAL_429_CODES = frozenset({"insufficient_quota"})  # a 429 that waiting will not fix
+# httpcore trace events fired just before a request's first byte is written: the moment a call is "sent".
+SEND_EVENTS = frozenset({"http11.send_request_headers.started", "http2.send_request_headers.started"})
+
+SendHook = Callable[[int], Awaitable[None]]
+"""Awaited with the attempt number (from 1) right before a request's bytes leave; raising stops the call."""
 
 
 @dataclass(frozen=True)
@@ -175,8 +180,13 @@ class LLMClient:
         frequency_penalty: float = 0.0,
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
+        on_send: SendHook | None = None,
     ) -> ChatResult:
-        """One completion, retried per ``RetryPolicy``; raises an ``LLMError`` carrying ``usage``."""
+        """One completion, retried per ``RetryPolicy``; raises an ``LLMError`` carrying ``usage``.
+
+        ``usage.calls`` counts requests whose bytes left (a call cancelled or refused by ``on_send`` before
+        that is not counted), so it equals what the endpoint saw.
+        """
         payload: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": [m.model_dump() for m in messages],
@@ -197,11 +207,11 @@ class LLMClient:
         estimate = estimate_tokens(messages, max_tokens)
         usage = Usage()
         try:
-            result = await self._with_retries(body, estimate, usage)
+            result = await self._with_retries(body, estimate, usage, on_send)
         except LLMError as exc:
             exc.usage = usage
             raise
-        except asyncio.CancelledError as exc:  # a cancelled job: its calls so far still count (and may be billed)
+        except BaseException as exc:  # cancelled, or stopped by ``on_send``: what was sent still counts
             exc.usage = usage  # type: ignore[attr-defined]
             raise
         finally:
@@ -209,16 +219,14 @@ class LLMClient:
         await self._limiter.settle(estimate, usage.prompt_tokens + usage.completion_tokens)
         return result
 
-    async def _with_retries(self, body: bytes, estimate: int, usage: Usage) -> ChatResult:
+    async def _with_retries(self, body: bytes, estimate: int, usage: Usage, on_send: SendHook | None) -> ChatResult:
         max_retries = self.endpoint.max_retries
         max_rate_limited = max_retries * self._retry.rate_limit_factor
         failures = 0
         while True:
             try:
                 async with self._limiter.slot(estimate):
-                    usage.calls += 1  # counted once it is sent, not while it waits for the limiter
-                    usage.retries = usage.calls - 1
-                    response = await self._post(body)
+                    response = await self._post(body, usage, on_send)
                 return self._parse(response, usage)
             except LLMRateLimited as exc:
                 usage.rate_limited += 1
@@ -236,11 +244,30 @@ class LLMClient:
                 log.info("%s: %s; retry %d in %.2fs", self.name, exc, failures, delay)
                 await asyncio.sleep(delay)
 
-    async def _post(self, body: bytes) -> httpx.Response:
-        """The only place httpx errors exist: every failure leaves here as an ``LLMError``."""
+    async def _post(self, body: bytes, usage: Usage, on_send: SendHook | None) -> httpx.Response:
+        """The only place httpx errors exist: every failure leaves here as an ``LLMError``.
+
+        The call is counted (and ``on_send`` awaited) from httpcore's trace hook just before the request's
+        headers are written: not while it waits for a pooled connection, never after its bytes left.
+        """
+        sent = False
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            nonlocal sent
+            if event in SEND_EVENTS and not sent:
+                sent = True
+                usage.calls += 1
+                usage.retries = usage.calls - 1
+                if on_send is not None:
+                    await on_send(usage.calls)
+
         try:
             async with asyncio.timeout(self.endpoint.timeout_s):
-                response = await self._http.post(self._url, content=body, headers=self._headers, timeout=self._timeout)
+                response = await self._http.post(
+                    self._url, content=body, headers=self._headers, timeout=self._timeout, extensions={"trace": trace}
+                )
+            if not sent:  # a transport that is not httpcore (tests inject them) fires no trace: count it now
+                await trace(next(iter(SEND_EVENTS)), {})
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise LLMTimeout(f"{self.name}: no answer within {self.endpoint.timeout_s}s") from exc
         except httpx.DecodingError as exc:
@@ -328,6 +355,7 @@ class ChatOptions(TypedDict, total=False):
     frequency_penalty: float
     json_schema: dict[str, Any] | None
     schema_name: str
+    on_send: SendHook | None
 
 
 class ChatClient(Protocol):
@@ -337,23 +365,23 @@ class ChatClient(Protocol):
 
 
 class MeteredClient:
-    """Reports every call's usage the moment it finishes, success or error.
+    """The job's view of an endpoint: each call is counted (and may be refused) as it is sent, by ``on_send``;
+    its tokens and 429s are reported by ``on_usage`` when it returns, success or error.
 
-    Counting per call (not per finished item) keeps cost accounting right when items are cancelled or fail
-    part-way through a multi-turn conversation.
+    Counting at send time (not per finished item) keeps accounting right when items are cancelled, fail
+    part-way through a multi-turn conversation, or their worker is killed with calls in flight.
     """
 
-    def __init__(self, inner: ChatClient, on_usage: Callable[[Usage], Awaitable[None]]) -> None:
-        self.inner, self.on_usage = inner, on_usage
+    def __init__(
+        self, inner: ChatClient, on_send: SendHook, on_usage: Callable[[Usage], Awaitable[None]]
+    ) -> None:
+        self.inner, self.on_send, self.on_usage = inner, on_send, on_usage
 
     async def chat(self, messages: list[ChatMessage], **options: Unpack[ChatOptions]) -> ChatResult:
+        options["on_send"] = self.on_send
         try:
             result = await self.inner.chat(messages, **options)
-        except LLMError as exc:
-            if exc.usage is not None:
-                await asyncio.shield(self.on_usage(exc.usage))
-            raise
-        except asyncio.CancelledError as exc:
+        except BaseException as exc:  # an LLMError, a cancel or a refusal by on_send: report what it cost
             if (usage := getattr(exc, "usage", None)) is not None:
                 await asyncio.shield(self.on_usage(usage))
             raise

@@ -1,0 +1,158 @@
+"""The one owner of a job's liveness: every job reaches a terminal state or keeps a live path to one.
+
+One worker of the fleet per interval (``Liveness.run`` takes a lock) looks at every active job:
+
+- A job with work outstanding whose progress (planned, generated, processed, calls, stream length) has
+  not moved for ``stall_s`` is *stalled*. It is advanced (complete it, or top it up: a curator that died
+  between its acknowledgement and ``advance`` leaves that undone), then each of its chunks with items
+  not generated is looked up in arq: a chunk neither queued nor running (it ended as an arq failure, ran
+  out of tries, its key expired, or a timeout) is enqueued again. A chunk enqueued again
+  ``MAX_REDRIVES`` times without generating anything new fails the job with arq's last error for it.
+- A finished job leaves the active set only once its stream is empty and none of its chunks runs, so
+  items generated in the last moment are still curated (as surplus) instead of abandoned.
+
+Re-running a chunk is safe: generated items are skipped and curation is idempotent per item. A false
+stall costs one scan and changes nothing, because only chunks that nobody has are enqueued.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.jobs import Job
+
+from schemas.jobs import ChunkTask, JobRecord, JobState
+from workers import jobstore, keys
+from workers.lifecycle import advance
+
+log = logging.getLogger(__name__)
+MAX_REDRIVES = 5
+SCAN_BATCH = 256  # chunks looked up per pipeline
+
+
+@dataclass
+class WatchReport:
+    stalled: int = 0
+    redriven: int = 0
+    failed: int = 0
+    retired: int = 0
+
+
+class Watchdog:
+    def __init__(self, redis: ArqRedis, stall_ms: int) -> None:
+        self.redis, self.stall_ms = redis, stall_ms
+
+    async def run_once(self) -> WatchReport:
+        report = WatchReport()
+        now_ms = await jobstore.redis_now_ms(self.redis)
+        for raw_id in await self.redis.smembers(keys.ACTIVE_JOBS):
+            job_id = raw_id.decode()
+            state = await jobstore.get_state(self.redis, job_id)
+            if state is None or state.finished:
+                report.retired += await self._retire(job_id)
+                continue
+            record = await jobstore.load_record(self.redis, job_id)
+            if record is None or record.spec.recipe.startswith("extract"):
+                continue  # extraction steps are one arq job each, retried by their own runner
+            if await self._stalled(record, now_ms):
+                report.stalled += 1
+                await self._revive(record, report)
+        return report
+
+    async def _stalled(self, record: JobRecord, now_ms: int) -> bool:
+        """Whether the job's progress fingerprint has not moved for ``stall_ms`` (restarting the clock if so)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.counters(record.id), "planned", "processed", "llm_calls", "accepted")
+            pipe.scard(keys.generated(record.id))
+            pipe.xlen(keys.items(record.id))
+            pipe.hget(keys.WATCHDOG, record.id)
+            counters, generated, queued, seen = await pipe.execute()
+        fingerprint = ",".join(v.decode() if v else "0" for v in counters) + f",{generated},{queued}"
+        if seen is not None:
+            old, _, since = seen.decode().partition("|")
+            if old == fingerprint and now_ms - int(since) >= self.stall_ms:
+                await self.redis.hset(keys.WATCHDOG, record.id, f"{fingerprint}|{now_ms}")
+                return True
+            if old == fingerprint:
+                return False
+        await self.redis.hset(keys.WATCHDOG, record.id, f"{fingerprint}|{now_ms}")
+        return False
+
+    async def _revive(self, record: JobRecord, report: WatchReport) -> None:
+        await advance(self.redis, record)
+        if (await jobstore.get_state(self.redis, record.id) or JobState.FAILED).finished:
+            return
+        pending = {f.decode() for f in await self.redis.hkeys(keys.pending_plans(record.id))}
+        tasks = [
+            task
+            for start, stop in await jobstore.planned_ranges(self.redis, record.id)
+            if f"{start}-{stop}" not in pending  # not enqueued yet: ``jobstore.redrive`` owns those
+            for task in jobstore.chunks(record, start, stop)
+        ]
+        for lo in range(0, len(tasks), SCAN_BATCH):
+            for task, missing in await self._orphans(tasks[lo : lo + SCAN_BATCH]):
+                if not await self._redrive(record, task, missing, report):
+                    return
+
+    async def _orphans(self, tasks: list[ChunkTask]) -> list[tuple[ChunkTask, int]]:
+        """Chunks with items not generated that arq neither holds in its queue nor runs: (task, missing)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                pipe.smismember(keys.generated(task.job_id), list(range(task.start, task.stop)))
+                pipe.zscore(keys.QUEUE_NAME, task.arq_id)
+                pipe.exists(in_progress_key_prefix + task.arq_id)
+            replies = await pipe.execute()
+        orphans = []
+        for i, task in enumerate(tasks):
+            done, queued, running = replies[3 * i : 3 * i + 3]
+            missing = len(done) - sum(done)
+            if missing and queued is None and not running:
+                orphans.append((task, missing))
+        return orphans
+
+    async def _redrive(self, record: JobRecord, task: ChunkTask, missing: int, report: WatchReport) -> bool:
+        """Enqueue an orphaned chunk again; False when it failed the job instead (stop looking)."""
+        raw = await self.redis.hget(keys.redrives(record.id), task.arq_id)
+        times, last_missing = (int(n) for n in raw.decode().split(":")) if raw else (0, missing + 1)
+        times = times + 1 if missing >= last_missing else 1  # progress since the last redrive resets the count
+        if times > MAX_REDRIVES:
+            why = await self._last_error(task)
+            message = (
+                f"chunk {task.start}-{task.stop} made no progress in {MAX_REDRIVES} reruns "
+                f"({missing} items not generated); last error: {why}"
+            )
+            if await jobstore.set_state(self.redis, record.id, JobState.FAILED, message):
+                report.failed += 1
+                log.error("job %s failed: %s", record.id, message)
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*(prefix + task.arq_id for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix)))
+            pipe.hset(keys.redrives(record.id), task.arq_id, f"{times}:{missing}")
+            await pipe.execute()
+        await jobstore.enqueue_range(self.redis, record, task.start, task.stop)
+        report.redriven += 1
+        log.warning("job %s: chunk %s was neither queued nor running; enqueued again", record.id, task.arq_id)
+        return True
+
+    async def _last_error(self, task: ChunkTask) -> str:
+        try:
+            info = await Job(task.arq_id, self.redis, _queue_name=keys.QUEUE_NAME).result_info()
+        except Exception as exc:  # an unreadable result (e.g. from another code version) is no reason to stop
+            return f"unreadable ({type(exc).__name__})"
+        if info is None or info.success:
+            return "none recorded (the chunk's arq record expired or was never written)"
+        return f"{type(info.result).__name__}: {info.result}"
+
+    async def _retire(self, job_id: str) -> int:
+        """Drop a finished job from the active set once nothing of it is left to curate or running."""
+        if await self.redis.xlen(keys.items(job_id)):
+            return 0
+        prefix = f"skillmix:chunk:{job_id}:"
+        if any(f.decode().startswith(prefix) for f in await self.redis.hkeys(keys.RUNNING)):
+            return 0
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.ACTIVE_JOBS, job_id)
+            pipe.hdel(keys.WATCHDOG, job_id)
+            await pipe.execute()
+        return 1
