@@ -56,11 +56,11 @@ class QualitySettings(StrictModel):
         default=[
             "empty_response",
             "refusal",
+            "restates_instruction",
+            "repetitive",
             "placeholder",
             "incomplete",
-            "restates_instruction",
             "low_novelty",
-            "repetitive",
             "too_short",
             "generic_filler",
             "off_topic",
@@ -75,13 +75,13 @@ class QualitySettings(StrictModel):
     min_instruction_words: int = Field(default=5, ge=0)
     max_restate_similarity: float = Field(default=0.8, gt=0, le=1.0)
     min_topic_overlap: float = Field(
-        default=0.1, ge=0, le=1.0, description="off_topic: share of the instruction's content words the response uses"
+        default=0.25, ge=0, le=1.0, description="off_topic: share of the instruction's content words the response uses"
     )
     min_novelty: float = Field(
         default=0.35, ge=0, le=1.0, description="low_novelty: share of the response's content words not in the request"
     )
     max_vagueness: float = Field(
-        default=1.0, gt=0, description="vague: filler-to-specifics score above which a response is vague"
+        default=2.5, gt=0, description="vague: filler-to-specifics score above which a response is vague"
     )
     brevity_ratio: float = Field(
         default=0.35, ge=0, le=1.0, description="too_brief: below this share of the job's median response length"

@@ -21,6 +21,7 @@ from workers import jobstore, keys
 from workers.llm.client import ChatClient, MeteredClient
 from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
 from workers.recipes import ParseFailure, Recipe
+from workers.tally import Tally
 
 log = logging.getLogger(__name__)
 STATE_POLL_S = 0.5
@@ -69,16 +70,6 @@ async def generate_item(recipe: Recipe, llm: ChatClient, index: int, retries: in
     return failed, retries + 1
 
 
-# Count a call as it is sent, unless its job no longer runs: then it is refused and never leaves.
-_SEND = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' and state ~= 'running' then return 0 end
-redis.call('HINCRBY', KEYS[2], 'llm_calls', 1)
-if tonumber(ARGV[1]) > 1 then redis.call('HINCRBY', KEYS[2], 'retries', 1) end
-return 1
-"""
-
-
 def _count_usage(pipe: Pipeline, job_id: str, usage: Usage) -> None:
     """What a returned call adds: tokens and 429s (the call itself was counted when it was sent)."""
     for name, value in (
@@ -100,16 +91,20 @@ async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_fa
         await pipe.execute()
 
 
-def metered(redis: ArqRedis, job_id: str, llm: ChatClient) -> MeteredClient:
-    """The job's view of the endpoint: each call is counted in Redis before its bytes leave (so the job's
-    ``llm_calls`` is what the endpoint saw, even if this worker is killed mid-call) and refused once the job
-    is cancelled or finished; tokens land in the counters as each call returns."""
-    gate = redis.register_script(_SEND)
-    gate_keys = [keys.meta(job_id), keys.counters(job_id)]
+def metered(redis: ArqRedis, job_id: str, llm: ChatClient, tally: Tally) -> MeteredClient:
+    """The job's view of the endpoint: a call is refused once the job is cancelled or finished, and counted
+    in the same synchronous step that hands its request to the kernel (``workers.tally``), so the job's
+    ``llm_calls`` is what the endpoint saw even if this worker is killed mid-call; tokens land in the
+    counters as each call returns."""
+    meta, counters = keys.meta(job_id), keys.counters(job_id)
 
     async def on_send(attempt: int) -> None:
-        if not await gate(keys=gate_keys, args=[attempt]):
+        await tally.ensure()
+        state = await redis.hget(meta, "state")
+        if state not in (b"queued", b"running"):
             raise JobStopped(job_id)
+        # nothing below may await: the request's headers are written right after this returns
+        tally.incr(counters, *(("llm_calls", "retries") if attempt > 1 else ("llm_calls",)))
 
     async def on_usage(usage: Usage) -> None:
         async with redis.pipeline(transaction=True) as pipe:
@@ -120,7 +115,13 @@ def metered(redis: ArqRedis, job_id: str, llm: ChatClient) -> MeteredClient:
 
 
 async def run_chunk(
-    redis: ArqRedis, record: JobRecord, recipe: Recipe, client: ChatClient, task: ChunkTask, final_try: bool
+    redis: ArqRedis,
+    record: JobRecord,
+    recipe: Recipe,
+    client: ChatClient,
+    task: ChunkTask,
+    final_try: bool,
+    tally: Tally,
 ) -> ChunkOutcome:
     outcome = ChunkOutcome()
     state = await jobstore.get_state(redis, record.id)
@@ -134,7 +135,7 @@ async def run_chunk(
     if not todo:
         return outcome
     await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
-    llm = metered(redis, record.id, client)
+    llm = metered(redis, record.id, client, tally)
 
     async def one(index: int) -> None:
         try:

@@ -29,6 +29,7 @@ from workers.llm.client import LLMClient
 from workers.llm.errors import LLMMissingKey
 from workers.recipes import Recipe, recipe_for
 from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
+from workers.tally import Tally
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
@@ -56,6 +57,7 @@ class Resources:
 
     def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self.redis, self.settings = redis, settings
+        self.tally = Tally(settings.redis_url, redis, settings.redis_timeout_s)
         self.clients: dict[str, _CachedClient] = {}
         self.recipes: dict[str, tuple[JobRecord, Recipe]] = {}
         self._retired: set[asyncio.Task[None]] = set()
@@ -95,6 +97,7 @@ class Resources:
             task.cancel()
         for cached in self.clients.values():
             await cached.client.aclose()
+        await self.tally.aclose()
 
 
 async def _close_later(client: LLMClient, after_s: float) -> None:
@@ -137,7 +140,7 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
     if state is None or state.finished:  # before any endpoint lookup: a finished job needs none
         return {"emitted": 0, "skipped": task.stop - task.start}
     llm = await res.client(record.endpoint)
-    outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES)
+    outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES, res.tally)
     return {"emitted": outcome.emitted, "skipped": outcome.skipped}
 
 

@@ -8,9 +8,17 @@ from workers.curate.quality import (
     CutOffCheck,
     ErrorCheck,
     GenericFillerCheck,
+    IgnoresSkillsCheck,
+    IncompleteCheck,
+    LengthTracker,
+    LowNoveltyCheck,
+    OffTopicCheck,
+    OneParagraphCheck,
+    PlaceholderCheck,
     QualityFilter,
     RefusalCheck,
     RestatesInstructionCheck,
+    VaguenessCheck,
     normalise_text,
 )
 
@@ -153,7 +161,7 @@ def test_empty_response(output: str) -> None:
 
 
 def test_too_short_response_and_instruction() -> None:
-    assert evaluate(item(output="Bake it longer and let it cool.")).reasons == [Reason.TOO_SHORT]
+    assert evaluate(item(output="Bake it longer and let it cool.")).reasons[0] is Reason.TOO_SHORT
     assert evaluate(item(instruction="Fix my bread?")).reasons == [Reason.TOO_SHORT]
     assert evaluate(item(output="Bake it longer.", instruction="Fix bread"), min_response_words=1).reasons == [
         Reason.TOO_SHORT
@@ -184,9 +192,11 @@ def test_refusals(output: str) -> None:
 
 def test_refusal_making_up_most_of_a_short_response() -> None:
     output = (
-        "Thank you for the detailed description of your bakery in Leeds, your starter and your oven. "
-        "Unfortunately I cannot help with this request. I will not provide commercial baking advice, and I "
-        "cannot assist with food business questions of any kind."
+        "Thank you for the detailed description of your bakery in Leeds, your starter that doubles in six hours, "
+        "your Dutch oven at 230C and the overnight proof in the fridge. Unfortunately I cannot help with this "
+        "request. I will not provide commercial baking advice, and I "
+        "cannot assist with food business questions of any kind. I'm not able to advise on commercial ovens or "
+        "proofing schedules either, and I won't provide any other baking guidance."
     )
     assert output.lower().index("i cannot help") > RefusalCheck.START_CHARS
     assert RefusalCheck().check(item(output=output)) is Reason.REFUSAL
@@ -236,14 +246,14 @@ def test_answer_that_quotes_the_question_first_is_not_a_restatement() -> None:
 
 def test_lazy_generic_shirker() -> None:
     verdict = evaluate(item(output=LAZY_ANSWER))
-    assert verdict.reasons == [Reason.TOO_SHORT]
+    assert verdict.reasons[0] is Reason.TOO_SHORT and Reason.VAGUE in verdict.reasons
     assert "generic filler" in verdict.detail
     assert GenericFillerCheck().check(item(output=LAZY_ANSWER)) is Reason.TOO_SHORT
 
 
 def test_natural_lazy_generic_shirker() -> None:
     verdict = evaluate(item(output=LAZY_ANSWER_2))
-    assert verdict.reasons == [Reason.TOO_SHORT]
+    assert verdict.reasons[0] is Reason.TOO_SHORT and Reason.VAGUE in verdict.reasons
 
 
 def test_generic_filler_needs_low_overlap() -> None:
@@ -263,7 +273,7 @@ def test_error_check_reports_the_item_error() -> None:
 def test_several_reasons_primary_first_and_stats() -> None:
     quality = QualityFilter(QualitySettings())
     verdict = quality.verdict(item(output="I'm sorry, but I can't help with that.", finish_reason="length"))
-    assert verdict.reasons == [Reason.CUT_OFF, Reason.REFUSAL, Reason.TOO_SHORT]
+    assert verdict.reasons == [Reason.CUT_OFF, Reason.REFUSAL, Reason.TOO_SHORT, Reason.ONE_PARAGRAPH]
     quality.verdict(item())
     assert quality.stats == {"total": 2, "accepted": 1, "cut_off": 1}
 
@@ -280,3 +290,236 @@ def test_degenerate_repetition_is_rejected_but_normal_prose_is_not() -> None:
         "check the totals row sums the right columns. Step 5: check the currency format of every cell."
     )
     assert Reason.REPETITIVE not in evaluate(item(output=listy)).reasons
+
+
+# --- shirker checks without an LLM (issue 8) ---------------------------------------------------------------
+
+
+def test_normalise_text_unifies_dash_and_quote_variants() -> None:
+    assert normalise_text("Pre\u2013war \u201cmodern\u201d art \u2014 1920\u22121930") == normalise_text(
+        'Pre-war "modern" art - 1920-1930'
+    )
+    assert normalise_text("It\u2019s \u2018fine\u2019") == normalise_text("It's 'fine'") == "its fine"
+    assert normalise_text("x\u2212y") == "x-y"  # the minus sign is a symbol: mapped, not left as another char
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "I\u2019m not able to help with that request.",
+        "I'm unable to provide advice on commercial baking.",
+        "Sorry, this isn't something I can help with.",
+        "That\u2019s not something I can assist with, but I'd be happy to talk about something else.",
+        "I'm afraid I won't be able to write that for you.",
+        "Unfortunately, I can't.",
+        "I'd rather not weigh in on this one; it's beyond my expertise to answer reliably.",
+        "Thanks for the question! That falls outside what I can do, so I have to decline.",
+    ],
+)
+def test_refusals_with_contractions(output: str) -> None:
+    assert RefusalCheck().check(item(output=output)) is Reason.REFUSAL
+
+
+def test_contractions_in_good_answers_are_not_refusals() -> None:
+    output = "I can't stress enough that you shouldn't cut the loaf early. " + GOOD_ANSWER
+    assert RefusalCheck().check(item(output=output)) is None
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        GOOD_ANSWER[: GOOD_ANSWER.index(" rather than watching")],  # mid-sentence, finish_reason "stop"
+        GOOD_ANSWER + "\n\nA few more checks:\n\n1. Dough temperature\n2.",  # dangling list marker
+        GOOD_ANSWER + "\n\nLog it like this:\n\n```python\nlog = {'bulk_hours': 5,",  # unclosed code fence
+        GOOD_ANSWER + "\n\n- **Steam: the first twenty minutes with the lid",  # unclosed bold, list item
+        GOOD_ANSWER + " Finally, the crumb sets best when the loaf is",
+        GOOD_ANSWER + "\n\nThe three things to change, in order:",
+    ],
+)
+def test_incomplete_endings(output: str) -> None:
+    it = item(output=output, finish_reason="stop")
+    assert IncompleteCheck().check(it) is Reason.INCOMPLETE
+    assert evaluate(it).reasons[0] is Reason.INCOMPLETE
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        GOOD_ANSWER,
+        GOOD_ANSWER + "\n\n| step | time |\n|---|---|\n| bulk | 5 h |",  # a table row ends bare
+        GOOD_ANSWER + "\n\n- Starter: doubles in 6 h\n- Oven: 230C",  # short list items end bare
+        GOOD_ANSWER + "\n\nHappy baking,\nSam Jones",  # sign-off
+        GOOD_ANSWER + "\n\n```python\nprint('done')\n```",
+        GOOD_ANSWER + " (see the chart above)",
+        GOOD_ANSWER + " \U0001f35e",
+    ],
+)
+def test_complete_endings(output: str) -> None:
+    assert IncompleteCheck().check(item(output=output)) is None
+
+
+OFF_TOPIC_ANSWER = (
+    "Read the file in chunks instead of all at once: pd.read_csv(path, chunksize=100_000) returns an iterator of "
+    "DataFrames, so you can aggregate each chunk and combine the partial results. Also pass usecols to load only "
+    "the columns you need and dtype to store integers as int32 and repeated strings as category, which often cuts "
+    "memory by half or more. If you need the whole table, convert it once to Parquet and query it with DuckDB."
+)
+
+
+def test_off_topic_answer() -> None:
+    check = OffTopicCheck(min_overlap=0.25, min_instruction_words=20)
+    assert check.check(item(output=OFF_TOPIC_ANSWER)) is Reason.OFF_TOPIC
+    assert check.check(item()) is None
+    # Short prompts are not judged: "Say 5." leaves nothing to compare.
+    assert check.check(item("Tell me a fun fact about memory.", OFF_TOPIC_ANSWER)) is None
+    # Code (few function words) is not judged either: it may answer without repeating the question's words.
+    code = "```python\n" + "\n".join(f"df_{i} = pd.read_parquet(p_{i}, columns=cols)" for i in range(12)) + "\n```"
+    assert check.check(item(output=code)) is None
+
+
+def test_paraphrased_restatement_has_low_novelty() -> None:
+    paraphrase = (
+        "So your sourdough loaves from your small Leeds bakery keep coming out dense and gummy in the middle while "
+        "the crust looks fine; your starter doubles in six hours, you bake at 230C in a Dutch oven and proof "
+        "overnight in the fridge. You would like to know what to change first and how you will know it worked."
+    )
+    check = LowNoveltyCheck(min_novelty=0.35)
+    assert check.check(item(output=paraphrase)) is Reason.LOW_NOVELTY
+    assert evaluate(item(output=paraphrase)).reasons[0] in (Reason.LOW_NOVELTY, Reason.RESTATES_INSTRUCTION)
+    reask = "What should you change first about the dense, gummy sourdough, and how will you know? Answer briefly."
+    assert check.check(item(output=reask)) is Reason.LOW_NOVELTY
+    assert check.check(item()) is None
+
+
+LONG_LAZY_ANSWER = "\n\n".join(
+    [
+        "Thank you for this thoughtful question about your bakery. There are many different aspects to consider, "
+        "and every situation is unique, so it is important to think carefully about the overall picture.",
+        "In general, the best approach depends on various factors, and what works well for one baker might not "
+        "necessarily work for another. It is essential to stay flexible and open to new ideas.",
+        "Ultimately, baking is a journey, and with patience, persistence and a positive mindset you will likely see "
+        "meaningful improvements over time. Keep experimenting and enjoy the process!",
+    ]
+)
+
+
+def test_vague_answer_at_any_length() -> None:
+    check = VaguenessCheck(max_vagueness=2.5)
+    assert check.check(item(output=LONG_LAZY_ANSWER)) is Reason.VAGUE
+    assert check.check(item(output=LAZY_ANSWER_2)) is Reason.VAGUE
+    assert check.check(item()) is None
+    for instruction, output in OTHER_GOOD:  # hedges around specifics are fine
+        assert check.check(item(instruction, output)) is None
+
+
+ONE_PARAGRAPH = (
+    "Dense, gummy crumb usually means under-fermentation, so lengthen the bulk until the dough has risen by half "
+    "and looks domed and bubbly, keep the overnight fridge proof, bake at 230C with the lid off after 20 minutes "
+    "until the centre reaches 96C, and let the loaf cool for an hour before slicing; you will know it worked "
+    "when the crumb is open and springs back."
+)
+
+
+def test_one_paragraph_shirker() -> None:
+    check = OneParagraphCheck(LengthTracker(), max_words=200, min_instruction_words=20, min_items=20)
+    assert check.check(item(output=ONE_PARAGRAPH)) is Reason.ONE_PARAGRAPH
+    assert evaluate(item(output=ONE_PARAGRAPH)).reasons[0] is Reason.ONE_PARAGRAPH
+    assert check.check(item()) is None  # one long paragraph is a developed answer
+    structured = "Three changes, in order:\n\n1. " + ONE_PARAGRAPH.replace(", keep", "\n2. Keep")
+    assert check.check(item(output=structured)) is None
+    # Short instructions, or ones that ask for a short answer, may get one paragraph.
+    assert check.check(item("Fix my dense sourdough, please?", ONE_PARAGRAPH)) is None
+    assert check.check(item(INSTRUCTION + " Answer briefly.", ONE_PARAGRAPH)) is None
+
+
+def test_one_paragraph_limit_follows_the_job_median() -> None:
+    lengths = LengthTracker()
+    check = OneParagraphCheck(lengths, max_words=20, min_instruction_words=20, min_items=5)
+    assert check.check(item(output=ONE_PARAGRAPH)) is None  # 70 words, over the absolute limit of 20
+    for _ in range(5):
+        lengths.add(300)
+    assert check.check(item(output=ONE_PARAGRAPH)) is Reason.ONE_PARAGRAPH  # under 0.8 x 300
+
+
+def test_too_brief_for_the_job_after_enough_items() -> None:
+    quality = QualityFilter(QualitySettings(brevity_min_items=10, checks=["too_brief"]))
+    brief = " ".join(["Bake longer until the centre reaches 96C and cool it for an hour."] * 6)  # 78 words
+    assert quality.verdict(item(output=brief)).accepted  # no median yet
+    for _ in range(10):
+        assert quality.verdict(item()).accepted  # the 290-word good answer sets the median
+    assert quality.verdict(item(output=brief)).reasons == [Reason.TOO_BRIEF]
+    assert quality.verdict(item(output=GOOD_ANSWER[: len(GOOD_ANSWER) // 2])).accepted  # half is not "far shorter"
+    assert quality.verdict(item("Fix bread?", brief)).accepted  # short instructions are not judged
+
+
+def test_length_tracker_median_is_windowed() -> None:
+    lengths = LengthTracker(size=3)
+    assert lengths.median() is None
+    for n in (10, 20, 30, 40, 50):
+        lengths.add(n)
+    assert lengths.seen == 5 and lengths.median() == 40
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "{{your_answer}}}",
+        "Here is my answer: {response}",
+        GOOD_ANSWER + " <insert example here>",
+        "Use [Insert first step] and then [Insert second step]. " + GOOD_ANSWER,
+        GOOD_ANSWER + "\n\nBest,\n[Your Name]",
+        "Lorem ipsum dolor sit amet. " + GOOD_ANSWER,
+    ],
+)
+def test_placeholders(output: str) -> None:
+    assert PlaceholderCheck().check(item(output=output)) is Reason.PLACEHOLDER
+
+
+@pytest.mark.parametrize(
+    ("instruction", "output"),
+    [
+        (INSTRUCTION, GOOD_ANSWER),
+        (INSTRUCTION, GOOD_ANSWER + " Use `f'{name}: {temp}C'` to label your notes."),  # code is skipped
+        ("Solve x^2 - 5x + 6 = 0 step by step.", "By the formula, x = \\frac{5 \\pm 1}{2}, so x = {2, 3}."),
+        (INSTRUCTION, GOOD_ANSWER + " See [the guide](https://example.org) and [1]."),
+        ("Write an email to my landlord asking to fix the boiler.", "Dear Mr Patel,\n\nThe boiler...\n\n[Your Name]"),
+    ],
+)
+def test_no_placeholder_false_positives(instruction: str, output: str) -> None:
+    assert PlaceholderCheck().check(item(instruction, output)) is None
+
+
+def test_response_ignoring_its_skills() -> None:
+    check = IgnoresSkillsCheck()
+    skills = ["sourdough_fermentation", "oven_temperature_control"]
+    assert check.check(item(output=LAZY_ANSWER, skills=skills)) is Reason.IGNORES_SKILLS
+    assert check.check(item(skills=skills)) is None  # "fermentation", "temperature", "oven" appear
+    # Lenient: skills the instruction never names may be exercised without being named.
+    assert check.check(item(output=LAZY_ANSWER, skills=["snake_case_names", "unit_testing"])) is None
+    assert check.check(item(output=LAZY_ANSWER)) is None  # no skills recorded
+
+
+def test_checks_are_configurable_and_ordered() -> None:
+    assert QualitySettings().checks[:4] == ["empty_response", "refusal", "restates_instruction", "repetitive"]
+    only = QualityFilter(QualitySettings(checks=["vague"]))
+    assert [c.name for c in only.checks] == ["error", "cut_off", "vague"]
+    assert only.verdict(item(output="ok")).accepted  # too_short is not enabled
+    reordered = QualityFilter(QualitySettings(checks=["one_paragraph", "vague"]))
+    assert reordered.verdict(item(output=LAZY_ANSWER)).reasons == [Reason.ONE_PARAGRAPH, Reason.VAGUE]
+    with pytest.raises(ValueError, match="once"):
+        QualitySettings(checks=["vague", "vague"])
+    with pytest.raises(ValueError):
+        QualitySettings.model_validate({"checks": ["no_such_check"]})
+
+
+def test_fake_llm_answers_pass_every_check() -> None:
+    """The end-to-end tests' fake writes made-up words; its good answers must pass the defaults."""
+    import hashlib
+
+    from tests.fake_llm import FakeConfig, make_pair
+
+    quality = QualityFilter(QualitySettings())
+    for i in range(200):
+        pair = make_pair(hashlib.sha256(str(i).encode()).digest(), FakeConfig())
+        it = item(pair.instruction, pair.response, skills=["active_listening", "time_management"])
+        assert quality.verdict(it).accepted, quality.verdict(it).detail

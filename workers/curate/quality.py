@@ -8,10 +8,12 @@ above all the "shirkers" of papers.md §A: lazy generic answers and the instruct
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
+from functools import lru_cache
 from typing import ClassVar
 
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
@@ -20,7 +22,14 @@ from schemas.jobs import QualitySettings
 # Sentence punctuation is dropped; operators and brackets stay so "x+1" and "x*1" remain different
 # texts for the exact-duplicate hash (math and code instructions).
 _KEEP_PUNCTUATION = frozenset("-*/%#&@\\_()[]{}")
-_APOSTROPHES = str.maketrans({"'": None, "\u2019": None, "\u2018": None, "`": None})
+_APOSTROPHES = str.maketrans(dict.fromkeys("'\u2019\u2018\u201a\u201b\u2032\u2035\u02bc`\u00b4"))
+# Dash and quote variants written by different models, keyboards and editors: one form each, so an en dash
+# and a hyphen (or curly and straight quotes) are the same text. The minus sign is a symbol, not punctuation, so it must
+# be mapped explicitly or it would survive as a different character.
+_VARIANTS = str.maketrans(
+    dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\ufe58\ufe63\uff0d", "-")
+    | dict.fromkeys("\u201c\u201d\u201e\u201f\u00ab\u00bb\u2039\u203a\u2033\u2036\u301d\u301e", '"')
+)
 _STRIP_TABLE: dict[int, str] = {}
 
 
@@ -33,21 +42,50 @@ def _strip_table(text: str) -> dict[int, str]:
     return _STRIP_TABLE
 
 
+# Pure-ASCII text (most of it) takes a fast path with the same result: the only ASCII punctuation dropped.
+_ASCII_STRIP = str.maketrans({**dict.fromkeys('!",.:;?', " "), "'": None, "`": None})
+
+
+@lru_cache(maxsize=1024)  # every check of an item reads the same few texts
 def normalise_text(text: str) -> str:
-    """The form texts are compared in: NFKC, lower-case, no apostrophes or sentence punctuation, single
-    spaces."""
-    text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES)
+    """The form texts are compared in: NFKC, lower-case, dash and quote variants unified, no apostrophes
+    or sentence punctuation, single spaces."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+        for ch, plain in _COMMON_VARIANTS.items():  # str.replace is far faster than translate with a dict
+            if ch in text:
+                text = text.replace(ch, plain)
+    if text.isascii():
+        return " ".join(text.lower().translate(_ASCII_STRIP).split())
+    text = text.lower().translate(_VARIANTS).translate(_APOSTROPHES)
     return " ".join(text.translate(_strip_table(text)).split())
 
 
+_COMMON_VARIANTS = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"}
+
+
+@lru_cache(maxsize=1024)
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(normalise_text(text).split())
+
+
 def words(text: str) -> list[str]:
-    return normalise_text(text).split()
+    return list(_words(text))  # a fresh list: callers may change it
 
 
+@lru_cache(maxsize=256)
 def _prose(text: str) -> str:
     """Lower-case text with punctuation kept and apostrophes unified, for the phrase regexes."""
-    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("\u2018", "'")
-    return " ".join(text.split())
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+        if "\u2019" in text:
+            text = text.replace("\u2019", "'")
+        if not text.isascii():
+            text = text.translate(_PROSE_APOSTROPHES)
+    return " ".join(text.lower().split())
+
+
+_PROSE_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u201b\u02bc\u00b4\u2032`", "'"))
 
 
 # About two hundred frequent function words: content words are what is left.
@@ -66,17 +104,35 @@ _STOPWORDS = frozenset(
 )
 
 
-_SUFFIX_RE = re.compile(r"(?:ing|ed|es|s)$")
+_STEMS: dict[str, str] = {}
 
 
-def content_words(text: str) -> set[str]:
+@lru_cache(maxsize=256)
+def content_words(text: str) -> frozenset[str]:
     """Crudely stemmed non-stopwords ("bake", "baking" -> "bak"): enough to tell whether a response
     talks about the things the instruction mentions."""
-    found = set()
-    for word in normalise_text(text).replace("_", " ").split():
-        if len(word) > 2 and word not in _STOPWORDS:
-            found.add(_SUFFIX_RE.sub("", word)[:5].rstrip("e") or word)
-    return found
+    if len(_STEMS) > 200_000:  # a memo of the vocabulary seen, bounded
+        _STEMS.clear()
+    unique = set(normalise_text(text).replace("_", " ").replace("-", " ").split())
+    for word in unique.difference(_STEMS):
+        _STEMS[word] = "" if len(word) <= 2 or word in _STOPWORDS else _stem(word)
+    found = frozenset(map(_STEMS.__getitem__, unique))
+    return found - _EMPTY if "" in found else found
+
+
+_EMPTY = frozenset([""])
+
+
+def _stem(word: str) -> str:
+    """Drop one suffix (-ing, -ed, -es, -s), keep 5 letters, drop a final e ("bake", "baking" -> "bak")."""
+    stem = word
+    if stem.endswith("s"):
+        stem = stem[:-2] if stem.endswith("es") else stem[:-1]
+    elif stem.endswith("ing"):
+        stem = stem[:-3]
+    elif stem.endswith("ed"):
+        stem = stem[:-2]
+    return stem[:5].rstrip("e") or word
 
 
 class QualityCheck(ABC):
@@ -127,7 +183,7 @@ class EmptyResponseCheck(QualityCheck):
     terminal = True
 
     def check(self, item: GeneratedItem) -> Reason | None:
-        return None if words(item.output) else self.reason
+        return None if _words(item.output) else self.reason
 
 
 class TooShortCheck(QualityCheck):
@@ -141,42 +197,73 @@ class TooShortCheck(QualityCheck):
         self.min_instruction_words = min_instruction_words
 
     def check(self, item: GeneratedItem) -> Reason | None:
-        short_response = len(words(item.output)) < self.min_response_words
-        short_instruction = len(words(item.instruction)) < self.min_instruction_words
+        short_response = len(_words(item.output)) < self.min_response_words
+        short_instruction = len(_words(item.instruction)) < self.min_instruction_words
         return self.reason if short_response or short_instruction else None
 
     def explain(self, item: GeneratedItem) -> str:
         parts = []
-        if (n := len(words(item.output))) < self.min_response_words:
+        if (n := len(_words(item.output))) < self.min_response_words:
             parts.append(f"response has {n} words (< {self.min_response_words})")
-        if (n := len(words(item.instruction))) < self.min_instruction_words:
+        if (n := len(_words(item.instruction))) < self.min_instruction_words:
             parts.append(f"instruction has {n} words (< {self.min_instruction_words})")
         return ", ".join(parts)
 
 
+# Refusal patterns are written against ``_expanded`` text: contractions spelt out ("I'm" -> "i am",
+# "can't" -> "cannot", "isn't" -> "is not"), so one pattern covers every apostrophe and contraction.
 _NEG = (
-    r"(?:cannot|can ?not|can't|won't|will not|(?:am|'m) (?:unable|not able|not allowed|not permitted)"
-    r" to|(?:do not|don't) feel comfortable)"
+    r"(?:cannot|can not|will not|would not|(?:will|would) not be able to|am (?:unable|not able|not allowed"
+    r"|not permitted|not in a position|not going) to|do not feel comfortable|am not comfortable)"
 )
 # "help" is excluded when idiomatic: "I can't help but smile", "I cannot help thinking".
 _ACT = (
     r"(?:help(?! but\b| \w+ing\b)|assist|provide|comply|fulfil+|create|write|generate|produce|answer"
-    r"|respond|engage|support|complete|do (?:that|this|so))"
+    r"|respond|engage|support|complete|offer|give|share|discuss|do (?:that|this|so|it))"
 )
 _REFUSAL_PATTERNS = [
     rf"\bi {_NEG}(?: \w+){{0,2}}? {_ACT}\b",
-    rf"\b(?:i'm|i am) (?:so |very |really |truly )?(?:sorry|afraid),? (?:but )?i {_NEG}"
-    r"(?: \w+)?\s*(?:[.!]|$)",
+    rf"\b(?:(?:i am )?(?:so |very |really |truly )?(?:sorry|afraid)|unfortunately),? (?:but )?i {_NEG}"
+    r"(?: \w+)?\s*(?:[.!,]|$)",
+    r"\b(?:this|that|it|which|your request|the request|this request) (?:is|would be) not "
+    r"(?:something|a (?:request|task|topic|question)|anything) (?:that )?i (?:can|could|am able to|will|should)\b",
+    r"\b(?:this|that|it|the request|this request) (?:is|falls|would be) (?:outside|beyond) (?:of )?"
+    r"(?:what i (?:can|am able)|my (?:ability|abilities|capabilities|scope|remit|expertise|role))",
     r"\bas an (?:ai|artificial intelligence)(?: (?:language )?model| assistant)?,? i\b",
-    r"\bi (?:must|have to|will have to|need to) (?:respectfully |politely )?decline\b",
+    r"\bi (?:must|have to|will have to|need to|am going to have to|would have to) (?:respectfully |politely )?"
+    r"(?:decline|refrain|pass on)\b",
+    r"\bi (?:respectfully |politely )?decline to\b",
     r"\bi apologi[sz]e,? but\b",
+    r"\bi would (?:rather|prefer) not\b",
     r"\b(?:against|violates?|goes against) (?:my|the|openai's) (?:\w+ )?"
     r"(?:guidelines|programming|policy|policies)\b",
-    r"\bit(?: is|'s) not appropriate for me to\b",
-    r"\bi (?:do not|don't) have (?:the ability|the capability|personal (?:opinions|experiences|feelings))\b",
+    r"\bit (?:is|would be) (?:not appropriate|inappropriate) for me to\b",
+    r"\bi (?:do not|cannot) have (?:the ability|the capability|access|personal (?:opinions|experiences|feelings))\b",
+    r"\bnot (?:able|in a position|permitted|allowed) to (?:help|assist|provide|comply|answer|fulfil+) "
+    r"(?:with )?(?:this|that|your|such)\b",
 ]
 _REFUSAL_RE = re.compile("|".join(f"(?:{p})" for p in _REFUSAL_PATTERNS))
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
+_CONTRACTION_RE = re.compile(
+    r"\b(?:(can)'t|(won)'t|(shan)'t|(\w+)n't|(i)'m|(\w+)'re|(i|you|we|they|he|she|it|that|there)'d"
+    r"|(i|you|we|they)'ll|(i|you|we|they)'ve|(it|that|this|there|what|here)'s)\b"
+)
+_EXPANSIONS = ["cannot", "will not", "shall not", " not", " am", " are", " would", " will", " have", " is"]
+
+
+def _expand_contraction(match: re.Match[str]) -> str:
+    for group, expansion in enumerate(_EXPANSIONS, start=1):
+        if (stem := match.group(group)) is not None:
+            return expansion if group <= 3 else stem + expansion
+    return match.group(0)
+
+
+@lru_cache(maxsize=256)
+def _expanded(text: str, limit: int | None = None) -> str:
+    """``_prose`` (its first ``limit`` characters) with contractions spelt out: "I'm" -> "i am",
+    "can't" -> "cannot", "isn't" -> "is not"."""
+    text = _prose(text if limit is None else text[: limit + 40])[:limit]
+    return _CONTRACTION_RE.sub(_expand_contraction, text) if "'" in text else text
 
 
 class RefusalCheck(QualityCheck):
@@ -188,25 +275,26 @@ class RefusalCheck(QualityCheck):
 
     name = "refusal"
     reason = Reason.REFUSAL
-    START_CHARS = 100
-    SHORT_WORDS = 80
+    START_CHARS = 160
+    SHORT_WORDS = 120
     SHARE = 0.5
 
     def check(self, item: GeneratedItem) -> Reason | None:
-        text = _prose(item.output)
+        total = len(_words(item.output))
+        # In a long answer only the opening matters: expand and search just that.
+        text = _expanded(item.output, None if total <= self.SHORT_WORDS else self.START_CHARS + 120)
         first = _REFUSAL_RE.search(text)
         if first is None:
             return None
         if first.start() <= self.START_CHARS:
             return self.reason
-        total = len(text.split())
         if total > self.SHORT_WORDS:
             return None
         refusing = sum(len(s.split()) for s in _SENTENCE_END_RE.split(text) if _REFUSAL_RE.search(s))
         return self.reason if refusing >= self.SHARE * total else None
 
     def explain(self, item: GeneratedItem) -> str:
-        match = _REFUSAL_RE.search(_prose(item.output))
+        match = _REFUSAL_RE.search(_expanded(item.output))
         return f"refusal: {match.group(0)!r}" if match else "refusal"
 
 
@@ -220,12 +308,12 @@ class RepetitionCheck(QualityCheck):
     MIN_DISTINCT_SHARE = 0.5
 
     def _distinct_share(self, item: GeneratedItem) -> float:
-        tokens = words(item.output)
-        grams = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
-        return len(set(grams)) / len(grams) if grams else 1.0
+        tokens = _words(item.output)
+        n_grams = len(tokens) - 2
+        return len(set(zip(tokens, tokens[1:], tokens[2:], strict=False))) / n_grams if n_grams > 0 else 1.0
 
     def check(self, item: GeneratedItem) -> Reason | None:
-        if len(words(item.output)) < self.MIN_WORDS:
+        if len(_words(item.output)) < self.MIN_WORDS:
             return None
         return self.reason if self._distinct_share(item) < self.MIN_DISTINCT_SHARE else None
 
@@ -250,14 +338,15 @@ class RestatesInstructionCheck(QualityCheck):
         if not instruction or not response:
             return None
         # The instruction verbatim plus a few words of its own ("... Answer in one paragraph.").
-        n_asked = len(instruction.split())
+        asked, said = _words(item.instruction), _words(item.output)
+        n_asked = len(asked)
         if (
             n_asked >= self.MIN_REASK_WORDS
+            and len(said) - n_asked <= self.MAX_REASK_EXTRA_WORDS
             and f" {instruction} " in f" {response} "
-            and len(response.split()) - n_asked <= self.MAX_REASK_EXTRA_WORDS
         ):
             return self.reason
-        iw, rw = set(instruction.split()), set(response.split())
+        iw, rw = set(asked), set(said)
         shared = len(iw & rw)
         if shared / len(iw | rw) >= self.max_similarity:
             return self.reason
@@ -311,6 +400,11 @@ _FILLER_PATTERNS = [
 _FILLER_RE = re.compile("|".join(f"(?:{p})" for p in _FILLER_PATTERNS))
 
 
+@lru_cache(maxsize=256)
+def _stock_phrases(text: str) -> int:
+    return len(_FILLER_RE.findall(_prose(text)))
+
+
 class GenericFillerCheck(QualityCheck):
     """The lazy shirker: short, built from stock phrases, and barely touching the instruction's specifics.
 
@@ -328,9 +422,11 @@ class GenericFillerCheck(QualityCheck):
     def _measure(self, item: GeneratedItem) -> tuple[int, int, float]:
         asked = content_words(item.instruction)
         overlap = len(asked & content_words(item.output)) / len(asked) if asked else 0.0
-        return len(words(item.output)), len(_FILLER_RE.findall(_prose(item.output))), overlap
+        return len(_words(item.output)), _stock_phrases(item.output), overlap
 
     def check(self, item: GeneratedItem) -> Reason | None:
+        if len(_words(item.output)) > self.MAX_WORDS:
+            return None
         n_words, fillers, overlap = self._measure(item)
         padded = fillers >= self.MIN_FILLER_PHRASES and 100 * fillers >= self.MIN_FILLER_PER_100_WORDS * n_words
         return self.reason if n_words <= self.MAX_WORDS and padded and overlap < self.MAX_OVERLAP else None
@@ -340,23 +436,536 @@ class GenericFillerCheck(QualityCheck):
         return f"generic filler ({fillers} stock phrases, {overlap:.0%} of the instruction's content words)"
 
 
+# --- checks for the shirkers a length or phrase rule misses ------------------------------------------------
+
+_FENCE_RE = re.compile(r"^\s*(?:```|~~~)", re.M)
+_CODE_RE = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`", re.S)
+_BARE_MARKER_RE = re.compile(r"^(?:[-*+\u2022]|\d{1,3}[.)]|[a-z][.)]|#{1,6}|>)\s*(?:\*\*|__)?\s*$", re.I)
+_LIST_LINE_RE = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)]|[a-z][.)])\s+\S", re.I)
+_STRUCTURE_RE = re.compile(r"^\s*(?:[-*+\u2022]\s|\d{1,3}[.)]\s|#{1,6}\s|\||>\s)|```|\*\*[^*\n]+\*\*|__[^_\n]+__", re.M)
+_TRAILING_MARKUP = " \t*_`~"
+_CLOSERS = frozenset(".!?\u2026)]}\"'\u201d\u2019\u00bb|")
+_OPEN_ENDERS = frozenset(",;:-\u2013\u2014([{/&+=\u201c\u2018")
+# A last word that cannot end a sentence: articles, conjunctions, prepositions, auxiliaries.
+_DANGLING_WORDS = frozenset(
+    """a an the and or but nor so yet of to in on at by for with from into onto than as that which who whose
+    whom where when while if because although though since unless until is are was were be been being has
+    have had will would can could should may might must shall do does did not no very more most their its
+    your our his her my this these those such such as e.g i.e like including""".split()
+)
+
+
+def _last_line(text: str) -> str:
+    stripped = text.rstrip()
+    return stripped[stripped.rfind("\n") + 1 :].strip()
+
+
+class IncompleteCheck(QualityCheck):
+    """A response that stops mid-sentence, on a bare list marker, or inside a code fence: cut off, whatever
+    the endpoint's finish_reason said (gateways and retries lose it; some servers say ``stop`` at the cap).
+
+    A last line of several words must end with punctuation; a table row, a short list item, a name or
+    sign-off may end bare, unless its last word or character cannot end anything ("... and the", "such as:")
+    or it leaves bold text open.
+    """
+
+    name = "incomplete"
+    reason = Reason.INCOMPLETE
+    MIN_SENTENCE_WORDS = 8  # a last line (prose or list item) this long without a full stop was cut
+
+    def _why(self, item: GeneratedItem) -> str | None:
+        text = item.output.rstrip()
+        if not text:
+            return None
+        if len(_FENCE_RE.findall(text)) % 2:
+            return "ends inside an unclosed code fence"
+        line = _last_line(text)
+        if _BARE_MARKER_RE.match(line):
+            return f"ends on a bare list marker or heading {line!r}"
+        end = line.rstrip(_TRAILING_MARKUP)
+        if not end:
+            return None
+        last = end[-1]
+        if last in _CLOSERS or unicodedata.category(last) in ("So", "Sk"):
+            return None
+        if last in _OPEN_ENDERS:
+            return f"ends on {last!r}"
+        tail = end.rsplit(None, 1)[-1].lower().strip("*_\"'()")
+        if tail in _DANGLING_WORDS:
+            return f"ends mid-sentence on {tail!r}"
+        if line.count("**") % 2:
+            return "ends inside unclosed bold text"
+        if line.startswith(("|", "#", ">", "    ")):
+            return None
+        n_words = len(line.split())
+        if n_words >= self.MIN_SENTENCE_WORDS:
+            return "last sentence has no ending"
+        # A short bare last line is a sign-off, a name or a poem line unless it reads as a sentence start.
+        if not _LIST_LINE_RE.match(line) and n_words >= 3 and not all(w[:1].isupper() for w in line.split()):
+            return "last sentence has no ending"
+        return None
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        return self.reason if self._why(item) else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        return f"incomplete: {self._why(item)}"
+
+
+# Words that only frame a request ("provide concrete examples", "explain in detail"): sharing them says
+# nothing about whether the response is on the instruction's topic.
+_TASK_WORDS = frozenset(
+    _stem(w)
+    for w in """explain explanation describe description provide include discuss consider concrete specific
+    example examples detail details detailed answer question response respond write create give offer outline
+    suggest recommend please could would also particular way ways approach approaches insight insights
+    understand understanding relat related relevant especially expertise ensure effective effectively
+    practical potential key aspect aspects factor factors different various certain important""".split()
+)
+
+
+_FRAMING_STEMS: frozenset[str] = frozenset()  # _TASK_WORDS and the vague words, set below
+
+
+class OffTopicCheck(QualityCheck):
+    """A fine answer to another question: it uses almost none of the instruction's own content words.
+
+    Framing words ("provide concrete examples") do not count as shared content. Only instructions with
+    enough content words are judged; a short prompt ("Say 5.") leaves nothing to compare.
+    """
+
+    name = "off_topic"
+    reason = Reason.OFF_TOPIC
+    MIN_ASKED_WORDS = 6
+    MIN_RESPONSE_WORDS = 20
+    MIN_FUNCTION_WORD_SHARE = 0.2
+
+    def __init__(self, min_overlap: float, min_instruction_words: int) -> None:
+        self.min_overlap = min_overlap
+        self.min_instruction_words = min_instruction_words
+
+    def _measure(self, item: GeneratedItem) -> tuple[int, float]:
+        asked = (content_words(item.instruction) | content_words(item.input)) - _FRAMING_STEMS
+        if not asked:
+            return 0, 1.0
+        return len(asked), len(asked & content_words(item.output)) / len(asked)
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        if len(_words(item.instruction)) < self.min_instruction_words:
+            return None
+        tokens = _words(item.output)
+        if len(tokens) < self.MIN_RESPONSE_WORDS:
+            return None
+        # Only natural-language prose is judged: code, data, formulas or another language may share few
+        # words with the instruction and still answer it. Prose is dense in function words.
+        if sum(1 for t in tokens if t in _STOPWORDS) < self.MIN_FUNCTION_WORD_SHARE * len(tokens):
+            return None
+        n_asked, overlap = self._measure(item)
+        return self.reason if n_asked >= self.MIN_ASKED_WORDS and overlap < self.min_overlap else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        n_asked, overlap = self._measure(item)
+        return f"off topic: uses {overlap:.0%} of the instruction's {n_asked} content words"
+
+
+_REASK_RE = re.compile(
+    r"\b(?:you (?:would like|want|wish|are asking|asked|are wondering|need) (?:me )?(?:to know|to explain|to "
+    r"describe|for|about|how|what|whether|if)|the question (?:is|asks)|your question (?:is|asks|was)|"
+    r"(?:answer|respond|explain|describe)(?: this| it| that)? in (?:one|a single) (?:short |brief )?paragraph|"
+    r"in (?:one|a single) paragraph,? (?:please|explain|describe|answer)|to restate|in other words, (?:how|what|why))"
+)
+
+
+class LowNoveltyCheck(QualityCheck):
+    """A paraphrased restatement: few of the response's content words are new compared with the request.
+
+    A real answer brings its own vocabulary (steps, causes, examples); a re-ask in other words mostly
+    recombines the instruction's words. A short response that reads as a re-ask ("you would like to know
+    how ...", "answer in one paragraph") needs less evidence.
+    """
+
+    name = "low_novelty"
+    reason = Reason.LOW_NOVELTY
+    MIN_RESPONSE_CONTENT = 6
+    REASK_MAX_WORDS = 120
+    REASK_NOVELTY = 0.6
+
+    def __init__(self, min_novelty: float) -> None:
+        self.min_novelty = min_novelty
+
+    def _novelty(self, item: GeneratedItem) -> tuple[int, float]:
+        said = content_words(item.output)
+        if not said:
+            return 0, 1.0
+        asked = content_words(item.instruction) | content_words(item.input)
+        return len(said), len(said - asked) / len(said)
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        n_said, novelty = self._novelty(item)
+        if n_said < self.MIN_RESPONSE_CONTENT:
+            return None
+        if novelty < self.min_novelty:
+            return self.reason
+        if novelty < self.REASK_NOVELTY and len(_words(item.output)) <= self.REASK_MAX_WORDS:
+            text = _expanded(item.output)
+            questions = text.count("?")
+            if _REASK_RE.search(text) or questions >= max(1, len(_SENTENCE_END_RE.split(text)) // 2):
+                return self.reason
+        return None
+
+    def explain(self, item: GeneratedItem) -> str:
+        _, novelty = self._novelty(item)
+        return f"low novelty: only {novelty:.0%} of the response's content words are new"
+
+
+# Hedges and filler: words that fill a sentence without committing to anything.
+_VAGUE_WORDS = frozenset(
+    """various numerous many several certain different variety range array aspects aspect factors factor
+    elements element things thing stuff overall generally general typically usually often sometimes essentially
+    basically ultimately really very quite somewhat perhaps maybe possibly potentially might may could important
+    importance crucial key significant significantly essential vital consider considering consideration
+    considerations approach approaches context situation situations circumstances depends depending particular
+    individual unique broader landscape journey multifaceted nuanced nuances complex complexity complexities
+    intricate intricacies interplay dynamic dynamics holistic comprehensive balance balanced mindful thoughtful
+    thoughtfully carefully careful meaningful valuable insights insight ways kind sort somehow something someone
+    anything everything matter matters area areas topic topics subject process processes idea ideas concept
+    concepts level levels extent role impact effective effectively successful success goals needs whole
+    simply just actually truly certainly definitely obviously clearly naturally indeed interesting fascinating
+    worth noting explore exploring delve navigate navigating foster enhance leverage utilize ensure strive
+    embrace realm tapestry myriad plethora countless endless evolving ever stuff lots bit fairly relatively
+    rather pretty somewhat arguably likely unlikely appropriate suitable relevant specific specifics manner
+    aspects overall perspective perspectives viewpoint considerations outcomes outcome results result benefit
+    benefits challenges challenge opportunities opportunity growth development improve improvement better best
+    good great positive negative""".split()
+)
+_FRAMING_STEMS = _TASK_WORDS | frozenset(_stem(w) for w in _VAGUE_WORDS)
+_NUMBER_RE = re.compile(r"(?<![A-Za-z])\d[\d.,:%/]*")
+_NAME_RE = re.compile(r"(?<=[a-z,;] )[A-Z][A-Za-z'\-]+")
+_EXAMPLE_RE = re.compile(
+    r"\b(?:for example|for instance|e\.g\.|such as|i\.e\.|like (?:a|an|the) \w+ (?:that|which|where|with|of)"
+    r"|(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|fifty|hundred|thousand|twice"
+    r"|half|dozen)\b)",
+    re.I,
+)
+_QUOTED_RE = re.compile(r"[\"\u201c][^\"\u201d\n]{3,80}[\"\u201d]")
+
+
+def _specifics(item: GeneratedItem, enough: float = float("inf")) -> int:
+    """Concrete details the instruction did not already give: new numbers and names, code, list items,
+    bold terms, quoted phrases and examples. Counting stops once past ``enough``."""
+    text = item.output
+    count = 3 * len(_CODE_RE.findall(text)) if "`" in text else 0
+    count += text.count("**") // 2
+    if "\n" in text:
+        count += len(_LIST_LINE_RE.findall(text))
+    if count > enough:
+        return count
+    asked = set(_words(item.instruction))
+    count += sum(1 for n in _NUMBER_RE.findall(text) if n.rstrip(".,:") not in asked)
+    if count > enough:
+        return count
+    count += sum(1 for n in _NAME_RE.findall(text) if n.lower() not in asked)
+    count += len(_QUOTED_RE.findall(text)) + len(_EXAMPLE_RE.findall(text))
+    return count
+
+
+class VaguenessCheck(QualityCheck):
+    """The lazy shirker at any length: hedges and filler words, stock phrases, and no specifics.
+
+    score = filler per 100 words / (1 + specifics per 100 words), where specifics are what the
+    instruction did not already supply (new numbers and names, code, list items, examples, quotes).
+    A padded answer has a high filler density and almost nothing specific; a real answer may hedge, but
+    carries numbers, names, steps or examples.
+    """
+
+    name = "vague"
+    reason = Reason.VAGUE
+    MIN_WORDS = 40
+
+    def __init__(self, max_vagueness: float) -> None:
+        self.max_vagueness = max_vagueness
+
+    def _filler_rate(self, item: GeneratedItem) -> float:
+        tokens = _words(item.output)
+        return 100 * sum(1 for t in tokens if t in _VAGUE_WORDS) / max(len(tokens), 1)
+
+    def _measure(self, item: GeneratedItem) -> tuple[float, float, float]:
+        filler_rate, n = self._filler_rate(item), max(len(_words(item.output)), 1)
+        # The score can only exceed the threshold while specifics stay under this count.
+        enough = n * (filler_rate / self.max_vagueness - 1) / 100
+        specific_rate = 100 * _specifics(item, enough) / n
+        return filler_rate, specific_rate, filler_rate / (1 + specific_rate)
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        if len(_words(item.output)) < self.MIN_WORDS:
+            return None
+        if self._filler_rate(item) <= self.max_vagueness:  # vague however few the specifics: skip counting
+            return None
+        return self.reason if self._measure(item)[2] > self.max_vagueness else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        filler, specific, score = self._measure(item)
+        return f"vague: {filler:.0f} filler words and {specific:.1f} specifics per 100 words (score {score:.1f})"
+
+
+class LengthTracker:
+    """Running median of a job's response lengths over its last ``size`` responses (a sorted window)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self.seen = 0
+        self._window: deque[int] = deque()
+        self._sorted: list[int] = []
+
+    def add(self, n_words: int) -> None:
+        self.seen += 1
+        self._window.append(n_words)
+        bisect.insort(self._sorted, n_words)
+        if len(self._window) > self.size:
+            del self._sorted[bisect.bisect_left(self._sorted, self._window.popleft())]
+
+    def median(self) -> float | None:
+        if not self._sorted:
+            return None
+        n = len(self._sorted)
+        return float(self._sorted[n // 2]) if n % 2 else (self._sorted[n // 2 - 1] + self._sorted[n // 2]) / 2
+
+
+# The instruction itself asks for a short answer: one paragraph or a tweet is then the right shape.
+_BRIEF_REQUEST_RE = re.compile(
+    r"\b(?:briefly|concise(?:ly)?|succinct(?:ly)?|one-liner|tweet|haiku|limerick|slogan|tagline|caption|headline"
+    r"|subject line|(?:short|brief|quick) (?:answer|reply|response|paragraph|summary|note|message|bio|post|text)"
+    r"|in (?:one|a|a single|two|three|\d+) (?:short )?(?:sentences?|paragraph|lines?|words?)"
+    r"|(?:under|at most|no more than|fewer than|less than|maximum of|max) \d+ words|\d+ words or (?:less|fewer)"
+    r"|(?:one|single|two|three|\d+)[ -](?:sentence|line|word)s?\b)",
+    re.I,
+)
+
+
+def _substantial(item: GeneratedItem, min_words: int) -> bool:
+    """The instruction is long enough to deserve a developed answer and does not ask for a short one."""
+    return len(_words(item.instruction)) >= min_words and not _asks_for_brevity(item.instruction)
+
+
+@lru_cache(maxsize=256)
+def _asks_for_brevity(instruction: str) -> bool:
+    return _BRIEF_REQUEST_RE.search(instruction) is not None
+
+
+class OneParagraphCheck(QualityCheck):
+    """The paper's second shirker: a substantial instruction answered "in one paragraph".
+
+    A single block of prose (at most two lines, no blank line, no list, heading, table, bold term or
+    code) shorter than ``max_words``, or than ``MEDIAN_SHARE`` of the job's median once that is known.
+    """
+
+    name = "one_paragraph"
+    reason = Reason.ONE_PARAGRAPH
+    MEDIAN_SHARE = 0.8
+
+    def __init__(self, lengths: LengthTracker, max_words: int, min_instruction_words: int, min_items: int) -> None:
+        self.lengths = lengths
+        self.max_words = max_words
+        self.min_instruction_words = min_instruction_words
+        self.min_items = min_items
+
+    def _limit(self) -> float:
+        median = self.lengths.median()
+        if median is None or self.lengths.seen < self.min_items:
+            return self.max_words
+        return max(self.max_words, self.MEDIAN_SHARE * median)
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        text = item.output.strip()
+        if len(_words(text)) >= self._limit() or text.count("\n") > 1 or _STRUCTURE_RE.search(text):
+            return None
+        return self.reason if _substantial(item, self.min_instruction_words) else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        return f"a single unstructured paragraph of {len(_words(item.output))} words (< {self._limit():.0f})"
+
+
+class TooBriefCheck(QualityCheck):
+    """Far shorter than this job's typical response (``ratio`` x the running median), once ``min_items``
+    responses have been seen; judged only for substantial instructions."""
+
+    name = "too_brief"
+    reason = Reason.TOO_BRIEF
+
+    def __init__(self, lengths: LengthTracker, ratio: float, min_items: int, min_instruction_words: int) -> None:
+        self.lengths = lengths
+        self.ratio = ratio
+        self.min_items = min_items
+        self.min_instruction_words = min_instruction_words
+
+    def _limit(self) -> float | None:
+        median = self.lengths.median()
+        return None if median is None or self.lengths.seen < self.min_items else self.ratio * median
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        limit = self._limit()
+        if limit is None or len(_words(item.output)) >= limit:
+            return None
+        return self.reason if _substantial(item, self.min_instruction_words) else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        n, median = len(_words(item.output)), self.lengths.median() or 0.0
+        return f"{n} words, under {self.ratio:.0%} of the job's median {median:.0f}"
+
+
+_FILL_IN = ("[",)
+# A letter, email or template the user will complete: "[Your Name]" there is a field for them, not a leak.
+_DOCUMENT_RE = re.compile(
+    r"\b(?:e-?mails?|letters?|messages?|templates?|memos?|invitations?|proposals?|notes?|posts?|announcements?"
+    r"|newsletters?|scripts?|speech|forms?|press release|cv|resume|résumé|bio|outreach|pitch)\b",
+    re.I,
+)
+
+
+@lru_cache(maxsize=256)
+def _asks_for_document(instruction: str) -> bool:
+    return _DOCUMENT_RE.search(instruction) is not None
+
+
+# One pattern per opening character, each tried only when that character occurs (a literal first
+# character lets the regex engine skip ahead fast).
+_PLACEHOLDER_RES = [
+    # {{your_answer}}, {response}, {your_answer}; not LaTeX (\frac{a}{b}, x^{2}) or $-expressions
+    (
+        ("{",),
+        re.compile(
+            r"\{\{\s*[A-Za-z_][\w .'-]{0,40}\s*\}\}"
+            r"|(?<![\\$^_a-zA-Z])\{(?:[a-z]+_)*(?:response|answer|output|instruction|input|question|text|content"
+            r"|name|topic|placeholder|example|value)(?:_[a-z]+)*\}",
+            re.I,
+        ),
+    ),
+    # [Your Name], [Insert date], [Company Name]; not a markdown link [text](url)
+    (
+        _FILL_IN,
+        re.compile(
+            r"\[(?:your|insert|enter|add|recipient|company|client|customer|candidate|manager|employee|first|last"
+            r"|full|date|name|address|phone|email|placeholder|todo|tbd|xx+)\b[^\]\n]{0,40}\](?!\()",
+            re.I,
+        ),
+    ),
+    (("<",), re.compile(r"<(?:insert|your|enter|add|placeholder|todo)\b[^<>\n]{0,60}>", re.I)),
+    (
+        ("ipsum", "Ipsum", "r here", "e here", "t here", "s here", "r Here", "e Here", "t Here", "HERE"),
+        re.compile(
+            r"\b(?:lorem ipsum|insert (?:your )?(?:answer|response|text|content) here"
+            r"|(?:your|the) (?:answer|response) (?:goes )?here)\b",
+            re.I,
+        ),
+    ),
+]
+
+
+class PlaceholderCheck(QualityCheck):
+    """Leaked template or placeholder text: ``{{your_answer}}``, ``{response}``, ``[Your Name]``,
+    ``<insert example>``. Code (fenced or inline) is skipped: braces are normal there. Bracketed fill-in
+    fields ("[Your Name]", "[Date]") are allowed when the instruction asks for a letter, email, template
+    or similar document the user completes; elsewhere they are a leak."""
+
+    name = "placeholder"
+    reason = Reason.PLACEHOLDER
+
+    def _find(self, item: GeneratedItem) -> str | None:
+        text = item.output
+        if "`" in text:
+            text = _CODE_RE.sub(" ", text)
+        fill_ins_ok = _asks_for_document(item.instruction)
+        for openings, pattern in _PLACEHOLDER_RES:
+            if openings == _FILL_IN and fill_ins_ok:
+                continue
+            if any(o in text for o in openings) and (match := pattern.search(text)):
+                return match.group(0)
+        return None
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        return self.reason if self._find(item) else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        return f"placeholder text {self._find(item)!r}"
+
+
+_GENERIC_SKILL_WORDS = frozenset(_stem(w) for w in "skill skills ability knowledge basic general".split())
+
+
+def _skill_words(skills: list[str]) -> frozenset[str]:
+    return frozenset(content_words(" ".join(skills).replace("_", " "))) - _GENERIC_SKILL_WORDS
+
+
+class IgnoresSkillsCheck(QualityCheck):
+    """The response touches none of the item's skills: not one (crudely stemmed) word of any skill name.
+
+    Lenient on purpose: any single word of any skill is enough, and the item is judged only when its
+    instruction names at least one skill word, since a skill can be exercised without being named
+    ("snake_case_names" in code, "empathy" in a reply) and the instruction then shows none either.
+    """
+
+    name = "ignores_skills"
+    reason = Reason.IGNORES_SKILLS
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        if not item.skills:
+            return None
+        wanted = _skill_words(item.skills)
+        if not wanted or not wanted & content_words(item.instruction):
+            return None
+        return None if wanted & content_words(item.output) else self.reason
+
+    def explain(self, item: GeneratedItem) -> str:
+        return f"uses none of the words of its skills {', '.join(item.skills)}"
+
+
 class QualityFilter:
     """Runs the checks a job enabled and counts outcomes (``stats``: total, accepted, per reason)."""
 
     def __init__(self, settings: QualitySettings) -> None:
         self.settings = settings
+        self.lengths = LengthTracker()
         self.checks: list[QualityCheck] = [ErrorCheck(), CutOffCheck()]
         if settings.enabled:
-            self.checks += [
-                EmptyResponseCheck(),
-                # the specific reasons first: a refusal or a re-asked instruction is also short
-                RefusalCheck(),
-                RestatesInstructionCheck(settings.max_restate_similarity),
-                RepetitionCheck(),
-                TooShortCheck(settings.min_response_words, settings.min_instruction_words),
-                GenericFillerCheck(),
-            ]
+            self.checks += [self._build(name) for name in settings.checks]
         self.stats: Counter[str] = Counter()
+
+    def _build(self, name: str) -> QualityCheck:
+        s = self.settings
+        match name:
+            case "empty_response":
+                return EmptyResponseCheck()
+            case "refusal":
+                return RefusalCheck()
+            case "placeholder":
+                return PlaceholderCheck()
+            case "incomplete":
+                return IncompleteCheck()
+            case "restates_instruction":
+                return RestatesInstructionCheck(s.max_restate_similarity)
+            case "low_novelty":
+                return LowNoveltyCheck(s.min_novelty)
+            case "repetitive":
+                return RepetitionCheck()
+            case "too_short":
+                return TooShortCheck(s.min_response_words, s.min_instruction_words)
+            case "generic_filler":
+                return GenericFillerCheck()
+            case "off_topic":
+                return OffTopicCheck(s.min_topic_overlap, s.substantial_instruction_words)
+            case "vague":
+                return VaguenessCheck(s.max_vagueness)
+            case "one_paragraph":
+                return OneParagraphCheck(
+                    self.lengths, s.paragraph_max_words, s.substantial_instruction_words, s.brevity_min_items
+                )
+            case "too_brief":
+                return TooBriefCheck(
+                    self.lengths, s.brevity_ratio, s.brevity_min_items, s.substantial_instruction_words
+                )
+            case "ignores_skills":
+                return IgnoresSkillsCheck()
+        raise ValueError(f"unknown quality check {name!r}")
 
     def verdict(self, item: GeneratedItem) -> QualityVerdict:
         reasons: list[Reason] = []
@@ -371,6 +980,8 @@ class QualityFilter:
             if check.terminal:
                 break
         self.stats["total"] += 1
+        if item.error is None and item.output.strip():
+            self.lengths.add(len(_words(item.output)))  # judged against the earlier responses, then counted
         if reasons:
             self.stats[reasons[0].value] += 1
         else:
