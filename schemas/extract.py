@@ -69,6 +69,11 @@ class ExtractAgnosticSpec(_ExtractSpecBase):
     domain: str | None = Field(
         default=None, max_length=200, description='e.g. "high-school mathematics"; instruction following if absent'
     )
+    allow_shortfall: bool = Field(
+        default=False,
+        description="save the set even when fewer than half of the skills asked for (topics x skills per topic) "
+        "are usable; otherwise such a job fails and says what came back",
+    )
 
     @property
     def count(self) -> int:

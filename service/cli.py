@@ -12,7 +12,7 @@ import typer
 
 from schemas.settings import get_settings
 from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, submitted_job_id
-from service.export import ExportFormat
+from service.export import ExportFormat, OutputFormat, parquet_batches, write_hf_dataset
 from service.extract_cli import app as extract_app
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
@@ -103,32 +103,53 @@ def read_prompts(path: Path) -> list[object]:
     return found
 
 
-async def _export(api: str, job_id: str, fmt: ExportFormat, out: Path) -> int:
+async def _download(client: httpx.AsyncClient, api: str, job_id: str, fmt: ExportFormat, out: Path) -> None:
+    async with client.stream("GET", f"/v1/jobs/{job_id}/export", params={"format": fmt.value}) as response:
+        if response.status_code == 404:
+            fail(f"job {job_id} not found at {api}")
+        response.raise_for_status()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("wb") as fh:
+            async for chunk in response.aiter_bytes():
+                fh.write(chunk)
+
+
+async def _export(api: str, job_id: str, fmt: OutputFormat, out: Path) -> int:
+    """Download the export; ``hf`` downloads Parquet beside the target and rewrites it as a datasets directory,
+    batch by batch."""
     async with httpx.AsyncClient(base_url=api, timeout=60) as client:
-        async with client.stream("GET", f"/v1/jobs/{job_id}/export", params={"format": fmt.value}) as response:
-            if response.status_code == 404:
-                fail(f"job {job_id} not found at {api}")
-            response.raise_for_status()
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("wb") as fh:
-                async for chunk in response.aiter_bytes():
-                    fh.write(chunk)
-    return 0
+        if fmt is not OutputFormat.HF:
+            await _download(client, api, job_id, ExportFormat(fmt.value), out)
+            return 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        parquet = out.parent / f".{out.name}.{job_id}.parquet.part"
+        try:
+            await _download(client, api, job_id, ExportFormat.PARQUET, parquet)
+            description = f"skillmix job {job_id}: accepted examples with full provenance"
+            return await asyncio.to_thread(write_hf_dataset, parquet_batches(parquet), out, description)
+        finally:
+            parquet.unlink(missing_ok=True)
 
 
 @app.command()
 def export(
     job_id: str,
-    format: ExportFormat = typer.Option(ExportFormat.JSONL, "--format", "-f"),
-    output: Path = typer.Option(..., "--output", "-o", help="file to write"),
+    format: OutputFormat = typer.Option(OutputFormat.JSONL, "--format", "-f"),
+    output: Path = typer.Option(..., "--output", "-o", help="file to write (a directory for --format hf)"),
     api: str | None = API_OPTION,
 ) -> None:
-    """Download a job's accepted examples as alpaca, sharegpt or jsonl."""
+    """Download a job's accepted examples: alpaca, sharegpt, jsonl, parquet, or hf (a directory that
+    datasets.load_from_disk reads)."""
+    if format is OutputFormat.HF and output.exists() and (not output.is_dir() or any(output.iterdir())):
+        fail(f"{output} exists and is not an empty directory; pick a new one for the dataset")
     try:
-        asyncio.run(_export(api_url(api), job_id, format, output))
+        rows = asyncio.run(_export(api_url(api), job_id, format, output))
     except httpx.ConnectError:
         fail(f"no API answering at {api_url(api)}; start it with `skillmix serve`")
-    console.print(f"wrote {output}")
+    if format is OutputFormat.HF:
+        console.print(f"wrote {output} ({rows} rows): datasets.load_from_disk({str(output)!r})")
+    else:
+        console.print(f"wrote {output}")
 
 
 @app.command()

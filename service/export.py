@@ -1,18 +1,65 @@
-"""Export formats that SFT trainers read; each turns one stored example into one output record."""
+"""Export formats that SFT trainers read; each turns one stored example into one output record.
 
-from collections.abc import AsyncIterator, Callable
+alpaca, sharegpt and jsonl are streamed as text. parquet and the Hugging Face ``datasets`` directory (``hf``,
+readable with ``datasets.load_from_disk``) are columnar: examples are gathered one storage bucket at a time
+(``BATCH_ROWS``, the size of a Redis bucket) into an Arrow record batch and written out before the next
+bucket is read, so no more than one batch of rows is ever held in memory.
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from schemas.examples import Example
+from workers import keys
 
 
 class ExportFormat(StrEnum):
+    """What ``GET /v1/jobs/{id}/export`` serves."""
+
     ALPACA = "alpaca"
     SHAREGPT = "sharegpt"
     JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+class OutputFormat(StrEnum):
+    """What ``skillmix export`` writes: every API format, plus a ``datasets`` directory built locally."""
+
+    ALPACA = "alpaca"
+    SHAREGPT = "sharegpt"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+    HF = "hf"
+
+
+MEDIA_TYPES = {
+    ExportFormat.ALPACA: "application/json",
+    ExportFormat.SHAREGPT: "application/json",
+    ExportFormat.JSONL: "application/x-ndjson",
+    ExportFormat.PARQUET: "application/vnd.apache.parquet",
+}
+FILE_SUFFIXES = {
+    ExportFormat.ALPACA: "alpaca.json",
+    ExportFormat.SHAREGPT: "sharegpt.json",
+    ExportFormat.JSONL: "jsonl",
+    ExportFormat.PARQUET: "parquet",
+}
+BATCH_ROWS = keys.BUCKET_SIZE  # rows per Arrow record batch / Parquet row group: one storage bucket
+FILE_CHUNK = 1 << 20  # bytes per chunk when a written file is streamed back
+HF_DATA_FILE = "data-00000-of-00001.arrow"  # the name ``Dataset.save_to_disk`` gives a single shard
 
 
 def alpaca(example: Example) -> dict[str, Any]:
@@ -51,3 +98,134 @@ async def render(examples: AsyncIterator[Example], fmt: ExportFormat) -> AsyncIt
         yield (b"\n" if first else b",\n") + orjson.dumps(convert(example))
         first = False
     yield b"\n]\n"
+
+
+# --- columnar: Parquet and the datasets directory ---------------------------------------------------------
+
+_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+# The full record (what jsonl exports), typed: nested provenance stays nested, not JSON in a string.
+ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("job_id", pa.string()),
+        ("index", pa.int64()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("skills", pa.list_(pa.string())),
+        ("query_type", pa.string()),
+        ("model", pa.string()),
+        ("endpoint", pa.string()),
+        ("recipe", pa.string()),
+        ("template_version", pa.string()),
+        (
+            "usage",
+            pa.struct(
+                [
+                    (name, pa.int64())
+                    for name in ("prompt_tokens", "completion_tokens", "calls", "retries", "rate_limited")
+                ]
+            ),
+        ),
+        ("verdict", pa.struct([("accepted", pa.bool_()), ("reasons", pa.list_(pa.string())), ("detail", pa.string())])),
+        ("duplicate_of", pa.string()),
+        ("conversation", pa.list_(_MESSAGE)),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def arrow_row(example: Example) -> dict[str, Any]:
+    row = example.model_dump(mode="python")
+    row["verdict"]["reasons"] = [str(r) for r in example.verdict.reasons]
+    return row
+
+
+async def record_batches(examples: AsyncIterator[Example], rows: int = BATCH_ROWS) -> AsyncIterator[pa.RecordBatch]:
+    """The examples as Arrow record batches of at most ``rows`` rows; only the batch being filled is held."""
+    pending: list[dict[str, Any]] = []
+    async for example in examples:
+        pending.append(arrow_row(example))
+        if len(pending) >= rows:
+            yield pa.RecordBatch.from_pylist(pending, schema=ARROW_SCHEMA)
+            pending = []
+    if pending:
+        yield pa.RecordBatch.from_pylist(pending, schema=ARROW_SCHEMA)
+
+
+async def write_parquet(examples: AsyncIterator[Example], path: Path) -> int:
+    """Write a Parquet file, one row group per batch; returns the number of rows."""
+    written = 0
+    writer = pq.ParquetWriter(path, ARROW_SCHEMA, compression="zstd")
+    try:
+        async for batch in record_batches(examples):
+            await asyncio.to_thread(writer.write_batch, batch)
+            written += batch.num_rows
+    finally:
+        writer.close()
+    return written
+
+
+async def parquet_export(examples: AsyncIterator[Example], prefix: str) -> tuple[Path, int]:
+    """Write the examples to a temporary Parquet file for streaming back; returns its path and size in bytes.
+    The caller deletes the file (``iter_file`` does, once it is read)."""
+    fd, name = await asyncio.to_thread(tempfile.mkstemp, prefix=prefix, suffix=".parquet")
+    os.close(fd)
+    path = Path(name)
+    try:
+        await write_parquet(examples, path)
+        size = (await asyncio.to_thread(path.stat)).st_size
+    except BaseException:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise
+    return path, size
+
+
+def iter_file(path: Path, chunk: int = FILE_CHUNK) -> Iterator[bytes]:
+    """A written file's bytes, chunk by chunk; the file is deleted once read (or abandoned)."""
+    try:
+        with path.open("rb") as fh:
+            while data := fh.read(chunk):
+                yield data
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def parquet_batches(path: Path, rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows as record batches, never the whole table."""
+    with pq.ParquetFile(path) as pf:
+        yield from pf.iter_batches(batch_size=rows)
+
+
+def write_hf_dataset(batches: Iterator[pa.RecordBatch], directory: Path, description: str = "") -> int:
+    """Write what ``datasets.Dataset.save_to_disk`` writes, so ``datasets.load_from_disk(directory)`` reads it:
+    the rows as an Arrow IPC *stream* file, ``dataset_info.json`` and ``state.json``. The features are left
+    for ``datasets`` to read from the Arrow schema (the same across its versions). Returns the row count."""
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} is not empty")
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    digest = hashlib.sha256()
+    try:
+        with ipc.new_stream(directory / HF_DATA_FILE, ARROW_SCHEMA) as writer:
+            for batch in batches:
+                batch = batch.cast(ARROW_SCHEMA) if batch.schema != ARROW_SCHEMA else batch
+                writer.write_batch(batch)
+                rows += batch.num_rows
+                digest.update("\n".join(batch.column("id").to_pylist()).encode())
+        info = {"description": description, "citation": "", "homepage": "", "license": "", "features": None}
+        state: dict[str, Any] = {
+            "_data_files": [{"filename": HF_DATA_FILE}],
+            "_fingerprint": digest.hexdigest()[:16],
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        (directory / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        (directory / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return rows

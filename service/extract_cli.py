@@ -87,6 +87,9 @@ def agnostic(
     description: str = typer.Option("", help="the skill set's description"),
     endpoint: str | None = typer.Option(None, help="endpoint name (server default if absent)"),
     seed: int = 0,
+    allow_shortfall: bool = typer.Option(
+        False, "--allow-shortfall", help="save the set even if under half of the skills asked for are usable"
+    ),
     wait: bool = typer.Option(True, help="follow the job with a live progress bar"),
     output: Path | None = typer.Option(None, "--output", "-o", help="write the skill set JSON here"),
     api: str | None = API_OPTION,
@@ -97,6 +100,8 @@ def agnostic(
         "num_topics": topics,
         "skills_per_topic": skills_per_topic,
     }
+    if allow_shortfall:
+        spec["allow_shortfall"] = True
     if domain:
         spec["domain"] = domain
     raise typer.Exit(asyncio.run(_run(api_url(api), spec, None, wait, output)))

@@ -7,12 +7,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from schemas.jobs import GenerationSpec, InstructJobSpec, JobRecord, JobsPublic, JobState, JobStatus
 from schemas.skills import SkillSet, parse_skill_set_ref
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found, unprocessable
-from service.export import ExportFormat, render
+from service.export import FILE_SUFFIXES, MEDIA_TYPES, ExportFormat, iter_file, parquet_export, render
 from workers import endpoints, jobstore
 from workers.curate.store import iter_examples, iter_raw
 from workers.sampler import Coverage, coverage
@@ -108,12 +109,17 @@ async def stream_examples(
 
 @router.get("/{job_id}/export", responses=NOT_FOUND, response_class=StreamingResponse)
 async def export_job(job_id: str, redis: RedisDep, format: ExportFormat = ExportFormat.JSONL) -> StreamingResponse:
+    """The accepted examples as alpaca / sharegpt (JSON arrays), jsonl (full records) or parquet (full records,
+    typed columns). Parquet is written to a temporary file one storage bucket at a time, then streamed back."""
     await _status(redis, job_id)
-    media = "application/x-ndjson" if format is ExportFormat.JSONL else "application/json"
-    body = render(iter_examples(redis, job_id, "accepted"), format)
-    return StreamingResponse(
-        body, media_type=media, headers={"content-disposition": f'attachment; filename="{job_id}.{format}.json"'}
-    )
+    headers = {"content-disposition": f'attachment; filename="{job_id}.{FILE_SUFFIXES[format]}"'}
+    examples = iter_examples(redis, job_id, "accepted")
+    if format is not ExportFormat.PARQUET:
+        return StreamingResponse(render(examples, format), media_type=MEDIA_TYPES[format], headers=headers)
+    path, size = await parquet_export(examples, prefix=f"skillmix-export-{job_id}-")
+    headers["content-length"] = str(size)
+    cleanup = BackgroundTask(path.unlink, missing_ok=True)  # iter_file deletes it too, once read to the end
+    return StreamingResponse(iter_file(path), media_type=MEDIA_TYPES[format], headers=headers, background=cleanup)
 
 
 @router.get("/{job_id}/coverage", responses=NOT_FOUND, response_model=Coverage)

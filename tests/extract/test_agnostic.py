@@ -36,6 +36,9 @@ async def test_topics_skills_and_query_types(redis: ArqRedis, fake_llm: FakeLLMF
     assert all(s.frequency is None and not s.examples and s.description for s in found.skills)
     assert [q.name for q in found.query_types] == [f"query_type_{i}" for i in range(1, 6)]  # duplicate dropped
     assert "customer support" in found.description
+    # what came back against what was asked, even when nothing is short (the fake adds "clear_writing")
+    assert "asked for 12 skills over 4 topics, got 13 usable (dropped: 0 placeholders, 0 copied" in status.message
+    assert "default query types" not in status.message
 
 
 async def test_a_rerun_is_a_new_version(redis: ArqRedis, fake_llm: FakeLLMFactory, tmp_path: Path) -> None:

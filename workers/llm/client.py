@@ -255,11 +255,11 @@ class LLMClient:
         async def trace(event: str, info: dict[str, Any]) -> None:
             nonlocal sent
             if event in SEND_EVENTS and not sent:
+                if on_send is not None:
+                    await on_send(usage.calls + 1)  # may refuse; its increment is its last, synchronous step
                 sent = True
                 usage.calls += 1
                 usage.retries = usage.calls - 1
-                if on_send is not None:
-                    await on_send(usage.calls)
 
         try:
             async with asyncio.timeout(self.endpoint.timeout_s):
