@@ -281,8 +281,9 @@ async def test_a_restarted_endpoint_is_used_within_seconds(
 def run_chaos(processes: Processes, fake: Any, count: int, kills: int, seed: int) -> dict[str, Any]:
     """SIGKILL a random worker at random moments of an instruct job, restarting it each time."""
     rng = random.Random(seed)
-    settings = service_env({"fake": fake.endpoint_settings()}, **FAST)
-    api = start_stack(processes, fake, 3, **FAST)
+    chaos = {**FAST, "SKILLMIX_HEARTBEAT_S": "1"}  # dead after 3 s: a loaded CI machine must not fake deaths
+    settings = service_env({"fake": fake.endpoint_settings()}, **chaos)
+    api = start_stack(processes, fake, 3, **chaos)
     started = time.monotonic()
     job_id = submit(api, recipe="instruct", skill_set="starter@1", count=count, refine=False, chunk_size=8, seed=seed)
     workers = [p for p in processes.procs[1:]]

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -116,17 +117,24 @@ class Liveness:
         return freed
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Beat, and look for orphans, once per ``heartbeat_s`` until ``stop`` is set."""
+        """Beat, and look for orphans, once per ``heartbeat_s`` until ``stop`` is set.
+
+        The beat has a loop of its own: the watchdog's scans may take a while, and a late beat would get
+        this worker taken for dead and its chunks run twice.
+        """
+        await asyncio.gather(
+            self._every_beat(stop, self.beat, self.reap), self._every_beat(stop, self.redrive, self.watch)
+        )
+
+    async def _every_beat(self, stop: asyncio.Event, *steps: Callable[[], Awaitable[object]]) -> None:
         while not stop.is_set():
             try:
-                await self.beat()
-                await self.reap()
-                await self.redrive()
-                await self.watch()
+                for step in steps:
+                    await step()
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:  # Redis away: run_resilient restarts the worker when it is back
-                log.warning("heartbeat failed: %s", exc)
+                log.warning("liveness step failed: %s", exc)
             except Exception:  # never let the beat die while the worker lives: it would be taken for dead
                 log.exception("liveness step failed")
             with contextlib.suppress(TimeoutError):

@@ -111,6 +111,11 @@ async def _close_later(client: LLMClient, after_s: float) -> None:
 async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, int]:
     task = ChunkTask.model_validate(payload)
     settings: Settings = ctx.get("settings") or get_settings()
+    here: set[str] = ctx.setdefault("chunks_here", set())
+    if task.arq_id in here:  # handed back to us after a false death: the run in progress finishes it
+        log.warning("%s is already running in this process", task.arq_id)
+        return {"emitted": 0, "skipped": task.stop - task.start}
+    here.add(task.arq_id)
     try:
         async with asyncio.timeout(settings.chunk_timeout_s):
             return await _run_chunk(ctx, task)
@@ -128,6 +133,8 @@ async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[st
     except Exception as exc:
         rerun_on_redis_trouble(exc, ctx["job_try"], task.arq_id)
         raise
+    finally:
+        here.discard(task.arq_id)
 
 
 async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
