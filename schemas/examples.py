@@ -2,11 +2,15 @@
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from schemas.base import StrictModel
 from schemas.llm import ChatMessage, Usage
+from schemas.math import MathHistory
+
+RawKey = Annotated[str, StringConstraints(strip_whitespace=False)]  # a source row's keys, never stripped
 
 
 class Reason(StrEnum):
@@ -14,6 +18,7 @@ class Reason(StrEnum):
 
     UNPARSEABLE = "unparseable"
     LLM_ERROR = "llm_error"
+    INTERNAL_ERROR = "internal_error"  # the recipe raised on this item (a bug): rejected, the job goes on
     CUT_OFF = "cut_off"
     EMPTY_RESPONSE = "empty_response"
     TOO_SHORT = "too_short"
@@ -30,6 +35,12 @@ class Reason(StrEnum):
     IGNORES_SKILLS = "ignores_skills"  # touches none of the item's skills
     EXACT_DUPLICATE = "exact_duplicate"
     NEAR_DUPLICATE = "near_duplicate"
+    SEMANTIC_DUPLICATE = "semantic_duplicate"  # a paraphrase: embedding cosine >= dedup.semantic_threshold
+    JUDGE_REJECTED = "judge_rejected"  # the LLM judge (quality.judge) failed it
+    INVALID_PAIR = "invalid_pair"  # math: the two skills are not distinct or not combinable in one question
+    RUBRIC_FAILED = "rubric_failed"  # math: no strict majority of the rubric validations said yes
+    NO_MAJORITY = "no_majority"  # math: the independent solves agree on no answer by strict majority
+    ANSWER_MISMATCH = "answer_mismatch"  # math: the solves' majority answer is not the question's own
     SURPLUS = "surplus"
 
 
@@ -41,6 +52,18 @@ class WorkItem(StrictModel):
     skills: list[str] = Field(default_factory=list)
     query_type: str | None = None
     prompt: list[ChatMessage] | None = None
+
+
+class JudgeVerdict(StrictModel):
+    """The LLM judge's grading of one pair (``workers/curate/judge.py``): 1-5 per rubric criterion."""
+
+    scores: dict[str, int] = Field(default_factory=dict)
+    verdict: bool
+    reason: str = ""
+    model: str = ""
+    endpoint: str = ""
+    template_version: str = ""
+    usage: Usage = Field(default_factory=Usage)
 
 
 class GeneratedItem(StrictModel):
@@ -63,6 +86,16 @@ class GeneratedItem(StrictModel):
     template_version: str = ""
     usage: Usage = Field(default_factory=Usage)
     conversation: list[ChatMessage] = Field(default_factory=list)
+    judge: JudgeVerdict | None = None
+    # shirker ablation (recipe "shirk"): the label, and where the example came from
+    shirker: bool | None = None
+    shirker_kind: str | None = None
+    source_job: str | None = None
+    source_id: str | None = None
+    source_row: dict[RawKey, Any] | None = None  # recipe curate: the input row, verbatim
+    # recipe math: the verified final answer, and every stage's prompt, answer and verdict
+    answer: str | None = None
+    math: MathHistory | None = None
 
 
 class QualityVerdict(StrictModel):
@@ -90,4 +123,14 @@ class Example(StrictModel):
     verdict: QualityVerdict
     duplicate_of: str | None = None
     conversation: list[ChatMessage] = Field(default_factory=list)
+    judge: JudgeVerdict | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # shirker ablation (recipe "shirk"): the label, and where the example came from
+    shirker: bool | None = None
+    shirker_kind: str | None = None
+    source_job: str | None = None
+    source_id: str | None = None
+    source_row: dict[RawKey, Any] | None = None  # recipe curate: the input row, verbatim
+    # recipe math: the verified final answer, and every stage's prompt, answer and verdict
+    answer: str | None = None
+    math: MathHistory | None = None

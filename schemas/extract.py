@@ -86,8 +86,10 @@ class DatasetSource(StrictModel):
 
     path: str = Field(min_length=1, max_length=1000, description="relative to the server's data dir")
     format: Literal["jsonl", "parquet"] | None = Field(default=None, description="from the file suffix if absent")
-    row_format: Literal["alpaca", "messages", "text"] | None = Field(
-        default=None, description="alpaca fields, chat messages or one text column; detected if absent"
+    row_format: Literal["alpaca", "messages", "text", "math"] | None = Field(
+        default=None,
+        description="alpaca fields, chat messages, one text column, or MATH rows (problem, solution); detected "
+        "if absent",
     )
     text_column: str | None = Field(default=None, min_length=1, max_length=200, description="for row_format=text")
 

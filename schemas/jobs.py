@@ -3,6 +3,7 @@
 import math
 from datetime import datetime
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -27,6 +28,27 @@ class DedupSettings(StrictModel):
     near: bool = True
     threshold: float = Field(default=0.7, ge=0.1, le=1.0, description="Jaccard similarity of instructions")
     num_perm: int = Field(default=128, ge=16, le=512)
+    semantic: bool = Field(
+        default=False,
+        description="also reject paraphrases (embedding similarity); workers need the [embed] extra, else skipped",
+    )
+    semantic_threshold: float = Field(
+        default=0.85, ge=0.5, le=1.0, description="cosine similarity of instruction embeddings (all-MiniLM-L6-v2)"
+    )
+
+
+class JudgeSettings(StrictModel):
+    """An LLM judge (``workers/curate/judge.py``) grading each generated pair against the rubric of the
+    paper's critique turn (papers.md §A): specific, uses all its skills, answers what was asked, correct,
+    complete without padding, not unjustifiably brief. Its calls count in the job's usage."""
+
+    endpoint: str | None = Field(
+        default=None, description="endpoint name of the judge; the job's own endpoint when absent"
+    )
+    min_score: int = Field(
+        default=3, ge=1, le=5, description="every criterion must score at least this (1-5), and the verdict pass"
+    )
+    max_tokens: int = Field(default=512, ge=64, le=8192, description="of the judge's answer")
 
 
 class QualitySettings(StrictModel):
@@ -51,6 +73,7 @@ class QualitySettings(StrictModel):
             "one_paragraph",
             "too_brief",
             "ignores_skills",
+            "judge",
         ]
     ] = Field(
         default=[
@@ -94,6 +117,11 @@ class QualitySettings(StrictModel):
     )
     substantial_instruction_words: int = Field(
         default=20, ge=0, description="one_paragraph, too_brief, off_topic: only for instructions this long"
+    )
+    judge: JudgeSettings | None = Field(
+        default=None,
+        description="LLM judge (off by default); its verdict is checked after the listed checks unless "
+        "'judge' is placed in checks",
     )
 
     @field_validator("checks")
@@ -212,11 +240,134 @@ class PromptsJobSpec(_JobSpecBase):
         return self
 
 
-GenerationSpec = Annotated[InstructJobSpec | PromptsJobSpec, Field(discriminator="recipe")]
+class ShirkJobSpec(_JobSpecBase):
+    """Shirker ablation (papers.md §A): a copy of a finished job's accepted examples in which a ``rate`` share
+    of the responses is regenerated with a shirker prompt (``junk``: lazy, generic, padded; ``brevity``: the
+    instruction re-asked "in one paragraph"), every record labelled. ``count`` is the source's accepted count,
+    set at submit. Quality checks and dedup are off by default: an ablation dataset keeps what it plants."""
+
+    recipe: Literal["shirk"] = "shirk"
+    source_job: str = Field(min_length=1, description="id of the finished job whose accepted examples are used")
+    rate: float = Field(default=0.2, ge=0, le=1, description="share of responses replaced by shirkers")
+    kind: Literal["junk", "brevity"] = Field(description="which shirker prompt (papers.md §A)")
+    count: int = Field(default=0, ge=0, le=MAX_COUNT, description="set at submit: the source's accepted count")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        if isinstance(data, dict):
+            data = dict(data)
+            quality = data.setdefault("quality", {})
+            if isinstance(quality, dict):
+                quality.setdefault("enabled", False)
+            dedup = data.setdefault("dedup", {})
+            if isinstance(dedup, dict):
+                dedup.setdefault("exact", False)
+                dedup.setdefault("near", False)
+        return data
+
+
+class CurateSource(StrictModel):
+    """A dataset a team brings, for ``recipe: curate``: a server data-dir path (or an upload, set by the API)."""
+
+    path: str = Field(min_length=1, max_length=1000, description="relative to the server's data dir")
+    format: Literal["jsonl", "json", "parquet"] | None = Field(
+        default=None, description="JSONL, one JSON array (Alpaca), or Parquet; from the file suffix if absent"
+    )
+    row_format: Literal["alpaca", "messages"] | None = Field(
+        default=None,
+        description="alpaca (instruction/input/output) or chat (messages with role/content, or ShareGPT "
+        "conversations with from/value); detected from the first row if absent",
+    )
+    messages_column: str | None = Field(
+        default=None, min_length=1, max_length=200, description="chat rows: the list's column (messages/conversations)"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts or "\\" in value:
+            raise ValueError("path must be relative to the data dir, without '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _format(self) -> Self:
+        if self.format is None:
+            suffix = PurePosixPath(self.path).suffix.lower()
+            found = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+            if suffix not in found:
+                raise ValueError(f"cannot tell the format from suffix {suffix!r}; set format to jsonl, json or parquet")
+            self.format = found[suffix]  # type: ignore[assignment]
+        return self
+
+
+class CurateJobSpec(_JobSpecBase):
+    """The curate stage (quality checks, dedup, optional judge) on a dataset a team brings: one item per row,
+    read from the file without an LLM call. ``count`` and ``max_items`` are the rows, set at submit, so every
+    row that passes is accepted; ``offsets`` (also set at submit) lets a worker seek to its chunk's rows."""
+
+    recipe: Literal["curate"] = "curate"
+    source: CurateSource
+    count: int = Field(default=0, ge=0, le=MAX_COUNT, description="set at submit: the number of rows")
+    chunk_size: int | None = Field(default=500, ge=1, le=10_000)
+    keep_conversation: bool = False
+    offsets: list[int] = Field(
+        default_factory=list, description="set at submit: where rows 0, chunk_size, 2 x chunk_size, ... start"
+    )
+
+
+class MathJobSpec(_JobSpecBase):
+    """MATH^2 (papers.md §B): hard two-skill math questions, each with one verified answer. Stages: pair
+    validation, question (with brief solution and exact answer) iterated until solvable, a sceptical attempt,
+    a rubric validated by majority of ``n_validations``, and ``n_solves`` independent solves whose strict
+    majority answer must equal the question's own. Only the basic quality checks run (the instruct ones do
+    not fit a question with a brief solution); exact and near dedup of the question text stay on."""
+
+    recipe: Literal["math"] = "math"
+    skill_set: str | SkillSetCreate = Field(description="'name@version' / 'name' (latest) or an inline set")
+    k: Literal[2] = Field(default=2, description="skills per question (a pair)")
+    n_validations: int = Field(default=3, ge=1, le=15, description="rubric validations; a strict majority passes")
+    n_solves: int = Field(default=5, ge=1, le=25, description="independent solves voted on")
+    max_question_turns: int = Field(
+        default=2, ge=0, le=6, description="review-and-revise turns after the question is written"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        if isinstance(data, dict):
+            data = dict(data)
+            quality = data.setdefault("quality", {})
+            if isinstance(quality, dict):
+                quality.setdefault("checks", ["empty_response", "refusal", "placeholder"])
+                quality.setdefault("min_response_words", 1)
+                quality.setdefault("min_instruction_words", 3)
+        return data
+
+    @field_validator("skill_set")
+    @classmethod
+    def _ref(cls, value: str | SkillSetCreate) -> str | SkillSetCreate:
+        if isinstance(value, str):
+            parse_skill_set_ref(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not isinstance(self.skill_set, str) and len(self.skill_set.skills) < self.k:
+            raise ValueError(f"skill_set has {len(self.skill_set.skills)} skills, fewer than k={self.k}")
+        return self
+
+
+GenerationSpec = Annotated[
+    InstructJobSpec | PromptsJobSpec | ShirkJobSpec | CurateJobSpec | MathJobSpec, Field(discriminator="recipe")
+]
 """What ``POST /v1/jobs`` accepts; extraction specs go to ``POST /v1/skill-sets/extract``."""
 
 JobSpec = Annotated[
-    InstructJobSpec | PromptsJobSpec | ExtractAgnosticSpec | ExtractDatasetSpec, Field(discriminator="recipe")
+    InstructJobSpec | PromptsJobSpec | ShirkJobSpec | CurateJobSpec | MathJobSpec | ExtractAgnosticSpec
+    | ExtractDatasetSpec,
+    Field(discriminator="recipe"),
 ]
 """Every kind of stored job."""
 

@@ -17,10 +17,22 @@ def to_snake_case(text: str) -> str:
     return "_".join(words)
 
 
+class Exemplar(StrictModel):
+    """A worked example of a skill, e.g. a MATH-format seed row: its problem and solution (papers.md §B)."""
+
+    problem: str = Field(min_length=1)
+    solution: str = ""
+    level: str | None = None
+    type: str | None = None
+
+
 class Skill(StrictModel):
     name: str = Field(min_length=1, max_length=120)
     description: str = ""
     examples: list[str] = Field(default_factory=list)
+    exemplars: list[Exemplar] = Field(
+        default_factory=list, description="worked examples (problem and solution); the math recipe shows them"
+    )
     frequency: int | None = Field(default=None, ge=0, description="rows mapped to it (extracted sets)")
 
     @field_validator("name")

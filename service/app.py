@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from schemas.settings import Settings, get_settings
 from service.errors import UNAVAILABLE, redis_unavailable
-from service.routes import extract, jobs, skill_sets
+from service.routes import curate, extract, jobs, review, skill_sets
 from workers.redis_pool import REDIS_ERRORS, open_redis
 
 
@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(extract.router)  # /v1/skill-sets/extract..., none of which clash with /{name}
     app.include_router(skill_sets.router)
+    app.include_router(curate.router)  # POST /v1/curate: curate a dataset a team brings
+    app.include_router(review.router)  # /v1/review: the math review queue
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

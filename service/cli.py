@@ -12,11 +12,15 @@ import typer
 
 from schemas.settings import get_settings
 from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, submitted_job_id
-from service.export import ExportFormat, OutputFormat, parquet_batches, write_hf_dataset
+from service.curate_cli import curate as curate_command
+from service.export import ExportFormat, OutputFormat, ReviewFilter, Split, parquet_batches, write_hf_dataset
 from service.extract_cli import app as extract_app
+from service.shirk_cli import shirk
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
 app.add_typer(extract_app, name="extract")  # skillmix extract agnostic|dataset
+app.command("curate")(curate_command)  # skillmix curate FILE -o DIR
+app.command()(shirk)  # skillmix shirk JOB --rate 0.2 --kind junk|brevity
 
 
 @app.command()
@@ -103,8 +107,11 @@ def read_prompts(path: Path) -> list[object]:
     return found
 
 
-async def _download(client: httpx.AsyncClient, api: str, job_id: str, fmt: ExportFormat, out: Path) -> None:
-    async with client.stream("GET", f"/v1/jobs/{job_id}/export", params={"format": fmt.value}) as response:
+async def _download(
+    client: httpx.AsyncClient, api: str, job_id: str, fmt: ExportFormat, out: Path, split: dict[str, str] | None = None
+) -> None:
+    params = {"format": fmt.value, **(split or {})}
+    async with client.stream("GET", f"/v1/jobs/{job_id}/export", params=params) as response:
         if response.status_code == 404:
             fail(f"job {job_id} not found at {api}")
         response.raise_for_status()
@@ -114,17 +121,17 @@ async def _download(client: httpx.AsyncClient, api: str, job_id: str, fmt: Expor
                 fh.write(chunk)
 
 
-async def _export(api: str, job_id: str, fmt: OutputFormat, out: Path) -> int:
+async def _export(api: str, job_id: str, fmt: OutputFormat, out: Path, split: dict[str, str] | None = None) -> int:
     """Download the export; ``hf`` downloads Parquet beside the target and rewrites it as a datasets directory,
     batch by batch."""
     async with httpx.AsyncClient(base_url=api, timeout=60) as client:
         if fmt is not OutputFormat.HF:
-            await _download(client, api, job_id, ExportFormat(fmt.value), out)
+            await _download(client, api, job_id, ExportFormat(fmt.value), out, split)
             return 0
         out.parent.mkdir(parents=True, exist_ok=True)
         parquet = out.parent / f".{out.name}.{job_id}.parquet.part"
         try:
-            await _download(client, api, job_id, ExportFormat.PARQUET, parquet)
+            await _download(client, api, job_id, ExportFormat.PARQUET, parquet, split)
             description = f"skillmix job {job_id}: accepted examples with full provenance"
             return await asyncio.to_thread(write_hf_dataset, parquet_batches(parquet), out, description)
         finally:
@@ -136,14 +143,24 @@ def export(
     job_id: str,
     format: OutputFormat = typer.Option(OutputFormat.JSONL, "--format", "-f"),
     output: Path = typer.Option(..., "--output", "-o", help="file to write (a directory for --format hf)"),
+    split: Split | None = typer.Option(None, help="train or heldout: one side of a seeded held-out split"),
+    heldout: int = typer.Option(100, min=1, help="with --split: examples in the held-out side"),
+    heldout_seed: int = typer.Option(0, min=0, help="with --split: which examples are held out"),
+    state: ReviewFilter | None = typer.Option(None, help="math jobs: review state to export (default accepted)"),
     api: str | None = API_OPTION,
 ) -> None:
     """Download a job's accepted examples: alpaca, sharegpt, jsonl, parquet, or hf (a directory that
-    datasets.load_from_disk reads)."""
+    datasets.load_from_disk reads). --split heldout / train: a held-out set for checkpoint selection and
+    the rest, disjoint and the same on every download."""
+    chosen = None
+    if split is not None:
+        chosen = {"split": split.value, "heldout": str(heldout), "heldout_seed": str(heldout_seed)}
+    if state is not None:
+        chosen = {**(chosen or {}), "state": state.value}
     if format is OutputFormat.HF and output.exists() and (not output.is_dir() or any(output.iterdir())):
         fail(f"{output} exists and is not an empty directory; pick a new one for the dataset")
     try:
-        rows = asyncio.run(_export(api_url(api), job_id, format, output))
+        rows = asyncio.run(_export(api_url(api), job_id, format, output, chosen))
     except httpx.ConnectError:
         fail(f"no API answering at {api_url(api)}; start it with `skillmix serve`")
     if format is OutputFormat.HF:

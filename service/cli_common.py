@@ -13,7 +13,7 @@ from service.progress import follow, summary
 
 console = Console(soft_wrap=True)
 API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
-RECIPE_TAGS = {"instruct", "prompts", "extract-agnostic", "extract-from-dataset"}
+RECIPE_TAGS = {"instruct", "prompts", "shirk", "extract-agnostic", "extract-from-dataset"}
 
 
 def api_url(url: str | None) -> str:

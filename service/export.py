@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from schemas.examples import Example
 from workers import keys
+from workers.sampler import derive_rng
 
 
 class ExportFormat(StrEnum):
@@ -33,6 +34,7 @@ class ExportFormat(StrEnum):
     SHAREGPT = "sharegpt"
     JSONL = "jsonl"
     PARQUET = "parquet"
+    MATH = "math"  # MATH-style JSONL: problem, solution, answer, skills (recipe math)
 
 
 class OutputFormat(StrEnum):
@@ -43,6 +45,7 @@ class OutputFormat(StrEnum):
     JSONL = "jsonl"
     PARQUET = "parquet"
     HF = "hf"
+    MATH = "math"
 
 
 MEDIA_TYPES = {
@@ -50,12 +53,14 @@ MEDIA_TYPES = {
     ExportFormat.SHAREGPT: "application/json",
     ExportFormat.JSONL: "application/x-ndjson",
     ExportFormat.PARQUET: "application/vnd.apache.parquet",
+    ExportFormat.MATH: "application/x-ndjson",
 }
 FILE_SUFFIXES = {
     ExportFormat.ALPACA: "alpaca.json",
     ExportFormat.SHAREGPT: "sharegpt.json",
     ExportFormat.JSONL: "jsonl",
     ExportFormat.PARQUET: "parquet",
+    ExportFormat.MATH: "math.jsonl",
 }
 BATCH_ROWS = keys.BUCKET_SIZE  # rows per Arrow record batch / Parquet row group: one storage bucket
 FILE_CHUNK = 1 << 20  # bytes per chunk when a written file is streamed back
@@ -74,6 +79,16 @@ def sharegpt(example: Example) -> dict[str, Any]:
     }
 
 
+def math_record(example: Example) -> dict[str, Any]:
+    """MATH-style: the question, its solution, its verified final answer and the skill pair it needs."""
+    return {
+        "problem": example.instruction,
+        "solution": example.output,
+        "answer": example.answer or "",
+        "skills": example.skills,
+    }
+
+
 def full(example: Example) -> dict[str, Any]:
     return example.model_dump(mode="json")
 
@@ -82,13 +97,14 @@ CONVERTERS: dict[ExportFormat, Callable[[Example], dict[str, Any]]] = {
     ExportFormat.ALPACA: alpaca,
     ExportFormat.SHAREGPT: sharegpt,
     ExportFormat.JSONL: full,
+    ExportFormat.MATH: math_record,
 }
 
 
 async def render(examples: AsyncIterator[Example], fmt: ExportFormat) -> AsyncIterator[bytes]:
     """alpaca and sharegpt are JSON arrays (what their trainers load); jsonl is one full record per line."""
     convert = CONVERTERS[fmt]
-    if fmt is ExportFormat.JSONL:
+    if fmt in (ExportFormat.JSONL, ExportFormat.MATH):
         async for example in examples:
             yield orjson.dumps(convert(example)) + b"\n"
         return
@@ -98,6 +114,35 @@ async def render(examples: AsyncIterator[Example], fmt: ExportFormat) -> AsyncIt
         yield (b"\n" if first else b",\n") + orjson.dumps(convert(example))
         first = False
     yield b"\n]\n"
+
+
+# --- held-out split ---------------------------------------------------------------------------------------
+
+
+class Split(StrEnum):
+    """Which side of a held-out split an export serves (papers.md §A: ~100 examples for checkpoint selection)."""
+
+    TRAIN = "train"
+    HELDOUT = "heldout"
+
+
+def heldout_positions(total: int, size: int, seed: int) -> frozenset[int]:
+    """Storage positions (sequence numbers ``0..total-1``) of the held-out examples: exactly
+    ``min(size, total)`` of them, a draw fixed by (seed, total), so every export of a finished job agrees."""
+    return frozenset(derive_rng("heldout", seed, total).sample(range(total), min(size, total)))
+
+
+async def split_examples(
+    examples: AsyncIterator[Example], heldout: frozenset[int], split: Split
+) -> AsyncIterator[Example]:
+    """One side of the split of examples streamed in sequence order: train and heldout are disjoint and
+    together are all of them."""
+    want = split is Split.HELDOUT
+    seq = 0
+    async for example in examples:
+        if (seq in heldout) == want:
+            yield example
+        seq += 1
 
 
 # --- columnar: Parquet and the datasets directory ---------------------------------------------------------
@@ -130,7 +175,15 @@ ARROW_SCHEMA = pa.schema(
         ("verdict", pa.struct([("accepted", pa.bool_()), ("reasons", pa.list_(pa.string())), ("detail", pa.string())])),
         ("duplicate_of", pa.string()),
         ("conversation", pa.list_(_MESSAGE)),
+        ("judge", pa.string()),  # the LLM judge's verdict (quality.judge), as JSON text
         ("created_at", pa.timestamp("us", tz="UTC")),
+        ("shirker", pa.bool_()),  # shirker ablation labels and provenance (recipe "shirk")
+        ("shirker_kind", pa.string()),
+        ("source_job", pa.string()),
+        ("source_id", pa.string()),
+        ("source_row", pa.string()),  # recipe curate: the input row, verbatim, as JSON text
+        ("answer", pa.string()),  # recipe math: the verified answer, and the stage history as JSON text
+        ("math", pa.string()),
     ]
 )
 
@@ -138,6 +191,12 @@ ARROW_SCHEMA = pa.schema(
 def arrow_row(example: Example) -> dict[str, Any]:
     row = example.model_dump(mode="python")
     row["verdict"]["reasons"] = [str(r) for r in example.verdict.reasons]
+    if example.math is not None:
+        row["math"] = orjson.dumps(example.math.model_dump(mode="json")).decode()
+    if example.judge is not None:
+        row["judge"] = orjson.dumps(example.judge.model_dump(mode="json")).decode()
+    if example.source_row is not None:
+        row["source_row"] = orjson.dumps(example.source_row).decode()
     return row
 
 
@@ -229,3 +288,21 @@ def write_hf_dataset(batches: Iterator[pa.RecordBatch], directory: Path, descrip
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return rows
+
+
+# --- math jobs: the review queue decides what is exported -------------------------------------------------
+
+
+class ReviewFilter(StrEnum):
+    """Which math questions an export serves, by review state (``workers.review``); reviewers' edits applied."""
+
+    ACCEPTED = "accepted"
+    NEEDS_REVIEW = "needs_review"
+    ALL = "all"  # every question that passed the automatic checks, whatever its review state
+
+
+REVIEW_STATES: dict[ReviewFilter, frozenset[str] | None] = {
+    ReviewFilter.ACCEPTED: frozenset({"accepted"}),
+    ReviewFilter.NEEDS_REVIEW: frozenset({"needs_review"}),
+    ReviewFilter.ALL: None,
+}

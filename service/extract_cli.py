@@ -113,7 +113,7 @@ def dataset(
     name: str = NAME_OPTION,
     server_path: bool = typer.Option(False, help="PATH is relative to the server's data dir; nothing is uploaded"),
     text_column: str | None = typer.Option(None, help="read this column (default: alpaca or chat rows, detected)"),
-    row_format: str | None = typer.Option(None, help="alpaca, messages or text (default: detected)"),
+    row_format: str | None = typer.Option(None, help="alpaca, messages, text or math (default: detected)"),
     file_format: str | None = typer.Option(None, "--format", help="jsonl or parquet (default: from the suffix)"),
     rows: int = typer.Option(0, help="use only the first N rows (0 = all)"),
     max_rows: int | None = typer.Option(None, help="refuse larger datasets (server default 100,000)"),

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from schemas.jobs import JobStatus
 from schemas.settings import EndpointSettings, Settings
 from service.local_llm import LocalLLMServer
 from service.local_model import ensure_model
@@ -89,6 +90,28 @@ def job_spec(skill_set: str, count: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+JUDGE_OFF = "LLM judge: off (the bundled 135M model cannot judge; set quality.judge with a stronger endpoint)"
+
+
+def closing_notes(status: JobStatus, count: int) -> list[str]:
+    """What the quick start says after its summary: the judge is off, and, when few were accepted, the top
+    rejection reasons and how to get a stronger model."""
+    lines = [JUDGE_OFF]
+    c = status.counters
+    if c.accepted >= count:
+        return lines
+    top = sorted(c.rejected_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    if top:
+        lines.append("top rejection reasons: " + ", ".join(f"{reason} {n}" for reason, n in top))
+    lines.append(
+        f"only {c.accepted} of {count} accepted: a 135M model writes weak text. For a stronger model run "
+        "SKILLMIX_LOCAL_MODEL=/path/model.gguf skillmix quickstart, or configure a hosted endpoint "
+        "(SKILLMIX_ENDPOINTS, see the README's Configuration) and submit jobs to it, with "
+        '"quality": {"judge": {"endpoint": "<name>"}} to have it judge too'
+    )
+    return lines
+
+
 async def quickstart(settings: Settings, out: Path, count: int, console: Console) -> int:
     started = time.monotonic()
     task = asyncio.current_task()
@@ -145,4 +168,6 @@ async def quickstart(settings: Settings, out: Path, count: int, console: Console
                         fh.write(chunk)
         console.print(summary(status, time.monotonic() - started))
         console.print(f"wrote {status.counters.accepted} accepted examples to [bold]{out}[/bold]")
+        for line in closing_notes(status, count):
+            console.print(line, markup=False, highlight=False)
         return 0 if status.state == "completed" and status.counters.accepted > 0 else 1

@@ -37,6 +37,7 @@ PAIR_MARKER = "## Instruction"
 INSTRUCTION_PROPS = ("instruction", "question", "prompt", "problem", "task", "query")
 KEEP_ALIVE_S = 60  # longer than httpx's 5 s pool expiry, so clients close idle connections first
 RECENT_S = 10  # seconds of per-second admission counts kept for /admin/stats
+RECENT_REQUESTS = 64  # last request bodies kept for /admin/requests
 
 
 class FakeConfig(BaseModel):
@@ -72,6 +73,13 @@ class FakeConfig(BaseModel):
     # skill extraction (see "skill extraction" below)
     extract_offlist_rate: float = Field(0.0, ge=0, le=1, description="map answers naming a skill not on the list")
     extract_garbage_rate: float = Field(0.0, ge=0, le=1, description="extraction answers that are not JSON")
+    # LLM judge (see "judge" below)
+    judge_reject_rate: float = Field(0.0, ge=0, le=1, description="judge verdicts that fail a good pair")
+    # MATH^2 recipe (see "math" below)
+    math_invalid_pair_rate: float = Field(0.0, ge=0, le=1, description="skill pairs judged invalid (by pair)")
+    math_rubric_fail_rate: float = Field(0.0, ge=0, le=1, description="rubric validations answering No")
+    math_solve_disagree_rate: float = Field(0.0, ge=0, le=1, description="solves giving a wrong, distinct number")
+    math_wrong_answer_rate: float = Field(0.0, ge=0, le=1, description="questions stating a wrong own answer")
 
     @model_validator(mode="after")
     def _planted_rates_fit(self) -> "FakeConfig":
@@ -215,6 +223,15 @@ def answer(request: dict[str, Any], messages: list[dict[str, str]], config: Fake
     extracted = answer_extraction(request, last_user, digest, config)
     if extracted is not None:
         return extracted, ""
+    judged = answer_judge(request, messages, digest, config)
+    if judged is not None:
+        return judged
+    mathed = answer_math(request, messages, digest, config)
+    if mathed is not None:
+        return mathed
+    helped = answer_review_help(request, messages, digest)
+    if helped is not None:
+        return helped
     response_format = request.get("response_format")
     schema = None
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
@@ -229,6 +246,228 @@ def answer(request: dict[str, Any], messages: list[dict[str, str]], config: Fake
     if pair.fault == "cutoff":
         content = truncate_words(content, max(1, word_count(content) * 3 // 5))
     return content, pair.fault or ""
+
+
+# --- judge --------------------------------------------------------------------------------------
+# A request with a user message containing JUDGE_MARKER (workers/curate/templates/judge) is a judge
+# request: the answer is a JSON verdict with a score for every criterion named in the prompt's answer
+# format ("name": <1-5>). Pairs whose response the fake planted as a shirker (a stock lazy answer or the
+# instruction re-asked "in one paragraph") fail with low scores; ``judge_reject_rate`` of the others fail
+# too (drawn from the request's hash, so deterministic); the rest pass. With a JSON schema the answer is
+# the bare object, otherwise it comes in a ```json fence (the judge must read it leniently). The planted
+# fault is "judge_shirker" or "judge_reject".
+
+JUDGE_MARKER = "You are grading"
+JUDGE_SHIRKER_REASON = "lazy, generic answer that does not answer what was asked"
+JUDGE_REJECT_REASON = "the response gets a key fact wrong"
+JUDGE_PASS_REASON = "specific, complete answer that uses all its skills"
+_JUDGE_CRITERION = re.compile(r'"([a-z_]+)": <1-5>')
+_JUDGE_RESPONSE = re.compile(r"<response>\n(.*?)\n</response>", re.S)
+
+
+def is_planted_shirker(response: str) -> bool:
+    return response.strip() in SHIRKS or response.startswith("Answer in one paragraph: ")
+
+
+def answer_judge(
+    request: dict[str, Any], messages: list[dict[str, str]], digest: bytes, config: FakeConfig
+) -> tuple[str, str] | None:
+    """(JSON verdict, planted fault) for a judge request, or None if the request is not one."""
+    prompt = next((m["content"] for m in messages if m["role"] == "user" and JUDGE_MARKER in m["content"]), None)
+    if prompt is None:
+        return None
+    found = _JUDGE_RESPONSE.search(prompt)
+    response = found.group(1) if found else ""
+    criteria = list(dict.fromkeys(_JUDGE_CRITERION.findall(prompt))) or ["overall"]
+    if is_planted_shirker(response):
+        scores, verdict, reason, fault = dict.fromkeys(criteria, 1), "fail", JUDGE_SHIRKER_REASON, "judge_shirker"
+    elif _stable(digest.hex(), "judge") < config.judge_reject_rate:
+        scores = {c: 2 if c == "correct" else 4 for c in criteria}
+        verdict, reason, fault = "fail", JUDGE_REJECT_REASON, "judge_reject"
+    else:
+        scores, verdict, reason, fault = dict.fromkeys(criteria, 5), "pass", JUDGE_PASS_REASON, ""
+    body = orjson.dumps({"scores": scores, "verdict": verdict, "reason": reason}).decode()
+    response_format = request.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        return body, fault
+    return f"```json\n{body}\n```", fault
+
+
+# --- math ---------------------------------------------------------------------------------------
+# The MATH^2 recipe (workers/recipes/math.py) marks each stage's prompt with a "### Task: <stage>" line;
+# the last user message's marker says which stage a request is. Every question the fake writes is one line
+# whose true answer is a function of its text (``math_truth``), so every later stage can work it out:
+#   pair       valid unless the *pair* (sorted names) falls under ``math_invalid_pair_rate`` (by pair, not by
+#              request, so a pair is invalid for every job); planted "math_invalid_pair"
+#   question   a new question, brief solution and its true answer (``math_wrong_answer_rate`` of them state
+#              the true answer + 1: planted "math_wrong_answer")
+#   review     the first review of a conversation revises the question a quarter of the time (solvable
+#              false), otherwise repeats it with solvable true
+#   sceptic    "none" flaws, the true answer
+#   validate   Yes, unless the request falls under ``math_rubric_fail_rate`` (planted "math_rubric_no")
+#   solve      the true answer, in a notation drawn per request (\frac{p}{q}, p/q, decimal, \dfrac): the
+#              recipe must compare them by value; ``math_solve_disagree_rate`` of solves give a wrong number,
+#              different from every other wrong one (planted "math_solve_disagree")
+# Requests with a JSON schema get a JSON object; others get "Name: value" lines.
+
+MATH_TASK = re.compile(r"^### Task: (.+)$", re.M)
+MATH_STAGES = {
+    "skill pair validation": "pair",
+    "question writing": "question",
+    "question review": "review",
+    "sceptical attempt": "sceptic",
+    "rubric validation": "validate",
+    "independent solve": "solve",
+}
+_MATH_SKILL = re.compile(r"^Skill ([AB]): (\S+)$", re.M)
+_DENOMINATORS = (1, 2, 4, 5, 8)
+
+
+def math_stage(messages: list[dict[str, str]]) -> str | None:
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    found = MATH_TASK.search(last_user)
+    return MATH_STAGES.get(found.group(1).strip()) if found else None
+
+
+def math_pair(messages: list[dict[str, str]]) -> str | None:
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    names = [name for _, name in _MATH_SKILL.findall(last_user)]
+    return "|".join(sorted(names)) if len(names) == 2 else None
+
+
+def math_truth(question: str) -> tuple[int, int]:
+    """(p, q) in lowest terms: the true answer p/q of a fake question."""
+    h = hashlib.sha256(question.strip().encode()).digest()
+    p, q = 1 + h[0] % 97, _DENOMINATORS[h[1] % len(_DENOMINATORS)]
+    g = math.gcd(p, q)
+    return p // g, q // g
+
+
+def math_notation(p: int, q: int, pick: float) -> str:
+    if q == 1:
+        return str(p) if pick < 0.5 else f"{p}.0" if pick < 0.75 else f"\\frac{{{2 * p}}}{{2}}"
+    forms = (f"\\frac{{{p}}}{{{q}}}", f"{p}/{q}", repr(p / q), f"\\dfrac{{{p}}}{{{q}}}")
+    return forms[int(pick * len(forms))]
+
+
+def _math_question_of(prompt: str) -> str:
+    """The question line after "Question:" in a sceptic or solve prompt."""
+    _, _, rest = prompt.partition("Question:\n")
+    return rest.split("\n", 1)[0].strip()
+
+
+def _math_new_question(messages: list[dict[str, str]], rng: random.Random) -> str:
+    names = [name for _, name in _MATH_SKILL.findall(messages[1]["content"] if len(messages) > 1 else "")]
+    about = " and ".join(n.replace("_", " ") for n in names) or "two skills"
+    return f"Using {about}: {_sentences(rng, rng.randint(28, 36))} Find the exact value."
+
+
+def answer_math(
+    request: dict[str, Any], messages: list[dict[str, str]], digest: bytes, config: FakeConfig
+) -> tuple[str, str] | None:
+    """(answer, planted fault) for a math stage request, or None if the request is not one."""
+    stage = math_stage(messages)
+    if stage is None:
+        return None
+    rng = random.Random(int.from_bytes(digest[16:24]))
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    key, fault = digest.hex(), ""
+    body: dict[str, Any]
+    if stage == "pair":
+        invalid = _stable(math_pair(messages) or "", "math_pair") < config.math_invalid_pair_rate
+        reasoning = "The skills overlap too much to need both." if invalid else "Distinct skills that combine well."
+        body, fault = {"reasoning": reasoning, "valid": not invalid}, "math_invalid_pair" if invalid else ""
+    elif stage in ("question", "review"):
+        previous = [m["content"] for m in messages if m["role"] == "assistant"]
+        old = _math_fields(previous[-1]) if previous else {}
+        first_review = stage == "review" and len(previous) == 1
+        revise = stage == "question" or not old.get("question") or (first_review and _stable(key, "revise") < 0.25)
+        question = _math_new_question(messages, rng) if revise else str(old["question"])
+        p, q = math_truth(question)
+        own = (p + q, q) if _stable(question, "math_wrong") < config.math_wrong_answer_rate else (p, q)
+        fault = "math_wrong_answer" if own != (p, q) else ""
+        stated = math_notation(*own, 0.0)
+        solution = f"{_sentences(rng, 24)} Hence the value is {stated}."
+        body = {"question": question, "solution": solution, "answer": stated}
+        if stage == "review":
+            solvable = not revise
+            critique = "Clear, solvable and needs both skills." if solvable else "Ambiguous wording; revised."
+            body = {"critique": critique, "solvable": solvable, **body}
+    elif stage == "sceptic":
+        p, q = math_truth(_math_question_of(last_user))
+        body = {"flaws": "none", "attempt": _sentences(rng, 20), "answer": math_notation(p, q, 0.0)}
+    elif stage == "validate":
+        no = _stable(key, "math_rubric") < config.math_rubric_fail_rate
+        reasoning = "Point 3 fails: one skill is not needed." if no else "Every rubric point holds."
+        body, fault = {"reasoning": reasoning, "verdict": "No" if no else "Yes"}, "math_rubric_no" if no else ""
+    else:
+        p, q = math_truth(_math_question_of(last_user))
+        if _stable(key, "math_disagree") < config.math_solve_disagree_rate:
+            p, fault = p + q * (1 + int(_stable(key, "math_wrong_by") * 10**6)), "math_solve_disagree"
+        body = {"solution": _sentences(rng, 20), "answer": math_notation(p, q, _stable(key, "math_notation"))}
+    response_format = request.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        return orjson.dumps(body).decode(), fault
+    names = {"valid": "verdict"}  # the pair prompt's text format asks for "Verdict: Yes/No"
+    lines = [f"{names.get(name, name).capitalize()}: {'Yes' if value is True else 'No' if value is False else value}"
+             for name, value in body.items()]  # fmt: skip
+    return "\n".join(lines), fault
+
+
+def _math_fields(content: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(content)
+        return data if isinstance(data, dict) else {}
+    except orjson.JSONDecodeError:
+        found = re.findall(r"^(\w+): (.*)$", content, re.M)
+        return {k.lower(): v for k, v in found}
+
+
+# --- math review help ---------------------------------------------------------------------------
+# The review queue's help templates (workers/math/templates/v1/help_*.txt) start with "### Task: review
+# help: <kind>" ("resolve" reuses the solve stage above, so the fake re-solves the current question):
+#   make skill necessary   a revised question ("Revised so that <skill> is necessary: <old question>") with a
+#                          brief solution and its true answer
+#   check edit             Yes when the stated final answer is the question's true answer (math_truth), else No
+# The answer comes as JSON with a schema, else as "Name: value" lines, like the stages.
+
+REVIEW_HELP_TASK = re.compile(r"^### Task: review help: (.+)$", re.M)
+
+
+def _section(prompt: str, title: str) -> str:
+    _, _, rest = prompt.partition(f"{title}:\n")
+    return rest.split("\n\n", 1)[0].strip()
+
+
+def answer_review_help(
+    request: dict[str, Any], messages: list[dict[str, str]], digest: bytes
+) -> tuple[str, str] | None:
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    found = REVIEW_HELP_TASK.search(last_user)
+    if found is None:
+        return None
+    rng = random.Random(int.from_bytes(digest[16:24]))
+    kind = found.group(1).strip()
+    body: dict[str, Any]
+    if kind == "make skill necessary":
+        skill = re.search(r'skill "([^"]+)" is not truly necessary', last_user)
+        old = _section(last_user, "Current question")
+        question = f"Revised so that {skill.group(1) if skill else 'skill B'} is necessary: {old}"
+        p, q = math_truth(question)
+        stated = math_notation(p, q, 0.0)
+        body = {"question": question, "solution": f"{_sentences(rng, 16)} Hence {stated}.", "answer": stated}
+    elif kind == "check edit":
+        p, q = math_truth(_section(last_user, "Question"))
+        final = re.search(r"^Final answer: (.*)$", last_user, re.M)
+        ok = final is not None and final.group(1).strip() == math_notation(p, q, 0.0)
+        reasoning = "The answer follows from the solution." if ok else "The final answer is not the question's."
+        body = {"reasoning": reasoning, "verdict": "Yes" if ok else "No"}
+    else:
+        return None
+    response_format = request.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        return orjson.dumps(body).decode(), ""
+    return "\n".join(f"{name.capitalize()}: {value}" for name, value in body.items()), ""
 
 
 # --- skill extraction ---------------------------------------------------------------------------
@@ -370,6 +609,9 @@ class FakeState:
         self.in_flight = self.max_in_flight = 0
         self.fault_rng = random.Random(self.config.fault_seed)
         self.storm_until = now + self.config.storm_s if self.config.storm_s else 0.0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)  # valid request bodies, newest last
+        self.math_stages: dict[str, int] = {}  # math requests by stage
+        self.math_pair_checks: dict[str, int] = {}  # math pair validations by pair "a|b"
 
     def capacity(self) -> float:
         return max(1.0, self.config.rpm / 60 * self.config.burst_s)
@@ -404,6 +646,8 @@ class FakeState:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "planted": dict(self.planted),
+            "math_stages": dict(self.math_stages),
+            "math_pair_checks": dict(self.math_pair_checks),
         }
 
     def update(self, patch: dict[str, Any]) -> None:
@@ -477,6 +721,7 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
         except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
             counts["bad_requests"] += 1
             return _error(400, "invalid_request_error", str(exc))
+        state.recent.append(body)
         model = body.get("model") or DEFAULT_MODEL
         if cfg.model_strict and model != cfg.model_strict:
             counts["not_found"] += 1
@@ -517,6 +762,10 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
             return Response(broken, 200, media_type="application/json")
 
         content, fault = answer(body, messages, cfg)
+        if (stage := math_stage(messages)) is not None:
+            state.math_stages[stage] = state.math_stages.get(stage, 0) + 1
+            if stage == "pair" and (pair := math_pair(messages)) is not None:
+                state.math_pair_checks[pair] = state.math_pair_checks.get(pair, 0) + 1
         finish = "length" if fault == "cutoff" else "stop"
         if word_count(content) > max_tokens:
             content, finish = truncate_words(content, max_tokens), "length"
@@ -573,6 +822,9 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
             return _json({"detail": str(exc)}, 422)
         return _json(state.config.model_dump())
 
+    async def recent_requests(_: Request) -> Response:
+        return _json({"requests": list(state.recent)})
+
     async def reset(_: Request) -> Response:
         state.reset()
         return _json(state.snapshot())
@@ -583,6 +835,7 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
             Route("/v1/models", models),
             Route("/health", health),
             Route("/admin/stats", stats),
+            Route("/admin/requests", recent_requests),
             Route("/admin/config", get_config, methods=["GET"]),
             Route("/admin/config", set_config, methods=["POST"]),
             Route("/admin/reset", reset, methods=["POST"]),

@@ -16,9 +16,9 @@ import httpx
 import orjson
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
-from schemas.examples import GeneratedItem
+from schemas.examples import GeneratedItem, Reason
 from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage
 from schemas.settings import Settings
@@ -241,6 +241,27 @@ def test_chunks_arq_dropped_are_enqueued_again(processes: Processes, redis: ArqR
         assert {k.decode() for k in plain.hkeys(keys.redrives(job_id))} == {first.arq_id, second.arq_id}
 
 
+
+async def test_a_chunk_picked_up_by_a_worker_that_died_at_once_is_handed_out_again(redis: ArqRedis) -> None:
+    """Killed between arq's pickup and its on_job_start hook: an in-progress mark with no recorded owner."""
+    record = record_for("unowned", 24)
+    await jobstore.create_job(redis, record, planned=24)
+    await jobstore.enqueue_planned(redis, record, 0, 24)
+    old, fresh, owned = (t.arq_id for t in jobstore.chunks(record, 0, 24))
+    ttl_ms = 60_000
+    await redis.psetex(in_progress_key_prefix + old, ttl_ms - 5_000, b"1")  # set 5 s ago, nobody recorded
+    await redis.psetex(in_progress_key_prefix + owned, ttl_ms - 5_000, b"1")
+    await redis.hset(keys.RUNNING, owned, "a-live-worker")
+    watchdog = Watchdog(redis, stall_ms=1000, in_progress_ms=ttl_ms)
+    await watchdog.run_once()  # first look: progress noted
+    await asyncio.sleep(1.1)
+    await redis.psetex(in_progress_key_prefix + fresh, ttl_ms, b"1")  # just picked up: its hook is coming
+    report = await watchdog.run_once()
+    assert report.freed == 1 and report.redriven == 0
+    assert not await redis.exists(in_progress_key_prefix + old)
+    assert await redis.exists(in_progress_key_prefix + fresh) and await redis.exists(in_progress_key_prefix + owned)
+    assert await redis.zscore(keys.QUEUE_NAME, old) is not None  # still queued: the next worker takes it
+
 async def _load(job_id: str) -> JobRecord:
     from arq.connections import RedisSettings, create_pool
 
@@ -265,12 +286,12 @@ async def test_a_restarted_endpoint_is_used_within_seconds(
     api = processes.api(settings)
     processes.worker(settings)
     first = submit(api, recipe="prompts", prompts=prompts(4))
-    assert (await asyncio.to_thread(wait_for, api, first, finished, 30))["state"] == "completed"
+    assert (await asyncio.to_thread(wait_for, api, first, finished, 90))["state"] == "completed"
     old.stop()  # `skillmix local-llm` restarted: a new port
     new = await fake_llm.astart(rpm=0)
     await endpoints.register(redis, "local", new.endpoint_settings())
     second = submit(api, recipe="prompts", prompts=prompts(4))
-    status = await asyncio.to_thread(wait_for, api, second, finished, 30)
+    status = await asyncio.to_thread(wait_for, api, second, finished, 90)
     assert status["state"] == "completed" and status["counters"]["accepted"] == 4, status
     assert (await new.astats())["requests"] == 4
 
@@ -323,3 +344,30 @@ def test_chaos_killed_workers_lose_nothing_and_cost_is_exact(
     assert status["state"] == "completed" and status["counters"]["accepted"] == 150, (seed, status)
     assert len(accepted) == 150 and len({e["index"] for e in accepted}) == 150, seed
     assert status["counters"]["llm_calls"] == result["requests"], (seed, status["counters"], result["requests"])
+
+
+async def test_an_item_the_recipe_crashes_on_is_rejected_not_rerun_for_ever(
+    redis: ArqRedis, fake_llm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipe bug on one item used to fail its whole chunk on every rerun, so the job never finished."""
+    fake = await fake_llm.astart(rpm=0)
+    record = record_for("crash", 4)
+    await jobstore.create_job(redis, record, planned=4)
+    endpoint = fake.endpoint_settings()
+    recipe = recipe_for(record, "fake", endpoint)
+    real = recipe.generate
+
+    async def buggy(item: Any, llm: Any) -> GeneratedItem:
+        if item.index == 2:
+            raise ValueError("zip() argument 2 is longer than argument 1")
+        return await real(item, llm)
+
+    monkeypatch.setattr(recipe, "generate", buggy)
+    tally = Tally(REDIS_URL, redis, 5)
+    async with LLMClient("fake", endpoint) as llm:
+        outcome = await run_chunk(redis, record, recipe, llm, ChunkTask(job_id="crash", start=0, stop=4), False, tally)
+    await tally.aclose()
+    assert outcome.emitted == 4
+    items = [GeneratedItem.model_validate_json(f[b"d"]) for _, f in await redis.xrange(keys.items("crash"))]
+    failed = [i for i in items if i.error is not None]
+    assert [(i.index, i.error) for i in failed] == [(2, Reason.INTERNAL_ERROR)] and "zip()" in failed[0].error_detail

@@ -30,7 +30,12 @@ async def test_quickstart_runs_a_real_model_end_to_end(tmp_path: Path, redis: Ar
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == counters["accepted"]
     assert code == (0 if rows else 1)
-    assert rows, f"the real model produced no accepted example: {counters}\n{transcript}"
+    flat = " ".join(transcript.split())  # rich wraps long lines
+    assert "LLM judge: off" in flat
+    if len(rows) < 3:  # honest checks reject much of a 135M model's text: the quick start must say so plainly
+        top = max(counters[k] for k in counters if k.startswith("rejected:"))
+        assert "top rejection reasons:" in flat and str(top) in flat, transcript
+        assert "SKILLMIX_LOCAL_MODEL=/path/model.gguf" in flat, transcript
     for row in rows:
         assert row["model"].startswith("SmolLM2") and row["endpoint"] == "local" and len(row["skills"]) == 2
         assert len(row["output"].split()) >= 40 and row["verdict"]["accepted"]

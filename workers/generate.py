@@ -14,13 +14,15 @@ import orjson
 from arq.connections import ArqRedis
 from redis.asyncio.client import Pipeline
 
-from schemas.examples import GeneratedItem, Reason, WorkItem
+from schemas.examples import GeneratedItem, JudgeVerdict, Reason, WorkItem
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.llm import Usage
 from workers import jobstore, keys
+from workers.curate.judge import Judge
 from workers.llm.client import ChatClient, MeteredClient
 from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
 from workers.recipes import ParseFailure, Recipe
+from workers.redis_pool import redis_trouble
 from workers.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -81,26 +83,77 @@ def _count_usage(pipe: Pipeline, job_id: str, usage: Usage) -> None:
             pipe.hincrby(keys.counters(job_id), name, value)
 
 
+class _Emitter:
+    """Coalesces a job's emits that are ready in the same event-loop turn into one transaction.
+
+    Items that finish together (a ``curate`` chunk reads its rows with no LLM call, so all its items do) cost
+    one round trip instead of one each; an item finishing alone is sent alone, one loop turn later. Each
+    entry still goes in with its 'generated' mark in the same transaction, and ``emit`` returns only once
+    its transaction is done (or raises its error), exactly as when each item was sent on its own.
+    """
+
+    def __init__(self, redis: ArqRedis, job_id: str) -> None:
+        self.redis, self.job_id = redis, job_id
+        self.pending: list[tuple[bytes, int, int, asyncio.Future[None]]] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def emit(self, item: GeneratedItem, parse_failures: int) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.pending.append((orjson.dumps(item.model_dump(mode="json")), item.index, parse_failures, done))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush())  # runs after the emits already ready this turn
+        await done
+
+    async def _flush(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for payload, index, parse_failures, _ in batch:
+                        pipe.xadd(keys.items(self.job_id), {"d": payload})
+                        pipe.sadd(keys.generated(self.job_id), index)
+                        if parse_failures:
+                            pipe.hincrby(keys.counters(self.job_id), "parse_failures", parse_failures)
+                    await pipe.execute()
+            except BaseException as exc:
+                for *_, done in batch + self.pending:
+                    if not done.done():
+                        done.set_exception(exc)
+                self.pending = []
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for *_, done in batch:
+                if not done.done():
+                    done.set_result(None)
+        _emitters.pop((id(self.redis), self.job_id), None)
+
+
+_emitters: dict[tuple[int, str], _Emitter] = {}
+
+
 async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_failures: int) -> None:
-    """Stream entry, 'generated' mark and parse-failure count in one transaction (usage is metered per call)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(keys.items(record.id), {"d": orjson.dumps(item.model_dump(mode="json"))})
-        pipe.sadd(keys.generated(record.id), item.index)
-        if parse_failures:
-            pipe.hincrby(keys.counters(record.id), "parse_failures", parse_failures)
-        await pipe.execute()
+    """Stream entry, 'generated' mark and parse-failure count in one transaction (usage is metered per call),
+    shared with the job's other emits of the same loop turn (``_Emitter``)."""
+    emitter = _emitters.get((id(redis), record.id))
+    if emitter is None:
+        emitter = _emitters[(id(redis), record.id)] = _Emitter(redis, record.id)
+    await emitter.emit(item, parse_failures)
 
 
-def metered(redis: ArqRedis, job_id: str, llm: ChatClient, tally: Tally) -> MeteredClient:
+def metered(
+    redis: ArqRedis, job_id: str, llm: ChatClient, tally: Tally, refuse_when_finished: bool = True
+) -> MeteredClient:
     """The job's view of the endpoint: a call is refused once the job is cancelled or finished, and counted
     in the same synchronous step that hands its request to the kernel (``workers.tally``), so the job's
     ``llm_calls`` is what the endpoint saw even if this worker is killed mid-call; tokens land in the
-    counters as each call returns."""
+    counters as each call returns. ``refuse_when_finished=False`` (review help on a finished math job)
+    meters the same way but never refuses."""
     meta, counters = keys.meta(job_id), keys.counters(job_id)
 
     async def on_send(attempt: int) -> None:
         await tally.ensure()
-        state = await redis.hget(meta, "state")
+        state = await redis.hget(meta, "state") if refuse_when_finished else b"running"
         if state not in (b"queued", b"running"):
             raise JobStopped(job_id)
         # nothing below may await: the request's headers are written right after this returns
@@ -122,7 +175,10 @@ async def run_chunk(
     task: ChunkTask,
     final_try: bool,
     tally: Tally,
+    judge_client: ChatClient | None = None,
 ) -> ChunkOutcome:
+    """Generate the chunk's missing items and emit them; with ``quality.judge`` set (and quality on),
+    ``judge_client`` (the judge endpoint's client) grades each item that came out without an error."""
     outcome = ChunkOutcome()
     state = await jobstore.get_state(redis, record.id)
     if state is None or state.finished:  # a chunk still queued when its job ended starts nothing
@@ -136,6 +192,14 @@ async def run_chunk(
         return outcome
     await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
     llm = metered(redis, record.id, client, tally)
+    await recipe.prepare(redis, todo)  # what the items read from storage (most recipes: nothing)
+    judge_settings = getattr(record.spec, "quality", None)
+    judge_settings = judge_settings.judge if judge_settings is not None and judge_settings.enabled else None
+    judge = judge_llm = None
+    if judge_settings is not None:
+        judge_client = judge_client or client  # no endpoint of its own: the job's endpoint judges
+        judge = Judge.for_client(record, judge_settings, judge_client)
+        judge_llm = metered(redis, record.id, judge_client, tally)  # same job counters, same stop on cancel
 
     async def one(index: int) -> None:
         try:
@@ -152,6 +216,30 @@ async def run_chunk(
                 return
             item = recipe.record_for(recipe.item(index), error=Reason.LLM_ERROR, error_detail=str(exc))
             failures = 0
+        except Exception as exc:  # a recipe bug on this item: reject the item, never loop its chunk for ever
+            if redis_trouble(exc):
+                raise  # Redis away: the chunk runs again (see rerun_on_redis_trouble)
+            log.exception("item %d of job %s failed", index, record.id)
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            item = recipe.record_for(recipe.item(index), error=Reason.INTERNAL_ERROR, error_detail=detail)
+            failures = 0
+        if judge is not None and judge_llm is not None and item.error is None:
+            try:
+                item.judge = await judge.judge(item, judge_llm)
+            except JobStopped:
+                outcome.stopped += 1
+                return
+            except LLMFatal as exc:
+                message = f"judge endpoint {judge.endpoint_name}: {exc}"
+                await jobstore.set_state(redis, record.id, JobState.FAILED, message)
+                return
+            except LLMError as exc:  # the judge endpoint is down: like the generator's, retry the chunk
+                if not final_try:
+                    outcome.unavailable.append(index)
+                    return
+                item.judge = JudgeVerdict(
+                    verdict=False, reason=f"judge call failed: {exc}"[:300], endpoint=judge.endpoint_name
+                )
         await emit(redis, record, item, failures)
         outcome.emitted += 1
 

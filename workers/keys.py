@@ -13,8 +13,14 @@ Per job (``{id}`` is the job id):
   job:{id}:exact           hash    normalised-text hash -> example id of kept instructions
   job:{id}:lsh:{band}      hash    band hash -> example id (MinHash LSH buckets)
   job:{id}:sig             hash    example id -> MinHash signature (to verify LSH candidates)
+  job:{id}:emb             hash    example id -> instruction embedding, float32 (semantic dedup)
+  job:{id}:emb:log         list    example ids of ``emb`` in the order they were kept
   job:{id}:accepted:{b}    hash    seq -> Example JSON, 1,000 per bucket (no giant key)
   job:{id}:rejected:{b}    hash    seq -> Example JSON
+  job:{id}:review          hash    example id -> ReviewItem JSON (math review queue; ``workers.review.store``)
+  job:{id}:review:order    zset    example id by example index (the queue's stable order)
+  job:{id}:review:seeded   string  accepted examples (by seq) already given a review item
+  job:{id}:review:{ex}:log list    ReviewVersion JSON, one per change of item ``ex``
 
 Fleet-wide (see ``workers.liveness``):
   worker:{wid}             string  a worker process's heartbeat; expires when it stops beating
@@ -83,6 +89,14 @@ def signatures(job_id: str) -> str:
     return f"{job(job_id)}:sig"
 
 
+def embeddings(job_id: str) -> str:
+    return f"{job(job_id)}:emb"
+
+
+def embeddings_log(job_id: str) -> str:
+    return f"{job(job_id)}:emb:log"
+
+
 def bucket_prefix(job_id: str, kind: str) -> str:
     return f"{job(job_id)}:{kind}:"
 
@@ -95,5 +109,30 @@ def skill_set(name: str) -> str:
     return f"{PREFIX}:skillset:{name}"
 
 
+def invalid_pairs(skill_set_ref: str) -> str:
+    """set: "a|b" (sorted skill names) of pairs the math recipe found invalid in this skill set version;
+    shared by every worker and later job, consulted before a pair-validation call."""
+    return f"{PREFIX}:skillset:{skill_set_ref}:invalid-pairs"
+
+
 def heartbeat(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def review(job_id: str) -> str:
+    return f"{job(job_id)}:review"
+
+
+def review_order(job_id: str) -> str:
+    return f"{job(job_id)}:review:order"
+
+
+def review_seeded(job_id: str) -> str:
+    return f"{job(job_id)}:review:seeded"
+
+
+def review_log(job_id: str, example_id: str) -> str:
+    return f"{job(job_id)}:review:{example_id}:log"
+
+
+REVIEW_RECIPES = f"{PREFIX}:review:recipes"  # hash: job id -> recipe (which jobs have a review queue)

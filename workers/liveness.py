@@ -26,7 +26,7 @@ from arq.constants import in_progress_key_prefix
 from schemas.settings import Settings
 from workers import jobstore, keys
 from workers.redis_pool import REDIS_ERRORS
-from workers.watchdog import Watchdog, WatchReport
+from workers.watchdog import ARQ_TIMEOUT_MARGIN_S, Watchdog, WatchReport
 
 log = logging.getLogger(__name__)
 DEAD_AFTER_BEATS = 3
@@ -56,7 +56,9 @@ class Liveness:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._release = redis.register_script(_RELEASE)
         self._forget = redis.register_script(_FORGET)
-        self.watchdog = Watchdog(redis, int(settings.stall_s * 1000))
+        # arq's in-progress TTL: its job timeout (see ``workers.worker.make_worker``) plus arq's own 10 s
+        in_progress_ms = (settings.chunk_timeout_s + ARQ_TIMEOUT_MARGIN_S + 10) * 1000
+        self.watchdog = Watchdog(redis, int(settings.stall_s * 1000), in_progress_ms)
 
     async def job_started(self, ctx: dict[str, Any]) -> None:
         """arq's ``on_job_start``: record who runs this job.

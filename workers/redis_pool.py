@@ -10,6 +10,7 @@ from arq import Retry
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from schemas.settings import Settings
 
@@ -17,7 +18,9 @@ log = logging.getLogger(__name__)
 
 # What a Redis that is restarting, failing over or briefly overloaded raises; none of it may end a worker.
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
-REDIS_DOWN = (*REDIS_ERRORS, ConnectionError, OSError)  # the builtins come from arq's own connect loop
+# the builtins come from arq's own connect loop; a WatchError escapes arq's job pickup when the connection
+# drops while it watches a key ("A ConnectionError occurred on while watching one or more keys")
+REDIS_DOWN = (*REDIS_ERRORS, WatchError, ConnectionError, OSError)
 
 
 def redis_settings(settings: Settings) -> RedisSettings:

@@ -8,6 +8,9 @@ One worker of the fleet per interval (``Liveness.run`` takes a lock) looks at ev
   not generated is looked up in arq: a chunk neither queued nor running (it ended as an arq failure, ran
   out of tries, its key expired, or a timeout) is enqueued again. A chunk enqueued again
   ``MAX_REDRIVES`` times without generating anything new fails the job with arq's last error for it.
+  A chunk marked in progress by arq for longer than ``stall_ms`` with no worker recorded as running it
+  was picked up by a worker that died before its ``on_job_start`` hook ran (the liveness reaper cannot
+  see it): its mark is removed so the queue hands the chunk out again.
 - A finished job leaves the active set only once its stream is empty and none of its chunks runs, so
   items generated in the last moment are still curated (as surplus) instead of abandoned.
 
@@ -28,6 +31,7 @@ from workers.lifecycle import advance
 
 log = logging.getLogger(__name__)
 MAX_REDRIVES = 5
+ARQ_TIMEOUT_MARGIN_S = 30  # arq's job timeout is the chunk timeout plus this (ours fires first, and retries)
 SCAN_BATCH = 256  # chunks looked up per pipeline
 
 
@@ -37,11 +41,25 @@ class WatchReport:
     redriven: int = 0
     failed: int = 0
     retired: int = 0
+    freed: int = 0
+
+
+# Free an arq in-progress mark that no worker owns and that was set more than ARGV[2] ms ago (arq sets it
+# with a TTL of ARGV[1] ms when a worker picks the chunk up, so its age is ARGV[1] - PTTL).
+_FREE_UNOWNED = """
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or tonumber(ARGV[1]) - ttl < tonumber(ARGV[2]) then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
 
 
 class Watchdog:
-    def __init__(self, redis: ArqRedis, stall_ms: int) -> None:
-        self.redis, self.stall_ms = redis, stall_ms
+    def __init__(self, redis: ArqRedis, stall_ms: int, in_progress_ms: int | None = None) -> None:
+        """``in_progress_ms``: the TTL arq gives an in-progress mark (its job timeout + 10 s); without it,
+        unowned marks are left to expire."""
+        self.redis, self.stall_ms, self.in_progress_ms = redis, stall_ms, in_progress_ms
+        self._free_unowned = redis.register_script(_FREE_UNOWNED)
 
     async def run_once(self) -> WatchReport:
         report = WatchReport()
@@ -91,25 +109,41 @@ class Watchdog:
             for task in jobstore.chunks(record, start, stop)
         ]
         for lo in range(0, len(tasks), SCAN_BATCH):
-            for task, missing in await self._orphans(tasks[lo : lo + SCAN_BATCH]):
+            orphans, unowned = await self._orphans(tasks[lo : lo + SCAN_BATCH])
+            for task in unowned:
+                await self._free(task, report)
+            for task, missing in orphans:
                 if not await self._redrive(record, task, missing, report):
                     return
 
-    async def _orphans(self, tasks: list[ChunkTask]) -> list[tuple[ChunkTask, int]]:
-        """Chunks with items not generated that arq neither holds in its queue nor runs: (task, missing)."""
+    async def _orphans(self, tasks: list[ChunkTask]) -> tuple[list[tuple[ChunkTask, int]], list[ChunkTask]]:
+        """Chunks with items not generated that arq neither holds in its queue nor runs: (task, missing);
+        and those marked in progress that no worker is recorded as running."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for task in tasks:
                 pipe.smismember(keys.generated(task.job_id), list(range(task.start, task.stop)))
                 pipe.zscore(keys.QUEUE_NAME, task.arq_id)
                 pipe.exists(in_progress_key_prefix + task.arq_id)
+                pipe.hexists(keys.RUNNING, task.arq_id)
             replies = await pipe.execute()
-        orphans = []
+        orphans, unowned = [], []
         for i, task in enumerate(tasks):
-            done, queued, running = replies[3 * i : 3 * i + 3]
+            done, queued, running, owned = replies[4 * i : 4 * i + 4]
             missing = len(done) - sum(done)
             if missing and queued is None and not running:
                 orphans.append((task, missing))
-        return orphans
+            elif missing and running and not owned:
+                unowned.append(task)
+        return orphans, unowned
+
+    async def _free(self, task: ChunkTask, report: WatchReport) -> None:
+        if self.in_progress_ms is None:
+            return
+        mark = in_progress_key_prefix + task.arq_id
+        args = [self.in_progress_ms, self.stall_ms, task.arq_id]
+        if await self._free_unowned(keys=[mark, keys.RUNNING], args=args):
+            report.freed += 1
+            log.warning("chunk %s was marked running by nobody alive; handed out again", task.arq_id)
 
     async def _redrive(self, record: JobRecord, task: ChunkTask, missing: int, report: WatchReport) -> bool:
         """Enqueue an orphaned chunk again; False when it failed the job instead (stop looking)."""

@@ -27,16 +27,18 @@ from workers.generate import EndpointDown, run_chunk
 from workers.liveness import Liveness
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMMissingKey
-from workers.recipes import Recipe, recipe_for
+from workers.recipes import NO_ENDPOINT, NoLLM, Recipe, needs_endpoint, recipe_for
+from workers.recipes.math import close_equivalence
 from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
+from workers.review.help import review_help
 from workers.tally import Tally
+from workers.watchdog import ARQ_TIMEOUT_MARGIN_S
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
 RECONNECT_MAX_S = 10.0
 RECIPE_CACHE = 64
 ENDPOINT_RECHECK_S = 2.0
-ARQ_TIMEOUT_MARGIN_S = 30  # arq's own timeout only backs up ours (see run_chunk_job)
 
 
 @dataclass
@@ -86,7 +88,11 @@ class Resources:
             record = await jobstore.load_record(self.redis, job_id)
             if record is None:
                 return None
-            endpoint = await endpoints.resolve(self.redis, self.settings, record.endpoint)
+            endpoint = (
+                await endpoints.resolve(self.redis, self.settings, record.endpoint)
+                if needs_endpoint(record)
+                else NO_ENDPOINT  # a job that calls no LLM (curate without a judge) needs none configured
+            )
             if len(self.recipes) >= RECIPE_CACHE:  # oldest first: dicts keep insertion order
                 del self.recipes[next(iter(self.recipes))]
             self.recipes[job_id] = (record, recipe_for(record, record.endpoint, endpoint))
@@ -146,8 +152,13 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
     state = await jobstore.get_state(ctx["redis"], task.job_id)
     if state is None or state.finished:  # before any endpoint lookup: a finished job needs none
         return {"emitted": 0, "skipped": task.stop - task.start}
-    llm = await res.client(record.endpoint)
-    outcome = await run_chunk(ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES, res.tally)
+    llm = await res.client(record.endpoint) if needs_endpoint(record) else NoLLM()
+    quality = getattr(record.spec, "quality", None)
+    judge = quality.judge if quality is not None and quality.enabled else None
+    judge_llm = await res.client(judge.endpoint) if judge is not None and judge.endpoint else None
+    outcome = await run_chunk(
+        ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES, res.tally, judge_client=judge_llm
+    )
     return {"emitted": outcome.emitted, "skipped": outcome.skipped}
 
 
@@ -172,6 +183,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await ctx["liveness"].close()
     await ctx["resources"].aclose()
+    close_equivalence()  # the math recipe's answer-comparison pool, if this process started one
 
 
 async def job_started(ctx: dict[str, Any]) -> None:
@@ -263,7 +275,7 @@ async def _release(settings: Settings, job_ids: list[str]) -> bool:
 class WorkerSettings:
     """For ``arq workers.worker.WorkerSettings``; ``skillmix worker`` uses ``make_worker`` instead."""
 
-    functions: ClassVar[list[Any]] = [run_chunk_job, extract_function]
+    functions: ClassVar[list[Any]] = [run_chunk_job, extract_function, review_help]  # review: math help
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = job_started

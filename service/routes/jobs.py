@@ -9,13 +9,39 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from schemas.jobs import GenerationSpec, InstructJobSpec, JobRecord, JobsPublic, JobState, JobStatus
+from schemas.jobs import (
+    MAX_COUNT,
+    CurateJobSpec,
+    GenerationSpec,
+    InstructJobSpec,
+    JobRecord,
+    JobsPublic,
+    JobState,
+    JobStatus,
+    MathJobSpec,
+    ShirkJobSpec,
+)
 from schemas.skills import SkillSet, parse_skill_set_ref
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found, unprocessable
-from service.export import FILE_SUFFIXES, MEDIA_TYPES, ExportFormat, iter_file, parquet_export, render
+from service.export import (
+    FILE_SUFFIXES,
+    MEDIA_TYPES,
+    REVIEW_STATES,
+    ExportFormat,
+    ReviewFilter,
+    Split,
+    heldout_positions,
+    iter_file,
+    parquet_export,
+    render,
+    split_examples,
+)
+from service.routes.curate import submit_curate
 from workers import endpoints, jobstore
+from workers.curate import store
 from workers.curate.store import iter_examples, iter_raw
+from workers.review import store as review_store
 from workers.sampler import Coverage, coverage
 from workers.skillsets import get_skill_set, save_skill_set, versions
 
@@ -23,7 +49,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
 
 
-async def _resolve_skill_set(redis: RedisDep, spec: InstructJobSpec) -> SkillSet:
+async def _resolve_skill_set(redis: RedisDep, spec: InstructJobSpec | MathJobSpec) -> SkillSet:
     if not isinstance(spec.skill_set, str):
         return await save_skill_set(redis, spec.skill_set)
     name, version = parse_skill_set_ref(spec.skill_set)
@@ -37,14 +63,41 @@ async def _resolve_skill_set(redis: RedisDep, spec: InstructJobSpec) -> SkillSet
     return found
 
 
+async def _resolve_shirk(redis: RedisDep, spec: ShirkJobSpec) -> ShirkJobSpec:
+    """A shirk job covers its finished source job's accepted examples: count (and budget) are fixed here."""
+    source = await jobstore.get_status(redis, spec.source_job)
+    if source is None:
+        unprocessable("source_job", f"unknown job {spec.source_job!r}")
+    if source.recipe.startswith("extract"):
+        unprocessable("source_job", f"job {spec.source_job} is a skill extraction; it has no examples to shirk")
+    if not source.state.finished:
+        unprocessable("source_job", f"job {spec.source_job} is {source.state.value}; wait until it finishes")
+    accepted = await store.count(redis, spec.source_job, "accepted")
+    if accepted < 1:
+        unprocessable("source_job", f"job {spec.source_job} has no accepted examples")
+    return spec.model_copy(update={"count": accepted, "max_items": accepted})
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus)
 async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDep) -> JobStatus:
+    if isinstance(spec, CurateJobSpec):  # the dataset is surveyed first: the same path as POST /v1/curate
+        return await submit_curate(spec, uuid.uuid4().hex, redis, settings)
     endpoint_name = spec.endpoint or settings.default_endpoint
     try:
         endpoint = await endpoints.resolve(redis, settings, endpoint_name)
     except endpoints.UnknownEndpoint as exc:
         unprocessable("endpoint", str(exc))
-    skill_set = await _resolve_skill_set(redis, spec) if isinstance(spec, InstructJobSpec) else None
+    judge = spec.quality.judge
+    if judge is not None and judge.endpoint:  # fail at submit, not in the worker
+        try:
+            await endpoints.resolve(redis, settings, judge.endpoint)
+        except endpoints.UnknownEndpoint as exc:
+            unprocessable("quality.judge.endpoint", str(exc))
+    skill_set = (
+        await _resolve_skill_set(redis, spec) if isinstance(spec, InstructJobSpec | MathJobSpec) else None
+    )
+    if isinstance(spec, ShirkJobSpec):
+        spec = await _resolve_shirk(redis, spec)
     record = JobRecord(
         id=uuid.uuid4().hex,
         spec=spec,
@@ -108,12 +161,37 @@ async def stream_examples(
 
 
 @router.get("/{job_id}/export", responses=NOT_FOUND, response_class=StreamingResponse)
-async def export_job(job_id: str, redis: RedisDep, format: ExportFormat = ExportFormat.JSONL) -> StreamingResponse:
+async def export_job(
+    job_id: str,
+    redis: RedisDep,
+    format: ExportFormat = ExportFormat.JSONL,
+    split: Split | None = None,
+    heldout: Annotated[int, Query(ge=1, le=MAX_COUNT)] = 100,
+    heldout_seed: Annotated[int, Query(ge=0)] = 0,
+    state: Annotated[
+        ReviewFilter | None, Query(description="math jobs: by review state (default accepted); others: ignored")
+    ] = None,
+) -> StreamingResponse:
     """The accepted examples as alpaca / sharegpt (JSON arrays), jsonl (full records) or parquet (full records,
-    typed columns). Parquet is written to a temporary file one storage bucket at a time, then streamed back."""
-    await _status(redis, job_id)
-    headers = {"content-disposition": f'attachment; filename="{job_id}.{FILE_SUFFIXES[format]}"'}
+    typed columns). Parquet is written to a temporary file one storage bucket at a time, then streamed back.
+
+    ``split=heldout`` serves ``heldout`` examples drawn by ``heldout_seed`` (for checkpoint selection),
+    ``split=train`` all the others: disjoint, together every example, the same on every call.
+
+    Math jobs export by review state (``state``, default ``accepted``: only questions a reviewer accepted),
+    with the reviewers' edits applied."""
+    found = await _status(redis, job_id)
+    name = job_id if split is None else f"{job_id}.{split.value}"
+    headers = {"content-disposition": f'attachment; filename="{name}.{FILE_SUFFIXES[format]}"'}
     examples = iter_examples(redis, job_id, "accepted")
+    review_states = REVIEW_STATES[state or ReviewFilter.ACCEPTED]
+    if found.recipe == "math":
+        examples = review_store.iter_reviewed(redis, job_id, review_states)
+    if split is not None:
+        total = await store.count(redis, job_id, "accepted")
+        if found.recipe == "math":
+            total = await review_store.count_reviewed(redis, job_id, review_states)
+        examples = split_examples(examples, heldout_positions(total, heldout, heldout_seed), split)
     if format is not ExportFormat.PARQUET:
         return StreamingResponse(render(examples, format), media_type=MEDIA_TYPES[format], headers=headers)
     path, size = await parquet_export(examples, prefix=f"skillmix-export-{job_id}-")

@@ -1,5 +1,7 @@
 """Quality checks: each reason fires on a planted example and stays quiet on good answers."""
 
+from typing import Any
+
 import pytest
 
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
@@ -523,3 +525,98 @@ def test_fake_llm_answers_pass_every_check() -> None:
         pair = make_pair(hashlib.sha256(str(i).encode()).digest(), FakeConfig())
         it = item(pair.instruction, pair.response, skills=["active_listening", "time_management"])
         assert quality.verdict(it).accepted, quality.verdict(it).detail
+
+
+# --- fast paths: each must give exactly the decision of the slow path it skips -----------------------------
+
+
+def _expansions(pattern: str, limit: int = 50_000) -> list[str]:
+    """Texts the regex can match: every alternative of every branch (the product), repeats at their minimum
+    and at one, a character class by its first member, look-arounds and anchors as nothing."""
+    import itertools
+    import re._constants as c
+    import re._parser as parser
+
+    def seq(items: Any) -> list[str]:
+        out = [""]
+        for op, av in items:
+            options = node(op, av)
+            out = [a + b for a in out for b in options]
+            assert len(out) <= limit
+        return out
+
+    def node(op: object, av: Any) -> list[str]:
+        if op is c.LITERAL:
+            return [chr(av)]
+        if op is c.BRANCH:
+            return [s for branch in av[1] for s in seq(branch)]
+        if op is c.SUBPATTERN:
+            return seq(av[-1])
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            lo, hi, sub = av
+            body = seq(sub)
+            return sorted({"".join(p) for n in {lo, min(max(lo, 1), hi)} for p in itertools.product(body, repeat=n)})
+        if op is c.IN:
+            first_op, first = av[0]
+            return [chr(first if first_op is c.LITERAL else first[0]) if first_op in (c.LITERAL, c.RANGE) else "a"]
+        if op is c.CATEGORY:
+            return [" " if "SPACE" in str(av) else "a"]
+        if op in (c.AT, c.ASSERT, c.ASSERT_NOT):
+            return [""]
+        raise NotImplementedError(op)
+
+    return seq(parser.parse(pattern))
+
+
+def test_refusal_literals_cover_every_refusal_pattern() -> None:
+    from workers.curate.quality import _REFUSAL_PATTERNS, _REFUSAL_RE, _may_refuse
+
+    for pattern in _REFUSAL_PATTERNS:
+        texts = _expansions(pattern)
+        assert texts
+        missed = [t for t in texts if _REFUSAL_RE.search(t) and not _may_refuse(t)]
+        assert not missed, f"add a literal of {missed[:3]} to _REFUSAL_LITERALS"
+
+
+def test_reask_literals_cover_every_reask_pattern() -> None:
+    from workers.curate.quality import _REASK_LITERALS, _REASK_RE
+
+    missed = [t for t in _expansions(_REASK_RE.pattern) if not any(x in t for x in _REASK_LITERALS)]
+    assert not missed, f"add a literal of {missed[:3]} to _REASK_LITERALS"
+
+
+def test_placeholder_openings_contain_the_prefilter_strings() -> None:
+    from workers.curate.quality import _PLACEHOLDER_RES
+
+    for openings, _ in _PLACEHOLDER_RES:
+        if len(openings) > 1:
+            assert all("ere" in o or "ERE" in o or "psum" in o for o in openings)
+
+
+def test_refusal_fast_path_still_finds_refusals_in_context() -> None:
+    answer = "Sure. " + "Bread needs time to rise in a warm kitchen. " * 3
+    assert RefusalCheck().check(item(output="I'm sorry, but I can't help with that request.")) is Reason.REFUSAL
+    assert RefusalCheck().check(item(output="Unfortunately, I am unable to do that.")) is Reason.REFUSAL
+    assert RefusalCheck().check(item(output=answer)) is None
+
+
+def test_batch_signatures_equal_the_deduper_minhash() -> None:
+    from workers.curate.batch import _signatures
+    from workers.curate.dedup import _minhash
+
+    texts = [
+        "",
+        "   ",
+        "!!!",
+        "Hello",
+        "Explain the river garden engine case number 7.",
+        "Explain the river garden engine case number 8.\nwith an input",
+        "café déjà vu — “quoted” snake_case x+1",
+        INSTRUCTION,
+        "a b c a b c",
+    ]
+    for num_perm in (128, 64, 16):
+        want = [_minhash(t, num_perm).astype(">u4").tobytes() for t in texts]
+        assert _signatures(texts, num_perm) == want
+        assert _signatures(texts[::-1], num_perm) == want[::-1]
+        assert _signatures(["", ""], num_perm) == [want[0], want[0]]

@@ -16,9 +16,11 @@ from schemas.examples import Example, GeneratedItem, QualityVerdict, Reason
 from schemas.jobs import JobRecord, JobState
 from schemas.settings import Settings
 from workers import jobstore, keys
+from workers.curate.batch import batched, curate_batch
 from workers.curate.decide import decide_and_store, previous
 from workers.curate.dedup import Deduper
 from workers.curate.quality import QualityFilter
+from workers.curate.semantic import SemanticDeduper
 from workers.lifecycle import advance
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class CurateConsumer:
     def __init__(self, redis: ArqRedis, settings: Settings, name: str) -> None:
         self.redis, self.settings, self.name = redis, settings, name
         self.deduper = Deduper()
+        self.semantic = SemanticDeduper()
         self._groups: set[str] = set()
         self._records: dict[str, JobRecord] = {}
         self._filters: dict[str, QualityFilter] = {}  # built once per job, not once per item
@@ -104,9 +107,13 @@ class CurateConsumer:
         """Curate a batch of one job's entries, acknowledge them together, then advance the job once."""
         record = await self._record(job_id)
         if record is not None and await jobstore.get_state(self.redis, job_id) != JobState.CANCELLED:
-            for _, fields in entries:
-                if fields.get(b"d"):
-                    await self._curate(record, GeneratedItem.model_validate_json(fields[b"d"]))
+            if batched(record):  # recipe curate: a few round trips per batch instead of three per item
+                items = [GeneratedItem.model_validate_json(f[b"d"]) for _, f in entries if f.get(b"d")]
+                await curate_batch(self, record, items)
+            else:
+                for _, fields in entries:
+                    if fields.get(b"d"):
+                        await self._curate(record, GeneratedItem.model_validate_json(fields[b"d"]))
         ids = [msg_id for msg_id, _ in entries]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(keys.items(job_id), keys.CURATE_GROUP, *ids)
@@ -126,10 +133,15 @@ class CurateConsumer:
         reason = verdict.reasons[0] if verdict.reasons else None
         duplicate_of = None
         if reason is None:
-            dedup = await self.deduper.check_and_add(
-                self.redis, record.id, example_id, item.instruction, record.spec.dedup
-            )
+            # the request is the instruction plus its input (a brought dataset repeats one instruction over inputs)
+            request = f"{item.instruction}\n{item.input}" if item.input else item.instruction
+            dedup = await self.deduper.check_and_add(self.redis, record.id, example_id, request, record.spec.dedup)
             if dedup.reason is not None and dedup.duplicate_of != example_id:
+                reason, duplicate_of = dedup.reason, dedup.duplicate_of
+            elif record.spec.dedup.semantic:  # paraphrases (optional [embed] extra; skipped if absent)
+                dedup = await self.semantic.check_and_add(
+                    self.redis, record.id, example_id, item.instruction, record.spec.dedup
+                )
                 reason, duplicate_of = dedup.reason, dedup.duplicate_of
         example = Example(
             id=example_id,
@@ -148,6 +160,14 @@ class CurateConsumer:
             verdict=verdict,
             duplicate_of=duplicate_of,
             conversation=item.conversation,
+            judge=item.judge,
+            shirker=item.shirker,
+            shirker_kind=item.shirker_kind,
+            source_job=item.source_job,
+            source_id=item.source_id,
+            source_row=item.source_row,
+            answer=item.answer,
+            math=item.math,
         )
         rejected_for = reason or Reason.SURPLUS  # no reason: rejected only if the job has enough already
         rejected = QualityVerdict(

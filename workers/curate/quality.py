@@ -42,8 +42,11 @@ def _strip_table(text: str) -> dict[int, str]:
     return _STRIP_TABLE
 
 
-# Pure-ASCII text (most of it) takes a fast path with the same result: the only ASCII punctuation dropped.
+# Pure-ASCII text (most of it) takes a fast path with the same result: the only ASCII punctuation dropped
+# (bytes.translate is several times faster than str.translate with a dict).
 _ASCII_STRIP = str.maketrans({**dict.fromkeys('!",.:;?', " "), "'": None, "`": None})
+_ASCII_STRIP_BYTES = bytes.maketrans(b'!",.:;?', b"       ")
+_ASCII_DELETE = b"'`"
 
 
 @lru_cache(maxsize=1024)  # every check of an item reads the same few texts
@@ -56,7 +59,7 @@ def normalise_text(text: str) -> str:
             if ch in text:
                 text = text.replace(ch, plain)
     if text.isascii():
-        return " ".join(text.lower().translate(_ASCII_STRIP).split())
+        return " ".join(text.lower().encode().translate(_ASCII_STRIP_BYTES, _ASCII_DELETE).decode().split())
     text = text.lower().translate(_VARIANTS).translate(_APOSTROPHES)
     return " ".join(text.translate(_strip_table(text)).split())
 
@@ -67,6 +70,11 @@ _COMMON_VARIANTS = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', 
 @lru_cache(maxsize=1024)
 def _words(text: str) -> tuple[str, ...]:
     return tuple(normalise_text(text).split())
+
+
+@lru_cache(maxsize=256)
+def _word_set(text: str) -> frozenset[str]:
+    return frozenset(_words(text))
 
 
 def words(text: str) -> list[str]:
@@ -113,7 +121,11 @@ def content_words(text: str) -> frozenset[str]:
     talks about the things the instruction mentions."""
     if len(_STEMS) > 200_000:  # a memo of the vocabulary seen, bounded
         _STEMS.clear()
-    unique = set(normalise_text(text).replace("_", " ").replace("-", " ").split())
+    normal = normalise_text(text)
+    if "_" in normal or "-" in normal:
+        unique = set(normal.replace("_", " ").replace("-", " ").split())
+    else:
+        unique = set(_words(text))  # already split
     for word in unique.difference(_STEMS):
         _STEMS[word] = "" if len(word) <= 2 or word in _STOPWORDS else _stem(word)
     found = frozenset(map(_STEMS.__getitem__, unique))
@@ -243,6 +255,37 @@ _REFUSAL_PATTERNS = [
     r"(?:with )?(?:this|that|your|such)\b",
 ]
 _REFUSAL_RE = re.compile("|".join(f"(?:{p})" for p in _REFUSAL_PATTERNS))
+# Every refusal pattern contains one of these literals ("cannot" contains "not"; ``_NEG`` always has "not" or
+# "unable"): a text with none of them cannot match, and most answers are ruled out by a few fast ``in`` tests
+# instead of the regex scan. Keep in step with ``_REFUSAL_PATTERNS`` (tests/workers/test_quality.py checks it).
+_REFUSAL_LITERALS = (
+    "not",
+    "unable",
+    "outside",
+    "beyond",
+    "as an a",
+    "decline",
+    "refrain",
+    "pass on",
+    "apologi",
+    "guidelines",
+    "programming",
+    "polic",
+    "appropriate",
+)
+
+
+def _may_refuse(text: str) -> bool:
+    for literal in _REFUSAL_LITERALS:
+        if literal in text:
+            return True
+    return False
+
+
+def _refusal(text: str) -> re.Match[str] | None:
+    return _REFUSAL_RE.search(text) if _may_refuse(text) else None
+
+
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
 _CONTRACTION_RE = re.compile(
     r"\b(?:(can)'t|(won)'t|(shan)'t|(\w+)n't|(i)'m|(\w+)'re|(i|you|we|they|he|she|it|that|there)'d"
@@ -283,14 +326,14 @@ class RefusalCheck(QualityCheck):
         total = len(_words(item.output))
         # In a long answer only the opening matters: expand and search just that.
         text = _expanded(item.output, None if total <= self.SHORT_WORDS else self.START_CHARS + 120)
-        first = _REFUSAL_RE.search(text)
+        first = _refusal(text)
         if first is None:
             return None
         if first.start() <= self.START_CHARS:
             return self.reason
         if total > self.SHORT_WORDS:
             return None
-        refusing = sum(len(s.split()) for s in _SENTENCE_END_RE.split(text) if _REFUSAL_RE.search(s))
+        refusing = sum(len(s.split()) for s in _SENTENCE_END_RE.split(text) if _refusal(s))
         return self.reason if refusing >= self.SHARE * total else None
 
     def explain(self, item: GeneratedItem) -> str:
@@ -313,7 +356,12 @@ class RepetitionCheck(QualityCheck):
         return len(set(zip(tokens, tokens[1:], tokens[2:], strict=False))) / n_grams if n_grams > 0 else 1.0
 
     def check(self, item: GeneratedItem) -> Reason | None:
-        if len(_words(item.output)) < self.MIN_WORDS:
+        n_words = len(_words(item.output))
+        if n_words < self.MIN_WORDS:
+            return None
+        # Each distinct word but the last two starts a distinct 3-gram: enough distinct words settle it without
+        # building the 3-grams.
+        if len(_word_set(item.output)) - 2 >= self.MIN_DISTINCT_SHARE * (n_words - 2):
             return None
         return self.reason if self._distinct_share(item) < self.MIN_DISTINCT_SHARE else None
 
@@ -346,9 +394,9 @@ class RestatesInstructionCheck(QualityCheck):
             and f" {instruction} " in f" {response} "
         ):
             return self.reason
-        iw, rw = set(asked), set(said)
+        iw, rw = _word_set(item.instruction), _word_set(item.output)
         shared = len(iw & rw)
-        if shared / len(iw | rw) >= self.max_similarity:
+        if shared / (len(iw) + len(rw) - shared) >= self.max_similarity:
             return self.reason
         # A response made of the instruction's words (a fragment of it, lightly shuffled).
         if len(rw) >= self.MIN_CONTAINED_WORDS and shared / len(rw) >= self.max_similarity:
@@ -419,13 +467,17 @@ class GenericFillerCheck(QualityCheck):
     MIN_FILLER_PER_100_WORDS = 5.0
     MAX_OVERLAP = 0.25  # share of the instruction's content words the response uses
 
-    def _measure(self, item: GeneratedItem) -> tuple[int, int, float]:
+    def _overlap(self, item: GeneratedItem) -> float:
         asked = content_words(item.instruction)
-        overlap = len(asked & content_words(item.output)) / len(asked) if asked else 0.0
-        return len(_words(item.output)), _stock_phrases(item.output), overlap
+        return len(asked & content_words(item.output)) / len(asked) if asked else 0.0
+
+    def _measure(self, item: GeneratedItem) -> tuple[int, int, float]:
+        return len(_words(item.output)), _stock_phrases(item.output), self._overlap(item)
 
     def check(self, item: GeneratedItem) -> Reason | None:
         if len(_words(item.output)) > self.MAX_WORDS:
+            return None
+        if self._overlap(item) >= self.MAX_OVERLAP:  # on topic: no need to count the stock phrases
             return None
         n_words, fillers, overlap = self._measure(item)
         padded = fillers >= self.MIN_FILLER_PHRASES and 100 * fillers >= self.MIN_FILLER_PER_100_WORDS * n_words
@@ -477,7 +529,7 @@ class IncompleteCheck(QualityCheck):
         text = item.output.rstrip()
         if not text:
             return None
-        if len(_FENCE_RE.findall(text)) % 2:
+        if ("```" in text or "~~~" in text) and len(_FENCE_RE.findall(text)) % 2:
             return "ends inside an unclosed code fence"
         line = _last_line(text)
         if _BARE_MARKER_RE.match(line):
@@ -558,7 +610,7 @@ class OffTopicCheck(QualityCheck):
             return None
         # Only natural-language prose is judged: code, data, formulas or another language may share few
         # words with the instruction and still answer it. Prose is dense in function words.
-        if sum(1 for t in tokens if t in _STOPWORDS) < self.MIN_FUNCTION_WORD_SHARE * len(tokens):
+        if sum(map(_STOPWORDS.__contains__, tokens)) < self.MIN_FUNCTION_WORD_SHARE * len(tokens):
             return None
         n_asked, overlap = self._measure(item)
         return self.reason if n_asked >= self.MIN_ASKED_WORDS and overlap < self.min_overlap else None
@@ -574,6 +626,9 @@ _REASK_RE = re.compile(
     r"(?:answer|respond|explain|describe)(?: this| it| that)? in (?:one|a single) (?:short |brief )?paragraph|"
     r"in (?:one|a single) paragraph,? (?:please|explain|describe|answer)|to restate|in other words, (?:how|what|why))"
 )
+
+# Every alternative of ``_REASK_RE`` contains one of these (keep in step; tests/workers/test_quality.py checks it).
+_REASK_LITERALS = ("you ", "question", "paragraph", "restate", "in other words")
 
 
 class LowNoveltyCheck(QualityCheck):
@@ -609,7 +664,9 @@ class LowNoveltyCheck(QualityCheck):
         if novelty < self.REASK_NOVELTY and len(_words(item.output)) <= self.REASK_MAX_WORDS:
             text = _expanded(item.output)
             questions = text.count("?")
-            if _REASK_RE.search(text) or questions >= max(1, len(_SENTENCE_END_RE.split(text)) // 2):
+            if any(literal in text for literal in _REASK_LITERALS) and _REASK_RE.search(text):
+                return self.reason
+            if questions and questions >= max(1, len(_SENTENCE_END_RE.split(text)) // 2):
                 return self.reason
         return None
 
@@ -687,7 +744,7 @@ class VaguenessCheck(QualityCheck):
 
     def _filler_rate(self, item: GeneratedItem) -> float:
         tokens = _words(item.output)
-        return 100 * sum(1 for t in tokens if t in _VAGUE_WORDS) / max(len(tokens), 1)
+        return 100 * sum(map(_VAGUE_WORDS.__contains__, tokens)) / max(len(tokens), 1)
 
     def _measure(self, item: GeneratedItem) -> tuple[float, float, float]:
         filler_rate, n = self._filler_rate(item), max(len(_words(item.output)), 1)
@@ -776,10 +833,12 @@ class OneParagraphCheck(QualityCheck):
         return max(self.max_words, self.MEDIAN_SHARE * median)
 
     def check(self, item: GeneratedItem) -> Reason | None:
-        text = item.output.strip()
-        if len(_words(text)) >= self._limit() or text.count("\n") > 1 or _STRUCTURE_RE.search(text):
+        text = item.output.strip()  # the same words as the unstripped output
+        if len(_words(item.output)) >= self._limit() or text.count("\n") > 1:
             return None
-        return self.reason if _substantial(item, self.min_instruction_words) else None
+        if not _substantial(item, self.min_instruction_words) or _STRUCTURE_RE.search(text):
+            return None
+        return self.reason
 
     def explain(self, item: GeneratedItem) -> str:
         return f"a single unstructured paragraph of {len(_words(item.output))} words (< {self._limit():.0f})"
@@ -874,11 +933,15 @@ class PlaceholderCheck(QualityCheck):
         text = item.output
         if "`" in text:
             text = _CODE_RE.sub(" ", text)
-        fill_ins_ok = _asks_for_document(item.instruction)
         for openings, pattern in _PLACEHOLDER_RES:
-            if openings == _FILL_IN and fill_ins_ok:
+            if len(openings) == 1:
+                if openings[0] not in text:
+                    continue
+            elif not (("ere" in text or "ERE" in text or "psum" in text) and any(o in text for o in openings)):
+                continue  # every multi-character opening contains "ere", "ERE" or "psum"
+            if openings is _FILL_IN and _asks_for_document(item.instruction):
                 continue
-            if any(o in text for o in openings) and (match := pattern.search(text)):
+            if match := pattern.search(text):
                 return match.group(0)
         return None
 
@@ -919,6 +982,21 @@ class IgnoresSkillsCheck(QualityCheck):
         return f"uses none of the words of its skills {', '.join(item.skills)}"
 
 
+class JudgeCheck(QualityCheck):
+    """The LLM judge (``quality.judge``, ``workers/curate/judge.py``) failed the item in the generate stage.
+
+    Items without a judge verdict (judge off, or the item failed before it was judged) pass this check."""
+
+    name = "judge"
+    reason = Reason.JUDGE_REJECTED
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        return self.reason if item.judge is not None and not item.judge.verdict else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        return f"judge: {item.judge.reason}" if item.judge is not None else "judge"
+
+
 class QualityFilter:
     """Runs the checks a job enabled and counts outcomes (``stats``: total, accepted, per reason)."""
 
@@ -928,6 +1006,8 @@ class QualityFilter:
         self.checks: list[QualityCheck] = [ErrorCheck(), CutOffCheck()]
         if settings.enabled:
             self.checks += [self._build(name) for name in settings.checks]
+            if settings.judge is not None and "judge" not in settings.checks:
+                self.checks.append(JudgeCheck())  # after the cheap checks unless placed in ``checks``
         self.stats: Counter[str] = Counter()
 
     def _build(self, name: str) -> QualityCheck:
@@ -965,6 +1045,8 @@ class QualityFilter:
                 )
             case "ignores_skills":
                 return IgnoresSkillsCheck()
+            case "judge":
+                return JudgeCheck()
         raise ValueError(f"unknown quality check {name!r}")
 
     def verdict(self, item: GeneratedItem) -> QualityVerdict:

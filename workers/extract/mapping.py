@@ -17,6 +17,26 @@ DESCRIPTION_CHARS = 150
 MIN_ROW_ROOM_TOKENS = 400
 
 
+def row_exemplar(row: SeedRow) -> str:
+    """What a skill keeps of a row: its text, or for a MATH row its fields as JSON (problem and solution each
+    cut like any exemplar), which ``exemplar_fields`` reads back."""
+    if not row.fields:
+        return exemplar(row.text)
+    cut = {k: exemplar(v) if k in ("problem", "solution") else v for k, v in row.fields.items()}
+    return orjson.dumps(cut).decode()
+
+
+def exemplar_fields(stored: str) -> dict[str, str] | None:
+    """A MATH row's exemplar fields, or None for a plain text exemplar."""
+    if not stored.startswith("{"):
+        return None
+    try:
+        found = orjson.loads(stored)
+    except orjson.JSONDecodeError:
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("problem"), str) else None
+
+
 class Mapper:
     def __init__(self, phase: Phase, coarse: list[dict[str, str]]) -> None:
         self.phase, self.spec = phase, phase.dataset
@@ -101,7 +121,7 @@ class Mapper:
                     continue
                 name = skill_name(item.skill)
                 if name in self.allowed:
-                    done.append((item.id, name, exemplar(pending.pop(item.id).text)))
+                    done.append((item.id, name, row_exemplar(pending.pop(item.id))))
                 else:
                     off_list.append(item.skill[:60])
                     why[item.id] = ("off_list", f"answered {item.skill[:60]!r}, which is not on the list")

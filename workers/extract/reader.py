@@ -18,9 +18,10 @@ from schemas.extract import DatasetSource
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
-RowFormat = Literal["alpaca", "messages", "text"]
+RowFormat = Literal["alpaca", "messages", "text", "math"]
 PARQUET_BATCH_ROWS = 512
 ALPACA_FIELDS = ("instruction", "input", "output")
+MATH_FIELDS = ("problem", "solution", "level", "type")  # the MATH dataset's rows (papers.md §B)
 
 
 class DatasetError(ValueError):
@@ -42,6 +43,7 @@ class SeedRow:
     index: int
     text: str
     after: Position  # where the row after this one starts
+    fields: dict[str, str] | None = None  # MATH rows: problem, solution (and level, type when given)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ def row_text(row: Any, row_format: RowFormat, text_column: str | None) -> str:
         if text_column not in row:
             raise ValueError(f"no column {text_column!r} (the row has: {', '.join(map(str, row)) or 'nothing'})")
         return _string(row, text_column)
+    if row_format == "math":
+        problem, solution = _string(row, "problem"), _string(row, "solution")
+        if "problem" not in row:
+            raise ValueError(f"no 'problem' field (the row has: {', '.join(map(str, row)) or 'nothing'})")
+        return f"Problem:\n{problem}" + (f"\n\nSolution:\n{solution}" if solution else "") if problem.strip() else ""
     if row_format == "alpaca":
         if "instruction" not in row:
             raise ValueError(f"no 'instruction' field (the row has: {', '.join(map(str, row)) or 'nothing'})")
@@ -96,16 +103,25 @@ def row_text(row: Any, row_format: RowFormat, text_column: str | None) -> str:
     return "\n".join(lines) if any(m.get("content") for m in messages) else ""
 
 
+def math_fields(row: dict[str, Any], max_chars: int | None) -> dict[str, str]:
+    """A MATH row's problem and solution (each cut to ``max_chars``), and its level and type when given."""
+    found = {k: _string(row, k)[:max_chars] for k in ("problem", "solution")}
+    found |= {k: str(row[k]) for k in ("level", "type") if row.get(k) is not None}
+    return found
+
+
 def detect_row_format(row: Any) -> RowFormat:
     if isinstance(row, dict) and "messages" in row:
         return "messages"
     if isinstance(row, dict) and "instruction" in row:
         return "alpaca"
+    if isinstance(row, dict) and "problem" in row:
+        return "math"
     keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
     raise DatasetError(
         "source.text_column",
-        f"cannot tell the row format: the first row has {keys or 'no fields'}; rows need 'instruction' (alpaca) "
-        "or 'messages' (chat), or set source.text_column to the column to read",
+        f"cannot tell the row format: the first row has {keys or 'no fields'}; rows need 'instruction' (alpaca), "
+        "'messages' (chat) or 'problem' and 'solution' (math), or set source.text_column to the column to read",
     )
 
 
@@ -127,6 +143,10 @@ class DatasetReader:
         text = row_text(row, self.row_format, self.source.text_column)
         return text if self.max_chars is None else text[: self.max_chars]
 
+    def _row(self, index: int, row: Any, after: Position) -> SeedRow:
+        fields = math_fields(row, self.max_chars) if self.row_format == "math" else None
+        return SeedRow(index, self._text(row), after, fields)
+
     def _jsonl_rows(self, start: Position) -> Iterator[SeedRow]:
         index, offset = start.row, start.offset
         with self.path.open("rb") as fh:
@@ -135,7 +155,7 @@ class DatasetReader:
                 offset += len(line)
                 if not line.strip():
                     continue
-                yield SeedRow(index, self._text(orjson.loads(line)), Position(index + 1, offset))
+                yield self._row(index, orjson.loads(line), Position(index + 1, offset))
                 index += 1
 
     def _columns(self, file: "pq.ParquetFile") -> list[str]:
@@ -145,6 +165,8 @@ class DatasetReader:
             return [self.source.text_column]
         if self.row_format == "alpaca":
             return [c for c in ALPACA_FIELDS if c in names]
+        if self.row_format == "math":
+            return [c for c in MATH_FIELDS if c in names]
         return ["messages"]
 
     def _parquet_rows(self, start: Position) -> Iterator[SeedRow]:
@@ -163,7 +185,7 @@ class DatasetReader:
             for batch in file.iter_batches(PARQUET_BATCH_ROWS, row_groups=groups, columns=self._columns(file)):
                 for row in batch.to_pylist():
                     if index >= start.row:
-                        yield SeedRow(index, self._text(row), Position(index + 1))
+                        yield self._row(index, row, Position(index + 1))
                     index += 1
 
     async def batches(self, start: Position, size: int, limit: int) -> AsyncIterator[list[SeedRow]]:
@@ -258,11 +280,14 @@ def _inspect_parquet(path: Path, source: DatasetSource, rows: int, max_rows: int
         schema, total = file.schema_arrow, file.metadata.num_rows
         names = schema.names
         row_format = source.row_format or detect_row_format(dict.fromkeys(names))
-        need = {"text": source.text_column, "alpaca": "instruction", "messages": "messages"}[row_format]
+        need = {"text": source.text_column, "alpaca": "instruction", "messages": "messages", "math": "problem"}[
+            row_format
+        ]
         if need not in names:
             field = "source.text_column" if row_format == "text" else "source.row_format"
             raise DatasetError(field, f"no column {need!r}; the file has: {', '.join(names)}")
-        for name in [need] if row_format != "alpaca" else [c for c in ALPACA_FIELDS if c in names]:
+        columns = {"alpaca": ALPACA_FIELDS, "math": ("problem", "solution")}.get(row_format, (need,))
+        for name in [c for c in columns if c in names]:
             kind = schema.field(name).type
             if row_format == "messages":
                 ok = pa.types.is_list(kind) or pa.types.is_large_list(kind)

@@ -23,12 +23,12 @@ from redis.asyncio import Redis
 from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.jobs import JobRecord, JobState
 from schemas.settings import Settings
-from schemas.skills import Skill, SkillSet, SkillSetCreate
+from schemas.skills import Exemplar, Skill, SkillSet, SkillSetCreate
 from workers import endpoints, jobstore, keys
 from workers.extract.agnostic import Agnostic, ask_query_types
 from workers.extract.ask import Asker
 from workers.extract.label import Labeller
-from workers.extract.mapping import Mapper
+from workers.extract.mapping import Mapper, exemplar_fields
 from workers.extract.merge import Merger
 from workers.extract.phase import MAX_PARALLEL_CALLS, EndpointDown, ExtractFailed, Phase
 from workers.extract.reader import DatasetError, DatasetReader, resolve_path
@@ -177,7 +177,7 @@ async def dataset_skill_set(phase: Phase, coarse: list[dict[str, str]]) -> Skill
     if not names:
         raise ExtractFailed("no row was mapped to a coarse skill; see the unlabelled rows for why")
     skills = [
-        Skill(name=n, description=described.get(n, ""), examples=await store.exemplars(n), frequency=freq[n])
+        _skill(n, described.get(n, ""), await store.exemplars(n), freq[n], spec.source.row_format == "math")
         for n in names
     ]
     unused = len(described) - len(names)
@@ -191,6 +191,16 @@ async def dataset_skill_set(phase: Phase, coarse: list[dict[str, str]]) -> Skill
         f"{counters.rejected} unlabelled) by {phase.record.model}."
     )
     return SkillSetCreate(name=spec.skill_set_name, description=description, skills=skills, query_types=query_types)
+
+
+def _skill(name: str, description: str, stored: list[str], frequency: int, math: bool) -> Skill:
+    """A MATH dataset's skill keeps each exemplar's problem and solution (its examples are the problems)."""
+    fields = [f for f in map(exemplar_fields, stored) if f is not None] if math else []
+    if not fields:
+        return Skill(name=name, description=description, examples=stored, frequency=frequency)
+    exemplars = [Exemplar.model_validate(f) for f in fields if f["problem"].strip()]
+    examples = [e.problem for e in exemplars]
+    return Skill(name=name, description=description, examples=examples, exemplars=exemplars, frequency=frequency)
 
 
 async def finish(phase: Phase, create: SkillSetCreate) -> bool:

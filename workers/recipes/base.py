@@ -10,6 +10,8 @@ from importlib import resources
 from string import Template
 from typing import ClassVar
 
+from redis.asyncio import Redis
+
 from schemas.examples import GeneratedItem, WorkItem
 from schemas.jobs import JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
@@ -69,6 +71,10 @@ class Recipe(ABC):
 
     def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
         self.record, self.endpoint_name, self.endpoint = record, endpoint_name, endpoint
+
+    async def prepare(self, redis: Redis, indexes: list[int]) -> None:  # noqa: B027 (optional hook)
+        """Before a chunk runs its items: load what they need from storage. Most recipes need nothing; one
+        that derives a dataset from another job's examples (``shirk``) reads them here, never elsewhere."""
 
     @abstractmethod
     def item(self, index: int, attempt: int = 0) -> WorkItem:

@@ -68,3 +68,16 @@ def parse_pair(text: str) -> tuple[str, str]:
     if not response:
         raise PairNotFound("empty response section")
     return instruction, response
+
+
+def json_object(text: str) -> dict[str, object] | None:
+    """The JSON object in a model's answer, tolerating code fences and prose around it; None if there is none."""
+    text = _FENCE.sub("", text.strip())
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        data = orjson.loads(text[start : end + 1])
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None

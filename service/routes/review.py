@@ -1,0 +1,163 @@
+"""The MATH^2 review queue: list, inspect, accept, edit, reject, and ask the LLM for help.
+
+Writes name the reviewer in the ``X-Reviewer`` header and the version they saw in ``expected_version``; a
+write against a stale version is a 409 carrying the current item, and changes nothing.
+"""
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi.responses import JSONResponse
+
+from schemas.review import (
+    HelpAccepted,
+    HelpRequest,
+    ReviewConflict,
+    ReviewDecision,
+    ReviewEdit,
+    ReviewItem,
+    ReviewItemDetail,
+    ReviewItemsPublic,
+    ReviewState,
+)
+from service.deps import RedisDep
+from service.errors import NOT_FOUND, not_found, unprocessable
+from workers.review import help as review_help
+from workers.review import store
+
+router = APIRouter(prefix="/v1/review", tags=["review"])
+Reviewer = Annotated[str, Header(alias="X-Reviewer", min_length=1, max_length=200, description="who makes the change")]
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ReviewConflict, "description": "the item changed since expected_version"}
+}
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {**NOT_FOUND, **CONFLICT}
+
+
+async def _math_job(redis: RedisDep, job_id: str) -> None:
+    recipe = await store.recipe_of(redis, job_id)
+    if recipe is None:
+        not_found("job", job_id)
+    if recipe != "math":
+        unprocessable("job", f"job {job_id} is a {recipe} job; only math jobs have a review queue")
+
+
+async def _item(redis: RedisDep, job_id: str, item_id: str) -> ReviewItem:
+    await _math_job(redis, job_id)
+    await store.seed(redis, job_id)
+    item = await store.get(redis, job_id, item_id)
+    if item is None:
+        not_found("review item", item_id)
+    return item
+
+
+def _conflict(current: ReviewItem) -> JSONResponse:
+    body = ReviewConflict(
+        detail=f"item {current.id} is at version {current.version} (last changed by {current.updated_by}); "
+        "reload it and apply your change again",
+        current_version=current.version,
+        item=current,
+    )
+    return JSONResponse(status_code=409, content=body.model_dump(mode="json"))
+
+
+@router.get("", response_model=ReviewItemsPublic)
+async def list_items(
+    redis: RedisDep,
+    job: str | None = None,
+    skill: str | None = None,
+    state: ReviewState | None = None,
+    cursor: Annotated[str | None, Query(max_length=2000)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> ReviewItemsPublic:
+    """Questions to review, ordered by job id then example index; pass ``next_cursor`` back for the next page."""
+    if job is not None:
+        await _math_job(redis, job)
+    job_ids = [job] if job is not None else await store.math_job_ids(redis)
+    try:
+        items, next_cursor = await store.page(redis, job_ids, skill, state, cursor, limit)
+    except ValueError as exc:
+        raise HTTPException(
+            status_code=422, detail=[{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
+        ) from exc
+    return ReviewItemsPublic(data=items, next_cursor=next_cursor)
+
+
+@router.get("/{job_id}/{item_id}", responses=NOT_FOUND, response_model=ReviewItemDetail)
+async def get_item(job_id: str, item_id: str, redis: RedisDep) -> ReviewItemDetail:
+    """The item, its stored example (the whole MATH^2 stage history in ``example.math``) and every version."""
+    item = await _item(redis, job_id, item_id)
+    example = await store.example(redis, item)
+    if example is None:
+        not_found("example", item_id)
+    return ReviewItemDetail(item=item, example=example, history=await store.history(redis, job_id, item_id))
+
+
+async def _change(
+    redis: RedisDep,
+    job_id: str,
+    item_id: str,
+    expected: int,
+    by: str,
+    action: str,
+    fields: dict[str, object],
+    reason: str | None = None,
+) -> ReviewItem | JSONResponse:
+    item = await _item(redis, job_id, item_id)
+    try:
+        return await store.change(redis, item, expected, by, action, fields, reason=reason)
+    except store.Stale as exc:
+        return _conflict(exc.current)
+
+
+@router.post("/{job_id}/{item_id}/accept", responses=WRITE_RESPONSES, response_model=ReviewItem)
+async def accept_item(
+    job_id: str, item_id: str, decision: ReviewDecision, redis: RedisDep, reviewer: Reviewer
+) -> ReviewItem | JSONResponse:
+    fields: dict[str, object] = {"state": "accepted", "reject_reason": None}
+    return await _change(
+        redis, job_id, item_id, decision.expected_version, reviewer, "accept", fields, decision.reason or None
+    )
+
+
+@router.post("/{job_id}/{item_id}/reject", responses=WRITE_RESPONSES, response_model=ReviewItem)
+async def reject_item(
+    job_id: str, item_id: str, decision: ReviewDecision, redis: RedisDep, reviewer: Reviewer
+) -> ReviewItem | JSONResponse:
+    """Reject with a reason (required)."""
+    if not decision.reason:
+        unprocessable("reason", "a rejection needs a reason")
+    fields: dict[str, object] = {"state": "rejected", "reject_reason": decision.reason}
+    return await _change(redis, job_id, item_id, decision.expected_version, reviewer, "reject", fields, decision.reason)
+
+
+@router.patch("/{job_id}/{item_id}", responses=WRITE_RESPONSES, response_model=ReviewItem)
+async def edit_item(
+    job_id: str, item_id: str, edit: ReviewEdit, redis: RedisDep, reviewer: Reviewer
+) -> ReviewItem | JSONResponse:
+    """Change the problem, solution and/or answer; the review state is kept."""
+    fields: dict[str, object] = edit.model_dump(exclude_none=True, exclude={"expected_version"})
+    return await _change(redis, job_id, item_id, edit.expected_version, reviewer, "edit", fields)
+
+
+@router.post(
+    "/{job_id}/{item_id}/help",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=NOT_FOUND,
+    response_model=HelpAccepted,
+)
+async def ask_for_help(
+    job_id: str, item_id: str, request: HelpRequest, redis: RedisDep, reviewer: Reviewer
+) -> HelpAccepted:
+    """Queue an LLM helper on the item (metered to the job); its answer appears in the item's ``suggestions``
+    with ``id`` = ``suggestion_id`` and is never applied by itself."""
+    item = await _item(redis, job_id, item_id)
+    if request.skill is not None and request.skill not in item.skills:
+        unprocessable("skill", f"{request.skill!r} is not one of the item's skills {item.skills}")
+    if request.kind == "make_skill_necessary" and request.skill is None and len(item.skills) < 2:
+        unprocessable("skill", "name the skill to make necessary")
+    suggestion_id = uuid.uuid4().hex
+    await review_help.enqueue(
+        redis, job_id, item_id, suggestion_id, request.kind, reviewer, request.skill, request.note
+    )
+    return HelpAccepted(suggestion_id=suggestion_id, job_id=job_id, item_id=item_id)

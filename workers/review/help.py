@@ -1,0 +1,186 @@
+"""LLM help on a review item (papers.md §B step 6: "make the second skill necessary", "re-solve after my
+edit"), run as an arq job (``review_help``) on the same queue as the chunks.
+
+The calls go through the job's endpoint client (its rate limiter and concurrency) and ``metered``, so they
+land in the job's ``llm_calls``, tokens and cost like the generation calls did; a finished job may still be
+helped (metering without the stop-on-finish refusal). The answer is stored as a ``Suggestion`` on the item,
+a new version by ``llm``: the item's problem, solution and answer are never changed here.
+
+- ``resolve``: ``n_solves`` independent solves of the item's *current* problem with the recipe's own solve
+  prompt, voted with math-verify equivalence; the majority answer is proposed.
+- ``check_edit``: is the current problem / solution / answer consistent? (reasoning, then Yes/No)
+- ``make_skill_necessary``: a revised problem (with solution and answer) that needs the named skill.
+"""
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+
+from schemas.llm import ChatResult
+from schemas.review import HelpKind, ReviewItem, Suggestion
+from workers import keys
+from workers.endpoints import UnknownEndpoint
+from workers.generate import metered
+from workers.llm.client import ChatClient
+from workers.llm.errors import LLMError
+from workers.recipes.math import SCHEMAS, MathRecipe, clean_answer, equivalence, read_fields, text, yes
+from workers.review import store
+from workers.sampler import derive_rng
+
+if TYPE_CHECKING:
+    from workers.worker import Resources
+
+log = logging.getLogger(__name__)
+FUNCTION = "review_help"
+MAX_WRITE_TRIES = 50
+
+
+async def enqueue(
+    redis: Any, job_id: str, item_id: str, suggestion_id: str, kind: HelpKind, by: str, skill: str | None, note: str
+) -> None:
+    payload = {
+        "job_id": job_id,
+        "item_id": item_id,
+        "suggestion_id": suggestion_id,
+        "kind": kind,
+        "by": by,
+        "skill": skill,
+        "note": note,
+    }
+    await redis.enqueue_job(FUNCTION, payload, _job_id=f"review-help:{suggestion_id}", _queue_name=keys.QUEUE_NAME)
+
+
+async def _call(
+    recipe: MathRecipe, llm: ChatClient, prompt: str, stage: str, seed_parts: tuple[object, ...]
+) -> ChatResult:
+    params = recipe.spec.params
+    return await llm.chat(
+        recipe._messages(prompt),
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        frequency_penalty=params.frequency_penalty,
+        seed=derive_rng(*seed_parts).getrandbits(31),
+        json_schema=SCHEMAS[stage] if recipe.json else None,
+        schema_name=f"math_help_{stage}",
+    )
+
+
+async def run(recipe: MathRecipe, llm: ChatClient, item: ReviewItem, s: Suggestion) -> Suggestion:
+    """Fill ``s`` (text, proposed fields, calls made) from the LLM's answer."""
+    note = s.note or "(none)"
+    if s.kind == "resolve":
+        prompt = recipe._template("solve").substitute(question=item.problem, format=recipe._format("solve"))
+        n = recipe.spec.n_solves
+        answers = []
+        for i in range(n):
+            result = await _call(recipe, llm, prompt, "solve", ("review-help", s.id, "solve", i))
+            answers.append(clean_answer(read_fields(result.content).get("answer")))
+        s.llm_calls = n
+        eq = equivalence()
+        vote = await eq.vote(answers)
+        if vote.answer is None:
+            s.text = f"No strict majority over {n} independent solves; their answers: {answers}"
+            return s
+        agrees = bool(item.answer) and await eq.equal(item.answer, vote.answer)
+        s.text = (
+            f"{vote.votes} of {n} independent solves agree on {vote.answer}; the item's answer {item.answer!r} "
+            + ("agrees." if agrees else "differs.")
+        )
+        s.proposed = {"answer": vote.answer}
+        return s
+    if s.kind == "check_edit":
+        prompt = recipe._template("help_check_edit").substitute(
+            problem=item.problem,
+            solution=item.solution,
+            answer=item.answer,
+            note=note,
+            format=recipe._format("validate"),
+        )
+        result = await _call(recipe, llm, prompt, "validate", ("review-help", s.id, "check"))
+        s.llm_calls = 1
+        data = read_fields(result.content)
+        verdict = yes(data.get("verdict"))
+        label = "consistent" if verdict else "not consistent" if verdict is False else "no clear verdict"
+        s.text = f"Check: {label}. {text(data.get('reasoning')) or result.content.strip()}"
+        return s
+    a, b = [*item.skills, "", ""][:2]
+    skill = s.skill or b
+    fields = (
+        recipe._skill_fields([a, b])
+        if a in recipe.skills and b in recipe.skills
+        else {"skill_a": a, "skill_b": b, "exemplars_a": "", "exemplars_b": ""}
+    )
+    prompt = recipe._template("help_make_skill_necessary").substitute(
+        **fields,
+        skill=skill,
+        problem=item.problem,
+        solution=item.solution,
+        answer=item.answer,
+        note=note,
+        format=recipe._format("question"),
+    )
+    result = await _call(recipe, llm, prompt, "question", ("review-help", s.id, "skill"))
+    s.llm_calls = 1
+    data = read_fields(result.content)
+    proposed = {
+        "problem": text(data.get("question")),
+        "solution": text(data.get("solution")),
+        "answer": clean_answer(data.get("answer")),
+    }
+    s.proposed = {k: v for k, v in proposed.items() if v}
+    s.text = f"A revision meant to make {skill!r} necessary." if s.proposed else result.content.strip()[:4000]
+    return s
+
+
+async def add_suggestion(redis: Redis, job_id: str, item_id: str, s: Suggestion) -> bool:
+    """Append ``s`` to the item as a new version by ``llm`` (retried past concurrent reviewers' writes);
+    False if it is already there (a retried arq job) or the item is gone."""
+    for _ in range(MAX_WRITE_TRIES):
+        item = await store.get(redis, job_id, item_id)
+        if item is None or any(x.id == s.id for x in item.suggestions):
+            return False
+        try:
+            await store.change(
+                redis,
+                item,
+                item.version,
+                "llm",
+                "suggestion",
+                {"suggestions": [*item.suggestions, s]},
+                suggestion_id=s.id,
+            )
+            return True
+        except store.Stale:
+            continue
+    raise RuntimeError(f"could not store suggestion {s.id} on {item_id}: too many concurrent writes")
+
+
+async def review_help(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    redis: Redis = ctx["redis"]
+    res: Resources = ctx["resources"]
+    job_id, item_id = payload["job_id"], payload["item_id"]
+    s = Suggestion(
+        id=payload["suggestion_id"],
+        kind=payload["kind"],
+        requested_by=payload["by"],
+        skill=payload.get("skill"),
+        note=payload.get("note") or "",
+    )
+    item = await store.get(redis, job_id, item_id)
+    if item is None or any(x.id == s.id for x in item.suggestions):
+        return {"stored": False}
+    found = await res.recipe(job_id)
+    record, recipe = found if found is not None else (None, None)
+    if record is None or not isinstance(recipe, MathRecipe):
+        s.status, s.text = "failed", f"job {job_id} is not a math job"
+    else:
+        try:
+            client = await res.client(record.endpoint)
+            llm = metered(redis, job_id, client, res.tally, refuse_when_finished=False)
+            s = await run(recipe, llm, item, s)
+        except (LLMError, UnknownEndpoint) as exc:
+            log.warning("review help %s on %s failed: %s", s.id, item_id, exc)
+            s.status, s.text = "failed", f"the endpoint failed: {exc}"[:2000]
+    return {"stored": await add_suggestion(redis, job_id, item_id, s)}
