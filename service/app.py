@@ -2,13 +2,30 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from schemas.settings import Settings, get_settings
 from service.errors import UNAVAILABLE, redis_unavailable
 from service.routes import curate, extract, jobs, review, skill_sets
 from workers.redis_pool import REDIS_ERRORS, open_redis
+
+STATIC = Path(__file__).parent / "static"
+# The review page shows model text, which is untrusted: the page builds its DOM with textContent only, and as
+# defence in depth no script but the page's own files may run (no inline script, no eval, no plugins).
+# KaTeX sets inline style attributes, hence 'unsafe-inline' for styles only.
+REVIEW_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; font-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": REVIEW_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,6 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(skill_sets.router)
     app.include_router(curate.router)  # POST /v1/curate: curate a dataset a team brings
     app.include_router(review.router)  # /v1/review: the math review queue
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/review", include_in_schema=False)
+    async def review_page() -> FileResponse:
+        """The reviewer's page (service/static/review.html): it reads and writes only through /v1/review."""
+        return FileResponse(STATIC / "review.html", media_type="text/html", headers=SECURITY_HEADERS)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
