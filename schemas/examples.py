@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field, StringConstraints
 
 from schemas.base import StrictModel
+from schemas.evaluation import EvalResult
 from schemas.llm import ChatMessage, Usage
 from schemas.math import MathHistory
 
@@ -96,6 +97,7 @@ class GeneratedItem(StrictModel):
     # recipe math: the verified final answer, and every stage's prompt, answer and verdict
     answer: str | None = None
     math: MathHistory | None = None
+    eval: EvalResult | None = None  # recipe eval-math: how the question was graded
 
 
 class QualityVerdict(StrictModel):
@@ -134,3 +136,4 @@ class Example(StrictModel):
     # recipe math: the verified final answer, and every stage's prompt, answer and verdict
     answer: str | None = None
     math: MathHistory | None = None
+    eval: EvalResult | None = None  # recipe eval-math: how the question was graded

@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
+from schemas.evaluation import EvalQuestion
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
@@ -359,14 +360,51 @@ class MathJobSpec(_JobSpecBase):
         return self
 
 
+class EvalMathJobSpec(_JobSpecBase):
+    """Evaluate an endpoint on math questions (``skillmix eval-math``): one item per question, solved by the
+    job's endpoint, its final answer compared with the reference by math-verify and, with ``judge_endpoint``,
+    its steps checked by an LLM judge. Every question yields one stored record (quality checks and dedup off,
+    ``count`` = the questions, set here), carrying the grading in ``eval``."""
+
+    recipe: Literal["eval-math"] = "eval-math"
+    questions: list[EvalQuestion] = Field(min_length=1, max_length=MAX_COUNT)
+    judge_endpoint: str | None = Field(
+        default=None, min_length=1, description="endpoint that checks the steps; none: the final answer alone"
+    )
+    count: int = Field(default=0, ge=0, le=MAX_COUNT, description="set from the questions")
+    keep_conversation: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        if isinstance(data, dict):
+            data = dict(data)
+            questions = data.get("questions")
+            if isinstance(questions, list) and questions:
+                data["count"] = len(questions)
+                data["max_items"] = len(questions)
+            params = data.setdefault("params", {})
+            if isinstance(params, dict):
+                params.setdefault("temperature", 0.0)
+            quality = data.setdefault("quality", {})
+            if isinstance(quality, dict):
+                quality.setdefault("enabled", False)
+            dedup = data.setdefault("dedup", {})
+            if isinstance(dedup, dict):
+                dedup.setdefault("exact", False)
+                dedup.setdefault("near", False)
+        return data
+
+
 GenerationSpec = Annotated[
-    InstructJobSpec | PromptsJobSpec | ShirkJobSpec | CurateJobSpec | MathJobSpec, Field(discriminator="recipe")
+    InstructJobSpec | PromptsJobSpec | ShirkJobSpec | CurateJobSpec | MathJobSpec | EvalMathJobSpec,
+    Field(discriminator="recipe"),
 ]
 """What ``POST /v1/jobs`` accepts; extraction specs go to ``POST /v1/skill-sets/extract``."""
 
 JobSpec = Annotated[
-    InstructJobSpec | PromptsJobSpec | ShirkJobSpec | CurateJobSpec | MathJobSpec | ExtractAgnosticSpec
-    | ExtractDatasetSpec,
+    InstructJobSpec | PromptsJobSpec | ShirkJobSpec | CurateJobSpec | MathJobSpec | EvalMathJobSpec
+    | ExtractAgnosticSpec | ExtractDatasetSpec,
     Field(discriminator="recipe"),
 ]
 """Every kind of stored job."""

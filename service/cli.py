@@ -13,6 +13,7 @@ import typer
 from schemas.settings import get_settings
 from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, submitted_job_id
 from service.curate_cli import curate as curate_command
+from service.eval_cli import eval_math, square_law
 from service.export import ExportFormat, OutputFormat, ReviewFilter, Split, parquet_batches, write_hf_dataset
 from service.extract_cli import app as extract_app
 from service.shirk_cli import shirk
@@ -21,6 +22,8 @@ app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_arg
 app.add_typer(extract_app, name="extract")  # skillmix extract agnostic|dataset
 app.command("curate")(curate_command)  # skillmix curate FILE -o DIR
 app.command()(shirk)  # skillmix shirk JOB --rate 0.2 --kind junk|brevity
+app.command("eval-math")(eval_math)  # skillmix eval-math --endpoint NAME --questions FILE -o DIR
+app.command("square-law")(square_law)  # skillmix square-law SUMMARY... -o plot.png
 
 
 @app.command()

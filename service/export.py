@@ -184,6 +184,7 @@ ARROW_SCHEMA = pa.schema(
         ("source_row", pa.string()),  # recipe curate: the input row, verbatim, as JSON text
         ("answer", pa.string()),  # recipe math: the verified answer, and the stage history as JSON text
         ("math", pa.string()),
+        ("eval", pa.string()),  # recipe eval-math: the grading, as JSON text
     ]
 )
 
@@ -195,6 +196,8 @@ def arrow_row(example: Example) -> dict[str, Any]:
         row["math"] = orjson.dumps(example.math.model_dump(mode="json")).decode()
     if example.judge is not None:
         row["judge"] = orjson.dumps(example.judge.model_dump(mode="json")).decode()
+    if example.eval is not None:
+        row["eval"] = orjson.dumps(example.eval.model_dump(mode="json")).decode()
     if example.source_row is not None:
         row["source_row"] = orjson.dumps(example.source_row).decode()
     return row

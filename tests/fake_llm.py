@@ -80,6 +80,10 @@ class FakeConfig(BaseModel):
     math_rubric_fail_rate: float = Field(0.0, ge=0, le=1, description="rubric validations answering No")
     math_solve_disagree_rate: float = Field(0.0, ge=0, le=1, description="solves giving a wrong, distinct number")
     math_wrong_answer_rate: float = Field(0.0, ge=0, le=1, description="questions stating a wrong own answer")
+    # eval-math (see "eval" below)
+    eval_wrong_rate: float = Field(0.0, ge=0, le=1, description="eval answers that are wrong (by question)")
+    eval_notation_rate: float = Field(0.0, ge=0, le=1, description="right eval answers in another notation")
+    eval_bad_steps_rate: float = Field(0.0, ge=0, le=1, description="right eval answers reached by wrong steps")
 
     @model_validator(mode="after")
     def _planted_rates_fit(self) -> "FakeConfig":
@@ -226,6 +230,9 @@ def answer(request: dict[str, Any], messages: list[dict[str, str]], config: Fake
     judged = answer_judge(request, messages, digest, config)
     if judged is not None:
         return judged
+    evaluated = answer_eval(messages, config)
+    if evaluated is not None:
+        return evaluated
     mathed = answer_math(request, messages, digest, config)
     if mathed is not None:
         return mathed
@@ -421,6 +428,66 @@ def _math_fields(content: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         found = re.findall(r"^(\w+): (.*)$", content, re.M)
         return {k.lower(): v for k, v in found}
+
+
+# --- eval ---------------------------------------------------------------------------------------
+# The eval-math recipe's prompts start with "### Task: eval solve" / "### Task: eval judge". A problem's true
+# answer is ``math_truth(problem)`` (written \frac{p}{q}, or p when q = 1: ``eval_reference``). Per problem
+# (by its hash, whatever the request): ``eval_wrong_rate`` answer (p+q)/q (planted "eval_wrong");
+# ``eval_bad_steps_rate`` of the others give the right answer after a step marked EVAL_BAD_STEP (planted
+# "eval_bad_steps"); ``eval_notation_rate`` of the rest write the right answer in another notation (decimal,
+# p/q, \dfrac, 2p/2q; planted "eval_notation"). A fifth of the answers end "The final answer is X." without
+# \boxed{}. The judge says the steps are invalid exactly when the solution has EVAL_BAD_STEP.
+
+EVAL_TASK = re.compile(r"^### Task: eval (solve|judge)$", re.M)
+EVAL_BAD_STEP = "Dividing both sides by zero, we get"
+EVAL_BAD_REASON = "a step divides by zero, so the answer is not supported"
+
+
+def eval_reference(problem: str) -> str:
+    p, q = math_truth(problem)
+    return str(p) if q == 1 else f"\\frac{{{p}}}{{{q}}}"
+
+
+def eval_plan(problem: str, config: FakeConfig) -> str:
+    """What the fake does with an eval question: "wrong", "bad_steps", "notation" or "plain"."""
+    key = problem.strip()
+    if _stable(key, "eval_wrong") < config.eval_wrong_rate:
+        return "wrong"
+    if _stable(key, "eval_bad_steps") < config.eval_bad_steps_rate:
+        return "bad_steps"
+    if _stable(key, "eval_notation") < config.eval_notation_rate:
+        return "notation"
+    return "plain"
+
+
+def answer_eval(messages: list[dict[str, str]], config: FakeConfig) -> tuple[str, str] | None:
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    found = EVAL_TASK.search(last_user)
+    if found is None:
+        return None
+    if found.group(1) == "judge":
+        solution = last_user.partition("<solution>")[2].partition("</solution>")[0]
+        bad = EVAL_BAD_STEP in solution
+        reason = EVAL_BAD_REASON if bad else "every step is valid and leads to the answer"
+        return orjson.dumps({"steps_valid": not bad, "reason": reason}).decode(), ""
+    problem = last_user.partition("Problem:\n")[2].strip()
+    plan = eval_plan(problem, config)
+    p, q = math_truth(problem)
+    rng = random.Random(problem)
+    steps = _sentences(rng, 20)
+    if plan == "wrong":
+        p = p + q
+    if plan == "notation":
+        pick = _stable(problem, "eval_which_notation")
+        stated = f"{2 * p}/{2 * q}" if q == 1 else math_notation(p, q, 0.25 + 0.75 * pick)
+    else:
+        stated = str(p) if q == 1 else f"\\frac{{{p}}}{{{q}}}"
+    if plan == "bad_steps":
+        steps += f" {EVAL_BAD_STEP} the value directly."
+    if _stable(problem, "eval_unboxed") < 0.2:
+        return f"{steps}\n\nThe final answer is {stated}.", f"eval_{plan}" if plan != "plain" else ""
+    return f"{steps}\n\nTherefore the answer is $\\boxed{{{stated}}}$.", f"eval_{plan}" if plan != "plain" else ""
 
 
 # --- math review help ---------------------------------------------------------------------------

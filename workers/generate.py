@@ -200,6 +200,9 @@ async def run_chunk(
         judge_client = judge_client or client  # no endpoint of its own: the job's endpoint judges
         judge = Judge.for_client(record, judge_settings, judge_client)
         judge_llm = metered(redis, record.id, judge_client, tally)  # same job counters, same stop on cancel
+    elif judge_client is not None:  # a recipe that calls its own judge (eval-math): metered the same way
+        recipe.judge_llm = metered(redis, record.id, judge_client, tally)
+        recipe.judge_json = bool(getattr(getattr(judge_client, "endpoint", None), "json_schema", False))
 
     async def one(index: int) -> None:
         try:

@@ -156,6 +156,8 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
     quality = getattr(record.spec, "quality", None)
     judge = quality.judge if quality is not None and quality.enabled else None
     judge_llm = await res.client(judge.endpoint) if judge is not None and judge.endpoint else None
+    if own_judge := getattr(record.spec, "judge_endpoint", None):  # eval-math's step checker
+        judge_llm = await res.client(own_judge)
     outcome = await run_chunk(
         ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES, res.tally, judge_client=judge_llm
     )

@@ -93,6 +93,11 @@ async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDe
             await endpoints.resolve(redis, settings, judge.endpoint)
         except endpoints.UnknownEndpoint as exc:
             unprocessable("quality.judge.endpoint", str(exc))
+    if eval_judge := getattr(spec, "judge_endpoint", None):  # eval-math: its step checker, checked at submit
+        try:
+            await endpoints.resolve(redis, settings, eval_judge)
+        except endpoints.UnknownEndpoint as exc:
+            unprocessable("judge_endpoint", str(exc))
     skill_set = (
         await _resolve_skill_set(redis, spec) if isinstance(spec, InstructJobSpec | MathJobSpec) else None
     )

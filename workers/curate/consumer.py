@@ -168,6 +168,7 @@ class CurateConsumer:
             source_row=item.source_row,
             answer=item.answer,
             math=item.math,
+            eval=item.eval,
         )
         rejected_for = reason or Reason.SURPLUS  # no reason: rejected only if the job has enough already
         rejected = QualityVerdict(

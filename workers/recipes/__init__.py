@@ -4,6 +4,7 @@ from schemas.jobs import CurateJobSpec, JobRecord
 from schemas.settings import EndpointSettings
 from workers.recipes.base import ParseFailure, Recipe
 from workers.recipes.curate import NO_ENDPOINT, CurateRecipe, NoLLM
+from workers.recipes.eval_math import EvalMathRecipe
 from workers.recipes.instruct import InstructRecipe
 from workers.recipes.math import MathRecipe
 from workers.recipes.prompts import PromptsRecipe
@@ -15,6 +16,7 @@ REGISTRY: dict[str, type[Recipe]] = {
     PromptsRecipe.name: PromptsRecipe,
     ShirkRecipe.name: ShirkRecipe,
     CurateRecipe.name: CurateRecipe,
+    EvalMathRecipe.name: EvalMathRecipe,
 }
 
 

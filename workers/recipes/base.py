@@ -68,6 +68,9 @@ class Conversation:
 class Recipe(ABC):
     name: ClassVar[str]
     template_version: ClassVar[str] = ""
+    # A recipe that calls a judge itself (eval-math): the judge endpoint's metered client, set per chunk.
+    judge_llm: ChatClient | None = None
+    judge_json: bool = False  # whether that endpoint takes a JSON schema for its answer
 
     def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
         self.record, self.endpoint_name, self.endpoint = record, endpoint_name, endpoint
