@@ -49,12 +49,14 @@ class ChunkOutcome:
 async def generate_item(recipe: Recipe, llm: ChatClient, index: int, retries: int) -> tuple[GeneratedItem, int]:
     """Returns the record and how many parse failures it took; redraws the item on each parse failure."""
     usage, conversation, detail = Usage(), [], ""
+    fields: dict[str, object] = {}
     for attempt in range(retries + 1):
         item = recipe.item(index, attempt)
         try:
             result = await recipe.generate(item, llm)
         except ParseFailure as exc:
             usage, conversation, detail = usage.add(exc.usage), exc.conversation, exc.detail
+            fields = exc.fields
             continue
         except LLMBadRequest as exc:
             usage = usage.add(exc.usage or Usage())
@@ -68,6 +70,7 @@ async def generate_item(recipe: Recipe, llm: ChatClient, index: int, retries: in
         error_detail=detail,
         usage=usage,
         conversation=conversation if recipe.record.spec.keep_conversation else [],
+        **fields,
     )
     return failed, retries + 1
 

@@ -333,3 +333,16 @@ def test_invalid_pairs_are_not_drawn_by_a_second_job(processes: Processes, redis
     assert not {"|".join(sorted(e["skills"])) for e in drawn} & invalid
     skipped = {p for e in drawn for p in e["math"]["skipped_pairs"]}
     assert skipped & invalid  # they were drawn first and skipped without a call
+
+
+async def test_an_item_unparseable_on_every_try_keeps_its_history(redis: ArqRedis) -> None:
+    """The small local model cuts its answers off: the rejected item must still show what each stage said."""
+    from workers.generate import generate_item
+
+    record, endpoint = _record("m-unparseable")
+    recipe = recipe_for(record, "fake", endpoint)
+    await recipe.prepare(redis, [0])
+    llm = FakeMath(override=lambda stage, n, content: "the question stops mid" if stage == "question" else content)
+    item, failures = await generate_item(recipe, llm, 0, retries=1)
+    assert item.error == Reason.UNPARSEABLE and failures == 2
+    assert item.math is not None and item.math.pair_check is not None and item.math.question_turns, item.math

@@ -23,9 +23,12 @@ from workers.sampler import derive_rng
 class ParseFailure(Exception):
     """The model answered, but not in a shape we can use: the item is redrawn (and counted)."""
 
-    def __init__(self, detail: str, usage: Usage, conversation: list[ChatMessage]) -> None:
+    def __init__(
+        self, detail: str, usage: Usage, conversation: list[ChatMessage], fields: dict[str, object] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail, self.usage, self.conversation = detail, usage, conversation
+        self.fields = fields or {}  # extra record fields kept if this is the item's last try (e.g. math history)
 
 
 @cache

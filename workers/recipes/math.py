@@ -244,7 +244,8 @@ class MathRecipe(Recipe):
             )
 
         def unparseable(stage: str, content: str) -> ParseFailure:
-            return ParseFailure(f"math {stage}: no usable answer in {content[:120]!r}", usage, conversation)
+            detail = f"math {stage}: no usable answer in {content[:120]!r}"
+            return ParseFailure(detail, usage, conversation, {"math": history.model_copy(deep=True)})
 
         # 1. pair validation
         fields = self._skill_fields(item.skills)
