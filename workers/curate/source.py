@@ -15,7 +15,7 @@ from typing import Any, Literal
 import orjson
 
 from schemas.jobs import MAX_COUNT, CurateSource
-from workers.extract.reader import DatasetError
+from workers.extract.reader import DatasetError, open_parquet
 
 RowFormat = Literal["alpaca", "messages"]
 Rows = Generator[tuple[int, int, Any], None, None]
@@ -285,13 +285,8 @@ def survey(path: Path, source: CurateSource, block: int, max_rows: int = MAX_COU
 
 def _survey_parquet(path: Path, source: CurateSource, max_rows: int) -> Survey:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    try:
-        file = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError("source.format", f"{source.path!r} is not a Parquet file ({exc})") from exc
-    with file:
+    with open_parquet(path, source.path) as file:
         schema, total = file.schema_arrow, file.metadata.num_rows
         row_format, column = detect(dict.fromkeys(schema.names), source)
         need = "instruction" if row_format == "alpaca" else column

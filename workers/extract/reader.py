@@ -268,15 +268,22 @@ def _inspect_jsonl(path: Path, source: DatasetSource, rows: int, max_rows: int) 
     return DatasetInfo(count, row_format)
 
 
-def _inspect_parquet(path: Path, source: DatasetSource, rows: int, max_rows: int) -> DatasetInfo:
+def open_parquet(path: Path, named: str) -> "pq.ParquetFile":
+    """Open a Parquet file, or raise the ``source.format`` DatasetError that names it (``named``: as the user
+    wrote its path)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        file = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DatasetError("source.format", f"{source.path!r} is not a Parquet file ({exc})") from exc
-    with file:
+        raise DatasetError("source.format", f"{named!r} is not a Parquet file ({exc})") from exc
+
+
+def _inspect_parquet(path: Path, source: DatasetSource, rows: int, max_rows: int) -> DatasetInfo:
+    import pyarrow as pa
+
+    with open_parquet(path, source.path) as file:
         schema, total = file.schema_arrow, file.metadata.num_rows
         names = schema.names
         row_format = source.row_format or detect_row_format(dict.fromkeys(names))

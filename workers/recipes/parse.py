@@ -17,7 +17,8 @@ class PairNotFound(ValueError):
     pass
 
 
-def _from_json(text: str) -> tuple[str, str] | None:
+def _braced_object(text: str) -> dict[str, object] | None:
+    """The JSON object between the first ``{`` and the last ``}`` of a text; None if there is none."""
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end <= start:
         return None
@@ -25,7 +26,12 @@ def _from_json(text: str) -> tuple[str, str] | None:
         data = orjson.loads(text[start : end + 1])
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def _from_json(text: str) -> tuple[str, str] | None:
+    data = _braced_object(text)
+    if data is None:
         return None
     lowered = {str(k).lower(): v for k, v in data.items()}
     instruction = lowered.get("instruction") or lowered.get("question")
@@ -72,12 +78,4 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 def json_object(text: str) -> dict[str, object] | None:
     """The JSON object in a model's answer, tolerating code fences and prose around it; None if there is none."""
-    text = _FENCE.sub("", text.strip())
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    try:
-        data = orjson.loads(text[start : end + 1])
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
+    return _braced_object(_FENCE.sub("", text.strip()))
