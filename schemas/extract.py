@@ -50,9 +50,10 @@ class _ExtractSpecBase(StrictModel):
     keep_conversation: ClassVar[bool] = False
     quality: ClassVar["QualitySettings"]
     dedup: ClassVar["DedupSettings"]
+    budget: ClassVar[None] = None  # no spending cap: extraction jobs are not paused
 
     @property
-    def budget(self) -> int:
+    def item_budget(self) -> int:
         return self.count
 
     @property

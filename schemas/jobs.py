@@ -133,6 +133,25 @@ class QualitySettings(StrictModel):
         return checks
 
 
+class JobBudget(StrictModel):
+    """A job's spending cap: at it the job pauses (nothing is lost) until the cap is raised or it is resumed.
+    Either limit may be absent (none); both count every call of the job, the judge's too."""
+
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, le=1e9, description="US dollars, priced per call at its endpoint's usd_per_mtok_*"
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=10**15, description="prompt + completion tokens of every call of the job"
+    )
+
+
+class BudgetLeft(StrictModel):
+    """What a job may still spend before it pauses (none: that limit is not set)."""
+
+    cost_usd: float | None = None
+    tokens: int | None = None
+
+
 class _JobSpecBase(StrictModel):
     count: int = Field(ge=1, le=MAX_COUNT, description="accepted examples wanted")
     seed: int = Field(default=0, ge=0)
@@ -149,6 +168,9 @@ class _JobSpecBase(StrictModel):
     item_retries: int = Field(default=2, ge=0, le=10, description="fresh draws after an unparseable answer")
     chunk_size: int | None = Field(default=None, ge=1, le=10_000)
     keep_conversation: bool = Field(default=True, description="store the full conversation as provenance")
+    budget: JobBudget | None = Field(
+        default=None, description="spending cap; the job pauses at it (change it with PATCH /v1/jobs/{id})"
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> Self:
@@ -159,7 +181,8 @@ class _JobSpecBase(StrictModel):
         return self
 
     @property
-    def budget(self) -> int:
+    def item_budget(self) -> int:
+        """The attempt budget (``max_items``); the spending cap is ``budget``."""
         assert self.max_items is not None
         return self.max_items
 
@@ -236,7 +259,7 @@ class PromptsJobSpec(_JobSpecBase):
     def _fits(self) -> Self:
         if self.count < 1 or self.count > len(self.prompts):
             raise ValueError(f"count must be between 1 and the number of prompts ({len(self.prompts)})")
-        if self.budget > len(self.prompts):
+        if self.item_budget > len(self.prompts):
             raise ValueError(f"max_items cannot exceed the number of prompts ({len(self.prompts)})")
         return self
 
@@ -416,6 +439,7 @@ class JobState(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # at its spending budget; not finished: raising the budget or resuming carries on
 
     @property
     def finished(self) -> bool:
@@ -432,9 +456,11 @@ class JobCounters(StrictModel):
     parse_failures: int = 0
     llm_calls: int = 0
     retries: int = 0
+    replayed: int = Field(default=0, description="answers a rerun took from the replay cache: not calls, not paid")
     rate_limited: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_micro_usd: int = Field(default=0, description="exact spend: each call priced at its endpoint, in 1e-6 USD")
     cost_usd: float = 0.0
 
 
@@ -464,6 +490,14 @@ class JobStatus(StrictModel):
     message: str = ""
     counters: JobCounters
     result: str | None = Field(default=None, description="what the job produced, e.g. an extracted skill set ref")
+    budget: JobBudget | None = Field(default=None, description="the spending cap in force (it may have been changed)")
+    budget_left: BudgetLeft | None = Field(default=None, description="what the cap still allows; none without one")
+
+
+class JobPatch(StrictModel):
+    """``PATCH /v1/jobs/{id}``: the fields given replace the job's (``null`` removes a limit); others stay."""
+
+    budget: JobBudget
 
 
 class JobsPublic(StrictModel):

@@ -53,3 +53,29 @@ class WireResponse(BaseModel):
     model: str = ""
     choices: list[WireChoice] = Field(min_length=1)
     usage: WireUsage | None = None
+
+
+class RateLimits(StrictModel):
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class EndpointLimitsPatch(StrictModel):
+    """Limits set at run time for every worker (``PATCH /v1/endpoints/{name}``); ``null`` leaves one as it is."""
+
+    rpm: int | None = Field(default=None, ge=1, le=100_000_000, description="requests per minute, fleet-wide")
+    tpm: int | None = Field(default=None, ge=1, le=10_000_000_000, description="tokens per minute, fleet-wide")
+    reset: bool = Field(default=False, description="drop run-time and header-learned limits first (back to config)")
+
+
+class EndpointLimits(StrictModel):
+    """What the fleet limiter applies to one endpoint now: the lowest of set-at-run-time (else configured) and
+    learned from the provider's ``x-ratelimit-limit-*`` headers."""
+
+    name: str
+    model: str
+    configured: RateLimits
+    runtime: RateLimits
+    learned: RateLimits
+    effective: RateLimits
+    cooldown_s: float = Field(description="seconds left of a 429 cool-down every worker honours")

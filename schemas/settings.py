@@ -7,7 +7,7 @@ the environment variable the endpoint names (``api_key_env``).
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, HttpUrl, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,12 @@ class EndpointSettings(StrictModel):
     tpm: int = Field(default=2_000_000, ge=1, description="tokens (prompt + completion) per minute")
     max_concurrency: int = Field(
         default=0, ge=0, le=4096, description="requests in flight; 0 = enough for the rpm at 1 s latency (32..256)"
+    )
+    concurrency: Literal["fixed", "adaptive"] = Field(
+        default="fixed",
+        description="fixed: max_concurrency in flight; adaptive: a fleet-wide limit (shared in Redis by every "
+        "worker) found by AIMD on latency and errors, at most max_concurrency: for self-hosted servers (vLLM, "
+        "llama.cpp, TGI) that queue requests instead of answering 429",
     )
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=6, ge=0, le=50)
@@ -80,6 +86,13 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(
         default=5.0, gt=0, le=60, description="worker heartbeat; silent for 3 beats = dead, its chunks rerun"
     )
+    stop_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM/SIGINT a worker sends no new call and waits this long for calls in flight, "
+        "then cancels the rest; its unfinished chunks go back to the queue at once either way",
+    )
     claim_idle_ms: int = Field(default=60_000, ge=1000, description="re-deliver curate entries idle this long")
     stall_s: float = Field(
         default=30.0,
@@ -88,9 +101,29 @@ class Settings(BaseSettings):
         description="a job with work outstanding and no progress this long is checked by the watchdog: chunks "
         "that are neither queued nor running are enqueued again, or the job fails with the reason",
     )
+    replay_max_mb: float = Field(
+        default=256,
+        ge=0,
+        description="answers one job keeps for replay (MiB; a chunk's are dropped once its items are generated); "
+        "past it new answers are not kept; 0 turns the replay cache off",
+    )
+    replay_ttl_s: int = Field(
+        default=172_800, ge=60, description="kept answers expire this long after their chunk's last write"
+    )
     local_model: Path | None = Field(default=None, description="a GGUF file for quickstart / local-llm")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="a worker serves its own Prometheus metrics on this port (one port per worker process)",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address the worker metrics server binds")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line (ts, level, logger, msg, job_id, exc)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 @lru_cache

@@ -10,7 +10,8 @@ from fastapi.staticfiles import StaticFiles
 
 from schemas.settings import Settings, get_settings
 from service.errors import UNAVAILABLE, redis_unavailable
-from service.routes import curate, extract, jobs, review, skill_sets
+from service.routes import curate, endpoints, extract, jobs, review, skill_sets
+from service.routes.metrics import router as metrics_router
 from workers.redis_pool import REDIS_ERRORS, open_redis
 
 STATIC = Path(__file__).parent / "static"
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(skill_sets.router)
     app.include_router(curate.router)  # POST /v1/curate: curate a dataset a team brings
     app.include_router(review.router)  # /v1/review: the math review queue
+    app.include_router(endpoints.router)  # /v1/endpoints: fleet-wide rate limits, changeable at run time
+    app.include_router(metrics_router)  # /metrics: fleet-wide Prometheus metrics, read from Redis
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

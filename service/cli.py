@@ -10,12 +10,22 @@ from typing import Annotated
 import httpx
 import typer
 
+from schemas.jobs import JobStatus
 from schemas.settings import get_settings
-from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, submitted_job_id
+from service.cli_common import (
+    API_OPTION,
+    api_url,
+    console,
+    fail,
+    follow_to_end,
+    print_validation_errors,
+    submitted_job_id,
+)
 from service.curate_cli import curate as curate_command
 from service.eval_cli import eval_math, square_law
 from service.export import ExportFormat, OutputFormat, ReviewFilter, Split, parquet_batches, write_hf_dataset
 from service.extract_cli import app as extract_app
+from service.progress import budget_left
 from service.shirk_cli import shirk
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
@@ -32,20 +42,29 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
     from service.app import create_app
+    from workers import logs
 
     settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level)  # uvicorn's loggers propagate to this handler too
     uvicorn.run(
-        create_app(settings), host=host or settings.api_host, port=port or settings.api_port, log_level="warning"
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="warning",
+        log_config=None,
     )
 
 
 @app.command()
 def worker(burst: bool = typer.Option(False, help="exit when the queue is empty")) -> None:
     """Run one worker process: chunk generation plus the curate stage."""
+    from workers import logs
     from workers.worker import run_resilient
 
+    settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_resilient(get_settings(), burst=burst))
+        asyncio.run(run_resilient(settings, burst=burst))
 
 
 async def _submit(api: str, body: dict[str, object], wait: bool) -> int:
@@ -170,6 +189,47 @@ def export(
         console.print(f"wrote {output} ({rows} rows): datasets.load_from_disk({str(output)!r})")
     else:
         console.print(f"wrote {output}")
+
+
+async def _change_job(api: str, method: str, path: str, body: dict[str, object] | None) -> None:
+    """One call that changes a job (resume, budget), its refusals shown as one line each."""
+    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        try:
+            response = await client.request(method, path, json=body)
+        except httpx.ConnectError:
+            fail(f"no API answering at {api}; start it with `skillmix serve`")
+    if response.status_code == 422:
+        print_validation_errors(response)
+        raise typer.Exit(2)
+    if response.status_code in (404, 409):
+        fail(str(response.json()["detail"]))
+    response.raise_for_status()
+    status = JobStatus.model_validate_json(response.content)
+    console.print(f"job {status.id}: {status.state}  ${status.counters.cost_usd:.4f} spent{budget_left(status)}")
+
+
+@app.command()
+def resume(job_id: str, api: str | None = API_OPTION) -> None:
+    """Carry on with a job paused at its spending budget (raise the budget first with `skillmix budget`)."""
+    asyncio.run(_change_job(api_url(api), "POST", f"/v1/jobs/{job_id}/resume", None))
+
+
+@app.command()
+def budget(
+    job_id: str,
+    max_cost_usd: float | None = typer.Option(None, help="US dollars the job may spend in all"),
+    max_tokens: int | None = typer.Option(None, help="prompt + completion tokens the job may use in all"),
+    api: str | None = API_OPTION,
+) -> None:
+    """Set a job's spending budget while it runs; raising the budget of a job paused at it resumes it."""
+    cap: dict[str, object] = {}
+    if max_cost_usd is not None:
+        cap["max_cost_usd"] = max_cost_usd
+    if max_tokens is not None:
+        cap["max_tokens"] = max_tokens
+    if not cap:
+        fail("give --max-cost-usd and/or --max-tokens")
+    asyncio.run(_change_job(api_url(api), "PATCH", f"/v1/jobs/{job_id}", {"budget": cap}))
 
 
 @app.command()

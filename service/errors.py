@@ -26,6 +26,15 @@ def not_found(what: str, ident: str) -> NoReturn:
     raise HTTPException(status_code=404, detail=f"{what} {ident!r} not found")
 
 
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": Detail, "description": "not possible in the job's current state (the detail says why)"}
+}
+
+
+def conflict(message: str) -> NoReturn:
+    raise HTTPException(status_code=409, detail=message)
+
+
 async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """Redis restarting or away: a clear 503 the client may retry, not a 500 with a traceback in the log."""
     return JSONResponse(

@@ -36,13 +36,27 @@ async def follow(client: httpx.AsyncClient, job_id: str, console: Console, inter
             elapsed = max(time.monotonic() - started, 1e-6)
             stats = (
                 f"{c.llm_calls / elapsed:5.1f} calls/s  {c.prompt_tokens + c.completion_tokens} tok  "
-                f"{c.rate_limited} x429  {c.rejected} rejected"
+                f"{c.rate_limited} x429  {c.rejected} rejected  ${c.cost_usd:.4f}{budget_left(status)}"
             )
             bar.update(task, completed=c.accepted, stats=stats, description=f"job {job_id[:8]} {status.state}")
             if status.state.finished:
                 return status
             await asyncio.sleep(interval)
             status = await fetch_status(client, job_id)
+
+
+def budget_left(status: JobStatus) -> str:
+    """What the job's budget still allows, for the progress line ("" without a budget)."""
+    left = status.budget_left
+    if left is None:
+        return ""
+    parts = []
+    if left.cost_usd is not None:
+        parts.append(f"${left.cost_usd:.4f}")
+    if left.tokens is not None:
+        parts.append(f"{left.tokens} tok")
+    paused = " paused: raise it with `skillmix budget`" if status.state == "paused" else ""
+    return f" ({' + '.join(parts)} left){paused}"
 
 
 def summary(status: JobStatus, seconds: float) -> Table:
@@ -54,6 +68,11 @@ def summary(status: JobStatus, seconds: float) -> Table:
     table.add_row("LLM calls", f"{c.llm_calls} (retries {c.retries}, 429s {c.rate_limited})")
     table.add_row("tokens", f"{c.prompt_tokens} prompt + {c.completion_tokens} completion")
     table.add_row("cost estimate", f"${c.cost_usd:.4f}")
+    if status.budget is not None:
+        cap = status.budget
+        limits = [f"${cap.max_cost_usd:.4f}"] if cap.max_cost_usd else []
+        limits += [f"{cap.max_tokens} tok"] if cap.max_tokens else []
+        table.add_row("budget", " + ".join(limits) + budget_left(status))
     table.add_row("seconds", f"{seconds:.1f}")
     if status.message:
         table.add_row("message", status.message)

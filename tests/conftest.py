@@ -43,7 +43,8 @@ def service_env(endpoints: Mapping[str, object] | None = None, **extra: str) -> 
     import json
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLMIX_")}
-    env.update({"SKILLMIX_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"})
+    # a worker stopped at teardown drains its calls in flight for at most this long (default 30 s)
+    env.update({"SKILLMIX_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1", "SKILLMIX_STOP_GRACE_S": "3"})
     if endpoints:
         env["SKILLMIX_ENDPOINTS"] = json.dumps(
             {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in endpoints.items()}

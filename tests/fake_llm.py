@@ -49,6 +49,10 @@ class FakeConfig(BaseModel):
     burst_s: float = Field(1.0, gt=0, description="bucket capacity in seconds of rpm")
     latency_ms: float = Field(0.0, ge=0, description="delay before every admitted answer")
     latency_jitter_ms: float = Field(0.0, ge=0, description="extra uniform random delay")
+    capacity: int = Field(
+        0, ge=0, description="requests served at once, the rest wait in a queue as on vLLM (latency = queueing + "
+        "latency_ms); 0 = no limit"
+    )
     prose_words: int = Field(80, ge=1, description="length of non-pair answers")
     exact_dup_rate: float = Field(0.0, ge=0, le=1, description="pair copied from a canned pair")
     near_dup_rate: float = Field(0.0, ge=0, le=1, description="canned instruction with 2 words changed")
@@ -70,6 +74,7 @@ class FakeConfig(BaseModel):
     require_key: str | None = Field(None, description="401 unless 'Authorization: Bearer KEY'")
     model_strict: str | None = Field(None, description="404 for any other model")
     fault_seed: int = Field(0, description="seed of the transport-fault RNG")
+    ratelimit_headers: bool = Field(False, description="send OpenAI's x-ratelimit-*-requests headers (needs rpm)")
     # skill extraction (see "skill extraction" below)
     extract_offlist_rate: float = Field(0.0, ge=0, le=1, description="map answers naming a skill not on the list")
     extract_garbage_rate: float = Field(0.0, ge=0, le=1, description="extraction answers that are not JSON")
@@ -665,8 +670,11 @@ class FakeState:
         now = time.monotonic()
         self.counts: dict[str, int] = dict.fromkeys(
             ("requests", "ok", "rate_limited", "errors", "malformed", "hung", "unauthorized",
-             "bad_requests", "not_found", "prompt_tokens", "completion_tokens", "truncated"), 0
+             "bad_requests", "not_found", "prompt_tokens", "completion_tokens", "truncated", "repaid"), 0
         )  # fmt: skip
+        # sha256 of every request body answered 200 so far: a request arriving with one is "repaid" (the
+        # client paid for an answer it had already been given)
+        self.answered: set[bytes] = set()
         self.planted: dict[str, int] = {}
         self.tokens = self.capacity()
         self.refilled_at = now
@@ -674,6 +682,7 @@ class FakeState:
         self.max_rps_1s = 0
         self.per_second: dict[int, int] = {}
         self.in_flight = self.max_in_flight = 0
+        self.slots = asyncio.Semaphore(self.config.capacity) if self.config.capacity else None  # see capacity
         self.fault_rng = random.Random(self.config.fault_seed)
         self.storm_until = now + self.config.storm_s if self.config.storm_s else 0.0
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)  # valid request bodies, newest last
@@ -704,6 +713,15 @@ class FakeState:
         if len(self.per_second) > RECENT_S:
             del self.per_second[min(self.per_second)]
 
+    def ratelimit_headers(self) -> dict[str, str]:
+        """What OpenAI sends: the limit, what is left of the bucket, and when it is full again."""
+        rate = self.config.rpm / 60
+        return {
+            "x-ratelimit-limit-requests": str(self.config.rpm),
+            "x-ratelimit-remaining-requests": str(int(self.tokens)),
+            "x-ratelimit-reset-requests": f"{(self.capacity() - self.tokens) / rate:.3f}s",
+        }
+
     def snapshot(self) -> dict[str, Any]:
         now = int(time.monotonic())
         return {
@@ -726,6 +744,8 @@ class FakeState:
             self.storm_until = now + self.config.storm_s
         if "fault_seed" in patch:
             self.fault_rng = random.Random(self.config.fault_seed)
+        if "capacity" in patch:  # requests queued on the old semaphore finish there
+            self.slots = asyncio.Semaphore(self.config.capacity) if self.config.capacity else None
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
@@ -768,7 +788,10 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            return await _chat(request)
+            if state.slots is None:
+                return await _chat(request)
+            async with state.slots:  # served `capacity` at a time, the rest queue (vLLM's waiting requests)
+                return await _chat(request)
         except ClientDisconnect:  # the client gave up (e.g. its timeout); nobody reads an answer
             return Response(status_code=499)
         finally:
@@ -789,6 +812,9 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
             counts["bad_requests"] += 1
             return _error(400, "invalid_request_error", str(exc))
         state.recent.append(body)
+        request_key = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+        if request_key in state.answered:
+            counts["repaid"] += 1
         model = body.get("model") or DEFAULT_MODEL
         if cfg.model_strict and model != cfg.model_strict:
             counts["not_found"] += 1
@@ -841,6 +867,7 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
             state.planted[fault] = state.planted.get(fault, 0) + 1
         completion_tokens = word_count(content)
         counts["ok"] += 1
+        state.answered.add(request_key)
         counts["prompt_tokens"] += prompt_tokens
         counts["completion_tokens"] += completion_tokens
         return _json(
@@ -861,7 +888,8 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
                 },
-            }
+            },
+            headers=state.ratelimit_headers() if cfg.ratelimit_headers and cfg.rpm else None,
         )
 
     async def models(_: Request) -> Response:

@@ -27,8 +27,9 @@ from tests.test_end_to_end import examples, finished, start_stack, submit, wait_
 from workers import endpoints, jobstore, keys
 from workers.curate.consumer import CurateConsumer
 from workers.curate.decide import decide_and_store, previous
-from workers.generate import JobStopped, run_chunk
+from workers.generate import run_chunk
 from workers.llm.client import LLMClient
+from workers.llm.errors import JobStopped
 from workers.recipes import recipe_for
 from workers.tally import Tally
 from workers.watchdog import Watchdog

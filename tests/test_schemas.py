@@ -21,9 +21,9 @@ def test_schemas_import_nothing_from_service_or_workers() -> None:
 
 def test_spec_discriminates_on_recipe_and_fills_budget() -> None:
     spec = SPEC.validate_python({"recipe": "instruct", "skill_set": "starter@2", "count": 10})
-    assert isinstance(spec, InstructJobSpec) and spec.budget == 30 and spec.k == 2
+    assert isinstance(spec, InstructJobSpec) and spec.item_budget == 30 and spec.k == 2
     prompts = SPEC.validate_python({"recipe": "prompts", "prompts": ["a", "b", "c"]})
-    assert isinstance(prompts, PromptsJobSpec) and prompts.count == 3 and prompts.budget == 3
+    assert isinstance(prompts, PromptsJobSpec) and prompts.count == 3 and prompts.item_budget == 3
     assert prompts.dedup.near is False
 
 

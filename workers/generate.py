@@ -12,15 +12,18 @@ from dataclasses import dataclass, field
 
 import orjson
 from arq.connections import ArqRedis
-from redis.asyncio.client import Pipeline
 
 from schemas.examples import GeneratedItem, JudgeVerdict, Reason, WorkItem
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.llm import Usage
-from workers import jobstore, keys
+from schemas.settings import Settings, get_settings
+from workers import drain, jobstore, keys
+from workers.budget import Prices, charge, prices_for
 from workers.curate.judge import Judge
+from workers.drain import WorkerDraining
 from workers.llm.client import ChatClient, MeteredClient
-from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
+from workers.llm.errors import JobStopped, LLMBadRequest, LLMError, LLMFatal
+from workers.llm.replay import Recorder, ReplayCache, item_scope
 from workers.recipes import ParseFailure, Recipe
 from workers.redis_pool import redis_trouble
 from workers.tally import Tally
@@ -30,12 +33,13 @@ STATE_POLL_S = 0.5
 STOP_WAIT_S = 15.0  # at most one Redis reply timeout for the watcher to see its flag
 
 
-class JobStopped(Exception):
-    """The job was cancelled or finished: the call is refused before it is sent."""
-
-
 class EndpointDown(Exception):
     """Some items could not reach the endpoint even after the client's retries: retry the chunk later."""
+
+
+class JobResumed(Exception):
+    """Items were refused while the job was paused and it was resumed before the chunk ended: run it again
+    (resuming cannot enqueue a chunk that is still running)."""
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ChunkOutcome:
     emitted: int = 0
     skipped: int = 0
     stopped: int = 0
+    drained: int = 0  # items not started because this worker is stopping (``workers.drain``)
     unavailable: list[int] = field(default_factory=list)
 
 
@@ -53,7 +58,8 @@ async def generate_item(recipe: Recipe, llm: ChatClient, index: int, retries: in
     for attempt in range(retries + 1):
         item = recipe.item(index, attempt)
         try:
-            result = await recipe.generate(item, llm)
+            with item_scope(index, attempt):  # its answers are kept and replayed under this (llm.replay)
+                result = await recipe.generate(item, llm)
         except ParseFailure as exc:
             usage, conversation, detail = usage.add(exc.usage), exc.conversation, exc.detail
             fields = exc.fields
@@ -73,17 +79,6 @@ async def generate_item(recipe: Recipe, llm: ChatClient, index: int, retries: in
         **fields,
     )
     return failed, retries + 1
-
-
-def _count_usage(pipe: Pipeline, job_id: str, usage: Usage) -> None:
-    """What a returned call adds: tokens and 429s (the call itself was counted when it was sent)."""
-    for name, value in (
-        ("rate_limited", usage.rate_limited),
-        ("prompt_tokens", usage.prompt_tokens),
-        ("completion_tokens", usage.completion_tokens),
-    ):
-        if value:
-            pipe.hincrby(keys.counters(job_id), name, value)
 
 
 class _Emitter:
@@ -145,7 +140,13 @@ async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_fa
 
 
 def metered(
-    redis: ArqRedis, job_id: str, llm: ChatClient, tally: Tally, refuse_when_finished: bool = True
+    redis: ArqRedis,
+    job_id: str,
+    llm: ChatClient,
+    tally: Tally,
+    refuse_when_finished: bool = True,
+    *,
+    prices: Prices,
 ) -> MeteredClient:
     """The job's view of the endpoint: a call is refused once the job is cancelled or finished, and counted
     in the same synchronous step that hands its request to the kernel (``workers.tally``), so the job's
@@ -153,21 +154,26 @@ def metered(
     counters as each call returns. ``refuse_when_finished=False`` (review help on a finished math job)
     meters the same way but never refuses."""
     meta, counters = keys.meta(job_id), keys.counters(job_id)
+    # A fleet limiter reads the job's state in the same script that books the call's turn (no extra round
+    # trip); otherwise the state is read here, right before the request is written.
+    gated = refuse_when_finished and bool(getattr(llm, "gates", False))
 
     async def on_send(attempt: int) -> None:
+        drain.refuse_new_calls(refuse_when_finished)  # a stopping worker sends nothing new (workers.drain)
         await tally.ensure()
-        state = await redis.hget(meta, "state") if refuse_when_finished else b"running"
-        if state not in (b"queued", b"running"):
-            raise JobStopped(job_id)
+        if refuse_when_finished and not gated:
+            state = await redis.hget(meta, "state")
+            if state not in (b"queued", b"running"):
+                raise JobStopped(job_id)
         # nothing below may await: the request's headers are written right after this returns
         tally.incr(counters, *(("llm_calls", "retries") if attempt > 1 else ("llm_calls",)))
 
     async def on_usage(usage: Usage) -> None:
-        async with redis.pipeline(transaction=True) as pipe:
-            _count_usage(pipe, job_id, usage)
-            await pipe.execute()
+        # tokens, 429s and cost (at ``prices``, this endpoint's) in one fire-and-forget script that also
+        # pauses the job at its budget (``workers.budget``): no round trip on the hot path
+        charge(tally, job_id, usage, prices)
 
-    return MeteredClient(llm, on_send, on_usage)
+    return MeteredClient(llm, on_send, on_usage, gate=meta if gated else None)
 
 
 async def run_chunk(
@@ -179,13 +185,15 @@ async def run_chunk(
     final_try: bool,
     tally: Tally,
     judge_client: ChatClient | None = None,
+    settings: Settings | None = None,
 ) -> ChunkOutcome:
     """Generate the chunk's missing items and emit them; with ``quality.judge`` set (and quality on),
-    ``judge_client`` (the judge endpoint's client) grades each item that came out without an error."""
+    ``judge_client`` (the judge endpoint's client) grades each item that came out without an error.
+    Every answer is kept as it arrives and a rerun of the chunk replays it (``workers.llm.replay``)."""
     outcome = ChunkOutcome()
     state = await jobstore.get_state(redis, record.id)
-    if state is None or state.finished:  # a chunk still queued when its job ended starts nothing
-        outcome.skipped = task.stop - task.start
+    if state is None or state.finished or state is JobState.PAUSED:  # ended or at its budget: start nothing
+        outcome.skipped = task.stop - task.start  # (resuming a paused job enqueues its chunks again)
         return outcome
     indexes = list(range(task.start, task.stop))
     done = await redis.smismember(keys.generated(record.id), indexes)
@@ -194,7 +202,10 @@ async def run_chunk(
     if not todo:
         return outcome
     await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
-    llm = metered(redis, record.id, client, tally)
+    replay = await ReplayCache.load(redis, tally, record.id, task.start, settings or get_settings())
+    client = Recorder(client)  # keeps each fresh answer the moment it arrives, before metering awaits
+    judge_client = Recorder(judge_client) if judge_client is not None else None
+    llm = metered(redis, record.id, client, tally, prices=prices_for(client, record))
     await recipe.prepare(redis, todo)  # what the items read from storage (most recipes: nothing)
     judge_settings = getattr(record.spec, "quality", None)
     judge_settings = judge_settings.judge if judge_settings is not None and judge_settings.enabled else None
@@ -202,16 +213,26 @@ async def run_chunk(
     if judge_settings is not None:
         judge_client = judge_client or client  # no endpoint of its own: the job's endpoint judges
         judge = Judge.for_client(record, judge_settings, judge_client)
-        judge_llm = metered(redis, record.id, judge_client, tally)  # same job counters, same stop on cancel
+        judge_llm = metered(  # same job counters, same stop on cancel; its own endpoint's prices
+            redis, record.id, judge_client, tally, prices=prices_for(judge_client, record)
+        )
     elif judge_client is not None:  # a recipe that calls its own judge (eval-math): metered the same way
-        recipe.judge_llm = metered(redis, record.id, judge_client, tally)
+        recipe.judge_llm = metered(redis, record.id, judge_client, tally, prices=prices_for(judge_client, record))
         recipe.judge_json = bool(getattr(getattr(judge_client, "endpoint", None), "json_schema", False))
+    # answers this chunk already got (a rerun) are replayed: no call, no metering, no second payment
+    replay_llm = replay.replaying(llm, client)
+    replay_judge = replay.replaying(judge_llm, judge_client or client) if judge_llm is not None else None
+    if judge is None and judge_client is not None and recipe.judge_llm is not None:
+        recipe.judge_llm = replay.replaying(recipe.judge_llm, judge_client)
 
     async def one(index: int) -> None:
         try:
-            item, failures = await generate_item(recipe, llm, index, record.spec.item_retries)
+            item, failures = await generate_item(recipe, replay_llm, index, record.spec.item_retries)
         except JobStopped:
             outcome.stopped += 1
+            return
+        except WorkerDraining:  # like an unavailable item, but the chunk goes back at once (below)
+            outcome.drained += 1
             return
         except LLMFatal as exc:
             await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
@@ -229,11 +250,15 @@ async def run_chunk(
             detail = f"{type(exc).__name__}: {exc}"[:500]
             item = recipe.record_for(recipe.item(index), error=Reason.INTERNAL_ERROR, error_detail=detail)
             failures = 0
-        if judge is not None and judge_llm is not None and item.error is None:
+        if judge is not None and replay_judge is not None and item.error is None:
             try:
-                item.judge = await judge.judge(item, judge_llm)
+                with item_scope(index, "judge"):
+                    item.judge = await judge.judge(item, replay_judge)
             except JobStopped:
                 outcome.stopped += 1
+                return
+            except WorkerDraining:
+                outcome.drained += 1
                 return
             except LLMFatal as exc:
                 message = f"judge endpoint {judge.endpoint_name}: {exc}"
@@ -263,8 +288,14 @@ async def run_chunk(
     if errors:
         raise errors[0]
     outcome.skipped += sum(isinstance(r, asyncio.CancelledError) for r in results) + outcome.stopped
+    if outcome.drained:  # before EndpointDown: a stopping worker hands back, it does not back off
+        raise WorkerDraining(f"{outcome.drained} items of {task.arq_id} not started: this worker is stopping")
     if outcome.unavailable:
         raise EndpointDown(f"{len(outcome.unavailable)} items of {task.arq_id} could not reach the endpoint")
+    if outcome.stopped and await jobstore.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):
+        raise JobResumed(f"{outcome.stopped} items of {task.arq_id} were refused while the job was paused")
+    if outcome.emitted == len(todo):
+        replay.drop()  # every item generated: nothing of this chunk is asked again
     return outcome
 
 

@@ -5,12 +5,15 @@ many machines update them without lost writes.
 """
 
 import math
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from schemas.jobs import ChunkTask, JobCounters, JobRecord, JobState, JobStatus
+from schemas.jobs import BudgetLeft, ChunkTask, JobBudget, JobCounters, JobRecord, JobState, JobStatus
 from workers import keys
 
 _INT_FIELDS = (
@@ -21,9 +24,11 @@ _INT_FIELDS = (
     "parse_failures",
     "llm_calls",
     "retries",
+    "replayed",
     "rate_limited",
     "prompt_tokens",
     "completion_tokens",
+    "cost_micro_usd",
 )
 
 # Move to a new state unless the job already finished (finished states are final). A finished job stays in
@@ -70,11 +75,15 @@ async def create_job(redis: Redis, record: JobRecord, planned: int = 0) -> None:
     if not created:
         raise ValueError(f"job {record.id} exists")
     planned_at = await redis_now_ms(redis) if planned else 0
+    spec_budget = record.spec.budget
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(
             keys.meta(record.id), mapping={"state": JobState.QUEUED.value, "message": "", "updated_at": now_iso()}
         )
         pipe.hset(keys.counters(record.id), mapping={"planned": planned, "processed": 0, "accepted": 0})
+        cap = {k: v for k, v in cap_fields(spec_budget).items() if v is not None} if spec_budget else {}
+        if cap:
+            pipe.hset(keys.budget(record.id), mapping=cap)
         if planned:
             pipe.hset(keys.pending_plans(record.id), f"0-{planned}", planned_at)
             pipe.rpush(keys.ranges(record.id), f"0-{planned}")
@@ -118,12 +127,66 @@ async def read_counters(redis: Redis, record: JobRecord) -> JobCounters:
         generated=await redis.scard(keys.generated(record.id)),
         rejected_by_reason={k.split(":", 1)[1]: v for k, v in sorted(raw.items()) if k.startswith("rejected:")},
     )
-    counters.cost_usd = round(
-        counters.prompt_tokens * record.usd_per_mtok_prompt / 1e6
-        + counters.completion_tokens * record.usd_per_mtok_completion / 1e6,
+    counters.cost_usd = cost_from_counters(raw, record)
+    return counters
+
+
+class Priced(Protocol):
+    """What pricing needs of a job record (``JobRecord``, or the prices /metrics caches of one)."""
+
+    @property
+    def usd_per_mtok_prompt(self) -> float: ...
+
+    @property
+    def usd_per_mtok_completion(self) -> float: ...
+
+
+def cost_from_counters(raw: Mapping[str, int], record: Priced) -> float:
+    """A job's cost from its counters hash: job status and the fleet's /metrics both use this, so they agree."""
+    if "cost_micro_usd" in raw:  # exact: each call priced at its own endpoint (``workers.budget``)
+        return raw["cost_micro_usd"] / 1e6
+    # a job from before the exact counter: every token at the job's endpoint's prices
+    return cost_usd(record, raw.get("prompt_tokens", 0), raw.get("completion_tokens", 0))
+
+
+def cap_fields(budget: JobBudget) -> dict[str, int | None]:
+    """The ``job:{id}:budget`` fields of the limits given in ``budget`` (None: that limit is removed)."""
+    fields: dict[str, int | None] = {}
+    if "max_cost_usd" in budget.model_fields_set:
+        usd = budget.max_cost_usd
+        fields["max_cost_micro_usd"] = None if usd is None else max(1, round(usd * 1e6))
+    if "max_tokens" in budget.model_fields_set:
+        fields["max_tokens"] = budget.max_tokens
+    return fields
+
+
+async def read_budget(redis: Redis, job_id: str) -> JobBudget | None:
+    """The cap in force (it may have been changed since submit); None without one."""
+    raw = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.budget(job_id))).items()}
+    if not raw:
+        return None
+    cost = raw.get("max_cost_micro_usd")
+    return JobBudget(max_cost_usd=None if cost is None else cost / 1e6, max_tokens=raw.get("max_tokens"))
+
+
+def budget_left(budget: JobBudget | None, counters: JobCounters) -> BudgetLeft | None:
+    """What the cap still allows (never negative: in-flight calls may finish past it)."""
+    if budget is None:
+        return None
+    cost = tokens = None
+    if budget.max_cost_usd is not None:
+        cost = max(0, round(budget.max_cost_usd * 1e6) - counters.cost_micro_usd) / 1e6
+    if budget.max_tokens is not None:
+        tokens = max(0, budget.max_tokens - counters.prompt_tokens - counters.completion_tokens)
+    return BudgetLeft(cost_usd=cost, tokens=tokens)
+
+
+def cost_usd(record: Priced, prompt_tokens: int, completion_tokens: int) -> float:
+    """A job's cost estimate at its endpoint's prices (jobs without the exact ``cost_micro_usd`` counter)."""
+    return round(
+        prompt_tokens * record.usd_per_mtok_prompt / 1e6 + completion_tokens * record.usd_per_mtok_completion / 1e6,
         6,
     )
-    return counters
 
 
 async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
@@ -132,6 +195,8 @@ async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
         return None
     meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.meta(job_id))).items()}
     skill_set = record.skill_set.ref if record.skill_set else None
+    counters = await read_counters(redis, record)
+    budget = await read_budget(redis, job_id)
     return JobStatus(
         id=record.id,
         recipe=record.spec.recipe,
@@ -142,8 +207,10 @@ async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
         created_at=record.created_at,
         updated_at=meta.get("updated_at") or None,
         message=meta.get("message", ""),
-        counters=await read_counters(redis, record),
+        counters=counters,
         result=meta.get("result") or None,
+        budget=budget,
+        budget_left=budget_left(budget, counters),
     )
 
 
@@ -161,7 +228,7 @@ def top_up_size(record: JobRecord, counters: JobCounters) -> int:
     spec = record.spec
     outstanding = counters.planned - counters.processed
     missing = spec.count - counters.accepted
-    if missing <= 0 or counters.planned >= spec.budget:
+    if missing <= 0 or counters.planned >= spec.item_budget:
         return 0
     if counters.processed < 16 and outstanding > 0:
         return 0
@@ -170,7 +237,7 @@ def top_up_size(record: JobRecord, counters: JobCounters) -> int:
     expected = outstanding * rate
     if outstanding > 0 and expected >= missing:
         return 0
-    want = min(math.ceil((missing - expected) / rate * 1.1), spec.budget - counters.planned)
+    want = min(math.ceil((missing - expected) / rate * 1.1), spec.item_budget - counters.planned)
     if outstanding > 0 and want < record.chunk_size // 2:
         return 0  # wait and top up in chunk-sized steps rather than item by item
     return max(1, want)
@@ -235,6 +302,55 @@ def _range(field: str) -> tuple[int, int]:
 
 
 async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:
-    """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once."""
-    for task in chunks(record, start, stop):
-        await redis.enqueue_job("run_chunk_job", task.model_dump(), _job_id=task.arq_id, _queue_name=keys.QUEUE_NAME)
+    """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once.
+
+    Their queue scores come from ``fair_start``, so jobs interleave instead of queueing behind each other.
+    """
+    tasks = chunks(record, start, stop)
+    first = await fair_start(redis, record.id, len(tasks))
+    expires = timedelta(milliseconds=redis.expires_extra_ms)  # from now, whatever the (past) score
+    for k, task in enumerate(tasks):
+        await redis.enqueue_job(
+            "run_chunk_job",
+            task.model_dump(),
+            _job_id=task.arq_id,
+            _queue_name=keys.QUEUE_NAME,
+            _defer_until=datetime.fromtimestamp((first + k) / 1000, UTC),
+            _expires=expires,
+        )
+
+
+# Reserve ``n`` consecutive scores for a job's new chunks: from the queue's head (ARGV[1]) or right after the
+# job's own last chunk, whichever is later, so a job's top-ups queue behind its own backlog.
+_FAIR_RESERVE = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local first = math.max(tonumber(ARGV[1]), last + 1)
+redis.call('SET', KEYS[1], string.format('%.0f', first + tonumber(ARGV[2]) - 1))
+return string.format('%.0f', first)
+"""
+FAIR_SCAN = 256  # queue entries looked at for the head (more than the fleet runs at once is plenty)
+
+
+async def fair_start(redis: Redis, job_id: str, n: int) -> int:
+    """The queue score (ms) of the first of a job's ``n`` new chunks; chunk k gets this + k.
+
+    arq runs the lowest ready score first, and a score in the past is ready at once. A new job starts at the
+    queue's head (the lowest score of a chunk no worker runs yet; now if none is waiting), so its chunks
+    interleave 1:1 with every other job's backlog instead of waiting behind all of it: a small job submitted
+    during an overnight run starts within a chunk or two, and three jobs share 1:1:1.
+    """
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)  # arq's own clock for readiness: this process's
+    head = now_ms
+    entries = await redis.zrange(keys.QUEUE_NAME, 0, FAIR_SCAN - 1, withscores=True)
+    waiting = [(member, int(score)) for member, score in entries if score < now_ms]
+    if waiting:  # arq keeps a chunk in its queue while a worker runs it: skip those
+        async with redis.pipeline(transaction=False) as pipe:
+            for member, _ in waiting:
+                pipe.exists(in_progress_key_prefix + member.decode())
+            running = await pipe.execute()
+        idle = [score for (_, score), busy in zip(waiting, running, strict=True) if not busy]
+        if idle:
+            head = idle[0]
+        elif len(waiting) == FAIR_SCAN:  # the fleet runs more than we looked at: the head is further on
+            head = waiting[-1][1]
+    return int(await redis.eval(_FAIR_RESERVE, 1, keys.vtime(job_id), head, n))

@@ -15,7 +15,7 @@ def shortfall_message(record: JobRecord, counters: JobCounters) -> str:
         return f"{counters.accepted} of {record.spec.count} rows accepted, {counters.rejected} rejected. Top: {why}"
     return (
         f"fell short: {counters.accepted} of {record.spec.count} accepted after {counters.processed} items; "
-        f"attempt budget (max_items={record.spec.budget}) spent. Top rejections: {why}"
+        f"attempt budget (max_items={record.spec.item_budget}) spent. Top rejections: {why}"
     )
 
 
@@ -24,7 +24,7 @@ async def advance(redis: ArqRedis, record: JobRecord) -> None:
     if counters.accepted >= record.spec.count:
         await jobstore.set_state(redis, record.id, JobState.COMPLETED, f"{counters.accepted} accepted")
         return
-    if counters.processed >= counters.planned and counters.planned >= record.spec.budget:
+    if counters.processed >= counters.planned and counters.planned >= record.spec.item_budget:
         await jobstore.set_state(redis, record.id, JobState.COMPLETED, shortfall_message(record, counters))
         return
     more = jobstore.top_up_size(record, counters)

@@ -143,6 +143,12 @@ class Liveness:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
 
     async def close(self) -> None:
-        """A stopping worker says so at once (its cancelled jobs went back to the queue already)."""
+        """A stopping worker says so at once (its cancelled jobs went back to the queue already): no heartbeat,
+        and no running entry naming it (one left by a failed ``job_ended``), so nobody waits for it."""
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.delete(keys.heartbeat(self.worker_id))
+            running = await self.redis.hgetall(keys.RUNNING)
+            for job_id, owner in running.items():
+                if owner.decode() == self.worker_id:  # ours and we are silent now: free it like the reaper would
+                    marks = [in_progress_key_prefix + job_id.decode(), keys.RUNNING, keys.heartbeat(self.worker_id)]
+                    await self._release(keys=marks, args=[job_id, self.worker_id])

@@ -20,7 +20,7 @@ from redis.asyncio.connection import parse_url
 log = logging.getLogger(__name__)
 
 
-def _resp(*parts: str | int) -> bytes:
+def _resp(*parts: str | int | float) -> bytes:
     out = [f"*{len(parts)}\r\n".encode()]
     for part in parts:
         data = str(part).encode()
@@ -83,6 +83,26 @@ class Tally:
         task = asyncio.create_task(self._incr_awaited(key, fields))
         self._fallbacks.add(task)
         task.add_done_callback(self._fallbacks.discard)
+
+    def eval(self, script: str, keys: list[str], args: list[str | int | float]) -> None:
+        """EVAL ``script`` with no reply, written now; never awaits. For writes whose outcome nobody waits for
+        (settling a limiter, charging a budget, keeping a response): the script itself does any checking."""
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            try:
+                writer.write(_resp("EVAL", script, len(keys), *keys, *args))
+                return
+            except (OSError, RuntimeError):
+                pass
+        task = asyncio.create_task(self._eval_awaited(script, keys, args))
+        self._fallbacks.add(task)
+        task.add_done_callback(self._fallbacks.discard)
+
+    async def _eval_awaited(self, script: str, keys: list[str], args: list[str | int | float]) -> None:
+        try:
+            await self._pool.eval(script, len(keys), *keys, *args)
+        except Exception as exc:  # Redis away: the write is lost, and the log says so
+            log.warning("could not run a tally script on %s: %s", keys, exc)
 
     async def _incr_awaited(self, key: str, fields: tuple[str, ...]) -> None:
         try:

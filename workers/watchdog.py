@@ -11,6 +11,7 @@ One worker of the fleet per interval (``Liveness.run`` takes a lock) looks at ev
   A chunk marked in progress by arq for longer than ``stall_ms`` with no worker recorded as running it
   was picked up by a worker that died before its ``on_job_start`` hook ran (the liveness reaper cannot
   see it): its mark is removed so the queue hands the chunk out again.
+- A paused job (at its spending budget, ``workers.budget``) is left alone: it is waiting for a person.
 - A finished job leaves the active set only once its stream is empty and none of its chunks runs, so
   items generated in the last moment are still curated (as surplus) instead of abandoned.
 
@@ -28,6 +29,7 @@ from arq.jobs import Job
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from workers import jobstore, keys
 from workers.lifecycle import advance
+from workers.llm.replay import drop_job as drop_replay
 
 log = logging.getLogger(__name__)
 MAX_REDRIVES = 5
@@ -69,6 +71,9 @@ class Watchdog:
             state = await jobstore.get_state(self.redis, job_id)
             if state is None or state.finished:
                 report.retired += await self._retire(job_id)
+                continue
+            if state is JobState.PAUSED:  # at its budget, waiting for a person: not stalled (resume re-enqueues)
+                await self.redis.hdel(keys.WATCHDOG, job_id)
                 continue
             record = await jobstore.load_record(self.redis, job_id)
             if record is None or record.spec.recipe.startswith("extract"):
@@ -185,6 +190,7 @@ class Watchdog:
         prefix = f"skillmix:chunk:{job_id}:"
         if any(f.decode().startswith(prefix) for f in await self.redis.hkeys(keys.RUNNING)):
             return 0
+        await drop_replay(self.redis, job_id)  # no chunk of it will run again: its kept answers go
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(keys.ACTIVE_JOBS, job_id)
             pipe.hdel(keys.WATCHDOG, job_id)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -15,18 +16,23 @@ from typing import Any, ClassVar
 
 from arq import Retry, Worker
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, retry_key_prefix
 
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.settings import Settings, get_settings
-from workers import endpoints, jobstore, keys
+from workers import drain, endpoints, jobstore, keys
 from workers.curate.consumer import CurateConsumer
+from workers.drain import WorkerDraining
 from workers.endpoints import UnknownEndpoint
 from workers.extract.runner import extract_function
-from workers.generate import EndpointDown, run_chunk
+from workers.generate import EndpointDown, JobResumed, run_chunk
 from workers.liveness import Liveness
+from workers.llm.adaptive import AdaptiveConcurrency
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMMissingKey
+from workers.llm.fleet import FleetLimiter, LimitSignals
+from workers.logs import JOB_ID
+from workers.metrics import serve as serve_metrics
 from workers.recipes import NO_ENDPOINT, NoLLM, Recipe, needs_endpoint, recipe_for
 from workers.recipes.math import close_equivalence
 from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
@@ -60,7 +66,10 @@ class Resources:
     def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self.redis, self.settings = redis, settings
         self.tally = Tally(settings.redis_url, redis, settings.redis_timeout_s)
+        self.limit_signals = LimitSignals(redis)  # 429 cool-downs and limit changes, all endpoints
+        self.limit_signals.start()
         self.clients: dict[str, _CachedClient] = {}
+        self.adaptive: dict[str, AdaptiveConcurrency] = {}
         self.recipes: dict[str, tuple[JobRecord, Recipe]] = {}
         self._retired: set[asyncio.Task[None]] = set()
 
@@ -74,7 +83,15 @@ class Resources:
         if cached is not None and cached.fingerprint == fingerprint:
             cached.checked_at = now
             return cached.client
-        client = LLMClient(name, endpoint)  # raises LLMMissingKey before anything is replaced
+        # raises LLMMissingKey before anything is replaced; the rate limits are the fleet's, kept in Redis
+        limiter = FleetLimiter(self.redis, self.tally, name, endpoint, self.limit_signals)
+        adaptive = None
+        if endpoint.concurrency == "adaptive":  # one per process and endpoint: its waiters queue locally
+            adaptive = self.adaptive.get(name)
+            if adaptive is None:
+                adaptive = AdaptiveConcurrency.from_settings(self.redis, name, endpoint, self.tally)
+                self.adaptive[name] = adaptive
+        client = LLMClient(name, endpoint, limiter=limiter, adaptive=adaptive)
         if cached is not None:
             log.info("endpoint %s changed; new calls use the new settings", name)
             retire = asyncio.create_task(_close_later(cached.client, endpoint.timeout_s * 2))
@@ -104,6 +121,9 @@ class Resources:
         for cached in self.clients.values():
             await cached.client.aclose()
         await self.tally.aclose()
+        await self.limit_signals.aclose()
+        for adaptive in self.adaptive.values():
+            await adaptive.aclose()
 
 
 async def _close_later(client: LLMClient, after_s: float) -> None:
@@ -116,6 +136,7 @@ async def _close_later(client: LLMClient, after_s: float) -> None:
 
 async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, int]:
     task = ChunkTask.model_validate(payload)
+    JOB_ID.set(task.job_id)  # this chunk's log lines carry its job id (arq runs each job in its own task)
     settings: Settings = ctx.get("settings") or get_settings()
     here: set[str] = ctx.setdefault("chunks_here", set())
     if task.arq_id in here:  # handed back to us after a false death: the run in progress finishes it
@@ -131,6 +152,14 @@ async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[st
     except EndpointDown as exc:
         log.warning("%s; retry %d", exc, ctx["job_try"])
         raise Retry(defer=min(5 * ctx["job_try"], 60)) from exc
+    except JobResumed as exc:  # its job was paused mid-chunk and resumed since: do the refused items now
+        log.info("%s; running the chunk again", exc)
+        raise Retry(defer=0.5) from exc
+    except WorkerDraining as exc:  # SIGTERM: back to the queue at once, keeping its place (no defer, same score)
+        log.info("%s; handed back", exc)
+        with contextlib.suppress(*REDIS_DOWN):  # a hand-back is no failed try: don't spend one of MAX_TRIES
+            await ctx["redis"].decr(retry_key_prefix + ctx["job_id"])
+        raise Retry(defer=0) from exc
     except (LLMMissingKey, UnknownEndpoint) as exc:  # this worker cannot run the job: say where and why
         message = f"worker host {socket.gethostname()}: {exc}"
         await jobstore.set_state(ctx["redis"], task.job_id, JobState.FAILED, message)
@@ -159,7 +188,8 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
     if own_judge := getattr(record.spec, "judge_endpoint", None):  # eval-math's step checker
         judge_llm = await res.client(own_judge)
     outcome = await run_chunk(
-        ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES, res.tally, judge_client=judge_llm
+        ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES, res.tally, judge_client=judge_llm,
+        settings=res.settings,
     )
     return {"emitted": outcome.emitted, "skipped": outcome.skipped}
 
@@ -167,6 +197,8 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
 async def startup(ctx: dict[str, Any]) -> None:
     """Per-process resources, plus the two background loops: the curate consumer and the heartbeat."""
     settings: Settings = ctx.get("settings") or get_settings()
+    if settings.metrics_port is not None:  # once per process; a busy port is logged and the worker runs on
+        serve_metrics(settings.metrics_port, settings.metrics_host)
     ctx["resources"] = Resources(ctx["redis"], settings)
     liveness = Liveness(ctx["redis"], settings)
     consumer = CurateConsumer(ctx["redis"], settings, f"{socket.gethostname()}-{os.getpid()}")
@@ -223,8 +255,22 @@ async def run_resilient(settings: Settings, burst: bool = False) -> None:
     was running are cancelled, and once Redis answers again their arq in-progress keys are released so any
     worker picks them up at once (their finished items are skipped; curation is idempotent).
     """
+    drain.reset()
+    stopper = _Stopper(settings.stop_grace_s)
+    stopper.install()
+    try:
+        await _run_resilient(settings, burst, stopper)
+    except asyncio.CancelledError:
+        if not drain.draining():
+            raise
+        log.info("stopped while Redis was away; the reaper frees this worker's chunks once its heartbeat expires")
+    finally:
+        stopper.remove()
+
+
+async def _run_resilient(settings: Settings, burst: bool, stopper: "_Stopper") -> None:
     delay = 0.5
-    while True:
+    while not drain.draining():
         try:
             pool = await open_redis(settings)
         except REDIS_DOWN as exc:
@@ -232,16 +278,18 @@ async def run_resilient(settings: Settings, burst: bool = False) -> None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
             continue
-        worker = make_worker(settings, burst=burst, redis_pool=pool)
+        worker = stopper.worker = make_worker(settings, burst=burst, redis_pool=pool, handle_signals=False)
         try:
             await worker.async_run()
             await worker.close()
             return
-        except asyncio.CancelledError:  # SIGINT/SIGTERM: arq cancels its main task; shut down as arq would
+        except asyncio.CancelledError:  # stopped (``_Stopper``): its main task was cancelled; shut down as arq would
             await worker.close()
             return
         except REDIS_DOWN as exc:
             log.warning("lost Redis (%s); restarting the worker when it answers", exc)
+        finally:
+            stopper.worker = None
         orphans = list(worker.tasks)
         for task in worker.tasks.values():
             task.cancel()
@@ -254,6 +302,61 @@ async def run_resilient(settings: Settings, burst: bool = False) -> None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
         delay = 0.5
+
+
+class _Stopper:
+    """SIGTERM/SIGINT drain the worker (``workers.drain``) instead of arq's cancel-everything-now.
+
+    First signal: arq picks no more chunks, no new LLM call leaves, calls in flight finish, and each running
+    chunk then hands itself back to the queue at once (``run_chunk_job``). Whatever still runs after
+    ``stop_grace_s`` is cancelled, which arq hands back too; then the worker shuts down (``shutdown``: heartbeat
+    and running entries removed) and the process exits 0. A second signal stops at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.worker: Worker | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._main: asyncio.Task[Any] | None = None
+
+    def install(self) -> None:
+        self._main = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in self.SIGNALS:
+            loop.add_signal_handler(sig, self.on_signal, sig)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self.SIGNALS:
+            loop.remove_signal_handler(sig)
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        worker = self.worker
+        if worker is None:  # between two workers (Redis away): nothing runs here, stop now
+            drain.start()
+            if self._main is not None:
+                self._main.cancel()
+            return
+        if drain.draining():
+            log.warning("%s again: stopping now; running chunks go back to the queue", sig.name)
+            worker.handle_sig(sig)
+            return
+        drain.start()
+        running = sum(not t.done() for t in worker.tasks.values())
+        log.info("%s: draining %d jobs, up to %.0f s for calls in flight", sig.name, running, self.grace_s)
+        worker.allow_pick_jobs = False
+        self._stopping = asyncio.create_task(self._stop(worker, sig))
+
+    async def _stop(self, worker: Worker, sig: signal.Signals) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_s
+        while (running := [t for t in worker.tasks.values() if not t.done()]) and loop.time() < deadline:
+            await asyncio.wait(running, timeout=deadline - loop.time())  # a job picked as the signal came: again
+        if left := sum(not t.done() for t in worker.tasks.values()):
+            log.warning("grace of %.0f s over: cancelling %d jobs; they go back to the queue", self.grace_s, left)
+        worker.handle_sig(sig)  # cancels what is left (arq re-queues it at once) and ends the main task
 
 
 async def _release(settings: Settings, job_ids: list[str]) -> bool:

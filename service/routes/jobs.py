@@ -1,5 +1,6 @@
 """Jobs: submit, inspect, stream examples, cancel, export."""
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from schemas.jobs import (
     CurateJobSpec,
     GenerationSpec,
     InstructJobSpec,
+    JobPatch,
     JobRecord,
     JobsPublic,
     JobState,
@@ -21,9 +23,10 @@ from schemas.jobs import (
     MathJobSpec,
     ShirkJobSpec,
 )
+from schemas.llm import Usage
 from schemas.skills import SkillSet, parse_skill_set_ref
 from service.deps import RedisDep, SettingsDep
-from service.errors import NOT_FOUND, not_found, unprocessable
+from service.errors import CONFLICT, NOT_FOUND, conflict, not_found, unprocessable
 from service.export import (
     FILE_SUFFIXES,
     MEDIA_TYPES,
@@ -38,7 +41,7 @@ from service.export import (
     split_examples,
 )
 from service.routes.curate import submit_curate
-from workers import endpoints, jobstore
+from workers import budget, endpoints, jobstore
 from workers.curate import store
 from workers.curate.store import iter_examples, iter_raw
 from workers.review import store as review_store
@@ -114,7 +117,7 @@ async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDe
         usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
         created_at=datetime.now(UTC),
     )
-    first = min(spec.count, spec.budget)
+    first = min(spec.count, spec.item_budget)
     await jobstore.create_job(redis, record, planned=first)
     await jobstore.enqueue_planned(redis, record, 0, first)
     return await _status(redis, record.id)
@@ -148,6 +151,55 @@ async def cancel_job(job_id: str, redis: RedisDep) -> JobStatus:
     current = await _status(redis, job_id)
     if not current.state.finished:
         await jobstore.set_state(redis, job_id, JobState.CANCELLED, "cancelled by request")
+    return await _status(redis, job_id)
+
+
+async def _generation_record(redis: RedisDep, job_id: str) -> JobRecord:
+    record = await jobstore.load_record(redis, job_id)
+    if record is None:
+        not_found("job", job_id)
+    return record
+
+
+@router.patch("/{job_id}", responses={**NOT_FOUND, **CONFLICT}, response_model=JobStatus)
+async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
+    """Change a job's spending budget while it runs: the limits given replace the job's (``null`` removes
+    one), the others stay. Raising the budget of a job paused at it resumes it; lowering it below what was
+    already spent pauses it now."""
+    record = await _generation_record(redis, job_id)
+    if record.spec.recipe.startswith("extract"):
+        unprocessable("budget", f"job {job_id} is a skill extraction; it has no budget")
+    state = await jobstore.get_state(redis, job_id)
+    if state is None or state.finished:
+        conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")
+    await budget.set_budget(redis, job_id, patch.budget)
+    if state is JobState.PAUSED:
+        with contextlib.suppress(budget.BudgetExhausted, budget.NotPaused):  # still short, or resumed meanwhile
+            await budget.resume(redis, record)
+    else:  # nothing spent: the same script that charges each call checks the new cap against the spend
+        await budget.charge_awaited(redis, job_id, Usage(), budget.Prices())
+    return await _status(redis, job_id)
+
+
+@router.post("/{job_id}/resume", responses={**NOT_FOUND, **CONFLICT}, response_model=JobStatus)
+async def resume_job(job_id: str, redis: RedisDep) -> JobStatus:
+    """Carry on with a job paused at its budget (once the budget has room again): every planned chunk with
+    items still to generate is enqueued again."""
+    record = await _generation_record(redis, job_id)
+    try:
+        await budget.resume(redis, record)
+    except budget.NotPaused as exc:
+        conflict(f"job {job_id} is {exc}, not paused; only a paused job can be resumed")
+    except budget.BudgetExhausted:
+        current = await _status(redis, job_id)
+        cap, c = current.budget, current.counters
+        spent = f"${c.cost_usd:.4f} of ${cap.max_cost_usd:.4f}" if cap and cap.max_cost_usd else ""
+        used = f"{c.prompt_tokens + c.completion_tokens} of {cap.max_tokens} tokens" if cap and cap.max_tokens else ""
+        conflict(
+            f"job {job_id} is still at its budget ({', '.join(p for p in (spent, used) if p)} used); raise it "
+            f'first with PATCH /v1/jobs/{job_id} {{"budget": {{"max_cost_usd": ...}}}} or `skillmix budget {job_id} '
+            "--max-cost-usd X`"
+        )
     return await _status(redis, job_id)
 
 

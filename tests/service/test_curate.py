@@ -269,6 +269,6 @@ async def test_server_path_spec_is_surveyed_and_uploads_stay_private(redis: ArqR
             record = JobRecord.model_validate_json(await redis.get(keys.job(response.json()["id"])))
             assert isinstance(record.spec, CurateJobSpec)
             assert record.spec.source.row_format == "messages" and record.spec.source.messages_column == "conversations"
-            assert record.spec.budget == len(PAIRS) and len(record.spec.offsets) == 3  # rows 0, 4, 8
+            assert record.spec.item_budget == len(PAIRS) and len(record.spec.offsets) == 3  # rows 0, 4, 8
             bad = await client.post(route, json={"recipe": "curate", "source": {"path": "uploads/other/seed.jsonl"}})
             assert bad.status_code == 422 and "uploads area" in bad.text

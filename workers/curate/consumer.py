@@ -22,6 +22,7 @@ from workers.curate.dedup import Deduper
 from workers.curate.quality import QualityFilter
 from workers.curate.semantic import SemanticDeduper
 from workers.lifecycle import advance
+from workers.logs import job_context
 
 log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -92,7 +93,8 @@ class CurateConsumer:
         handled = 0
         for job_id, entries in batches.items():
             if entries:
-                handled += await self.handle(job_id, entries)
+                with job_context(job_id):  # log lines while curating carry the job id
+                    handled += await self.handle(job_id, entries)
         return handled
 
     async def _record(self, job_id: str) -> JobRecord | None:

@@ -1,6 +1,9 @@
 """One client per OpenAI-compatible endpoint: rate-limited, retrying ``chat`` calls with usage counts.
 
-The transport is injectable (``http=`` or ``transport=``) so tests swap the network, not our internals.
+Requests go out through aiohttp: per call it costs a quarter of httpx's CPU (0.25 vs 1.0 ms at 64 in
+flight, ``bench/profile_before.md``), and at a thousand calls a second that is cores. Tests may inject an
+httpx transport (``transport=``) to swap the network, not our internals; both paths count a call in the
+same synchronous step that writes its bytes.
 """
 
 import asyncio
@@ -10,17 +13,19 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Required, Self, TypedDict, Unpack
+from typing import Any, NamedTuple, Protocol, Required, Self, TypedDict, Unpack
 
+import aiohttp
 import httpx
 import orjson
 from pydantic import ValidationError
 
 from schemas.llm import ChatMessage, ChatResult, Usage, WireResponse
 from schemas.settings import EndpointSettings
+from workers.llm.adaptive import AdaptiveConcurrency
 from workers.llm.errors import (
     LLMBadRequest,
     LLMConnectionError,
@@ -34,15 +39,16 @@ from workers.llm.errors import (
     LLMUnavailable,
 )
 from workers.llm.limits import EndpointLimiter, Limiter, estimate_tokens
+from workers.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
-POOL_SHARD_SIZE = 16  # connections per httpcore pool; see ShardedTransport
+KEEPALIVE_S = 15.0  # idle connections close before servers' usual keep-alive (the fake's: 60 s)
 BAD_REQUEST_STATUSES = frozenset({400, 413, 422})
 FATAL_STATUSES = frozenset({401, 402, 403, 404})
 FATAL_429_CODES = frozenset({"insufficient_quota"})  # a 429 that waiting will not fix
-# httpcore trace events fired just before a request's first byte is written: the moment a call is "sent".
+# httpcore trace events fired just before a request's first byte is written (injected httpx transports).
 SEND_EVENTS = frozenset({"http11.send_request_headers.started", "http2.send_request_headers.started"})
 
 SendHook = Callable[[int], Awaitable[None]]
@@ -64,60 +70,47 @@ class RetryPolicy:
         return rng.uniform(0.0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
 
 
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """``connections`` split over small pools, each request sent on the least busy one.
+class Answer(NamedTuple):
+    """An HTTP answer, whichever library fetched it: headers are case-insensitive in both."""
 
-    httpcore 1.0.x spends O(connections^2) CPU per request in its pool bookkeeping
-    (encode/httpcore#1035, encode/httpx#3215): one 100-connection client managed ~35 req/s on a core,
-    ten 10-connection pools ~275 req/s. Small pools keep the client cheap at high concurrency.
-    """
-
-    def __init__(self, connections: int, shard_size: int = POOL_SHARD_SIZE) -> None:
-        count = math.ceil(connections / shard_size)
-        per = math.ceil(connections / count)
-        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
-        self._shards = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(count)]
-        self._active = [0] * count
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        shard = min(range(len(self._shards)), key=self._active.__getitem__)
-        self._active[shard] += 1
-        try:
-            response = await self._shards[shard].handle_async_request(request)
-        except BaseException:
-            self._active[shard] -= 1
-            raise
-        # The connection stays busy until the body is read and closed, so count it free only then.
-        response.stream = _ReleasingStream(response.stream, lambda: self._release(shard))
-        return response
-
-    def _release(self, shard: int) -> None:
-        self._active[shard] -= 1
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, release: Callable[[], None]):
-        self._inner = inner
-        self._release = release
-        self._released = False
+class _Send:
+    """One HTTP attempt's hook state: counts the call (and awaits ``on_send``) right before its bytes are
+    written; a refusal raised by ``on_send`` is kept, because aiohttp wraps what its writer raises."""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        assert isinstance(self._inner, httpx.AsyncByteStream)
-        async for chunk in self._inner:
-            yield chunk
+    __slots__ = ("on_send", "refused", "sent", "usage")
 
-    async def aclose(self) -> None:
-        try:
-            if isinstance(self._inner, httpx.AsyncByteStream):
-                await self._inner.aclose()
-        finally:
-            if not self._released:
-                self._released = True
-                self._release()
+    def __init__(self, usage: Usage, on_send: SendHook | None) -> None:
+        self.usage, self.on_send = usage, on_send
+        self.sent = False
+        self.refused: BaseException | None = None
+
+    async def fire(self) -> None:
+        if self.sent:
+            return
+        if self.on_send is not None:
+            try:
+                await self.on_send(self.usage.calls + 1)  # may refuse; its increment is its last synchronous step
+            except BaseException as exc:
+                self.refused = exc
+                raise
+        self.sent = True
+        self.usage.calls += 1
+        self.usage.retries = self.usage.calls - 1
+
+
+async def _on_chunk_sent(_: aiohttp.ClientSession, ctx: Any, __: Any) -> None:
+    """aiohttp's last hook before the request's first write (headers go out with the body, in the same
+    synchronous step that follows this hook when it does not suspend)."""
+    await ctx.trace_request_ctx.fire()
+
+
+_TRACE = aiohttp.TraceConfig()
+_TRACE.on_request_chunk_sent.append(_on_chunk_sent)
 
 
 class LLMClient:
@@ -128,33 +121,34 @@ class LLMClient:
         name: str,
         endpoint: EndpointSettings,
         *,
-        http: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
         retry: RetryPolicy | None = None,
+        adaptive: AdaptiveConcurrency | None = None,
     ) -> None:
-        if http is not None and transport is not None:
-            raise ValueError("pass either http= or transport=, not both")
         self.name = name
         self.endpoint = endpoint
         self.stats = Usage()
         self._retry = retry or RetryPolicy()
         self._rng = random.Random()
         self._limiter: Limiter = limiter or EndpointLimiter.from_settings(endpoint)
+        self._adaptive = adaptive  # ``concurrency: adaptive``: AIMD on latency and errors, shared by the fleet
         self._url = endpoint.chat_url
+        self._metrics = RequestMetrics(name)  # labelled once: a call only observes (workers.metrics)
         self._headers = {"content-type": "application/json"}
         if endpoint.api_key_env:
             key = os.environ.get(endpoint.api_key_env)
             if not key:
                 raise LLMMissingKey(endpoint.api_key_env)
             self._headers["authorization"] = f"Bearer {key}"
-        # httpx timeouts are per operation; _post adds an overall deadline on top.
-        self._timeout = httpx.Timeout(endpoint.timeout_s, connect=min(endpoint.timeout_s, CONNECT_TIMEOUT_S))
-        self._owns_http = http is None
-        if http is None:
-            transport = transport or ShardedTransport(endpoint.max_concurrency)
-            http = httpx.AsyncClient(transport=transport, timeout=self._timeout)
-        self._http = http
+        # per-operation timeouts; _post adds an overall deadline on top
+        connect = min(endpoint.timeout_s, CONNECT_TIMEOUT_S)
+        self._http: httpx.AsyncClient | None = None
+        if transport is not None:
+            timeout = httpx.Timeout(endpoint.timeout_s, connect=connect)
+            self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=endpoint.timeout_s)
+        self._session: aiohttp.ClientSession | None = None  # made in the running loop, on first use
 
     async def __aenter__(self) -> Self:
         return self
@@ -165,9 +159,20 @@ class LLMClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP pool if we created it (a shared one belongs to whoever passed it in)."""
-        if self._owns_http:
+        if self._http is not None:
             await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    def _aiohttp(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.endpoint.max_concurrency, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, trace_configs=[_TRACE], skip_auto_headers=("User-Agent",)
+            )
+        return self._session
 
     async def chat(
         self,
@@ -181,11 +186,13 @@ class LLMClient:
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
         on_send: SendHook | None = None,
+        gate: str | None = None,
     ) -> ChatResult:
         """One completion, retried per ``RetryPolicy``; raises an ``LLMError`` carrying ``usage``.
 
         ``usage.calls`` counts requests whose bytes left (a call cancelled or refused by ``on_send`` before
-        that is not counted), so it equals what the endpoint saw.
+        that is not counted), so it equals what the endpoint saw. ``gate`` (a job's meta key) lets a limiter that
+        can see Redis refuse the call with ``JobStopped`` when the job is no longer queued or running.
         """
         payload: dict[str, Any] = {
             "model": self.endpoint.model,
@@ -207,7 +214,7 @@ class LLMClient:
         estimate = estimate_tokens(messages, max_tokens)
         usage = Usage()
         try:
-            result = await self._with_retries(body, estimate, usage, on_send)
+            result = await self._with_retries(body, estimate, usage, on_send, gate)
         except LLMError as exc:
             exc.usage = usage
             raise
@@ -219,14 +226,25 @@ class LLMClient:
         await self._limiter.settle(estimate, usage.prompt_tokens + usage.completion_tokens)
         return result
 
-    async def _with_retries(self, body: bytes, estimate: int, usage: Usage, on_send: SendHook | None) -> ChatResult:
+    @property
+    def gates(self) -> bool:
+        """Whether this client's limiter checks a job's state itself (then ``on_send`` need not)."""
+        return bool(getattr(self._limiter, "gates", False))
+
+    async def _with_retries(
+        self, body: bytes, estimate: int, usage: Usage, on_send: SendHook | None, gate: str | None
+    ) -> ChatResult:
         max_retries = self.endpoint.max_retries
         max_rate_limited = max_retries * self._retry.rate_limit_factor
         failures = 0
         while True:
             try:
-                async with self._limiter.slot(estimate):
-                    response = await self._post(body, usage, on_send)
+                async with self._limiter.slot(estimate, gate):
+                    if self._adaptive is None:
+                        response = await self._post(body, usage, on_send)
+                    else:
+                        response = await self._post_adaptive(self._adaptive, body, usage, on_send)
+                self._limiter.observe(response.headers)
                 return self._parse(response, usage)
             except LLMRateLimited as exc:
                 usage.rate_limited += 1
@@ -244,42 +262,79 @@ class LLMClient:
                 log.info("%s: %s; retry %d in %.2fs", self.name, exc, failures, delay)
                 await asyncio.sleep(delay)
 
-    async def _post(self, body: bytes, usage: Usage, on_send: SendHook | None) -> httpx.Response:
-        """The only place httpx errors exist: every failure leaves here as an ``LLMError``.
+    async def _post_adaptive(
+        self, adaptive: AdaptiveConcurrency, body: bytes, usage: Usage, on_send: SendHook | None
+    ) -> Answer:
+        """One attempt under the fleet's adaptive concurrency: its latency or overload teaches the shared limit."""
+        async with adaptive.hold() as lease:
+            try:
+                response = await self._post(body, usage, on_send)
+            except (LLMTimeout, LLMConnectionError, LLMRateLimited):
+                lease.overloaded()
+                raise
+            except LLMStatusError as exc:
+                if exc.status_code >= 500:
+                    lease.overloaded()
+                raise
+            lease.ok()
+            return response
 
-        The call is counted (and ``on_send`` awaited) from httpcore's trace hook just before the request's
-        headers are written: not while it waits for a pooled connection, never after its bytes left.
+    async def _post(self, body: bytes, usage: Usage, on_send: SendHook | None) -> Answer:
+        """The only place HTTP libraries' errors exist: every failure leaves here as an ``LLMError``.
+
+        The call is counted (and ``on_send`` awaited) from the library's hook right before the request's bytes
+        are written: not while it waits for a pooled connection, never after its bytes left.
         """
-        sent = False
-
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            nonlocal sent
-            if event in SEND_EVENTS and not sent:
-                if on_send is not None:
-                    await on_send(usage.calls + 1)  # may refuse; its increment is its last, synchronous step
-                sent = True
-                usage.calls += 1
-                usage.retries = usage.calls - 1
-
+        send = _Send(usage, on_send)
+        metrics, started, timed = self._metrics, time.perf_counter(), self._metrics.error  # until known; cancels too
+        metrics.in_flight.inc()  # requests that left are timed by outcome (workers.metrics)
         try:
             async with asyncio.timeout(self.endpoint.timeout_s):
-                response = await self._http.post(
-                    self._url, content=body, headers=self._headers, timeout=self._timeout, extensions={"trace": trace}
-                )
-            if not sent:  # a transport that is not httpcore (tests inject them) fires no trace: count it now
-                await trace(next(iter(SEND_EVENTS)), {})
+                if self._http is None:
+                    answer = await self._send_aiohttp(body, send)
+                else:
+                    answer = await self._send_httpx(body, send)
+            timed = metrics.outcome(answer.status)
         except (httpx.TimeoutException, TimeoutError) as exc:
+            timed = metrics.timeout
             raise LLMTimeout(f"{self.name}: no answer within {self.endpoint.timeout_s}s") from exc
-        except httpx.DecodingError as exc:
+        except (httpx.DecodingError, aiohttp.ClientPayloadError) as exc:
             raise LLMMalformedResponse(f"{self.name}: undecodable body: {exc}") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            if send.refused is not None:  # on_send refused the call: nothing was written
+                raise send.refused from None
             raise LLMConnectionError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise self._status_error(response)
-        return response
+        finally:
+            metrics.in_flight.dec()
+            if send.sent:
+                timed.observe(time.perf_counter() - started)
+        if answer.status != 200:
+            raise self._status_error(answer)
+        return answer
 
-    def _status_error(self, response: httpx.Response) -> LLMError:
-        status, text = response.status_code, response.text
+    async def _send_aiohttp(self, body: bytes, send: _Send) -> Answer:
+        session = self._aiohttp()
+        try:
+            async with session.post(self._url, data=body, headers=self._headers, trace_request_ctx=send) as response:
+                content = await response.read()
+                return Answer(response.status, response.headers, content)
+        except BaseException:
+            if send.refused is not None:
+                raise send.refused from None
+            raise
+
+    async def _send_httpx(self, body: bytes, send: _Send) -> Answer:
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            if event in SEND_EVENTS:
+                await send.fire()
+
+        assert self._http is not None
+        response = await self._http.post(self._url, content=body, headers=self._headers, extensions={"trace": trace})
+        await send.fire()  # a transport that is not httpcore (tests inject them) fires no trace: count it now
+        return Answer(response.status_code, response.headers, response.content)
+
+    def _status_error(self, response: Answer) -> LLMError:
+        status, text = response.status, response.content.decode(errors="replace")
         if status == 429:
             if _error_code(response.content) in FATAL_429_CODES:
                 return LLMFatal(status, text)
@@ -290,7 +345,7 @@ class LLMClient:
             return LLMFatal(status, text)
         return LLMStatusError(status, text)
 
-    def _retry_after(self, headers: httpx.Headers) -> float:
+    def _retry_after(self, headers: Mapping[str, str]) -> float:
         """``retry-after-ms`` (OpenAI), then ``retry-after`` (seconds or HTTP date), else the default."""
         seconds: float | None = None
         if (ms := headers.get("retry-after-ms")) is not None:
@@ -307,7 +362,7 @@ class LLMClient:
             seconds = self._retry.default_retry_after_s
         return min(max(seconds, 0.0), self._retry.max_retry_after_s)
 
-    def _parse(self, response: httpx.Response, usage: Usage) -> ChatResult:
+    def _parse(self, response: Answer, usage: Usage) -> ChatResult:
         try:
             wire = WireResponse.model_validate(orjson.loads(response.content))
         except (orjson.JSONDecodeError, ValidationError) as exc:
@@ -356,6 +411,7 @@ class ChatOptions(TypedDict, total=False):
     json_schema: dict[str, Any] | None
     schema_name: str
     on_send: SendHook | None
+    gate: str | None
 
 
 class ChatClient(Protocol):
@@ -373,12 +429,18 @@ class MeteredClient:
     """
 
     def __init__(
-        self, inner: ChatClient, on_send: SendHook, on_usage: Callable[[Usage], Awaitable[None]]
+        self,
+        inner: ChatClient,
+        on_send: SendHook,
+        on_usage: Callable[[Usage], Awaitable[None]],
+        gate: str | None = None,
     ) -> None:
-        self.inner, self.on_send, self.on_usage = inner, on_send, on_usage
+        self.inner, self.on_send, self.on_usage, self.gate = inner, on_send, on_usage, gate
 
     async def chat(self, messages: list[ChatMessage], **options: Unpack[ChatOptions]) -> ChatResult:
         options["on_send"] = self.on_send
+        if self.gate is not None:
+            options["gate"] = self.gate
         try:
             result = await self.inner.chat(messages, **options)
         except BaseException as exc:  # an LLMError, a cancel or a refusal by on_send: report what it cost

@@ -12,12 +12,17 @@
                └── LLMMissingKey  the endpoint's api_key_env variable is not set
 
 httpx exceptions are translated in exactly one place, ``LLMClient._post``, chained with ``from``.
+``JobStopped`` is not an ``LLMError``: the call was refused before it was sent (the job ended or paused).
 """
 
 from schemas.llm import Usage
 
 BODY_EXCERPT_CHARS = 500
 RETRYABLE_4XX = frozenset({408, 409, 425})  # request timeout, conflict, too early
+
+
+class JobStopped(Exception):
+    """The job is no longer queued or running: the call is refused before it is sent."""
 
 
 class LLMError(Exception):

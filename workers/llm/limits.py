@@ -1,13 +1,13 @@
 """Client-side limits for one endpoint: requests/min, tokens/min, concurrency, and a shared pause.
 
 Staying under the provider's limits is cheaper than being told off: every 429 costs a round trip and
-a wait. The limits are behind the small ``Limiter`` protocol so a Redis-backed, fleet-wide limiter can
-replace ``EndpointLimiter`` (which only sees one process) without touching the client.
+a wait. The limits are behind the small ``Limiter`` protocol: workers use the Redis-backed, fleet-wide
+``workers.llm.fleet.FleetLimiter``; ``EndpointLimiter`` (one process only) serves a client without Redis.
 """
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
@@ -24,8 +24,11 @@ CHARS_PER_TOKEN = 4  # rough, provider-independent; corrected afterwards from th
 class Limiter(Protocol):
     """What the client needs from a limiter; one attempt = one ``slot``."""
 
-    def slot(self, tokens: int) -> AbstractAsyncContextManager[None]:
-        """Hold a concurrency place and a request + ``tokens`` rate allowance for one HTTP attempt."""
+    def slot(self, tokens: int, gate: str | None = None) -> AbstractAsyncContextManager[None]:
+        """Hold a concurrency place and a request + ``tokens`` rate allowance for one HTTP attempt.
+
+        A limiter that can read the job's state (``gates``) refuses with ``JobStopped`` once the job whose meta
+        key is ``gate`` is no longer queued or running; others ignore ``gate``."""
         ...
 
     async def settle(self, estimated: int, actual: int) -> None:
@@ -34,6 +37,10 @@ class Limiter(Protocol):
 
     async def pause(self, seconds: float) -> None:
         """Hold back every request of the endpoint for ``seconds`` (a 429 is about all of us)."""
+        ...
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn from a successful response's headers (``x-ratelimit-*``); may do nothing."""
         ...
 
 
@@ -68,7 +75,7 @@ class EndpointLimiter:
         return self._tpm.max_rate
 
     @asynccontextmanager
-    async def slot(self, tokens: int) -> AsyncIterator[None]:
+    async def slot(self, tokens: int, gate: str | None = None) -> AsyncIterator[None]:
         # Concurrency first: taking rate slots and then queueing would release them later as a burst.
         async with self._concurrency:
             await self._wait_pause()
@@ -84,6 +91,9 @@ class EndpointLimiter:
             piece = min(extra, self._tpm.max_rate)
             await self._tpm.acquire(piece)
             extra -= piece
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """One process cannot speak for the fleet: header-learned limits live in ``FleetLimiter``."""
 
     async def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + max(seconds, 0.0))

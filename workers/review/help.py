@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from schemas.llm import ChatResult
 from schemas.review import HelpKind, ReviewItem, Suggestion
 from workers import keys
+from workers.budget import prices_for
 from workers.endpoints import UnknownEndpoint
 from workers.generate import metered
 from workers.llm.client import ChatClient
@@ -178,7 +179,8 @@ async def review_help(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str,
     else:
         try:
             client = await res.client(record.endpoint)
-            llm = metered(redis, job_id, client, res.tally, refuse_when_finished=False)
+            prices = prices_for(client, record)
+            llm = metered(redis, job_id, client, res.tally, refuse_when_finished=False, prices=prices)
             s = await run(recipe, llm, item, s)
         except (LLMError, UnknownEndpoint) as exc:
             log.warning("review help %s on %s failed: %s", s.id, item_id, exc)
