@@ -22,7 +22,10 @@ class Usage(StrictModel):
     rate_limited: int = 0
 
     def add(self, other: "Usage") -> "Usage":
-        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
+        return Usage.model_construct(**{k: getattr(self, k) + getattr(other, k) for k in _USAGE_FIELDS})
+
+
+_USAGE_FIELDS = tuple(Usage.model_fields)
 
 
 class ChatResult(StrictModel):

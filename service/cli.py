@@ -9,6 +9,7 @@ from typing import Annotated
 
 import httpx
 import typer
+import uvloop
 
 from schemas.jobs import JobStatus
 from schemas.settings import get_settings
@@ -64,7 +65,7 @@ def worker(burst: bool = typer.Option(False, help="exit when the queue is empty"
     settings = get_settings()
     logs.configure(settings.log_format, settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_resilient(settings, burst=burst))
+        uvloop.run(run_resilient(settings, burst=burst))  # libuv's loop: less CPU per call than asyncio's
 
 
 async def _submit(api: str, body: dict[str, object], wait: bool) -> int:

@@ -30,6 +30,7 @@ from workers.tally import Tally
 
 log = logging.getLogger(__name__)
 STATE_POLL_S = 0.5
+EMIT_GATHER_S = 0.05  # one transaction for the items finishing within this long (their answers are kept)
 STOP_WAIT_S = 15.0  # at most one Redis reply timeout for the watcher to see its flag
 
 
@@ -82,10 +83,10 @@ async def generate_item(recipe: Recipe, llm: ChatClient, index: int, retries: in
 
 
 class _Emitter:
-    """Coalesces a job's emits that are ready in the same event-loop turn into one transaction.
+    """Coalesces a job's emits that are ready within ``EMIT_GATHER_S`` into one transaction.
 
     Items that finish together (a ``curate`` chunk reads its rows with no LLM call, so all its items do) cost
-    one round trip instead of one each; an item finishing alone is sent alone, one loop turn later. Each
+    one round trip instead of one each; an item finishing alone is sent alone, ``EMIT_GATHER_S`` later. Each
     entry still goes in with its 'generated' mark in the same transaction, and ``emit`` returns only once
     its transaction is done (or raises its error), exactly as when each item was sent on its own.
     """
@@ -103,6 +104,7 @@ class _Emitter:
         await done
 
     async def _flush(self) -> None:
+        await asyncio.sleep(EMIT_GATHER_S)  # items finish one by one at the endpoint's pace: let a few gather
         while self.pending:
             batch, self.pending = self.pending, []
             try:
@@ -168,7 +170,7 @@ def metered(
         # nothing below may await: the request's headers are written right after this returns
         tally.incr(counters, *(("llm_calls", "retries") if attempt > 1 else ("llm_calls",)))
 
-    async def on_usage(usage: Usage) -> None:
+    def on_usage(usage: Usage) -> None:
         # tokens, 429s and cost (at ``prices``, this endpoint's) in one fire-and-forget script that also
         # pauses the job at its budget (``workers.budget``): no round trip on the hot path
         charge(tally, job_id, usage, prices)

@@ -12,12 +12,19 @@ When the connection is down (Redis restarting), increments fall back to an await
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def _resp(*parts: str | int | float) -> bytes:
@@ -36,6 +43,11 @@ class Tally:
         self._drain: asyncio.Task[None] | None = None
         self._fallbacks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        # script calls waiting for the end of this loop turn (one write for all); the call kept for a fallback
+        self._pending: list[bytes] = []
+        self._calls: list[tuple[str, list[str], list[str | int | float]]] = []
+        self._flush_scheduled = False
+        self._loaded: set[str] = set()  # script SHAs this connection has sent SCRIPT LOAD for
 
     async def ensure(self) -> None:
         """Connect if not connected (awaited before a call, so the increment itself never waits)."""
@@ -61,6 +73,7 @@ class Tally:
                 writer.close()
                 raise OSError(f"Redis refused the tally connection: {line!r}")
         writer.write(_resp("CLIENT", "REPLY", "OFF"))
+        self._loaded = set()
         self._writer = writer
         self._drain = asyncio.create_task(self._watch(reader, writer))
 
@@ -72,11 +85,13 @@ class Tally:
         writer.close()
 
     def incr(self, key: str, *fields: str) -> None:
-        """HINCRBY key field 1 for each field, written now; never awaits."""
+        """HINCRBY key field 1 for each field, written now (with any script calls waiting); never awaits."""
         writer = self._writer
         if writer is not None and not writer.is_closing():
             try:
-                writer.write(b"".join(_resp("HINCRBY", key, f, 1) for f in fields))
+                writer.write(b"".join([*self._pending, *(_resp("HINCRBY", key, f, 1) for f in fields)]))
+                self._pending.clear()
+                self._calls.clear()
                 return
             except (OSError, RuntimeError):
                 pass
@@ -85,18 +100,44 @@ class Tally:
         task.add_done_callback(self._fallbacks.discard)
 
     def eval(self, script: str, keys: list[str], args: list[str | int | float]) -> None:
-        """EVAL ``script`` with no reply, written now; never awaits. For writes whose outcome nobody waits for
-        (settling a limiter, charging a budget, keeping a response): the script itself does any checking."""
+        """Run ``script`` with no reply, written at the end of this event-loop turn together with every other
+        script call of the turn (a socket write costs more than the command); never awaits. For writes whose
+        outcome nobody waits for (settling a limiter, charging a budget, keeping a response): the script
+        itself does any checking. EVALSHA once this connection has loaded the script (SCRIPT LOAD goes
+        first, on the same connection, so it is there when the EVALSHA runs)."""
         writer = self._writer
         if writer is not None and not writer.is_closing():
-            try:
-                writer.write(_resp("EVAL", script, len(keys), *keys, *args))
-                return
-            except (OSError, RuntimeError):
-                pass
+            sha = _sha(script)
+            if sha not in self._loaded:
+                self._pending.append(_resp("SCRIPT", "LOAD", script))
+                self._loaded.add(sha)
+            self._pending.append(_resp("EVALSHA", sha, len(keys), *keys, *args))
+            self._calls.append((script, keys, args))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+            return
         task = asyncio.create_task(self._eval_awaited(script, keys, args))
         self._fallbacks.add(task)
         task.add_done_callback(self._fallbacks.discard)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        batch, calls = b"".join(self._pending), self._calls
+        self._pending, self._calls = [], []
+        writer = self._writer
+        try:
+            if writer is None or writer.is_closing():
+                raise OSError("tally connection closed")
+            writer.write(batch)
+        except (OSError, RuntimeError):  # the connection went meanwhile: each call is sent on the pool
+            self._loaded = set()
+            for script, keys, args in calls:
+                task = asyncio.create_task(self._eval_awaited(script, keys, args))
+                self._fallbacks.add(task)
+                task.add_done_callback(self._fallbacks.discard)
 
     async def _eval_awaited(self, script: str, keys: list[str], args: list[str | int | float]) -> None:
         try:
@@ -114,6 +155,7 @@ class Tally:
             log.warning("could not count %s %s: %s", key, fields, exc)
 
     async def aclose(self) -> None:
+        self._flush()
         if self._fallbacks:
             await asyncio.wait(self._fallbacks, timeout=self._timeout_s)
         if self._writer is not None:

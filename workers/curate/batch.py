@@ -223,7 +223,7 @@ class _Run:
 
     def send_dedup(self, sub: _Sub) -> None:
         if sub.passed:
-            sub.dedup = asyncio.ensure_future(self.dedup_script(keys=self.dedup_keys, args=sub.args))
+            sub.dedup = asyncio.ensure_future(self.dedup_script(keys=self.dedup_keys, args=sub.args, client=self.redis))
 
     async def finish(self, sub: _Sub) -> "asyncio.Task[object]":
         """Apply the sub-batch's dedup answer, then send its decide-and-store script (returned as a task)."""
@@ -273,4 +273,4 @@ class _Run:
                 b"," + orjson.dumps(tail)[1:],
                 orjson.dumps(rejected),
             ]
-        return asyncio.ensure_future(self.decide_script(keys=self.decide_keys, args=args))
+        return asyncio.ensure_future(self.decide_script(keys=self.decide_keys, args=args, client=self.redis))

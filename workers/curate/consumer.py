@@ -17,7 +17,7 @@ from schemas.jobs import JobRecord, JobState
 from schemas.settings import Settings
 from workers import jobstore, keys
 from workers.curate.batch import batched, curate_batch
-from workers.curate.decide import decide_and_store, previous
+from workers.curate.decide import Pending, decide_many
 from workers.curate.dedup import Deduper
 from workers.curate.quality import QualityFilter
 from workers.curate.semantic import SemanticDeduper
@@ -25,6 +25,7 @@ from workers.lifecycle import advance
 from workers.logs import job_context
 
 log = logging.getLogger(__name__)
+GATHER_S = 0.25
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
@@ -41,8 +42,13 @@ class CurateConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                if not await self.step(block_ms=1000):
+                handled = await self.step(block_ms=1000)
+                if not handled:
                     await asyncio.sleep(0.05)
+                elif handled < self.settings.curate_batch:
+                    # Items trickle in at the endpoint's pace: reading each alone costs a read's half-dozen
+                    # round trips per item; a moment's wait lets a batch gather (curation is not in a hurry).
+                    await asyncio.sleep(GATHER_S)
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep the stage alive; the entry stays pending and is claimed again
@@ -113,9 +119,8 @@ class CurateConsumer:
                 items = [GeneratedItem.model_validate_json(f[b"d"]) for _, f in entries if f.get(b"d")]
                 await curate_batch(self, record, items)
             else:
-                for _, fields in entries:
-                    if fields.get(b"d"):
-                        await self._curate(record, GeneratedItem.model_validate_json(fields[b"d"]))
+                items = [GeneratedItem.model_validate_json(f[b"d"]) for _, f in entries if f.get(b"d")]
+                await self._curate_all(record, items)
         ids = [msg_id for msg_id, _ in entries]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(keys.items(job_id), keys.CURATE_GROUP, *ids)
@@ -125,10 +130,21 @@ class CurateConsumer:
             await advance(self.redis, record)
         return len(entries)
 
-    async def _curate(self, record: JobRecord, item: GeneratedItem) -> None:
+    async def _curate_all(self, record: JobRecord, items: list[GeneratedItem]) -> None:
+        """Each item checked in stream order (dedup sees the ones before it), then every decision in one
+        pipeline: three round trips per batch (and dedup's), not three per item."""
+        unique = list({item.index: item for item in reversed(items)}.values())[::-1]  # first delivery of an index
+        if not unique:
+            return
+        earlier = await self.redis.hmget(keys.decisions(record.id), [str(item.index) for item in unique])
+        decisions = []
+        for item, prev in zip(unique, earlier, strict=True):
+            if prev is None:  # else decided and stored in one step by an earlier delivery
+                decisions.append(await self._curate(record, item))
+        await decide_many(self.redis, record.id, record.spec.count, decisions)
+
+    async def _curate(self, record: JobRecord, item: GeneratedItem) -> Pending:
         example_id = f"{record.id}-{item.index}"
-        if await previous(self.redis, record.id, item.index) is not None:
-            return  # decided and stored in one step by an earlier delivery
         if record.id not in self._filters:
             self._filters[record.id] = QualityFilter(record.spec.quality)
         verdict = self._filters[record.id].verdict(item)
@@ -178,12 +194,9 @@ class CurateConsumer:
             reasons=[rejected_for, *(r for r in verdict.reasons if r != rejected_for)],
             detail=verdict.detail,
         )
-        await decide_and_store(
-            self.redis,
-            record.id,
+        return Pending(
             item.index,
             reason,
-            record.spec.count,
             example.model_copy(update={"verdict": QualityVerdict(accepted=True)}).model_dump_json(),
             example.model_copy(update={"verdict": rejected}).model_dump_json(),
         )

@@ -10,9 +10,12 @@ The storage bucket (``keys.bucket``) depends on the sequence number the script a
 appends the bucket number to the prefix it is given; all keys of one job share the ``{job id}`` part.
 """
 
+import hashlib
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from schemas.examples import Reason
 from workers import keys
@@ -45,6 +48,9 @@ return decision
 """
 
 
+_SHA = hashlib.sha1(_DECIDE_AND_STORE.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Decision:
     accepted: bool
@@ -68,18 +74,58 @@ async def decide_and_store(
 ) -> Decision:
     """Accept if no reason and the job still wants examples, otherwise reject (``surplus`` past the target);
     store ``as_accepted`` or ``as_rejected`` (JSON) in the slot the decision gets, in the same step."""
-    raw = await redis.eval(
-        _DECIDE_AND_STORE,
-        4,
+    global _script
+    if _script is None:  # EVALSHA (the text goes only when a Redis does not know it yet), on the given client
+        _script = redis.register_script(_DECIDE_AND_STORE)
+    script = _script
+    job_keys = [
         keys.decisions(job_id),
         keys.counters(job_id),
         keys.bucket_prefix(job_id, "accepted"),
         keys.bucket_prefix(job_id, "rejected"),
-        str(index),
-        reason.value if reason else "",
-        target,
-        keys.BUCKET_SIZE,
-        as_accepted,
-        as_rejected,
-    )
+    ]
+    args = [str(index), reason.value if reason else "", target, keys.BUCKET_SIZE, as_accepted, as_rejected]
+    raw = await script(keys=job_keys, args=args, client=redis)
     return _parse(raw)
+
+
+_script: AsyncScript | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An item checked and ready to be decided: ``decide_and_store``'s arguments."""
+
+    index: int
+    reason: Reason | None
+    as_accepted: str
+    as_rejected: str
+
+
+async def decide_many(redis: Redis, job_id: str, target: int, pending: list[Pending]) -> list[Decision]:
+    """``decide_and_store`` for each, in order, in one pipeline (one round trip): each script is still atomic
+    and idempotent on its own, so a batch cut short by a crash, or sent again after NOSCRIPT, is finished
+    by its redelivery or retry without a second count."""
+    if not pending:
+        return []
+    job_keys = [
+        keys.decisions(job_id),
+        keys.counters(job_id),
+        keys.bucket_prefix(job_id, "accepted"),
+        keys.bucket_prefix(job_id, "rejected"),
+    ]
+
+    async def send() -> list[bytes]:
+        async with redis.pipeline(transaction=False) as pipe:
+            for p in pending:
+                reason = p.reason.value if p.reason else ""
+                args = [str(p.index), reason, target, keys.BUCKET_SIZE, p.as_accepted, p.as_rejected]
+                pipe.evalsha(_SHA, len(job_keys), *job_keys, *args)
+            return list(await pipe.execute())
+
+    try:
+        raw = await send()
+    except NoScriptError:  # a Redis that has not seen the script yet (or restarted): load it, send again
+        await redis.script_load(_DECIDE_AND_STORE)
+        raw = await send()
+    return [_parse(r) for r in raw]

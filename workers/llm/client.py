@@ -23,7 +23,7 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from schemas.llm import ChatMessage, ChatResult, Usage, WireResponse
+from schemas.llm import ChatMessage, ChatResult, Usage, WireChoice, WireResponse, WireUsage
 from schemas.settings import EndpointSettings
 from workers.llm.adaptive import AdaptiveConcurrency
 from workers.llm.errors import (
@@ -196,7 +196,7 @@ class LLMClient:
         """
         payload: dict[str, Any] = {
             "model": self.endpoint.model,
-            "messages": [m.model_dump() for m in messages],
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": max_tokens,
             "temperature": temperature,
             "top_p": top_p,
@@ -364,7 +364,10 @@ class LLMClient:
 
     def _parse(self, response: Answer, usage: Usage) -> ChatResult:
         try:
-            wire = WireResponse.model_validate(orjson.loads(response.content))
+            data = orjson.loads(response.content)
+            wire = _fast_wire(data)  # the usual shape, read without building models (this runs per call)
+            if wire is None:
+                wire = WireResponse.model_validate(data)
         except (orjson.JSONDecodeError, ValidationError) as exc:
             raise LLMMalformedResponse(f"{self.name}: not a chat completion: {exc}") from exc
         choice = wire.choices[0]
@@ -374,12 +377,38 @@ class LLMClient:
         if wire.usage is not None:
             usage.prompt_tokens += wire.usage.prompt_tokens
             usage.completion_tokens += wire.usage.completion_tokens
-        return ChatResult(
+        return ChatResult.model_construct(  # every field checked above
             content=content,
             finish_reason=choice.finish_reason,
             model=wire.model or self.endpoint.model,
             usage=usage,
         )
+
+
+def _fast_wire(data: Any) -> WireResponse | None:
+    """``WireResponse`` of a well-formed completion without validation (the types are checked here); None for
+    anything unusual, which then goes through ``WireResponse.model_validate`` and its errors."""
+    if not isinstance(data, dict):
+        return None
+    choices, usage, model = data.get("choices"), data.get("usage"), data.get("model", "")
+    if not (isinstance(choices, list) and choices and isinstance(model, str)):
+        return None
+    first = choices[0]
+    if not isinstance(first, dict) or not isinstance(first.get("message"), dict):
+        return None
+    finish = first.get("finish_reason")
+    if finish is not None and not isinstance(finish, str):
+        return None
+    wire_usage = None
+    if usage is not None:
+        if not isinstance(usage, dict):
+            return None
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        if type(prompt) is not int or type(completion) is not int:
+            return None
+        wire_usage = WireUsage.model_construct(prompt_tokens=prompt, completion_tokens=completion)
+    choice = WireChoice.model_construct(message=first["message"], finish_reason=finish)
+    return WireResponse.model_construct(model=model, choices=[choice], usage=wire_usage)
 
 
 def _float_or_none(value: str) -> float | None:
@@ -422,7 +451,8 @@ class ChatClient(Protocol):
 
 class MeteredClient:
     """The job's view of an endpoint: each call is counted (and may be refused) as it is sent, by ``on_send``;
-    its tokens and 429s are reported by ``on_usage`` when it returns, success or error.
+    its tokens and 429s are reported by ``on_usage`` when it returns, success or error. ``on_usage`` is
+    synchronous (a fire-and-forget write): a cancel arriving meanwhile cannot lose it.
 
     Counting at send time (not per finished item) keeps accounting right when items are cancelled, fail
     part-way through a multi-turn conversation, or their worker is killed with calls in flight.
@@ -432,7 +462,7 @@ class MeteredClient:
         self,
         inner: ChatClient,
         on_send: SendHook,
-        on_usage: Callable[[Usage], Awaitable[None]],
+        on_usage: Callable[[Usage], None],
         gate: str | None = None,
     ) -> None:
         self.inner, self.on_send, self.on_usage, self.gate = inner, on_send, on_usage, gate
@@ -445,7 +475,7 @@ class MeteredClient:
             result = await self.inner.chat(messages, **options)
         except BaseException as exc:  # an LLMError, a cancel or a refusal by on_send: report what it cost
             if (usage := getattr(exc, "usage", None)) is not None:
-                await asyncio.shield(self.on_usage(usage))
+                self.on_usage(usage)
             raise
-        await asyncio.shield(self.on_usage(result.usage))
+        self.on_usage(result.usage)
         return result

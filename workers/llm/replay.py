@@ -111,7 +111,7 @@ def item_scope(index: int, attempt: int | str) -> Iterator[None]:
 def request_digest(name: str, model: str, messages: list[ChatMessage], options: ChatOptions) -> str:
     """sha256 over endpoint name, model, every generation parameter (json_schema too) and the messages."""
     params = {k: v for k, v in options.items() if k not in _HOOKS}
-    payload = [name, model, params, [m.model_dump() for m in messages]]
+    payload = [name, model, params, [(m.role, m.content) for m in messages]]
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
