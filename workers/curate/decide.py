@@ -14,7 +14,6 @@ import hashlib
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from schemas.examples import Reason
@@ -74,22 +73,7 @@ async def decide_and_store(
 ) -> Decision:
     """Accept if no reason and the job still wants examples, otherwise reject (``surplus`` past the target);
     store ``as_accepted`` or ``as_rejected`` (JSON) in the slot the decision gets, in the same step."""
-    global _script
-    if _script is None:  # EVALSHA (the text goes only when a Redis does not know it yet), on the given client
-        _script = redis.register_script(_DECIDE_AND_STORE)
-    script = _script
-    job_keys = [
-        keys.decisions(job_id),
-        keys.counters(job_id),
-        keys.bucket_prefix(job_id, "accepted"),
-        keys.bucket_prefix(job_id, "rejected"),
-    ]
-    args = [str(index), reason.value if reason else "", target, keys.BUCKET_SIZE, as_accepted, as_rejected]
-    raw = await script(keys=job_keys, args=args, client=redis)
-    return _parse(raw)
-
-
-_script: AsyncScript | None = None
+    return (await decide_many(redis, job_id, target, [Pending(index, reason, as_accepted, as_rejected)]))[0]
 
 
 @dataclass(frozen=True)
