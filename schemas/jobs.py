@@ -482,6 +482,10 @@ class JobStatus(StrictModel):
     id: str
     recipe: str
     state: JobState
+    settled: bool = Field(
+        default=False,
+        description="finished and nothing of it left in flight or to curate: its counters and examples are final",
+    )
     count: int
     endpoint: str
     skill_set: str | None = None

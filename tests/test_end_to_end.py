@@ -37,6 +37,11 @@ def finished(status: dict[str, Any]) -> bool:
     return status["state"] in ("completed", "failed", "cancelled")
 
 
+def settled(status: dict[str, Any]) -> bool:
+    """Finished, and the items in flight at that moment curated too: counters and listings agree from here."""
+    return bool(status["settled"])
+
+
 def examples(api: str, job_id: str, status: str = "accepted") -> list[dict[str, Any]]:
     response = httpx.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": status}, timeout=30)
     response.raise_for_status()
@@ -65,7 +70,8 @@ def test_instruct_job_end_to_end_dedups_and_filters(processes: Processes, redis:
     api = start_stack(processes, fake)
     job_id = submit(api, recipe="instruct", skill_set="starter@1", count=200, seed=11)
     status = wait_for(api, job_id, finished, timeout=120)
-    assert status["state"] == "completed", status
+    assert status["state"] == "completed" and status["counters"]["accepted"] == 200, status
+    status = wait_for(api, job_id, settled, timeout=60)  # in-flight items may still be curated as surplus
     c = status["counters"]
     assert c["accepted"] == 200
     reasons = c["rejected_by_reason"]

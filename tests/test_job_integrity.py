@@ -23,7 +23,7 @@ from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage
 from schemas.settings import Settings
 from tests.conftest import REDIS_URL, Processes, service_env
-from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
+from tests.test_end_to_end import examples, finished, settled, start_stack, submit, wait_for
 from workers import endpoints, jobstore, keys
 from workers.curate.consumer import CurateConsumer
 from workers.curate.decide import decide_and_store, previous
@@ -175,6 +175,8 @@ async def test_items_left_when_a_job_completes_are_curated_not_abandoned(redis: 
     settings = Settings(redis_url=REDIS_URL)
     watchdog = Watchdog(redis, stall_ms=1000)
     assert (await watchdog.run_once()).retired == 0  # not while an entry waits
+    status = await jobstore.get_status(redis, "late")
+    assert status is not None and status.state is JobState.COMPLETED and not status.settled  # counters may move
     consumer = CurateConsumer(redis, settings, "c1")
     assert await consumer.step() == 1
     decision = await previous(redis, "late", 3)
@@ -182,6 +184,8 @@ async def test_items_left_when_a_job_completes_are_curated_not_abandoned(redis: 
     assert await redis.hget(keys.bucket("late", "accepted", 0), "0") is not None
     assert (await watchdog.run_once()).retired == 1
     assert not await redis.sismember(keys.ACTIVE_JOBS, "late")
+    status = await jobstore.get_status(redis, "late")
+    assert status is not None and status.settled and status.counters.accepted == 1  # final from here
 
 
 # --- no job hangs --------------------------------------------------------------------------------
@@ -319,7 +323,7 @@ def run_chaos(processes: Processes, fake: Any, count: int, kills: int, seed: int
         victim.wait()
         workers.append(processes.worker(settings))
         done += 1
-    status = wait_for(api, job_id, finished, timeout=180)
+    status = wait_for(api, job_id, settled, timeout=180)  # every item in flight at the end curated too
     stored = examples(api, job_id) + examples(api, job_id, "rejected")
     kept_calls = sum(e["usage"]["calls"] for e in stored)
     return {

@@ -197,10 +197,14 @@ async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
     skill_set = record.skill_set.ref if record.skill_set else None
     counters = await read_counters(redis, record)
     budget = await read_budget(redis, job_id)
+    state = JobState(meta.get("state", "queued"))
+    # the watchdog retires a finished job from the active set once its stream is empty and no chunk runs
+    settled = state.finished and not await redis.sismember(keys.ACTIVE_JOBS, job_id)
     return JobStatus(
         id=record.id,
         recipe=record.spec.recipe,
-        state=JobState(meta.get("state", "queued")),
+        state=state,
+        settled=settled,
         count=record.spec.count,
         endpoint=record.endpoint,
         skill_set=skill_set,
