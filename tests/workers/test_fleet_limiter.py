@@ -13,6 +13,7 @@ from tests.conftest import REDIS_URL
 from workers import keys
 from workers.llm.errors import JobStopped
 from workers.llm.fleet import BURST_MS, SAFETY, FleetLimiter, LimitSignals, effective_limits, parse_reset
+from workers.stats import stat_field
 
 
 def endpoint(rpm: int, tpm: int = 10_000_000) -> EndpointSettings:
@@ -98,6 +99,34 @@ async def test_gate_refuses_a_stopped_job(redises: list[Redis]) -> None:
     with pytest.raises(JobStopped):
         async with limiter.slot(1, gate=meta):
             pass
+
+
+async def test_calls_asking_together_are_booked_by_one_script_run_each_under_its_own_gate(
+    redises: list[Redis],
+) -> None:
+    limiter = FleetLimiter(redises[0], None, "ep-batch", endpoint(60_000))
+    running, stopped = keys.meta("batch-running"), keys.meta("batch-stopped")
+    await redises[0].hset(running, "state", "running")
+    await redises[0].hset(stopped, "state", "cancelled")
+    script, runs = limiter._acquire, []
+
+    async def counted(**kwargs: object) -> object:
+        runs.append(kwargs)
+        return await script(**kwargs)
+
+    limiter._acquire = counted
+
+    async def one(gate: str | None) -> str:
+        try:
+            async with limiter.slot(1, gate=gate):
+                return "went"
+        except JobStopped:
+            return "refused"
+
+    outcome = await asyncio.gather(*(one(g) for g in [running, stopped, None, running, stopped, None]))
+    assert outcome == ["went", "refused", "went", "went", "refused", "went"]
+    assert len(runs) == 1  # six calls, one round trip
+    assert int(await redises[0].hget(keys.STATS, stat_field("limiter_acquired", "ep-batch")) or 0) == 4
 
 
 async def test_runtime_and_learned_limits(redises: list[Redis]) -> None:

@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -37,16 +38,16 @@ from workers.tally import Tally
 log = logging.getLogger(__name__)
 SAFETY = 0.99  # pace slightly under the grant: arrival jitter against the provider's own bucket causes 429s
 BURST_MS = 250  # a quantity may run this far ahead of its steady pace: a quarter second's worth at once, at most
+TICK_S = 0.05  # turns are rounded up to this grid: calls go out in groups (see ``FleetLimiter.take``)
 MAX_AHEAD_MS = 2000  # book at most this far ahead; beyond it, wait and ask again
 LEARNED_TTL_MS = 600_000  # a header-learned limit holds for 10 minutes after it was last seen
 STATE_TTL_MS = 3_600_000  # an idle endpoint's TATs are in the past anyway; let the key go after an hour
 
-# KEYS: tat, cool, limits, learned, stats, gate   ARGV: rpm, tpm, tokens, gated, stat_wait, stat_acquired
+# Books every call asking in one loop turn of one process (a batch), each in turn, as if asked one by one.
+# KEYS: tat, cool, limits, learned, stats, then the batch's gates
+# ARGV: rpm, tpm, stat_wait, stat_acquired, then per call: tokens, its gate's KEYS index (0: ungated)
+# Returns per call: {code, delay}: 0 booked to go after delay ms; -1 booked out, ask again after delay; -2 gated
 _ACQUIRE = f"""
-if ARGV[4] == '1' then
-  local st = redis.call('HGET', KEYS[6], 'state')
-  if st ~= 'queued' and st ~= 'running' then return {{-2, '0'}} end
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -57,21 +58,41 @@ local learned = redis.call('HMGET', KEYS[4], 'rpm', 'tpm')
 if learned[1] and tonumber(learned[1]) < rpm then rpm = tonumber(learned[1]) end
 if learned[2] and tonumber(learned[2]) < tpm then tpm = tonumber(learned[2]) end
 local tr, tt = 60000 / (rpm * {SAFETY}), 60000 / (tpm * {SAFETY})
-local tokens = math.min(tonumber(ARGV[3]), tpm)
 local tat = redis.call('HMGET', KEYS[1], 'r', 't')
 local tat_r, tat_t = tonumber(tat[1] or '0'), tonumber(tat[2] or '0')
-local at = now
 local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cool > at then at = cool end
-if tat_r - {BURST_MS} > at then at = tat_r - {BURST_MS} end
-if tat_t - {BURST_MS} > at then at = tat_t - {BURST_MS} end
-local delay = at - now
-if delay > {MAX_AHEAD_MS} then return {{-1, tostring(delay)}} end
-redis.call('HSET', KEYS[1], 'r', tostring(math.max(tat_r, at) + tr), 't', tostring(math.max(tat_t, at) + tokens * tt))
-redis.call('PEXPIRE', KEYS[1], {STATE_TTL_MS})
-redis.call('HINCRBYFLOAT', KEYS[5], ARGV[5], delay / 1000)
-redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
-return {{0, tostring(delay)}}
+local open, out, booked, waited = {{}}, {{}}, 0, 0
+for i = 5, #ARGV, 2 do
+  local gate = tonumber(ARGV[i + 1])
+  if gate > 0 and open[gate] == nil then
+    local st = redis.call('HGET', KEYS[gate], 'state')
+    open[gate] = st == 'queued' or st == 'running'
+  end
+  if gate > 0 and not open[gate] then
+    out[#out + 1] = {{-2, '0'}}
+  else
+    local at = now
+    if cool > at then at = cool end
+    if tat_r - {BURST_MS} > at then at = tat_r - {BURST_MS} end
+    if tat_t - {BURST_MS} > at then at = tat_t - {BURST_MS} end
+    local delay = at - now
+    if delay > {MAX_AHEAD_MS} then
+      out[#out + 1] = {{-1, tostring(delay)}}
+    else
+      tat_r = math.max(tat_r, at) + tr
+      tat_t = math.max(tat_t, at) + math.min(tonumber(ARGV[i]), tpm) * tt
+      booked, waited = booked + 1, waited + delay
+      out[#out + 1] = {{0, tostring(delay)}}
+    end
+  end
+end
+if booked > 0 then
+  redis.call('HSET', KEYS[1], 'r', tostring(tat_r), 't', tostring(tat_t))
+  redis.call('PEXPIRE', KEYS[1], {STATE_TTL_MS})
+  redis.call('HINCRBYFLOAT', KEYS[5], ARGV[3], waited / 1000)
+  redis.call('HINCRBY', KEYS[5], ARGV[4], booked)
+end
+return out
 """
 
 # KEYS: tat, limits, learned   ARGV: tpm, extra_tokens (may be negative: a refund)
@@ -239,7 +260,9 @@ class FleetLimiter:
         self._wait_field = stat_field("limiter_wait_seconds", name)
         self._acquired_field = stat_field("limiter_acquired", name)
         self._cooldown_field = stat_field("rate_limited_cooldowns", name)
-        self._acquire_keys = [self._tat, self._cool, self._limits, self._learned, keys.STATS, ""]
+        self._acquire_keys = [self._tat, self._cool, self._limits, self._learned, keys.STATS]
+        self._asking: list[tuple[int, str | None, asyncio.Future[tuple[int, float]]]] = []
+        self._booking: set[asyncio.Task[list[list[object]]]] = set()  # scripts in flight (kept from the GC)
         self._seen: tuple[int | None, int | None, float] = (None, None, 0.0)
         self._rng = random.Random()
 
@@ -251,26 +274,60 @@ class FleetLimiter:
 
     async def take(self, tokens: int, gate: str | None = None) -> None:
         """Book this call's turn (request + ``tokens``) and sleep until it comes; a cool-down announced while
-        we slept voids the booking (the call books again after it)."""
-        keys_ = self._acquire_keys if gate is None else [*self._acquire_keys[:-1], gate]
-        args = [self._rpm, self._tpm, max(tokens, 0), "1" if gate else "0", self._wait_field, self._acquired_field]
+        we slept voids the booking (the call books again after it).
+
+        Turns are waited for up to the next ``TICK_S`` boundary, so calls whose turns fall within one tick go
+        out (and mostly come back) together: a worker then wakes once per tick, not once per call, and the
+        calls asking in one loop turn are booked by one script run (``_book``).
+        """
         while True:
             if (cool := self._signals.until(self.name) - time.monotonic()) > 0:
                 await asyncio.sleep(cool)
             epoch = self._signals.epoch(self.name)
-            code, delay = await self._acquire(keys=keys_, args=args)
-            wait_s = float(delay) / 1000.0
+            code, wait_s = await self._book(max(tokens, 0), gate)
             if code == -2:
                 raise JobStopped(gate)
             if code == 0:
                 limiter_waited(self.name, wait_s)
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
+                now = time.monotonic()
+                await asyncio.sleep(math.ceil((now + wait_s) / TICK_S) * TICK_S - now)
                 if self._signals.until(self.name) <= time.monotonic() and self._signals.epoch(self.name) == epoch:
                     return
                 continue  # a 429 or a new limit arrived while we waited: our turn was booked on old terms
             # booked too far ahead: come back when our turn would be near, spread so askers do not herd
             await asyncio.sleep(max(0.01, wait_s - MAX_AHEAD_MS / 1000.0) * (1 + 0.1 * self._rng.random()))
+
+    async def _book(self, tokens: int, gate: str | None) -> tuple[int, float]:
+        """(code, seconds) of the acquire script for this call, asked together with the others of this turn."""
+        answer: asyncio.Future[tuple[int, float]] = asyncio.get_running_loop().create_future()
+        self._asking.append((tokens, gate, answer))
+        if len(self._asking) == 1:
+            asyncio.get_running_loop().call_soon(self._send_bookings)
+        return await answer
+
+    def _send_bookings(self) -> None:
+        asking, self._asking = self._asking, []
+        gates: dict[str, int] = {}
+        args: list[str | int] = [self._rpm, self._tpm, self._wait_field, self._acquired_field]
+        for tokens, gate, _ in asking:
+            args += [tokens, 0 if gate is None else gates.setdefault(gate, len(self._acquire_keys) + len(gates) + 1)]
+        task = asyncio.ensure_future(self._acquire(keys=[*self._acquire_keys, *gates], args=args))
+        self._booking.add(task)
+
+        def answer(done: "asyncio.Task[list[list[object]]]") -> None:
+            self._booking.discard(done)
+            for i, (_, _, future) in enumerate(asking):
+                if future.done():  # its caller was cancelled
+                    continue
+                if done.cancelled():
+                    future.cancel()
+                elif (exc := done.exception()) is not None:
+                    future.set_exception(exc)
+                else:
+                    code, delay = cast(tuple[int, bytes], done.result()[i])
+                    future.set_result((int(code), float(delay) / 1000.0))
+
+        task.add_done_callback(answer)
 
     async def settle(self, estimated: int, actual: int) -> None:
         extra = actual - estimated
