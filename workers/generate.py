@@ -6,7 +6,6 @@ reason, so curation always sees every planned item exactly once and the job can 
 """
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -30,7 +29,7 @@ from workers.tally import Tally
 
 log = logging.getLogger(__name__)
 STATE_POLL_S = 0.5
-EMIT_GATHER_S = 0.05  # one transaction for the items finishing within this long (their answers are kept)
+EMIT_GATHER_S = 0.25  # one transaction for the items finishing within this long (their answers are kept)
 STOP_WAIT_S = 15.0  # at most one Redis reply timeout for the watcher to see its flag
 
 
@@ -301,6 +300,35 @@ async def run_chunk(
     return outcome
 
 
+class _JobWatch:
+    """One state poll per job per process, however many of its chunks run here (each poll is a round trip)."""
+
+    def __init__(self, redis: ArqRedis, job_id: str) -> None:
+        self.redis, self.job_id = redis, job_id
+        self.stopped = asyncio.Event()  # the job is cancelled, completed, failed or gone
+        self.users = 0
+        self.task = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        try:
+            while self.users > 0:  # ends by its users leaving, never by a cancel (redis-py can swallow those)
+                try:
+                    state = await jobstore.get_state(self.redis, self.job_id)
+                except Exception as exc:  # Redis away: the chunks' calls fail on their own; look again
+                    log.debug("job %s: state poll failed: %s", self.job_id, exc)
+                else:
+                    if state is None or state.finished:
+                        self.stopped.set()
+                        return
+                await asyncio.sleep(STATE_POLL_S)
+        finally:
+            if _watches.get((id(self.redis), self.job_id)) is self:
+                del _watches[(id(self.redis), self.job_id)]
+
+
+_watches: dict[tuple[int, str], _JobWatch] = {}
+
+
 async def _stop_when_finished(
     redis: ArqRedis, job_id: str, tasks: list[asyncio.Task[None]], finished: asyncio.Event
 ) -> None:
@@ -308,11 +336,17 @@ async def _stop_when_finished(
 
     (No new call leaves even before that: ``metered`` refuses it.)
     """
-    while not finished.is_set():
-        state = await jobstore.get_state(redis, job_id)
-        if state is None or state.finished:
+    watch = _watches.get((id(redis), job_id))
+    if watch is None or watch.task.done():
+        watch = _watches[(id(redis), job_id)] = _JobWatch(redis, job_id)
+    watch.users += 1
+    waits = [asyncio.ensure_future(finished.wait()), asyncio.ensure_future(watch.stopped.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if watch.stopped.is_set() and not finished.is_set():
             for t in tasks:
                 t.cancel()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(finished.wait(), timeout=STATE_POLL_S)
+    finally:
+        watch.users -= 1
+        for w in waits:
+            w.cancel()

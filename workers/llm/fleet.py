@@ -276,9 +276,10 @@ class FleetLimiter:
         """Book this call's turn (request + ``tokens``) and sleep until it comes; a cool-down announced while
         we slept voids the booking (the call books again after it).
 
-        Turns are waited for up to the next ``TICK_S`` boundary, so calls whose turns fall within one tick go
-        out (and mostly come back) together: a worker then wakes once per tick, not once per call, and the
-        calls asking in one loop turn are booked by one script run (``_book``).
+        A turn booked ahead is waited for up to the next ``TICK_S`` boundary, so calls whose turns fall within
+        one tick go out (and mostly come back) together: a worker at the rate limit then wakes once per tick,
+        not once per call. A call that may go now goes now (an endpoint bound by its concurrency, not its
+        rate, loses no time). The calls asking in one loop turn are booked by one script run (``_book``).
         """
         while True:
             if (cool := self._signals.until(self.name) - time.monotonic()) > 0:
@@ -289,8 +290,9 @@ class FleetLimiter:
                 raise JobStopped(gate)
             if code == 0:
                 limiter_waited(self.name, wait_s)
-                now = time.monotonic()
-                await asyncio.sleep(math.ceil((now + wait_s) / TICK_S) * TICK_S - now)
+                if wait_s > 0:  # booked ahead: go with the others whose turns fall in the same tick
+                    now = time.monotonic()
+                    await asyncio.sleep(math.ceil((now + wait_s) / TICK_S) * TICK_S - now)
                 if self._signals.until(self.name) <= time.monotonic() and self._signals.epoch(self.name) == epoch:
                     return
                 continue  # a 429 or a new limit arrived while we waited: our turn was booked on old terms
