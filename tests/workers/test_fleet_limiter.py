@@ -12,7 +12,16 @@ from schemas.settings import EndpointSettings
 from tests.conftest import REDIS_URL
 from workers import keys
 from workers.llm.errors import JobStopped
-from workers.llm.fleet import BURST_MS, SAFETY, FleetLimiter, LimitSignals, effective_limits, parse_reset
+from workers.llm.fleet import (
+    BURST_MS,
+    SAFETY,
+    TICK_S,
+    FleetLimiter,
+    LimitSignals,
+    effective_limits,
+    leaves_at,
+    parse_reset,
+)
 from workers.stats import stat_field
 
 
@@ -145,6 +154,15 @@ async def test_runtime_and_learned_limits(redises: list[Redis]) -> None:
     await redises[0].hset(keys.limiter_limits("ep-learn"), mapping={"rpm": 300})
     limits = await effective_limits(redises[1], "ep-learn", ep)
     assert limits["effective"] == {"rpm": 300, "tpm": ep.tpm}
+
+
+def test_calls_booked_ahead_leave_together_on_the_tick_and_never_early() -> None:
+    assert leaves_at(100.013, 0.0) == 100.013  # free now: no wait at all
+    turns = [100.013 + w for w in (0.001, 0.010, 0.030)]  # three turns within one tick
+    leave = {leaves_at(100.013, t - 100.013) for t in turns}
+    assert len(leave) == 1 and all(t <= min(leave) < t + TICK_S for t in turns)
+    later = leaves_at(100.013, 0.5)
+    assert 100.513 <= later < 100.513 + TICK_S and abs(later / TICK_S - round(later / TICK_S)) < 1e-9
 
 
 def test_parse_reset() -> None:

@@ -164,6 +164,12 @@ def parse_reset(value: str) -> float | None:
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
+def leaves_at(now: float, wait_s: float) -> float:
+    """When a call whose turn is ``wait_s`` away leaves: now if it may go now, else at the first ``TICK_S``
+    boundary at or after its turn (never before it), with the others whose turns fall in that tick."""
+    return now if wait_s <= 0 else math.ceil((now + wait_s) / TICK_S) * TICK_S
+
+
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     value = headers.get(name)
     if value is None:
@@ -290,9 +296,9 @@ class FleetLimiter:
                 raise JobStopped(gate)
             if code == 0:
                 limiter_waited(self.name, wait_s)
-                if wait_s > 0:  # booked ahead: go with the others whose turns fall in the same tick
+                if wait_s > 0:
                     now = time.monotonic()
-                    await asyncio.sleep(math.ceil((now + wait_s) / TICK_S) * TICK_S - now)
+                    await asyncio.sleep(leaves_at(now, wait_s) - now)
                 if self._signals.until(self.name) <= time.monotonic() and self._signals.epoch(self.name) == epoch:
                     return
                 continue  # a 429 or a new limit arrived while we waited: our turn was booked on old terms
