@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -218,3 +218,17 @@ def save(name: str, line: str) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(line + "\n")
     return path
+
+
+def report(run: Callable[[], dict[str, Any]], save_as: str | None, ok: Callable[[dict[str, Any]], bool]) -> int:
+    """Run a benchmark, print its one JSON line (and save it); exit status 0 only when ``ok`` says so."""
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        print("interrupted; stopped everything started", file=sys.stderr)
+        return 130
+    line = json.dumps(result)
+    print(line, flush=True)
+    if save_as:
+        save(save_as, line)
+    return 0 if ok(result) else 1

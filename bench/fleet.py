@@ -17,7 +17,6 @@ splits it. Prints one JSON line:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import REPO, Stack, cpu_seconds, fake_stats, flush_db, loadavg, save, service_env, source_info
+from _stack import REPO, Stack, cpu_seconds, fake_stats, flush_db, loadavg, report, service_env, source_info
 
 ENDPOINT = "fleet"
 SETTLE_S = 10.0
@@ -115,9 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         total_requests, total_limited = samples[-1][1], samples[-1][2]
     started = next(t for t, req, _, _ in samples if req > 0)
     final_ok = total_requests - total_limited
-    window = [
-        (t, req - lim) for t, req, lim, _ in samples if t >= started + SETTLE_S and req - lim <= 0.95 * final_ok
-    ]
+    window = [(t, req - lim) for t, req, lim, _ in samples if t >= started + SETTLE_S and req - lim <= 0.95 * final_ok]
     if len(window) >= 2:
         (t0, ok0), (t1, ok1) = window[0], window[-1]
         ok_per_s = (ok1 - ok0) / (t1 - t0)
@@ -150,16 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; stopped everything started", file=sys.stderr)
-        return 130
-    line = json.dumps(result)
-    print(line, flush=True)
-    if args.save:
-        save(args.save, line)
-    return 0 if result["state"] == "completed" else 1
+    return report(lambda: run(args), args.save, lambda r: r["state"] == "completed")
 
 
 if __name__ == "__main__":

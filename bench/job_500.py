@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import REPO, Stack, cpu_seconds, fake_stats, flush_db, loadavg, save, service_env, source_info
+from _stack import REPO, Stack, cpu_seconds, fake_stats, flush_db, loadavg, report, service_env, source_info
 
 STARTER = REPO / "service" / "data" / "starter-skills.json"
 NEAR = 0.7
@@ -155,16 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; stopped everything started", file=sys.stderr)
-        return 130
-    line = json.dumps(result)
-    print(line, flush=True)
-    if args.save:
-        save(args.save, line)
-    return 0 if result["ok"] else 1
+    return report(lambda: run(args), args.save, lambda r: bool(r["ok"]))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import REPO, Stack, fake_stats, flush_db, loadavg, save, service_env, source_info
+from _stack import REPO, Stack, fake_stats, flush_db, loadavg, report, service_env, source_info
 
 ENDPOINT = "fake"
 SKILLS = [
@@ -122,8 +122,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "count_delivered": delivered == args.count and len(accepted) == args.count,
         "answers_verified": all(e["math"]["vote"]["matches_question"] is True for e in accepted),
         "full_history": all(
-            e["math"]["pair_check"] and e["math"]["question_turns"] and e["math"]["sceptic"]
-            and e["math"]["validations"] and e["math"]["solves"]
+            e["math"]["pair_check"]
+            and e["math"]["question_turns"]
+            and e["math"]["sceptic"]
+            and e["math"]["validations"]
+            and e["math"]["solves"]
             for e in accepted
         ),
     }
@@ -153,16 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; stopped everything started", file=sys.stderr)
-        return 130
-    line = json.dumps(result)
-    print(line, flush=True)
-    if args.save:
-        save(args.save, line)
-    return 0 if result["ok"] else 1
+    return report(lambda: run(args), args.save, lambda r: bool(r["ok"]))
 
 
 if __name__ == "__main__":

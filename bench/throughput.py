@@ -17,7 +17,6 @@ quality off, small max_tokens), samples the job's counters in Redis every 50 ms 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,18 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import REPO, Stack, cpu_seconds, fake_stats, flush_db, loadavg, machine_busy, save, service_env, source_info
+from _stack import (
+    REPO,
+    Stack,
+    cpu_seconds,
+    fake_stats,
+    flush_db,
+    loadavg,
+    machine_busy,
+    report,
+    service_env,
+    source_info,
+)
 
 POLL_S = 0.05
 ENDPOINT = "bench"
@@ -227,16 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; stopped everything started", file=sys.stderr)
-        return 130
-    line = json.dumps(result)
-    print(line, flush=True)
-    if args.save:
-        save(args.save, line)
-    return 0 if result["state"] == "completed" else 1
+    return report(lambda: run(args), args.save, lambda r: r["state"] == "completed")
 
 
 if __name__ == "__main__":
