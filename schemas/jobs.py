@@ -187,13 +187,12 @@ class _JobSpecBase(StrictModel):
         return self.max_items
 
 
-class InstructJobSpec(_JobSpecBase):
-    """Instruct-SkillMix generation (papers.md §A stage 2)."""
+class _SkillsJobSpec(_JobSpecBase):
+    """A recipe that draws k skills per item from a skill set: a reference is checked at submit, an inline set
+    must hold at least k skills."""
 
-    recipe: Literal["instruct"] = "instruct"
     skill_set: str | SkillSetCreate = Field(description="'name@version' / 'name' (latest) or an inline set")
-    k: int = Field(default=2, ge=1, le=5, description="skills per example")
-    refine: bool = Field(default=True, description="critique-and-refine turns")
+    k: int = 2
 
     @field_validator("skill_set")
     @classmethod
@@ -207,6 +206,14 @@ class InstructJobSpec(_JobSpecBase):
         if not isinstance(self.skill_set, str) and len(self.skill_set.skills) < self.k:
             raise ValueError(f"skill_set has {len(self.skill_set.skills)} skills, fewer than k={self.k}")
         return self
+
+
+class InstructJobSpec(_SkillsJobSpec):
+    """Instruct-SkillMix generation (papers.md §A stage 2)."""
+
+    recipe: Literal["instruct"] = "instruct"
+    k: int = Field(default=2, ge=1, le=5, description="skills per example")
+    refine: bool = Field(default=True, description="critique-and-refine turns")
 
 
 Prompt = str | list[ChatMessage]
@@ -341,7 +348,7 @@ class CurateJobSpec(_JobSpecBase):
     )
 
 
-class MathJobSpec(_JobSpecBase):
+class MathJobSpec(_SkillsJobSpec):
     """MATH^2 (papers.md §B): hard two-skill math questions, each with one verified answer. Stages: pair
     validation, question (with brief solution and exact answer) iterated until solvable, a sceptical attempt,
     a rubric validated by majority of ``n_validations``, and ``n_solves`` independent solves whose strict
@@ -349,7 +356,6 @@ class MathJobSpec(_JobSpecBase):
     not fit a question with a brief solution); exact and near dedup of the question text stay on."""
 
     recipe: Literal["math"] = "math"
-    skill_set: str | SkillSetCreate = Field(description="'name@version' / 'name' (latest) or an inline set")
     k: Literal[2] = Field(default=2, description="skills per question (a pair)")
     n_validations: int = Field(default=3, ge=1, le=15, description="rubric validations; a strict majority passes")
     n_solves: int = Field(default=5, ge=1, le=25, description="independent solves voted on")
@@ -368,19 +374,6 @@ class MathJobSpec(_JobSpecBase):
                 quality.setdefault("min_response_words", 1)
                 quality.setdefault("min_instruction_words", 3)
         return data
-
-    @field_validator("skill_set")
-    @classmethod
-    def _ref(cls, value: str | SkillSetCreate) -> str | SkillSetCreate:
-        if isinstance(value, str):
-            parse_skill_set_ref(value)
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if not isinstance(self.skill_set, str) and len(self.skill_set.skills) < self.k:
-            raise ValueError(f"skill_set has {len(self.skill_set.skills)} skills, fewer than k={self.k}")
-        return self
 
 
 class EvalMathJobSpec(_JobSpecBase):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.jobs import InstructJobSpec, JobSpec, PromptsJobSpec
+from schemas.jobs import InstructJobSpec, JobSpec, MathJobSpec, PromptsJobSpec
 from schemas.skills import Skill, SkillSetCreate, parse_skill_set_ref
 
 SPEC: TypeAdapter[InstructJobSpec | PromptsJobSpec] = TypeAdapter(JobSpec)
@@ -43,6 +43,16 @@ def test_bad_specs_name_the_problem(body: dict[str, object], field: str) -> None
     with pytest.raises(ValidationError) as info:
         SPEC.validate_python(body)
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize("recipe", ["instruct", "math"])
+def test_an_inline_skill_set_needs_k_skills(recipe: str) -> None:
+    one = {"name": "tiny", "skills": [{"name": "a_b"}], "query_types": [{"name": "q", "definition": "d"}]}
+    with pytest.raises(ValidationError, match="skill_set has 1 skills, fewer than k=2"):
+        SPEC.validate_python({"recipe": recipe, "skill_set": one, "count": 5})
+    two = {**one, "skills": [{"name": "a_b"}, {"name": "c_d"}]}
+    spec = SPEC.validate_python({"recipe": recipe, "skill_set": two, "count": 5})
+    assert isinstance(spec, InstructJobSpec | MathJobSpec) and spec.k == 2
 
 
 def test_skill_names_must_be_snake_case_and_unique() -> None:
