@@ -74,8 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         LITELLM_LOCAL_MODEL_COST_MAP="True",
     )
     # curator loads tiktoken's cl100k_base, which tiktoken downloads; litellm ships a copy of it
-    litellm_dir = os.path.dirname(importlib.util.find_spec("litellm").origin)
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(litellm_dir, "litellm_core_utils", "tokenizers"))
+    litellm = importlib.util.find_spec("litellm")
+    if litellm is None or litellm.origin is None:
+        sys.exit("curator is not installed here: run this with the curator venv's python (see the docstring)")
+    tokenizers = os.path.join(os.path.dirname(litellm.origin), "litellm_core_utils", "tokenizers")
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", tokenizers)
     if args.plain:
         os.environ["CURATOR_DISABLE_RICH_DISPLAY"] = "1"
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
     class Notes(curator.LLM):
         def prompt(self, row: dict[str, Any]) -> str:
-            return row["prompt"]
+            return str(row["prompt"])
 
     llm = Notes(
         model_name=args.model,
