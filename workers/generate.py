@@ -337,7 +337,7 @@ async def _stop_when_finished(
     (No new call leaves even before that: ``metered`` refuses it.)
     """
     watch = _watches.get((id(redis), job_id))
-    if watch is None or watch.task.done():
+    if watch is None or watch.task.done() or watch.task.get_loop() is not asyncio.get_running_loop():
         watch = _watches[(id(redis), job_id)] = _JobWatch(redis, job_id)
     watch.users += 1
     waits = [asyncio.ensure_future(finished.wait()), asyncio.ensure_future(watch.stopped.wait())]
