@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,8 @@ def fit_power_law(points: Sequence[tuple[float, float]], confidence: float = 0.9
     if n >= 2:
         s2 = float(residuals @ residuals) / (n - 1)
         se = math.sqrt(s2 / sxx)
+        from scipy import stats  # here, not at import: scipy takes ~2 s to load and every CLI process imports this
+
         t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
         ci_low, ci_high = a - t * se, a + t * se
     total = float(((ly - ly.mean()) ** 2).sum())
