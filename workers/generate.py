@@ -30,7 +30,6 @@ from workers.tally import Tally
 log = logging.getLogger(__name__)
 STATE_POLL_S = 0.5
 EMIT_GATHER_S = 0.25  # one transaction for the items finishing within this long (their answers are kept)
-STOP_WAIT_S = 15.0  # at most one Redis reply timeout for the watcher to see its flag
 
 
 class EndpointDown(Exception):
@@ -281,10 +280,10 @@ async def run_chunk(
     try:
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        finished.set()  # the watcher ends by this flag, never by a cancel (redis-py can swallow those)
+        finished.set()  # the watcher ends at once by this flag (the job's shared poll does the Redis reads)
         for t in tasks:
             t.cancel()
-        await asyncio.wait([watcher], timeout=STOP_WAIT_S)
+        await asyncio.wait([watcher])
     errors = [r for r in results if isinstance(r, Exception)]
     if errors:
         raise errors[0]
