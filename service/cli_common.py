@@ -1,12 +1,15 @@
 """What every `skillmix` sub-command shares: the console, where the API is, and how errors are shown."""
 
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import click
 import httpx
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
+from schemas.errors import SkillmixError
 from schemas.jobs import JobStatus
 from schemas.settings import get_settings
 from service.progress import follow, summary
@@ -24,6 +27,17 @@ def api_url(url: str | None) -> str:
 def fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)
+
+
+class ShowErrors(TyperGroup):
+    """The one place the CLI turns our errors into words: a ``SkillmixError`` from any sub-command is printed
+    as ``error: <message>`` with exit code 2, like ``fail``, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SkillmixError as exc:
+            fail(str(exc))
 
 
 def print_validation_errors(response: httpx.Response) -> None:

@@ -18,6 +18,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
+from schemas.errors import Conflict
 from schemas.jobs import JobBudget, JobRecord
 from schemas.llm import Usage
 from schemas.settings import EndpointSettings
@@ -135,12 +136,24 @@ async def set_budget(redis: Redis, job_id: str, budget: JobBudget) -> None:
         await pipe.execute()
 
 
-class NotPaused(Exception):
-    """The job is not paused (its current state is the message)."""
+class NotPaused(Conflict):
+    """The job is not paused (the message names its current state)."""
 
 
-class BudgetExhausted(Exception):
-    """The job is paused and its cap still has no room: raise it first."""
+class BudgetExhausted(Conflict):
+    """The job is paused and its cap still has no room: raise it first (the message says how)."""
+
+
+async def _still_at_budget(redis: Redis, job_id: str) -> str:
+    current = await jobstore.get_status(redis, job_id)
+    cap, c = (current.budget, current.counters) if current else (None, None)
+    spent = f"${c.cost_usd:.4f} of ${cap.max_cost_usd:.4f}" if c and cap and cap.max_cost_usd else ""
+    used = f"{c.prompt_tokens + c.completion_tokens} of {cap.max_tokens} tokens" if c and cap and cap.max_tokens else ""
+    return (
+        f"job {job_id} is still at its budget ({', '.join(p for p in (spent, used) if p)} used); raise it "
+        f'first with PATCH /v1/jobs/{job_id} {{"budget": {{"max_cost_usd": ...}}}} or `skillmix budget {job_id} '
+        "--max-cost-usd X`"
+    )
 
 
 async def resume(redis: ArqRedis, record: JobRecord) -> None:
@@ -149,9 +162,10 @@ async def resume(redis: ArqRedis, record: JobRecord) -> None:
     script_keys = [keys.counters(record.id), keys.meta(record.id), keys.budget(record.id)]
     outcome = (await redis.eval(RESUME, 3, *script_keys, jobstore.now_iso())).decode()
     if outcome == "exhausted":
-        raise BudgetExhausted(record.id)
+        raise BudgetExhausted(await _still_at_budget(redis, record.id))
     if outcome != "ok":
-        raise NotPaused(outcome.removeprefix("state:"))
+        state = outcome.removeprefix("state:")
+        raise NotPaused(f"job {record.id} is {state}, not paused; only a paused job can be resumed")
     await redis.hdel(keys.WATCHDOG, record.id)  # the stall clock starts again now, not at the pause
     await advance(redis, record)
     await requeue_unfinished(redis, record)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import orjson
 from arq.connections import ArqRedis
 
+from schemas.errors import Interrupted, Transient
 from schemas.examples import GeneratedItem, JudgeVerdict, Reason, WorkItem
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.llm import Usage
@@ -32,11 +33,11 @@ STATE_POLL_S = 0.5
 EMIT_GATHER_S = 0.25  # one transaction for the items finishing within this long (their answers are kept)
 
 
-class EndpointDown(Exception):
+class EndpointDown(Transient):
     """Some items could not reach the endpoint even after the client's retries: retry the chunk later."""
 
 
-class JobResumed(Exception):
+class JobResumed(Interrupted):
     """Items were refused while the job was paused and it was resumed before the chunk ended: run it again
     (resuming cannot enqueue a chunk that is still running)."""
 

@@ -42,7 +42,7 @@ from service.routes.extract import (
 )
 from workers import endpoints, jobstore, keys
 from workers.curate.source import survey
-from workers.extract.reader import DatasetError, resolve_path
+from workers.extract.reader import resolve_path
 from workers.recipes import needs_endpoint
 
 router = APIRouter(prefix="/v1/curate", tags=["curate"])
@@ -100,11 +100,8 @@ async def _read_spec(request: Request, job_id: str, settings: Settings) -> Curat
 
 async def _surveyed(spec: CurateJobSpec, data_dir: Path, block: int) -> CurateJobSpec:
     """Read the whole file once (in a thread): rows, their shape, chunk offsets; fill in what was found."""
-    try:
-        path = resolve_path(data_dir, spec.source.path)
-        found = await asyncio.to_thread(survey, path, spec.source, block)
-    except DatasetError as exc:
-        unprocessable(exc.field, exc.message)
+    path = resolve_path(data_dir, spec.source.path)  # DatasetError: a 422 naming the field to fix
+    found = await asyncio.to_thread(survey, path, spec.source, block)
     source = spec.source.model_copy(update={"row_format": found.row_format, "messages_column": found.messages_column})
     update = {"source": source, "count": found.rows, "max_items": found.rows, "offsets": found.offsets}
     return spec.model_copy(update=update)
@@ -136,10 +133,7 @@ async def submit_curate(
     )
     if needs_endpoint(record):  # only the judge calls an LLM
         for name in {endpoint_name, *([judge.endpoint] if judge and judge.endpoint else [])}:
-            try:
-                endpoint = await endpoints.resolve(redis, settings, name)
-            except endpoints.UnknownEndpoint as exc:
-                unprocessable("quality.judge.endpoint", str(exc))
+            endpoint = await endpoints.resolve(redis, settings, name, "quality.judge.endpoint")
             if name == endpoint_name:
                 model, usd_prompt, usd_completion = (
                     endpoint.model,

@@ -10,16 +10,14 @@ from schemas.llm import EndpointLimits, EndpointLimitsPatch
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
 from workers import endpoints, keys
-from workers.endpoints import UnknownEndpoint
 from workers.llm.fleet import SET_LIMITS, effective_limits
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
 
 
 async def _limits(redis: RedisDep, settings: SettingsDep, name: str) -> EndpointLimits:
-    try:
-        endpoint = await endpoints.resolve(redis, settings, name)
-    except UnknownEndpoint:
+    endpoint = await endpoints.find(redis, settings, name)
+    if endpoint is None:
         not_found("endpoint", name)
     found = await effective_limits(redis, name, endpoint)
     return EndpointLimits.model_validate({"name": name, "model": endpoint.model, **found})

@@ -22,13 +22,14 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, NoReturn
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import Field, TypeAdapter, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from schemas.errors import TooLarge
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.jobs import JobRecord, JobStatus
 from schemas.settings import Settings
@@ -36,7 +37,7 @@ from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found, unprocessable
 from workers import endpoints, jobstore
 from workers.extract import runner
-from workers.extract.reader import DatasetError, inspect, resolve_path
+from workers.extract.reader import inspect, resolve_path
 from workers.extract.store import ExtractStore
 
 router = APIRouter(prefix="/v1/skill-sets/extract", tags=["skill-sets"])
@@ -164,16 +165,10 @@ class _Form:
 
 def too_large(cap: int) -> NoReturn:
     mb = cap / (1 << 20)
-    raise HTTPException(
-        status_code=413,
-        detail=[
-            {
-                "loc": ["body", "file"],
-                "msg": f"the upload is larger than the server's cap of {mb:g} MB (SKILLMIX_MAX_UPLOAD_MB); "
-                "put the file in the server's data dir and give source.path instead, or use fewer rows",
-                "type": "too_large",
-            }
-        ],
+    raise TooLarge(
+        f"the upload is larger than the server's cap of {mb:g} MB (SKILLMIX_MAX_UPLOAD_MB); "
+        "put the file in the server's data dir and give source.path instead, or use fewer rows",
+        "file",
     )
 
 
@@ -252,11 +247,8 @@ async def _read_spec(request: Request, job_id: str, settings: Settings) -> Extra
 
 async def _check_dataset(spec: ExtractDatasetSpec, data_dir: Path) -> ExtractDatasetSpec:
     """Read the whole dataset once (in a thread): format, columns, rows; fill in what was detected."""
-    try:
-        path = resolve_path(data_dir, spec.source.path)
-        info = await asyncio.to_thread(inspect, path, spec.source, spec.rows, spec.max_rows)
-    except DatasetError as exc:
-        unprocessable(exc.field, exc.message)
+    path = resolve_path(data_dir, spec.source.path)  # DatasetError: a 422 naming the field to fix
+    info = await asyncio.to_thread(inspect, path, spec.source, spec.rows, spec.max_rows)
     source = spec.source.model_copy(update={"row_format": info.row_format})
     return spec.model_copy(update={"source": source, "rows": info.rows})
 
@@ -291,10 +283,7 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
     try:
         spec = await _read_spec(request, job_id, settings)
         endpoint_name = spec.endpoint or settings.default_endpoint
-        try:
-            endpoint = await endpoints.resolve(redis, settings, endpoint_name)
-        except endpoints.UnknownEndpoint as exc:
-            unprocessable("endpoint", str(exc))
+        endpoint = await endpoints.resolve(redis, settings, endpoint_name)
         if isinstance(spec, ExtractDatasetSpec):
             spec = await _check_dataset(spec, settings.data_dir)
         record = JobRecord(

@@ -19,6 +19,7 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from schemas.errors import AnswerUnusable
 from schemas.examples import GeneratedItem, JudgeVerdict
 from schemas.jobs import JobRecord, JudgeSettings
 from schemas.llm import ChatMessage, ChatResult, Usage
@@ -57,7 +58,7 @@ def template(name: str) -> Template:
     return Template(path.read_text(encoding="utf-8"))
 
 
-class JudgeAnswerInvalid(ValueError):
+class JudgeAnswerInvalid(AnswerUnusable, ValueError):
     pass
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from schemas.errors import AnswerUnusable
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage, Usage
 from workers.extract.answers import parse_json
@@ -28,7 +29,7 @@ PROMPT_OVERHEAD_TOKENS = 700  # system message plus a template's instructions
 A = TypeVar("A", bound=BaseModel)
 
 
-class Unparseable(Exception):
+class Unparseable(AnswerUnusable):
     """The model answered, but not in the asked shape."""
 
 

@@ -13,6 +13,7 @@ from typing import Literal, TypeVar
 
 from redis.asyncio import Redis
 
+from schemas.errors import JobFailed, Transient
 from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec, UnlabelledRow
 from schemas.jobs import JobRecord, JobState
 from workers import jobstore
@@ -28,11 +29,11 @@ REPORT_TEXT_CHARS = 500
 T = TypeVar("T")
 
 
-class ExtractFailed(Exception):
+class ExtractFailed(JobFailed):
     """The job cannot produce a skill set; the message says why (it becomes the job's message)."""
 
 
-class EndpointDown(Exception):
+class EndpointDown(Transient):
     """Calls failed even after the client's retries: the step is retried later from its resume point."""
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
+from schemas.errors import BadInput
 from schemas.extract import DatasetSource
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ ALPACA_FIELDS = ("instruction", "input", "output")
 MATH_FIELDS = ("problem", "solution", "level", "type")  # the MATH dataset's rows (papers.md §B)
 
 
-class DatasetError(ValueError):
+class DatasetError(BadInput, ValueError):
     """The dataset cannot be used as given; ``field`` is the spec field to fix (a 422 names it)."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from redis.asyncio import Redis
 
+from schemas.errors import AnswerUnusable
 from schemas.examples import GeneratedItem, WorkItem
 from schemas.jobs import JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
@@ -20,7 +21,7 @@ from workers.llm.client import ChatClient
 from workers.sampler import derive_rng
 
 
-class ParseFailure(Exception):
+class ParseFailure(AnswerUnusable):
     """The model answered, but not in a shape we can use: the item is redrawn (and counted)."""
 
     def __init__(

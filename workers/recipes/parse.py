@@ -4,6 +4,8 @@ import re
 
 import orjson
 
+from schemas.errors import AnswerUnusable
+
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 _HEADER = r"^[ \t]*(?:#+[ \t]*)?(?:\*\*|__)?[ \t]*NAME[ \t]*(?:\*\*|__)?[ \t]*(?::|(?=\n)|$)[ \t]*(?:\*\*|__)?[ \t]*"
 _INSTRUCTION = re.compile(_HEADER.replace("NAME", r"(?:instruction|question|user query)"), re.I | re.M)
@@ -13,7 +15,7 @@ _TRAILER = re.compile(
 )
 
 
-class PairNotFound(ValueError):
+class PairNotFound(AnswerUnusable, ValueError):
     pass
 
 
