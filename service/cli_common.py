@@ -3,7 +3,6 @@
 import time
 from typing import Any, NoReturn
 
-import click
 import httpx
 import typer
 from rich.console import Console
@@ -33,7 +32,7 @@ class ShowErrors(TyperGroup):
     """The one place the CLI turns our errors into words: a ``SkillmixError`` from any sub-command is printed
     as ``error: <message>`` with exit code 2, like ``fail``, instead of a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # a click Context, whose home moves (typer now vendors click)
         try:
             return super().invoke(ctx)
         except SkillmixError as exc:

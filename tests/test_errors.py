@@ -109,9 +109,12 @@ async def test_an_unknown_endpoint_is_a_422_where_it_was_named_and_a_404_in_the_
     app = create_app(settings)
     app.state.settings, app.state.redis = settings, redis
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-        spec = {"recipe": "instruct", "skill_set": "starter", "count": 5}
-        judge = {"quality": {"judge": {"endpoint": "gpt9"}}}
-        for extra, loc in [({"endpoint": "gpt9"}, "endpoint"), (judge, "quality.judge.endpoint")]:
+        spec: dict[str, object] = {"recipe": "instruct", "skill_set": "starter", "count": 5}
+        cases: list[tuple[dict[str, object], str]] = [
+            ({"endpoint": "gpt9"}, "endpoint"),
+            ({"quality": {"judge": {"endpoint": "gpt9"}}}, "quality.judge.endpoint"),
+        ]
+        for extra, loc in cases:
             response = await c.post("/v1/jobs", json=spec | extra)
             assert response.status_code == 422, response.text
             [error] = response.json()["detail"]
