@@ -124,3 +124,4 @@ class ReviewConflict(StrictModel):
     detail: str
     current_version: int
     item: ReviewItem
+    code: str = "conflict"  # schemas.errors.Conflict's: every error body names its branch

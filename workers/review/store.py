@@ -61,8 +61,8 @@ class Stale(Conflict):
         self.current = current
 
     def json_body(self) -> dict[str, Any]:
-        body = ReviewConflict(detail=str(self), current_version=self.current.version, item=self.current)
-        return {**body.model_dump(mode="json"), "code": self.code}
+        body = ReviewConflict(detail=str(self), current_version=self.current.version, item=self.current, code=self.code)
+        return body.model_dump(mode="json")
 
 
 class NoItem(NotFound):
