@@ -14,18 +14,17 @@ verdict travels on the item (``GeneratedItem.judge``); ``JudgeCheck`` in ``quali
 the stored example keeps it.
 """
 
-from functools import cache
-from importlib import resources
 from string import Template
 from typing import Any
 
 from schemas.examples import GeneratedItem, JudgeVerdict
 from schemas.jobs import JobRecord, JudgeSettings
 from schemas.llm import ChatMessage, ChatResult, Usage
+from workers.lenient import json_object
 from workers.llm.client import ChatClient, LLMClient
 from workers.llm.errors import LLMBadRequest
-from workers.recipes.parse import json_object
 from workers.sampler import derive_rng
+from workers.templates import load_template
 
 TEMPLATE_VERSION = "v1"
 CRITERIA = ("specific", "uses_all_skills", "answers_request", "correct", "complete", "not_too_brief")
@@ -51,10 +50,8 @@ JUDGE_SCHEMA: dict[str, object] = {
 }
 
 
-@cache
 def template(name: str) -> Template:
-    path = resources.files("workers.curate").joinpath("templates", "judge", TEMPLATE_VERSION, f"{name}.txt")
-    return Template(path.read_text(encoding="utf-8"))
+    return load_template("workers.curate", "judge", TEMPLATE_VERSION, name)
 
 
 class JudgeAnswerInvalid(ValueError):
