@@ -10,7 +10,7 @@ cannot be read after one retry fails the item ("judge answer unparseable").
 
 It runs in the generate stage, on the job's metered client for the judge's endpoint, so its calls go
 through the same limits, are refused after a cancel and count in the job's ``llm_calls`` and tokens. The
-verdict travels on the item (``GeneratedItem.judge``); ``JudgeCheck`` in ``quality.py`` rejects on it and
+verdict travels on the item (``GeneratedItem.judge``); ``JudgeCheck`` in ``quality/checks.py`` rejects on it and
 the stored example keeps it.
 """
 
