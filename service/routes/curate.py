@@ -33,7 +33,7 @@ from service.errors import NOT_FOUND, not_found, unprocessable
 from service.uploads import UploadRules, inlined, invalid, is_multipart, receive_upload, refuse_uploads_path, upload_dir
 from workers import endpoints, jobstore, keys
 from workers.curate.source import survey
-from workers.extract.reader import DatasetError, resolve_path
+from workers.datasets import DatasetError, resolve_path
 from workers.recipes import needs_endpoint
 
 router = APIRouter(prefix="/v1/curate", tags=["curate"])

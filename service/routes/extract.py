@@ -37,8 +37,9 @@ from service.uploads import (
     upload_dir,
 )
 from workers import endpoints, jobstore
+from workers.datasets import DatasetError, resolve_path
 from workers.extract import runner
-from workers.extract.reader import DatasetError, inspect, resolve_path
+from workers.extract.reader import inspect
 from workers.extract.store import ExtractStore
 
 router = APIRouter(prefix="/v1/skill-sets/extract", tags=["skill-sets"])
