@@ -1,10 +1,12 @@
 """What every `skillmix` sub-command shares: the console, where the API is, and how errors are shown."""
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, get_args
+from pathlib import Path
+from typing import IO, Any, NoReturn, get_args
 
 import httpx
 import typer
@@ -15,6 +17,7 @@ from schemas.settings import get_settings
 from service.progress import follow, summary
 
 console = Console(soft_wrap=True)
+UPLOAD_TIMEOUT_S = 600.0
 API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
 # The tag FastAPI puts in a 422's location for a discriminated union: every job spec's ``recipe`` value.
 RECIPE_TAGS = frozenset(spec.model_fields["recipe"].default for spec in get_args(get_args(JobSpec)[0]))
@@ -49,6 +52,20 @@ def api_errors(api: str) -> Iterator[None]:
         fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
     except httpx.HTTPError as exc:
         fail(f"talking to the API at {api} failed: {exc}")
+
+
+async def post_spec(
+    client: httpx.AsyncClient, url: str, spec: dict[str, Any], upload: Path | None = None
+) -> httpx.Response:
+    """POST a job spec as JSON, or with a dataset as multipart (``file`` and the spec as JSON text in ``spec``)."""
+    if upload is None:
+        return await client.post(url, json=spec)
+    with upload.open("rb") as fh:  # httpx streams the file part from the open handle
+        files: dict[str, tuple[str | None, IO[bytes] | str]] = {
+            "file": (upload.name, fh),
+            "spec": (None, json.dumps(spec)),
+        }
+        return await client.post(url, files=files, timeout=UPLOAD_TIMEOUT_S)
 
 
 @dataclass(frozen=True)

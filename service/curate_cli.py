@@ -6,18 +6,16 @@ A module of its own (registered by ``service.cli``) so its options do not crowd 
 """
 
 import asyncio
-import json
 from pathlib import Path
-from typing import IO, Any, get_args
+from typing import Any, get_args
 
 import httpx
 import typer
 from rich.table import Table
 
 from schemas.jobs import JobStatus, QualitySettings
-from service.cli_common import API_OPTION, api_errors, api_url, console, fail, submit_and_follow
+from service.cli_common import API_OPTION, api_errors, api_url, console, fail, post_spec, submit_and_follow
 
-UPLOAD_TIMEOUT_S = 600.0
 OUTPUTS = ("accepted", "rejected")
 
 
@@ -62,17 +60,6 @@ def build_spec(
     return spec
 
 
-async def _post(client: httpx.AsyncClient, spec: dict[str, Any], upload: Path | None) -> httpx.Response:
-    if upload is None:
-        return await client.post("/v1/curate", json=spec)
-    with upload.open("rb") as fh:  # httpx streams the file part from the open handle
-        files: dict[str, tuple[str | None, IO[bytes] | str]] = {
-            "file": (upload.name, fh),
-            "spec": (None, json.dumps(spec)),
-        }
-        return await client.post("/v1/curate", files=files, timeout=UPLOAD_TIMEOUT_S)
-
-
 async def _download(client: httpx.AsyncClient, job_id: str, kind: str, out: Path) -> int:
     """Stream one records file to ``out`` (through a ``.part`` file); returns its line count."""
     part = out.with_name(out.name + ".part")
@@ -104,7 +91,7 @@ async def run(api: str, spec: dict[str, Any], upload: Path | None, out: Path) ->
         run = await submit_and_follow(
             client,
             api,
-            lambda: _post(client, spec, upload),
+            lambda: post_spec(client, "/v1/curate", spec, upload),
             "curate job",
             detail=lambda body: f" ({body['count']} rows)",
         )
