@@ -27,6 +27,9 @@ from service.errors import unprocessable
 UPLOAD_DIR = "uploads"  # under the data dir; one directory per job, readable by that job only
 UPLOAD_STEM = "seed"
 FIELDS_LIMIT = 1 << 20  # bytes of the non-file parts together (the spec is a few hundred)
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"description": "the uploaded file is over the server's SKILLMIX_MAX_UPLOAD_MB"}
+}
 
 
 def inlined(schema: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +206,22 @@ class UploadRules:
     recipe_message: str  # the 422 when the spec names another
     dataset: str  # what the 'file' part holds, for the 422 when it is missing
     suffixes: Mapping[str, str]  # source.format -> the stored file's suffix (else the uploaded name's)
+    file_description: str  # for the OpenAPI document
+    spec_description: str
     spec_optional: bool = False  # a missing 'spec' part, or its missing recipe, means ``recipe``
+
+    def openapi(self, json_schema: dict[str, Any]) -> dict[str, Any]:
+        """The route's ``openapi_extra``: the spec as JSON (``json_schema``), or the file and the spec as a form."""
+        form = {
+            "type": "object",
+            "required": ["file"] if self.spec_optional else ["file", "spec"],
+            "properties": {
+                "file": {"type": "string", "format": "binary", "description": self.file_description},
+                "spec": {"type": "string", "description": self.spec_description},
+            },
+        }
+        content = {"application/json": {"schema": json_schema}, "multipart/form-data": {"schema": form}}
+        return {"requestBody": {"required": True, "content": content}}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,16 @@ from schemas.jobs import CurateJobSpec, JobRecord, JobStatus
 from schemas.settings import Settings
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found, unprocessable
-from service.uploads import UploadRules, inlined, invalid, is_multipart, receive_upload, refuse_uploads_path, upload_dir
+from service.uploads import (
+    TOO_LARGE,
+    UploadRules,
+    inlined,
+    invalid,
+    is_multipart,
+    receive_upload,
+    refuse_uploads_path,
+    upload_dir,
+)
 from workers import endpoints, jobstore, keys
 from workers.curate.source import survey
 from workers.datasets import DatasetError, resolve_path
@@ -42,6 +51,8 @@ UPLOAD = UploadRules(
     recipe_message="POST /v1/curate takes recipe 'curate'",
     dataset="the dataset",
     suffixes={"jsonl": ".jsonl", "json": ".json", "parquet": ".parquet"},
+    file_description="Alpaca JSON array, JSONL (Alpaca or chat rows) or Parquet",
+    spec_description="curate spec JSON without source.path",
     spec_optional=True,
 )
 BATCH = 1000  # decisions read per HMGET (= one storage bucket's worth)
@@ -120,29 +131,8 @@ async def submit_curate(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses={413: {"description": "the uploaded file is over the server's SKILLMIX_MAX_UPLOAD_MB"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": inlined(CurateJobSpec.model_json_schema())},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {
-                                "type": "string",
-                                "format": "binary",
-                                "description": "Alpaca JSON array, JSONL (Alpaca or chat rows) or Parquet",
-                            },
-                            "spec": {"type": "string", "description": "curate spec JSON without source.path"},
-                        },
-                    }
-                },
-            },
-        }
-    },
+    responses=TOO_LARGE,
+    openapi_extra=UPLOAD.openapi(inlined(CurateJobSpec.model_json_schema())),
 )
 async def curate(request: Request, redis: RedisDep, settings: SettingsDep) -> JobStatus:
     """Queue a curate job on a dataset; follow it at ``GET /v1/jobs/{id}``, read it at ``.../records``."""

@@ -28,6 +28,7 @@ from schemas.settings import Settings
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found, unprocessable
 from service.uploads import (
+    TOO_LARGE,
     UploadRules,
     inlined,
     invalid,
@@ -51,6 +52,8 @@ UPLOAD = UploadRules(
     recipe_message="an uploaded dataset needs recipe 'extract-from-dataset'",
     dataset="the seed dataset",
     suffixes={"jsonl": ".jsonl", "parquet": ".parquet"},
+    file_description="JSONL or Parquet",
+    spec_description="extract-from-dataset spec JSON, no path",
 )
 
 
@@ -94,25 +97,8 @@ async def _check_dataset(spec: ExtractDatasetSpec, data_dir: Path) -> ExtractDat
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses={413: {"description": "the uploaded file is over the server's SKILLMIX_MAX_UPLOAD_MB"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": _inlined_schema()},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file", "spec"],
-                        "properties": {
-                            "file": {"type": "string", "format": "binary", "description": "JSONL or Parquet"},
-                            "spec": {"type": "string", "description": "extract-from-dataset spec JSON, no path"},
-                        },
-                    }
-                },
-            },
-        }
-    },
+    responses=TOO_LARGE,
+    openapi_extra=UPLOAD.openapi(_inlined_schema()),
 )
 async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> JobStatus:
     """Queue an extraction job; follow it at ``GET /v1/jobs/{id}``."""
