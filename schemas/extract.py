@@ -5,12 +5,12 @@ the usual state, counters and progress. This module imports nothing from ``schem
 it), so there is no import cycle.
 """
 
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
+from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.skills import SkillSetName
 
 if TYPE_CHECKING:  # schemas.jobs imports this module; at run time these names are only annotations
@@ -82,10 +82,9 @@ class ExtractAgnosticSpec(_ExtractSpecBase):
         return self.num_topics + 2
 
 
-class DatasetSource(StrictModel):
+class DatasetSource(DataFileSource):
     """Where the seed rows are and how to read them."""
 
-    path: str = Field(min_length=1, max_length=1000, description="relative to the server's data dir")
     format: Literal["jsonl", "parquet"] | None = Field(default=None, description="from the file suffix if absent")
     row_format: Literal["alpaca", "messages", "text", "math"] | None = Field(
         default=None,
@@ -93,14 +92,6 @@ class DatasetSource(StrictModel):
         "if absent",
     )
     text_column: str | None = Field(default=None, min_length=1, max_length=200, description="for row_format=text")
-
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or "\\" in value:
-            raise ValueError("path must be relative to the data dir, without '..'")
-        return value
 
     @model_validator(mode="after")
     def _resolve(self) -> Self:
@@ -111,13 +102,7 @@ class DatasetSource(StrictModel):
         if self.row_format == "text" and self.text_column is None:
             raise ValueError("row_format='text' needs text_column")
         if self.format is None:
-            suffix = PurePosixPath(self.path).suffix.lower()
-            if suffix in (".jsonl", ".ndjson"):
-                self.format = "jsonl"
-            elif suffix in (".parquet", ".pq"):
-                self.format = "parquet"
-            else:
-                raise ValueError(f"cannot tell the format from suffix {suffix!r}; set format to jsonl or parquet")
+            self.format = format_from_suffix(self.path, ("jsonl", "parquet"))  # type: ignore[assignment]
         return self
 
 

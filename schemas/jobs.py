@@ -3,12 +3,12 @@
 import math
 from datetime import datetime
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
+from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.evaluation import EvalQuestion
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage
@@ -298,10 +298,9 @@ class ShirkJobSpec(_JobSpecBase):
         return data
 
 
-class CurateSource(StrictModel):
+class CurateSource(DataFileSource):
     """A dataset a team brings, for ``recipe: curate``: a server data-dir path (or an upload, set by the API)."""
 
-    path: str = Field(min_length=1, max_length=1000, description="relative to the server's data dir")
     format: Literal["jsonl", "json", "parquet"] | None = Field(
         default=None, description="JSONL, one JSON array (Alpaca), or Parquet; from the file suffix if absent"
     )
@@ -314,22 +313,10 @@ class CurateSource(StrictModel):
         default=None, min_length=1, max_length=200, description="chat rows: the list's column (messages/conversations)"
     )
 
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or "\\" in value:
-            raise ValueError("path must be relative to the data dir, without '..'")
-        return value
-
     @model_validator(mode="after")
     def _format(self) -> Self:
         if self.format is None:
-            suffix = PurePosixPath(self.path).suffix.lower()
-            found = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
-            if suffix not in found:
-                raise ValueError(f"cannot tell the format from suffix {suffix!r}; set format to jsonl, json or parquet")
-            self.format = found[suffix]  # type: ignore[assignment]
+            self.format = format_from_suffix(self.path, ("jsonl", "json", "parquet"))  # type: ignore[assignment]
         return self
 
 

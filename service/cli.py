@@ -19,9 +19,8 @@ from service.cli_common import (
     api_url,
     console,
     fail,
-    follow_to_end,
     print_validation_errors,
-    submitted_job_id,
+    submit_and_follow,
 )
 from service.curate_cli import curate as curate_command
 from service.eval_cli import eval_math, square_law
@@ -71,17 +70,7 @@ def worker(burst: bool = typer.Option(False, help="exit when the queue is empty"
 
 async def _submit(api: str, body: dict[str, object], wait: bool) -> int:
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
-        try:
-            response = await client.post("/v1/jobs", json=body)
-        except httpx.ConnectError:
-            fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
-        job_id = submitted_job_id(response, "job")
-        if job_id is None:
-            return 2
-        if not wait:
-            return 0
-        status = await follow_to_end(client, job_id)
-        return 0 if status.state == "completed" else 1
+        return (await submit_and_follow(client, api, lambda: client.post("/v1/jobs", json=body), "job", wait)).code
 
 
 @app.command()

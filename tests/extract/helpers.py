@@ -20,9 +20,10 @@ from schemas.settings import Settings
 from schemas.skills import SkillSet
 from tests.plugins.fake_llm import FakeLLM
 from workers import jobstore
+from workers.datasets import resolve_path
 from workers.extract import runner
 from workers.extract.phase import ExtractFailed
-from workers.extract.reader import inspect, resolve_path
+from workers.extract.reader import inspect
 from workers.llm.client import LLMClient
 from workers.skillsets import get_skill_set
 

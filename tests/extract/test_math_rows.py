@@ -15,7 +15,8 @@ from schemas.skills import SkillSet
 from tests.extract.helpers import run_job, settings_for
 from tests.plugins.fake_llm import FakeLLMFactory
 from tests.workers.test_math import FakeMath
-from workers.extract.reader import DatasetReader, inspect, resolve_path
+from workers.datasets import resolve_path
+from workers.extract.reader import DatasetReader, inspect
 from workers.recipes import recipe_for
 from workers.recipes.math import MathRecipe, close_equivalence
 

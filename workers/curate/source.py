@@ -1,32 +1,22 @@
-"""A dataset a team brings for ``recipe: curate``, streamed: JSONL line by line, a JSON array (Alpaca) element
-by element, Parquet batch by batch; never the whole file in memory.
+"""A dataset a team brings for ``recipe: curate``, streamed by ``workers.datasets``: JSONL line by line, a JSON
+array (Alpaca) element by element, Parquet batch by batch; never the whole file in memory.
 
 Rows are kept exactly as read (every field, in order). The API surveys the file once at submit (``survey``:
 format, every row's shape, the row count, and the byte offset of every ``block``-th row), so a worker reads
 its chunk's rows by seeking straight to them (``read_block``), never re-reading the file from the top.
 """
 
-import re
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-
 from schemas.jobs import MAX_COUNT, CurateSource
-from workers.extract.reader import DatasetError, open_parquet
+from workers.datasets import DatasetError, Rows, json_rows, jsonl_rows, open_parquet, parquet_rows, refuse_empty
 
 RowFormat = Literal["alpaca", "messages"]
-Rows = Generator[tuple[int, int, Any], None, None]
-READ_BYTES = 1 << 20
-PARQUET_BATCH_ROWS = 1024
 CHAT_COLUMNS = ("messages", "conversations")
 USER_ROLES = frozenset({"user", "human"})
 ASSISTANT_ROLES = frozenset({"assistant", "gpt", "bot", "model", "chatgpt"})
-# Inside a JSON value: a whole string (skipped in C), a lone quote (a string cut by the buffer's end) or a bracket.
-_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|"|[{}\[\]]')
-_SPACE = b" \t\r\n"
 
 
 @dataclass(frozen=True)
@@ -119,154 +109,26 @@ def detect(row: Any, source: CurateSource) -> tuple[RowFormat, str | None]:
 
 
 def iter_rows(path: Path, source: CurateSource, start: int = 0, offset: int = 0) -> Rows:
-    """(row index, byte offset, row) from row ``start``, which begins at byte ``offset`` (JSONL and JSON; 0 reads
-    from the top); for Parquet the offset is the row index."""
+    """(row index, where it starts, where the next starts, row) from row ``start``, which begins at byte
+    ``offset`` (JSONL and JSON; 0 reads from the top); for Parquet the offsets are row indexes."""
     if source.format == "parquet":
-        return _parquet_rows(path, start)
+        return parquet_rows(path, start)
     if source.format == "json":
-        return _json_rows(path, start, offset)
-    return _jsonl_rows(path, start, offset)
-
-
-def _jsonl_rows(path: Path, start: int, offset: int) -> Rows:
-    index, from_top = (0 if offset == 0 else start), offset == 0
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        for number, line in enumerate(fh, start=1):
-            at = offset
-            offset += len(line)
-            if not line.strip():
-                continue
-            if index >= start:
-                try:
-                    row = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    where = f"line {number}" if from_top else f"row {index + 1}"
-                    raise DatasetError("source.format", f"{where} is not valid JSON ({exc}); is it JSONL?") from exc
-                yield index, at, row
-            index += 1
-
-
-def _json_rows(path: Path, start: int, offset: int) -> Rows:
-    """The elements of one top-level JSON array, each parsed on its own from a sliding buffer."""
-    with path.open("rb") as fh:
-        buf, base, pos, eof = b"", offset, 0, False
-
-        def more() -> None:
-            nonlocal buf, base, pos, eof
-            if pos > READ_BYTES:  # drop what was read; keep the buffer small
-                buf, base, pos = buf[pos:], base + pos, 0
-            data = fh.read(max(READ_BYTES, len(buf)))  # doubling for a row larger than the buffer
-            eof = not data
-            buf += data
-
-        def skip_space() -> None:
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos] in _SPACE:
-                    pos += 1
-                if pos < len(buf) or eof:
-                    return
-                more()
-
-        index = 0
-        fh.seek(offset)
-        if offset == 0:
-            more()
-            if buf.startswith(b"\xef\xbb\xbf"):
-                pos = 3
-            skip_space()
-            if pos >= len(buf) or buf[pos] != ord("["):
-                raise DatasetError(
-                    "source.format",
-                    "a .json dataset must be one JSON array of rows (Alpaca); use .jsonl for one row a line",
-                )
-            pos += 1
-            skip_space()
-            if pos < len(buf) and buf[pos] == ord("]"):
-                return
-        else:
-            index = start
-        while True:
-            skip_space()
-            if pos >= len(buf):
-                raise DatasetError("source.format", f"the JSON array ends without ']' after row {index}")
-            if buf[pos] != ord("{"):
-                raise DatasetError("source.format", f"row {index + 1} of the JSON array is not a JSON object")
-            end = _value_end(buf, pos)
-            while end < 0:
-                if eof:
-                    raise DatasetError("source.format", f"row {index + 1} of the JSON array is cut off")
-                more()
-                end = _value_end(buf, pos)
-            if index >= start:
-                try:
-                    row = orjson.loads(buf[pos:end])
-                except orjson.JSONDecodeError as exc:
-                    raise DatasetError("source.format", f"row {index + 1} is not valid JSON ({exc})") from exc
-                yield index, base + pos, row
-            index += 1
-            pos = end
-            skip_space()
-            if pos < len(buf) and buf[pos] == ord(","):
-                pos += 1
-                continue
-            if pos < len(buf) and buf[pos] == ord("]"):
-                return
-            raise DatasetError("source.format", f"expected ',' or ']' after row {index} of the JSON array")
-
-
-def _value_end(buf: bytes, pos: int) -> int:
-    """End of the object or array starting at ``pos``, or -1 if the buffer holds only part of it."""
-    depth = 0
-    for match in _TOKENS.finditer(buf, pos):
-        token = match.group()
-        first = token[0]
-        if first == 0x22:  # '"'
-            if len(token) == 1:
-                return -1  # a string cut by the buffer's end
-            continue
-        depth += 1 if first in (0x7B, 0x5B) else -1
-        if depth == 0:
-            return match.end()
-    return -1
-
-
-def _parquet_rows(path: Path, start: int) -> Rows:
-    """Whole row groups before ``start`` are skipped by their metadata, then whole batches before it unread."""
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(path) as file:
-        groups: list[int] = []
-        index = 0
-        for g in range(file.metadata.num_row_groups):
-            rows = file.metadata.row_group(g).num_rows
-            if not groups and index + rows <= start:
-                index += rows
-                continue
-            groups.append(g)
-        for batch in file.iter_batches(PARQUET_BATCH_ROWS, row_groups=groups):
-            if index + batch.num_rows <= start:
-                index += batch.num_rows
-                continue
-            for row in batch.to_pylist():
-                if index >= start:
-                    yield index, index, row
-                index += 1
+        return json_rows(path, start, offset)
+    return jsonl_rows(path, start, offset)
 
 
 def survey(path: Path, source: CurateSource, block: int, max_rows: int = MAX_COUNT) -> Survey:
     """Check the whole file once (blocking: call it in a thread); every problem is a DatasetError naming the
     spec field to fix."""
-    if path.stat().st_size == 0:
-        raise DatasetError("source.path", f"{source.path!r} is empty")
+    refuse_empty(path, source.path)
     if source.format == "parquet":
         return _survey_parquet(path, source, max_rows)
     row_format: RowFormat | None = None
     column: str | None = None
     offsets: list[int] = []
     count = 0
-    for index, offset, row in iter_rows(path, source):
+    for index, offset, _, row in iter_rows(path, source):
         if index >= max_rows:
             raise DatasetError("source.path", f"the dataset has more than {max_rows} rows")
         if row_format is None:
@@ -318,7 +180,7 @@ def read_block(path: Path, source: CurateSource, start: int, stop: int, offset: 
     out: dict[int, Any] = {}
     rows = iter_rows(path, source, start, offset)
     try:
-        for index, _, row in rows:
+        for index, _, _, row in rows:
             if index >= stop:
                 break
             out[index] = row

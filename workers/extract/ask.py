@@ -5,8 +5,6 @@ same prompt, which always spells out the JSON shape, and the answer is parsed le
 the job's counters as each call ends, so progress shows real spend even if the step is later redone.
 """
 
-from functools import cache
-from importlib import resources
 from string import Template
 from typing import Any, TypeVar
 
@@ -16,14 +14,15 @@ from pydantic import BaseModel, ValidationError
 from schemas.errors import AnswerUnusable
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage, Usage
-from workers.extract.answers import parse_json
 from workers.extract.store import ExtractStore
+from workers.lenient import parse_json
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMError
+from workers.llm.limits import text_tokens
 from workers.sampler import derive_rng
+from workers.templates import load_template
 
 TEMPLATE_VERSION = "v1"
-CHARS_PER_TOKEN = 4  # same rough rule as the client's limiter
 PROMPT_OVERHEAD_TOKENS = 700  # system message plus a template's instructions
 
 A = TypeVar("A", bound=BaseModel)
@@ -33,14 +32,13 @@ class Unparseable(AnswerUnusable):
     """The model answered, but not in the asked shape."""
 
 
-@cache
 def template(name: str) -> Template:
-    path = resources.files("workers.extract").joinpath("templates", TEMPLATE_VERSION, f"{name}.txt")
-    return Template(path.read_text(encoding="utf-8"))
+    return load_template("workers.extract", TEMPLATE_VERSION, name)
 
 
 def tokens(text: str) -> int:
-    return len(text) // CHARS_PER_TOKEN + 1
+    """The client's estimate, rounded up: a packed piece of text costs at least one token."""
+    return text_tokens(text) + 1
 
 
 def render(name: str, payload: dict[str, Any], **values: object) -> str:

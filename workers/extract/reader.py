@@ -1,4 +1,5 @@
-"""Seed datasets, streamed: JSONL line by line, Parquet batch by batch; never the whole file in memory.
+"""Seed datasets, streamed by ``workers.datasets``: JSONL line by line, Parquet batch by batch; never the whole
+file in memory.
 
 The API checks a dataset once at submit (``inspect``: format, columns, every row's shape, row count), so
 workers read rows they know are well formed. A ``Position`` is where the next row starts (a byte offset
@@ -7,30 +8,23 @@ for JSONL, a row for Parquet), so a resumed step seeks there instead of re-readi
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import orjson
 
-from schemas.errors import BadInput
 from schemas.extract import DatasetSource
-
-if TYPE_CHECKING:
-    import pyarrow.parquet as pq
+from workers.datasets import DatasetError as DatasetError
+from workers.datasets import Rows, jsonl_rows, open_parquet, parquet_rows, refuse_empty
+from workers.datasets import resolve_path as resolve_path
 
 RowFormat = Literal["alpaca", "messages", "text", "math"]
 PARQUET_BATCH_ROWS = 512
 ALPACA_FIELDS = ("instruction", "input", "output")
 MATH_FIELDS = ("problem", "solution", "level", "type")  # the MATH dataset's rows (papers.md §B)
-
-
-class DatasetError(BadInput, ValueError):
-    """The dataset cannot be used as given; ``field`` is the spec field to fix (a 422 names it)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field, self.message = field, message
+# DatasetError and resolve_path are re-exported (``as``): the extraction runner imports them from here.
 
 
 @dataclass(frozen=True)
@@ -51,17 +45,6 @@ class SeedRow:
 class DatasetInfo:
     rows: int
     row_format: RowFormat
-
-
-def resolve_path(data_dir: Path, relative: str) -> Path:
-    """The dataset's real path, refusing anything (symlinks included) that leads out of the data dir."""
-    root = data_dir.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise DatasetError("source.path", f"{relative!r} leads outside the data dir")
-    if not path.is_file():
-        raise DatasetError("source.path", f"no file {relative!r} under the data dir")
-    return path
 
 
 def _string(row: dict[str, Any], key: str) -> str:
@@ -137,8 +120,13 @@ class DatasetReader:
 
     def rows(self, start: Position = Position()) -> Iterator[SeedRow]:
         if self.source.format == "parquet":
-            return self._parquet_rows(start)
-        return self._jsonl_rows(start)
+            return self._seed_rows(parquet_rows(self.path, start.row, self._columns, PARQUET_BATCH_ROWS), True)
+        return self._seed_rows(jsonl_rows(self.path, start.row, start.offset), False)
+
+    def _seed_rows(self, found: Rows, parquet: bool) -> Iterator[SeedRow]:
+        with closing(found):  # closed with this iterator (``batches`` closes it early), not when collected
+            for index, _, after, row in found:
+                yield self._row(index, row, Position(after) if parquet else Position(index + 1, after))
 
     def _text(self, row: Any) -> str:
         text = row_text(row, self.row_format, self.source.text_column)
@@ -148,19 +136,8 @@ class DatasetReader:
         fields = math_fields(row, self.max_chars) if self.row_format == "math" else None
         return SeedRow(index, self._text(row), after, fields)
 
-    def _jsonl_rows(self, start: Position) -> Iterator[SeedRow]:
-        index, offset = start.row, start.offset
-        with self.path.open("rb") as fh:
-            fh.seek(offset)
-            for line in fh:
-                offset += len(line)
-                if not line.strip():
-                    continue
-                yield self._row(index, orjson.loads(line), Position(index + 1, offset))
-                index += 1
-
-    def _columns(self, file: "pq.ParquetFile") -> list[str]:
-        names = set(file.schema_arrow.names)
+    def _columns(self, file_columns: list[str]) -> list[str]:
+        names = set(file_columns)
         if self.row_format == "text":
             assert self.source.text_column is not None
             return [self.source.text_column]
@@ -169,25 +146,6 @@ class DatasetReader:
         if self.row_format == "math":
             return [c for c in MATH_FIELDS if c in names]
         return ["messages"]
-
-    def _parquet_rows(self, start: Position) -> Iterator[SeedRow]:
-        import pyarrow.parquet as pq
-
-        with pq.ParquetFile(self.path) as file:
-            groups: list[int] = []
-            first = 0  # skip whole row groups before ``start``, then rows within the first kept
-            for g in range(file.metadata.num_row_groups):
-                rows = file.metadata.row_group(g).num_rows
-                if first + rows <= start.row and not groups:
-                    first += rows
-                    continue
-                groups.append(g)
-            index = first
-            for batch in file.iter_batches(PARQUET_BATCH_ROWS, row_groups=groups, columns=self._columns(file)):
-                for row in batch.to_pylist():
-                    if index >= start.row:
-                        yield self._row(index, row, Position(index + 1))
-                    index += 1
 
     async def batches(self, start: Position, size: int, limit: int) -> AsyncIterator[list[SeedRow]]:
         """Rows ``[start.row, limit)`` in lists of ``size``, each read in a thread (file I/O off the loop)."""
@@ -220,8 +178,7 @@ def inspect(path: Path, source: DatasetSource, rows: int, max_rows: int) -> Data
     ``rows`` > 0 means only the first ``rows`` are used (and must exist); otherwise all rows, at most
     ``max_rows``. Blocking: call it in a thread.
     """
-    if path.stat().st_size == 0:
-        raise DatasetError("source.path", f"{source.path!r} is empty")
+    refuse_empty(path, source.path)
     if source.format == "parquet":
         return _inspect_parquet(path, source, rows, max_rows)
     return _inspect_jsonl(path, source, rows, max_rows)
@@ -267,18 +224,6 @@ def _inspect_jsonl(path: Path, source: DatasetSource, rows: int, max_rows: int) 
         raise _too_few(count, rows)
     assert row_format is not None
     return DatasetInfo(count, row_format)
-
-
-def open_parquet(path: Path, named: str) -> "pq.ParquetFile":
-    """Open a Parquet file, or raise the ``source.format`` DatasetError that names it (``named``: as the user
-    wrote its path)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError("source.format", f"{named!r} is not a Parquet file ({exc})") from exc
 
 
 def _inspect_parquet(path: Path, source: DatasetSource, rows: int, max_rows: int) -> DatasetInfo:
