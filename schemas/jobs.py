@@ -6,12 +6,13 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from schemas.base import StrictModel
 from schemas.evaluation import EvalQuestion
-from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
+from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.llm import ChatMessage
+from schemas.review import HelpTask
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
 
 MAX_COUNT = 1_000_000
@@ -503,8 +504,9 @@ class JobsPublic(StrictModel):
 
 
 class ChunkTask(StrictModel):
-    """Queue payload of one arq job: items [start, stop) of a generation job."""
+    """Step unit of a generation job: items [start, stop)."""
 
+    kind: Literal["chunk"] = "chunk"
     job_id: str
     start: int = Field(ge=0)
     stop: int = Field(ge=1)
@@ -512,3 +514,9 @@ class ChunkTask(StrictModel):
     @property
     def arq_id(self) -> str:
         return f"skillmix:chunk:{self.job_id}:{self.start}-{self.stop}"
+
+
+Step = Annotated[ChunkTask | ExtractTask | HelpTask, Field(discriminator="kind")]
+"""The one queue payload (``workers.runner``): one unit of a job, whatever its recipe. Its ``arq_id`` is
+deterministic and under the ``skillmix:`` prefix, so enqueueing the same unit twice runs it once."""
+STEP: TypeAdapter[ChunkTask | ExtractTask | HelpTask] = TypeAdapter(Step)

@@ -20,6 +20,7 @@ from workers.extract.ask import Asker
 from workers.extract.reader import DatasetReader, Position, SeedRow
 from workers.extract.store import ExtractStore
 from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
+from workers.runner.errors import EndpointDown
 
 MAX_PARALLEL_CALLS = 64  # calls per window; the client's limiter bounds what is really in flight
 MAX_WINDOW_ROWS = 2000
@@ -30,10 +31,6 @@ T = TypeVar("T")
 
 class ExtractFailed(Exception):
     """The job cannot produce a skill set; the message says why (it becomes the job's message)."""
-
-
-class EndpointDown(Exception):
-    """Calls failed even after the client's retries: the step is retried later from its resume point."""
 
 
 @dataclass
