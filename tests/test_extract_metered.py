@@ -24,11 +24,10 @@ TRANSIT_S = 0.25  # an answer the fake sent this long before the kill has surely
 PRICED = {"usd_per_mtok_prompt": 1.0, "usd_per_mtok_completion": 2.0}  # micro-dollars = tokens x price, exactly
 
 
-def _stack(processes: Processes, fake: Any, data_dir: Path, workers: int = 1, **env: str) -> tuple[str, dict[str, str]]:
+def _stack(processes: Processes, fake: Any, data_dir: Path, **env: str) -> tuple[str, dict[str, str]]:
     settings = service_env({"fake": fake.endpoint_settings(**PRICED)}, SKILLMIX_DATA_DIR=str(data_dir), **env)
     api = processes.api(settings)
-    for _ in range(workers):
-        processes.worker(settings)
+    processes.worker(settings)
     return api, settings
 
 

@@ -31,9 +31,9 @@ from workers.curate.decide import decide_and_store, previous
 from workers.generate import run_chunk
 from workers.llm.errors import JobStopped
 from workers.recipes import recipe_for
+from workers.runner.step import MAX_TRIES
 from workers.tally import Tally
 from workers.watchdog import Watchdog
-from workers.worker import MAX_TRIES
 
 FAST = {"SKILLMIX_HEARTBEAT_S": "0.5", "SKILLMIX_STALL_S": "1", "SKILLMIX_CLAIM_IDLE_MS": "2000"}
 

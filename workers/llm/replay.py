@@ -127,9 +127,7 @@ class ReplayCache:
         self.hits = 0
 
     @classmethod
-    async def load(
-        cls, redis: Redis, tally: Tally, job_id: str, start: int | str, settings: Settings
-    ) -> "ReplayCache":
+    async def load(cls, redis: Redis, tally: Tally, job_id: str, start: int | str, settings: Settings) -> "ReplayCache":
         """The unit's kept answers (``start``: a chunk's first item, or a unit's name such as ``extract``), in
         one HGETALL (empty on a first run, and when the cache is off)."""
         max_bytes = int(settings.replay_max_mb * 1024 * 1024)

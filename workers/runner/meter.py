@@ -30,9 +30,7 @@ async def job_llm(
     ``item_scope`` are metered but not replayed."""
     client = await res.client(endpoint or record.endpoint)
     recorder: ChatClient = Recorder(client)
-    paid = metered(
-        res.redis, record.id, recorder, res.tally, refuse_when_finished, prices=prices_for(client, record)
-    )
+    paid = metered(res.redis, record.id, recorder, res.tally, refuse_when_finished, prices=prices_for(client, record))
     return replay.replaying(paid, recorder)
 
 
