@@ -14,13 +14,17 @@ import httpx
 import redis as sync_redis
 from arq.connections import ArqRedis
 
+from schemas.jobs import JobState
 from tests.conftest import REDIS_URL, Processes, service_env
-from tests.extract.helpers import write_jsonl
+from tests.extract.helpers import settings_for, start_job, write_jsonl
 from tests.test_end_to_end import finished, submit, wait_for
-from workers import keys
+from workers import jobstore, keys
+from workers.extract.store import ExtractStore
+from workers.watchdog import MAX_REDRIVES, Watchdog
 
 FAST = {"SKILLMIX_HEARTBEAT_S": "0.5", "SKILLMIX_STALL_S": "1", "SKILLMIX_CLAIM_IDLE_MS": "2000"}
 TRANSIT_S = 0.25  # an answer the fake sent this long before the kill has surely reached the worker
+SOURCE = {"source": {"path": "seed.jsonl"}}
 PRICED = {"usd_per_mtok_prompt": 1.0, "usd_per_mtok_completion": 2.0}  # micro-dollars = tokens x price, exactly
 
 
@@ -191,3 +195,27 @@ def test_an_extraction_submitted_behind_a_big_generation_job_starts_within_a_cou
     left = 400 - _status(api, big)["counters"]["generated"]
     assert done["state"] == "completed", done
     assert left >= 200, f"the extraction waited behind the big job: only {left} of 400 big items left"
+
+
+async def test_the_watchdog_reruns_a_lost_extraction_step_and_fails_the_job_after_its_redrives(
+    redis: ArqRedis, fake_llm: Any, tmp_path: Path
+) -> None:
+    """A stepped job is watched like any other: its live step, neither queued nor running, is enqueued again
+    (same id: it resumes from its saved place); after ``MAX_REDRIVES`` reruns without progress the job fails."""
+    write_jsonl(tmp_path / "seed.jsonl", 20)
+    settings = settings_for(tmp_path, await fake_llm.astart())
+    record = await start_job(redis, settings, {"recipe": "extract-from-dataset", "skill_set_name": "w"} | SOURCE)
+    await ExtractStore(redis, record.id).set_state(step=3)  # step 3 started, then arq lost it
+    step = f"skillmix:extract:{record.id}:3"
+    watchdog = Watchdog(redis, stall_ms=0)
+    await watchdog.run_once()  # the first look only starts the stall clock
+    for _ in range(MAX_REDRIVES):
+        report = await watchdog.run_once()
+        assert (report.stalled, report.redriven, report.failed) == (1, 1, 0), report
+        assert await redis.zscore(keys.QUEUE_NAME, step) is not None
+        await redis.zrem(keys.QUEUE_NAME, step)  # lost again
+    report = await watchdog.run_once()
+    assert report.failed == 1, report
+    status = await jobstore.get_status(redis, record.id)
+    assert status is not None and status.state == JobState.FAILED
+    assert f"extract {step} made no progress in {MAX_REDRIVES} reruns" in status.message

@@ -14,19 +14,22 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from schemas.review import ReviewVersion
-from tests.conftest import REDIS_URL, Processes
+from tests.conftest import REDIS_URL, Processes, service_env
 from tests.fake_llm import math_notation, math_truth
-from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
+from tests.test_end_to_end import examples, finished, submit, wait_for
 from tests.workers.test_math import MATH_SET
 from workers.math.equivalence import compare
 from workers.review import store
 
 ALICE, BOB = {"X-Reviewer": "alice"}, {"X-Reviewer": "bob"}
+PRICED = {"usd_per_mtok_prompt": 1.0, "usd_per_mtok_completion": 2.0}  # micro-dollars = tokens x price, exactly
 
 
 def _stack(processes: Processes, fake_llm: Any) -> tuple[Any, str]:
     fake = fake_llm(rpm=0, latency_ms=2)
-    api = start_stack(processes, fake)
+    settings = service_env({"fake": fake.endpoint_settings(**PRICED)})
+    api = processes.api(settings)
+    processes.worker(settings)
     httpx.post(f"{api}/v1/skill-sets", json=MATH_SET).raise_for_status()
     return fake, api
 
@@ -216,6 +219,11 @@ def _settled(api: str, fake: Any, job_id: str) -> tuple[int, int]:
     raise AssertionError(f"counts did not settle: {last}")
 
 
+def _counters(api: str, job_id: str) -> dict[str, int]:
+    counters: dict[str, int] = httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]
+    return counters
+
+
 def _help(api: str, item: dict[str, Any], **request: Any) -> dict[str, Any]:
     response = httpx.post(_url(api, item, "help"), json=request, headers=ALICE)
     assert response.status_code == 202, response.text
@@ -240,6 +248,7 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
     p, q = math_truth(item["problem"])
     assert item["answer"] == math_notation(p, q, 0.0)
     requests0, calls0 = _settled(api, fake, job_id)
+    spent0 = _counters(api, job_id)
 
     # the reviewer breaks the answer, then asks for a re-solve and a check of the edit
     wrong = str(p + 1000)
@@ -249,6 +258,9 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
     assert "differs" in resolve["text"] and compare(resolve["proposed"]["answer"], item["answer"])
     requests1, calls1 = _settled(api, fake, job_id)
     assert requests1 - requests0 == calls1 - calls0 == 3  # the n_solves re-solves, metered to the job
+    spent1 = _counters(api, job_id)  # and charged to it, at the endpoint's prices
+    prompt, completion = (spent1[k] - spent0[k] for k in ("prompt_tokens", "completion_tokens"))
+    assert prompt > 0 and spent1["cost_micro_usd"] - spent0["cost_micro_usd"] == prompt + 2 * completion
 
     check = _help(api, item, kind="check_edit", note="I changed the answer")
     assert check["status"] == "pending" and check["text"].startswith("Check: not consistent"), check
