@@ -13,13 +13,20 @@ import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from schemas.review import ReviewVersion
+from schemas.review import HelpTask, ReviewVersion, Suggestion
+from schemas.settings import Settings
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.fake_llm import math_notation, math_truth
 from tests.test_end_to_end import examples, finished, submit, wait_for
 from tests.workers.test_math import MATH_SET
+from workers import keys
+from workers.llm.replay import item_scope
 from workers.math.equivalence import compare
+from workers.recipes.math import MathRecipe
+from workers.review import help as review_help
 from workers.review import store
+from workers.runner.meter import job_llm, replay_cache
+from workers.runner.resources import Resources
 
 ALICE, BOB = {"X-Reviewer": "alice"}, {"X-Reviewer": "bob"}
 PRICED = {"usd_per_mtok_prompt": 1.0, "usd_per_mtok_completion": 2.0}  # micro-dollars = tokens x price, exactly
@@ -285,6 +292,55 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
     bad = httpx.post(_url(api, item, "help"), json={"kind": "make_skill_necessary", "skill": "nope"}, headers=ALICE)
     assert bad.status_code == 422
     assert httpx.post(_url(api, item, "help"), json={"kind": "resolve"}).status_code == 422  # no X-Reviewer
+
+
+def test_a_rerun_help_request_replays_the_answers_it_already_got(
+    processes: Processes, redis: ArqRedis, fake_llm: Any
+) -> None:
+    """Review help is metered and replayed: a request whose worker died after its answers arrived, before its
+    suggestion was stored, runs again without paying for them (the endpoint sees no new request)."""
+    fake, api = _stack(processes, fake_llm)
+    job_id = _math_job(api, 1, seed=6)
+    item_id = _list(api, job=job_id)["data"][0]["id"]
+    _settled(api, fake, job_id)
+    asyncio.run(_killed_then_rerun(job_id, item_id, fake))
+
+
+async def _killed_then_rerun(job_id: str, item_id: str, fake: Any) -> None:
+    client = ArqRedis.from_url(REDIS_URL)
+    res = Resources(client, Settings(redis_url=REDIS_URL, endpoints={"fake": fake.endpoint_settings(**PRICED)}))
+    try:
+        task = HelpTask(job_id=job_id, item_id=item_id, suggestion_id="s1", help="resolve", by="alice")
+        found = await res.recipe(job_id)
+        item = await store.get(client, job_id, item_id)
+        assert found is not None and isinstance(found[1], MathRecipe) and item is not None
+        record, recipe = found
+        calls0 = int(await client.hget(keys.counters(job_id), "llm_calls") or 0)
+        # the first run: its answers arrive (and are kept), then it dies before the suggestion is stored
+        replay = await replay_cache(res, client, job_id, "help-s1")
+        llm = await job_llm(res, record, replay, refuse_when_finished=False)
+        with item_scope(0, "help"):
+            await review_help.run(recipe, llm, item, Suggestion(id="s1", kind="resolve", requested_by="alice"))
+        for _ in range(100):  # the answers and counts are written fire-and-forget: poll what landed
+            if await client.hlen(keys.replay(job_id, "help-s1")) == 3:
+                break
+            await asyncio.sleep(0.05)
+        paid = (await fake.astats())["requests"]
+        assert int(await client.hget(keys.counters(job_id), "llm_calls") or 0) == calls0 + 3  # metered
+        assert await client.hlen(keys.replay(job_id, "help-s1")) == 3  # kept
+
+        assert await review_help.run_unit({"redis": client, "resources": res}, task, False) == {"stored": True}
+        await res.tally.aclose()  # its replay hits and the drop go out now
+        await asyncio.sleep(0.2)
+        assert (await fake.astats())["requests"] == paid  # the rerun replayed all three solves
+        assert int(await client.hget(keys.counters(job_id), "llm_calls") or 0) == calls0 + 3
+        assert int(await client.hget(keys.counters(job_id), "replayed") or 0) >= 3
+        stored = await store.get(client, job_id, item_id)
+        assert stored is not None and [(x.id, x.llm_calls) for x in stored.suggestions] == [("s1", 3)]
+        assert not await client.exists(keys.replay(job_id, "help-s1"))  # dropped once the suggestion is stored
+    finally:
+        await res.aclose()
+        await client.aclose()
 
 
 def test_export_serves_accepted_questions_with_edits_unless_asked(
