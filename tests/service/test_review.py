@@ -313,8 +313,9 @@ async def _killed_then_rerun(job_id: str, item_id: str, fake: Any) -> None:
         task = HelpTask(job_id=job_id, item_id=item_id, suggestion_id="s1", help="resolve", by="alice")
         found = await res.recipe(job_id)
         item = await store.get(client, job_id, item_id)
-        assert found is not None and isinstance(found[1], MathRecipe) and item is not None
+        assert found is not None and item is not None
         record, recipe = found
+        assert isinstance(recipe, MathRecipe)
         calls0 = int(await client.hget(keys.counters(job_id), "llm_calls") or 0)
         # the first run: its answers arrive (and are kept), then it dies before the suggestion is stored
         replay = await replay_cache(res, client, job_id, "help-s1")
