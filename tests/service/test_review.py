@@ -316,6 +316,10 @@ async def _killed_then_rerun(job_id: str, item_id: str, fake: Any) -> None:
         assert found is not None and item is not None
         record, recipe = found
         assert isinstance(recipe, MathRecipe)
+        for _ in range(300):  # retired by the watchdog (which drops a job's kept answers as it retires it)
+            if not await client.sismember(keys.ACTIVE_JOBS, job_id):
+                break
+            await asyncio.sleep(0.1)
         calls0 = int(await client.hget(keys.counters(job_id), "llm_calls") or 0)
         # the first run: its answers arrive (and are kept), then it dies before the suggestion is stored
         replay = await replay_cache(res, client, job_id, "help-s1")
