@@ -12,7 +12,6 @@ Dataset phases: label -> merge -> map -> finish. Model-only: topics -> skills ->
 """
 
 import asyncio
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from schemas.jobs import JobRecord, JobState
 from schemas.settings import EndpointSettings, Settings
 from schemas.skills import Exemplar, Skill, SkillSet, SkillSetCreate
 from workers import jobstore, keys
-from workers.drain import WorkerDraining
-from workers.endpoints import UnknownEndpoint
 from workers.extract.agnostic import Agnostic, ask_query_types
 from workers.extract.ask import Asker
 from workers.extract.label import Labeller
@@ -39,13 +36,11 @@ from workers.extract.store import ExtractStore
 from workers.llm.client import ChatClient
 from workers.llm.errors import JobStopped, LLMFatal
 from workers.llm.replay import item_scope
-from workers.redis_pool import redis_trouble
-from workers.runner.errors import EndpointDown, UnitFailed
+from workers.runner.errors import UnitFailed
 from workers.runner.meter import job_llm, replay_cache
 from workers.runner.resources import Resources
 from workers.skillsets import save_skill_set
 
-log = logging.getLogger(__name__)
 SLICE_MAX_S = 60.0  # a step hands over after this long (or a quarter of the job timeout, if shorter)
 HARD_LIMIT_FRACTION = 0.8  # of the job timeout: past it the step is cut and its window redone next step
 REPLAY_SCOPE = "extract"  # the job's kept answers (``keys.replay``): dropped whenever a step ends cleanly
@@ -66,11 +61,6 @@ async def submit(redis: ArqRedis, record: JobRecord) -> None:
     await enqueue_step(redis, record.id, 0)
 
 
-async def last_step(redis: Redis, job_id: str) -> int:
-    """The number of the job's last step that started (0 before any did)."""
-    return int((await ExtractStore(redis, job_id).state()).get("step", 0))
-
-
 async def run_unit(ctx: dict[str, Any], task: ExtractTask, final_try: bool) -> dict[str, Any]:
     """One step of an extraction job (the runner maps what it raises); enqueues the next unless finished."""
     res: Resources = ctx["resources"]
@@ -85,17 +75,11 @@ async def run_unit(ctx: dict[str, Any], task: ExtractTask, final_try: bool) -> d
         finished = await advance(res, redis, record, final_try)
     except JobStopped:  # a call was refused: the job was cancelled or paused at its budget
         finished = False
-    except (EndpointDown, WorkerDraining, UnknownEndpoint):
-        raise  # the runner's: retry later, hand back, fail with where
     except (ExtractFailed, DatasetError) as exc:
         raise UnitFailed(str(exc)) from exc
     except LLMFatal as exc:
         raise UnitFailed(f"endpoint {record.endpoint}: {exc}") from exc
-    except Exception as exc:  # a bug: fail the job visibly rather than leave it running forever
-        if redis_trouble(exc):
-            raise
-        log.exception("extract %s step %d failed", record.id, task.step)
-        raise UnitFailed(f"internal error: {type(exc).__name__}: {exc}") from exc
+    # anything else is the runner's to retry like any step's (and the watchdog's to fail after its redrives)
     if not finished and await jobstore.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):
         await enqueue_step(redis, record.id, task.step + 1)
     return {"step": task.step, "finished": finished}
