@@ -12,9 +12,10 @@
      │    ├── NotPaused           resume of a job that is not paused           (workers.budget)
      │    └── BudgetExhausted     resume of a job still at its budget           (workers.budget)
      ├── Transient           503  retry later: the job store or an endpoint is away
-     │    └── EndpointDown        the endpoint stopped answering               (workers.generate, .extract.phase)
+     │    └── EndpointDown        the endpoint stopped answering               (workers.runner.errors)
      ├── JobFailed           500  the job cannot go on; it ends failed with this message
-     │    └── ExtractFailed                                                    (workers.extract.phase)
+     │    ├── ExtractFailed                                                    (workers.extract.phase)
+     │    └── UnitFailed          a unit of work says its job cannot go on     (workers.runner.errors)
      ├── AnswerUnusable      502  a model answered, but not usably: that item is rejected, the job goes on
      │    ├── ParseFailure                                                     (workers.recipes.base)
      │    ├── PairNotFound                                                     (workers.recipes.parse)
@@ -24,7 +25,8 @@
      ├── Interrupted              control flow, never a failure: the work stops here and is taken up again
      │    ├── JobStopped          the job ended or paused: the call is refused before it is sent
      │    ├── WorkerDraining      this worker is stopping (SIGTERM): the work is handed back
-     │    └── JobResumed          a chunk still running when its paused job resumed
+     │    └── JobResumed          a step still running when its paused job resumed (workers.runner.errors)
+     ├── NotTheRunner             an endpoint client built outside the runner (workers.llm.client)
      ├── LocalRedisError          the bundled Redis cannot be found or started  (service.local_redis)
      └── LocalLLMError            the local model server cannot start          (service.local_llm)
           └── LocalModelNotFoundError

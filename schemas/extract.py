@@ -50,7 +50,7 @@ class _ExtractSpecBase(StrictModel):
     keep_conversation: ClassVar[bool] = False
     quality: ClassVar["QualitySettings"]
     dedup: ClassVar["DedupSettings"]
-    budget: ClassVar[None] = None  # no spending cap: extraction jobs are not paused
+    budget: ClassVar[None] = None  # no cap at submit; `PATCH /v1/jobs/{id}` sets one (its calls are charged)
 
     @property
     def item_budget(self) -> int:
@@ -141,8 +141,9 @@ class ExtractDatasetSpec(_ExtractSpecBase):
 
 
 class ExtractTask(StrictModel):
-    """Queue payload: one time-boxed step of an extraction job; each step enqueues the next."""
+    """Step unit of an extraction job: one time-boxed step; each step enqueues the next."""
 
+    kind: Literal["extract"] = "extract"
     job_id: str
     step: int = Field(ge=0)
 

@@ -5,13 +5,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from schemas.base import StrictModel
 from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.evaluation import EvalQuestion
-from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
+from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.llm import ChatMessage
+from schemas.review import HelpTask
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
 
 MAX_COUNT = 1_000_000
@@ -490,8 +491,9 @@ class JobsPublic(StrictModel):
 
 
 class ChunkTask(StrictModel):
-    """Queue payload of one arq job: items [start, stop) of a generation job."""
+    """Step unit of a generation job: items [start, stop)."""
 
+    kind: Literal["chunk"] = "chunk"
     job_id: str
     start: int = Field(ge=0)
     stop: int = Field(ge=1)
@@ -499,3 +501,9 @@ class ChunkTask(StrictModel):
     @property
     def arq_id(self) -> str:
         return f"skillmix:chunk:{self.job_id}:{self.start}-{self.stop}"
+
+
+Step = Annotated[ChunkTask | ExtractTask | HelpTask, Field(discriminator="kind")]
+"""The one queue payload (``workers.runner``): one unit of a job, whatever its recipe. Its ``arq_id`` is
+deterministic and under the ``skillmix:`` prefix, so enqueueing the same unit twice runs it once."""
+STEP: TypeAdapter[ChunkTask | ExtractTask | HelpTask] = TypeAdapter(Step)

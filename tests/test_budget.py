@@ -13,11 +13,11 @@ from arq.connections import ArqRedis
 from schemas.jobs import ChunkTask, JobBudget, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import Usage
 from tests.conftest import REDIS_URL, Processes, service_env
+from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, submit, wait_for
 from workers import budget, jobstore, keys
 from workers.budget import Prices
 from workers.generate import run_chunk
-from workers.llm.client import LLMClient
 from workers.recipes import recipe_for
 from workers.tally import Tally
 from workers.watchdog import Watchdog
@@ -114,7 +114,7 @@ async def test_a_chunk_of_a_paused_job_starts_nothing_and_the_watchdog_leaves_it
     await jobstore.set_state(redis, "still", JobState.PAUSED, "paused: budget reached")
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
-    async with LLMClient("fake", endpoint) as llm:
+    async with raw_client("fake", endpoint) as llm:
         outcome = await run_chunk(redis, record, recipe_for(record, "fake", endpoint), llm,
                                   ChunkTask(job_id="still", start=0, stop=8), False, tally)  # fmt: skip
     await tally.aclose()

@@ -24,6 +24,7 @@ from schemas.llm import Usage
 from schemas.settings import EndpointSettings
 from workers import jobstore, keys
 from workers.lifecycle import advance
+from workers.runner import stepped
 from workers.tally import Tally
 
 SCAN_BATCH = 256  # chunks looked up per pipeline when resuming
@@ -167,13 +168,17 @@ async def resume(redis: ArqRedis, record: JobRecord) -> None:
         state = outcome.removeprefix("state:")
         raise NotPaused(f"job {record.id} is {state}, not paused; only a paused job can be resumed")
     await redis.hdel(keys.WATCHDOG, record.id)  # the stall clock starts again now, not at the pause
-    await advance(redis, record)
+    if not stepped.is_stepped(record):  # a stepped job completes by its last step, never by its counters
+        await advance(redis, record)
     await requeue_unfinished(redis, record)
 
 
 async def requeue_unfinished(redis: ArqRedis, record: JobRecord) -> int:
     """Enqueue again each planned chunk with items not generated that is neither queued nor running; returns
-    how many. A chunk still running when the job resumed retries itself (``generate.JobResumed``)."""
+    how many. A chunk still running when the job resumed retries itself (``generate.JobResumed``); a stepped
+    job (extraction) gets its next step (``workers.runner.stepped``)."""
+    if stepped.is_stepped(record):
+        return await stepped.requeue(redis, record)
     pending = {f.decode() for f in await redis.hkeys(keys.pending_plans(record.id))}
     for field in pending:
         start, stop = (int(n) for n in field.split("-"))

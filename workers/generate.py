@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import orjson
 from arq.connections import ArqRedis
 
-from schemas.errors import Interrupted, Transient
 from schemas.examples import GeneratedItem, JudgeVerdict, Reason, WorkItem
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.llm import Usage
@@ -26,20 +25,12 @@ from workers.llm.errors import JobStopped, LLMBadRequest, LLMError, LLMFatal
 from workers.llm.replay import Recorder, ReplayCache, item_scope
 from workers.recipes import ParseFailure, Recipe
 from workers.redis_pool import redis_trouble
+from workers.runner.errors import EndpointDown, JobResumed
 from workers.tally import Tally
 
 log = logging.getLogger(__name__)
 STATE_POLL_S = 0.5
 EMIT_GATHER_S = 0.25  # one transaction for the items finishing within this long (their answers are kept)
-
-
-class EndpointDown(Transient):
-    """Some items could not reach the endpoint even after the client's retries: retry the chunk later."""
-
-
-class JobResumed(Interrupted):
-    """Items were refused while the job was paused and it was resumed before the chunk ended: run it again
-    (resuming cannot enqueue a chunk that is still running)."""
 
 
 @dataclass

@@ -5,7 +5,7 @@ many machines update them without lost writes.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -13,7 +13,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from schemas.jobs import BudgetLeft, ChunkTask, JobBudget, JobCounters, JobRecord, JobState, JobStatus
+from schemas.jobs import BudgetLeft, ChunkTask, JobBudget, JobCounters, JobRecord, JobState, JobStatus, Step
 from workers import keys
 
 _INT_FIELDS = (
@@ -306,18 +306,21 @@ def _range(field: str) -> tuple[int, int]:
 
 
 async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:
-    """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once.
+    """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once."""
+    await enqueue_steps(redis, record.id, chunks(record, start, stop))
 
-    Their queue scores come from ``fair_start``, so jobs interleave instead of queueing behind each other.
-    """
-    tasks = chunks(record, start, stop)
-    first = await fair_start(redis, record.id, len(tasks))
+
+async def enqueue_steps(redis: ArqRedis, job_id: str, steps: Sequence[Step]) -> None:
+    """The one way a unit of work enters the queue: as a ``Step`` for the runner's one arq function, under its
+    deterministic id. Queue scores come from ``fair_start``, so jobs interleave instead of queueing behind
+    each other, whatever their kind."""
+    first = await fair_start(redis, job_id, len(steps))
     expires = timedelta(milliseconds=redis.expires_extra_ms)  # from now, whatever the (past) score
-    for k, task in enumerate(tasks):
+    for k, step in enumerate(steps):
         await redis.enqueue_job(
-            "run_chunk_job",
-            task.model_dump(),
-            _job_id=task.arq_id,
+            keys.STEP_FUNCTION,
+            step.model_dump(),
+            _job_id=step.arq_id,
             _queue_name=keys.QUEUE_NAME,
             _defer_until=datetime.fromtimestamp((first + k) / 1000, UTC),
             _expires=expires,

@@ -23,8 +23,9 @@ Per job (``{id}`` is the job id):
   job:{id}:review:order    zset    example id by example index (the queue's stable order)
   job:{id}:review:seeded   string  accepted examples (by seq) already given a review item
   job:{id}:review:{ex}:log list    ReviewVersion JSON, one per change of item ``ex``
-  job:{id}:replay:{start}  hash    "index:attempt:digest:n" -> ChatResult JSON: answers kept for chunk ``start``
-                                   (``workers.llm.replay``; TTL, dropped when the chunk or the job ends)
+  job:{id}:replay:{start}  hash    "index:attempt:digest:n" -> ChatResult JSON: answers kept for chunk ``start``,
+                                   or for a unit ``extract`` / ``help-{suggestion}`` (``workers.llm.replay``;
+                                   TTL, dropped when the unit or the job ends)
   job:{id}:replay          hash    bytes / refused / "chunk:{start}" -> bytes: the job's replay cache size
 
 Fleet-wide (see ``workers.liveness``):
@@ -39,6 +40,7 @@ Fleet-wide (see ``workers.liveness``):
 
 PREFIX = "skillmix"
 QUEUE_NAME = f"{PREFIX}:queue"
+STEP_FUNCTION = "run_step"  # the one arq function (``workers.runner.step``); its ids: ``skillmix:{kind}:{job}:...``
 CURATE_GROUP = "curate"
 JOBS_INDEX = f"{PREFIX}:jobs"  # zset: job id -> created timestamp
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids whose stream may hold work
@@ -157,7 +159,7 @@ def invalid_pairs(skill_set_ref: str) -> str:
     return f"{PREFIX}:skillset:{skill_set_ref}:invalid-pairs"
 
 
-def replay(job_id: str, start: int) -> str:
+def replay(job_id: str, start: int | str) -> str:
     return f"{job(job_id)}:replay:{start}"
 
 

@@ -158,8 +158,6 @@ async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
     one), the others stay. Raising the budget of a job paused at it resumes it; lowering it below what was
     already spent pauses it now."""
     record = await _generation_record(redis, job_id)
-    if record.spec.recipe.startswith("extract"):
-        unprocessable("budget", f"job {job_id} is a skill extraction; it has no budget")
     state = await jobstore.get_state(redis, job_id)
     if state is None or state.finished:
         conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")

@@ -8,6 +8,7 @@ import orjson
 from arq.connections import ArqRedis
 
 from schemas.extract import MAX_EXEMPLARS, ExtractDatasetSpec, UnlabelledRow
+from schemas.jobs import JobState
 from tests.extract.helpers import (
     coarse_of,
     hierarchical_label,
@@ -18,7 +19,7 @@ from tests.extract.helpers import (
     write_jsonl,
 )
 from tests.plugins.fake_llm import FakeLLMFactory
-from workers import jobstore
+from workers import jobstore, keys
 from workers.extract.merge import merge_batch_size
 from workers.extract.store import ExtractStore
 
@@ -134,6 +135,8 @@ async def test_small_steps_give_the_same_set_and_redoing_counts_nothing_twice(
     # A worker killed mid-step has its step redone from the last saved place: nothing counts twice.
     store = ExtractStore(redis, sliced.id)
     await store.set_state(phase="label", label_row=0, label_offset=0, map_row=0, map_offset=0)
+    await redis.hset(keys.meta(sliced.id), "state", JobState.RUNNING.value)  # as when its worker died (a
+    # finished job's calls are refused before they leave)
     record = await jobstore.load_record(redis, sliced.id)
     assert record is not None
     await run_steps(redis, settings, record)

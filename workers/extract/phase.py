@@ -13,7 +13,7 @@ from typing import Literal, TypeVar
 
 from redis.asyncio import Redis
 
-from schemas.errors import JobFailed, Transient
+from schemas.errors import JobFailed
 from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec, UnlabelledRow
 from schemas.jobs import JobRecord, JobState
 from workers import jobstore
@@ -21,6 +21,7 @@ from workers.extract.ask import Asker
 from workers.extract.reader import DatasetReader, Position, SeedRow
 from workers.extract.store import ExtractStore
 from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
+from workers.runner.errors import EndpointDown
 
 MAX_PARALLEL_CALLS = 64  # calls per window; the client's limiter bounds what is really in flight
 MAX_WINDOW_ROWS = 2000
@@ -31,10 +32,6 @@ T = TypeVar("T")
 
 class ExtractFailed(JobFailed):
     """The job cannot produce a skill set; the message says why (it becomes the job's message)."""
-
-
-class EndpointDown(Transient):
-    """Calls failed even after the client's retries: the step is retried later from its resume point."""
 
 
 @dataclass
