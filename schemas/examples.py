@@ -2,14 +2,21 @@
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import Field, StringConstraints
+from pydantic import (
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import to_jsonable_python
 
 from schemas.base import StrictModel
-from schemas.evaluation import EvalResult
 from schemas.llm import ChatMessage, Usage
-from schemas.math import MathHistory
+from schemas.recipes import extra_field_names
 
 RawKey = Annotated[str, StringConstraints(strip_whitespace=False)]  # a source row's keys, never stripped
 
@@ -67,7 +74,52 @@ class JudgeVerdict(StrictModel):
     usage: Usage = Field(default_factory=Usage)
 
 
-class GeneratedItem(StrictModel):
+class WithExtras(StrictModel):
+    """A record with its recipe's own fields (``RecipeSpec.record_extras``) in ``extras``: keys that are not
+    fields go there when the record is read, and come back as top-level keys when it is written, so stored
+    JSON, API responses and export files carry them as plain fields. Values are kept as JSON data; read them
+    typed with ``extras_of``."""
+
+    extras: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    # Written with every registered recipe's extras keys (null when absent), so all records share one shape.
+    all_extras: ClassVar[bool] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            extra = {k: to_jsonable_python(data[k]) for k in data if k not in cls.model_fields}
+            if extra:
+                data = {k: v for k, v in data.items() if k not in extra}
+                data["extras"] = {**data.get("extras", {}), **extra}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _flatten(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo):  # type: ignore[no-untyped-def]
+        # (no return annotation: the JSON schema stays the model's own)
+        out: dict[str, Any] = handler(self)
+        extras = self.extras
+        if self.all_extras:
+            extras = {name: None for name in extra_field_names()} | extras
+        for key, value in extras.items():
+            if (
+                (info.include is None or key in info.include)
+                and (info.exclude is None or key not in info.exclude)
+                and not (value is None and info.exclude_none)
+            ):
+                out[key] = value
+        return out
+
+
+E = TypeVar("E", bound=StrictModel)
+
+
+def extras_of(record: WithExtras, model: type[E]) -> E:
+    """The record's extras as the recipe's typed model (fields it lacks take their defaults)."""
+    return model.model_validate({k: v for k, v in record.extras.items() if k in model.model_fields})
+
+
+class GeneratedItem(WithExtras):
     """What a recipe hands to the curate stage (one Redis stream entry per item)."""
 
     job_id: str
@@ -88,16 +140,6 @@ class GeneratedItem(StrictModel):
     usage: Usage = Field(default_factory=Usage)
     conversation: list[ChatMessage] = Field(default_factory=list)
     judge: JudgeVerdict | None = None
-    # shirker ablation (recipe "shirk"): the label, and where the example came from
-    shirker: bool | None = None
-    shirker_kind: str | None = None
-    source_job: str | None = None
-    source_id: str | None = None
-    source_row: dict[RawKey, Any] | None = None  # recipe curate: the input row, verbatim
-    # recipe math: the verified final answer, and every stage's prompt, answer and verdict
-    answer: str | None = None
-    math: MathHistory | None = None
-    eval: EvalResult | None = None  # recipe eval-math: how the question was graded
 
 
 class QualityVerdict(StrictModel):
@@ -106,8 +148,10 @@ class QualityVerdict(StrictModel):
     detail: str = ""
 
 
-class Example(StrictModel):
+class Example(WithExtras):
     """A stored record, accepted or rejected, with its full provenance."""
+
+    all_extras: ClassVar[bool] = True
 
     id: str
     job_id: str
@@ -127,13 +171,3 @@ class Example(StrictModel):
     conversation: list[ChatMessage] = Field(default_factory=list)
     judge: JudgeVerdict | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    # shirker ablation (recipe "shirk"): the label, and where the example came from
-    shirker: bool | None = None
-    shirker_kind: str | None = None
-    source_job: str | None = None
-    source_id: str | None = None
-    source_row: dict[RawKey, Any] | None = None  # recipe curate: the input row, verbatim
-    # recipe math: the verified final answer, and every stage's prompt, answer and verdict
-    answer: str | None = None
-    math: MathHistory | None = None
-    eval: EvalResult | None = None  # recipe eval-math: how the question was graded

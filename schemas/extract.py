@@ -1,6 +1,6 @@
 """Skill-extraction job specs (papers.md §A stage 1, §B): from the model alone, or from a seed dataset.
 
-Both specs are members of ``schemas.jobs.JobSpec``, so an extraction job is an ordinary job record with
+Both specs are registered recipes (``schemas.recipes``), so an extraction job is an ordinary job record with
 the usual state, counters and progress. This module imports nothing from ``schemas.jobs`` (which imports
 it), so there is no import cycle.
 """
@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
 from schemas.datasets import DataFileSource, format_from_suffix
+from schemas.recipes import RecipeSpec
 from schemas.skills import SkillSetName
 
 if TYPE_CHECKING:  # schemas.jobs imports this module; at run time these names are only annotations
@@ -34,7 +35,7 @@ class ExtractParams(StrictModel):
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
 
 
-class _ExtractSpecBase(StrictModel):
+class _ExtractSpecBase(RecipeSpec):
     skill_set_name: SkillSetName = Field(description="the produced set is saved as the next version of this name")
     description: str = Field(default="", max_length=2000)
     endpoint: str | None = Field(default=None, description="endpoint name; the server default when absent")
@@ -51,6 +52,9 @@ class _ExtractSpecBase(StrictModel):
     quality: ClassVar["QualitySettings"]
     dedup: ClassVar["DedupSettings"]
     budget: ClassVar[None] = None  # no cap at submit; `PATCH /v1/jobs/{id}` sets one (its calls are charged)
+    via_jobs: ClassVar[bool] = False  # submitted at POST /v1/skill-sets/extract
+    stepped: ClassVar[bool] = True  # phase steps, not item chunks
+    has_examples: ClassVar[bool] = False  # it produces a skill set
 
     @property
     def item_budget(self) -> int:

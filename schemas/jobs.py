@@ -1,17 +1,21 @@
-"""Job specs (a discriminated union on ``recipe``), job status and the queue payloads."""
+"""The built-in recipes' job specs (registered in ``schemas.recipes``, which builds the one ``JobSpec`` type
+from the registry), their record extras, job status and the queue payloads."""
 
 import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from schemas.base import StrictModel
 from schemas.datasets import DataFileSource, format_from_suffix
-from schemas.evaluation import EvalQuestion
+from schemas.evaluation import EvalQuestion, EvalResult
+from schemas.examples import RawKey
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.llm import ChatMessage
+from schemas.math import MathHistory
+from schemas.recipes import GenerationSpec, JobSpec, Prepared, RecipeSpec, SubmitContext, register_spec
 from schemas.review import HelpTask
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
 
@@ -153,7 +157,7 @@ class BudgetLeft(StrictModel):
     tokens: int | None = None
 
 
-class _JobSpecBase(StrictModel):
+class _JobSpecBase(RecipeSpec):
     count: int = Field(ge=1, le=MAX_COUNT, description="accepted examples wanted")
     seed: int = Field(default=0, ge=0)
     endpoint: str | None = Field(default=None, description="endpoint name; the server default when absent")
@@ -188,6 +192,10 @@ class _JobSpecBase(StrictModel):
         return self.max_items
 
 
+ItemsJobSpec = _JobSpecBase
+"""The base of a recipe spec whose items are generated in chunks and curated (a plug-in subclasses it)."""
+
+
 class _SkillsJobSpec(_JobSpecBase):
     """A recipe that draws k skills per item from a skill set: a reference is checked at submit, an inline set
     must hold at least k skills."""
@@ -208,7 +216,12 @@ class _SkillsJobSpec(_JobSpecBase):
             raise ValueError(f"skill_set has {len(self.skill_set.skills)} skills, fewer than k={self.k}")
         return self
 
+    async def prepare_submit(self, ctx: SubmitContext) -> Prepared:
+        """The skill set is resolved (an inline one saved) now, so workers never look it up."""
+        return Prepared(self, await ctx.skill_set(self.skill_set, self.k))
 
+
+@register_spec
 class InstructJobSpec(_SkillsJobSpec):
     """Instruct-SkillMix generation (papers.md §A stage 2)."""
 
@@ -220,6 +233,7 @@ class InstructJobSpec(_SkillsJobSpec):
 Prompt = str | list[ChatMessage]
 
 
+@register_spec
 class PromptsJobSpec(_JobSpecBase):
     """One completion per given prompt: bulk generation without skill mixing."""
 
@@ -272,6 +286,16 @@ class PromptsJobSpec(_JobSpecBase):
         return self
 
 
+class ShirkExtras(StrictModel):
+    """A shirk record's label, and where the example came from."""
+
+    shirker: bool | None = None
+    shirker_kind: str | None = None
+    source_job: str | None = None
+    source_id: str | None = None
+
+
+@register_spec
 class ShirkJobSpec(_JobSpecBase):
     """Shirker ablation (papers.md §A): a copy of a finished job's accepted examples in which a ``rate`` share
     of the responses is regenerated with a shirker prompt (``junk``: lazy, generic, padded; ``brevity``: the
@@ -283,6 +307,12 @@ class ShirkJobSpec(_JobSpecBase):
     rate: float = Field(default=0.2, ge=0, le=1, description="share of responses replaced by shirkers")
     kind: Literal["junk", "brevity"] = Field(description="which shirker prompt (papers.md §A)")
     count: int = Field(default=0, ge=0, le=MAX_COUNT, description="set at submit: the source's accepted count")
+    record_extras: ClassVar[type[StrictModel] | None] = ShirkExtras
+
+    async def prepare_submit(self, ctx: SubmitContext) -> Prepared:
+        """A shirk job covers its finished source job's accepted examples: count (and budget) are fixed here."""
+        accepted = await ctx.finished_source("source_job", self.source_job, "shirk")
+        return Prepared(self.model_copy(update={"count": accepted, "max_items": accepted}))
 
     @model_validator(mode="before")
     @classmethod
@@ -321,6 +351,13 @@ class CurateSource(DataFileSource):
         return self
 
 
+class CurateExtras(StrictModel):
+    """A curated record's input row, verbatim."""
+
+    source_row: dict[RawKey, Any] | None = None
+
+
+@register_spec
 class CurateJobSpec(_JobSpecBase):
     """The curate stage (quality checks, dedup, optional judge) on a dataset a team brings: one item per row,
     read from the file without an LLM call. ``count`` and ``max_items`` are the rows, set at submit, so every
@@ -334,8 +371,23 @@ class CurateJobSpec(_JobSpecBase):
     offsets: list[int] = Field(
         default_factory=list, description="set at submit: where rows 0, chunk_size, 2 x chunk_size, ... start"
     )
+    counts_shortfall: ClassVar[bool] = False  # a brought dataset: every row is decided, nothing "falls short"
+    batched_curation: ClassVar[bool] = True
+    record_extras: ClassVar[type[StrictModel] | None] = CurateExtras
+
+    def needs_endpoint(self) -> bool:
+        """Rows are read, not generated: only a judge calls an LLM."""
+        return self.quality.judge is not None and self.quality.enabled
 
 
+class MathExtras(StrictModel):
+    """A math record's verified final answer, and every stage's prompt, answer and verdict."""
+
+    answer: str | None = None
+    math: MathHistory | None = None
+
+
+@register_spec
 class MathJobSpec(_SkillsJobSpec):
     """MATH^2 (papers.md §B): hard two-skill math questions, each with one verified answer. Stages: pair
     validation, question (with brief solution and exact answer) iterated until solvable, a sceptical attempt,
@@ -350,6 +402,8 @@ class MathJobSpec(_SkillsJobSpec):
     max_question_turns: int = Field(
         default=2, ge=0, le=6, description="review-and-revise turns after the question is written"
     )
+    has_review_queue: ClassVar[bool] = True
+    record_extras: ClassVar[type[StrictModel] | None] = MathExtras
 
     @model_validator(mode="before")
     @classmethod
@@ -364,6 +418,14 @@ class MathJobSpec(_SkillsJobSpec):
         return data
 
 
+class EvalExtras(StrictModel):
+    """The answer an eval-math response gave, and how the question was graded."""
+
+    answer: str | None = None
+    eval: EvalResult | None = None
+
+
+@register_spec
 class EvalMathJobSpec(_JobSpecBase):
     """Evaluate an endpoint on math questions (``skillmix eval-math``): one item per question, solved by the
     job's endpoint, its final answer compared with the reference by math-verify and, with ``judge_endpoint``,
@@ -377,6 +439,12 @@ class EvalMathJobSpec(_JobSpecBase):
     )
     count: int = Field(default=0, ge=0, le=MAX_COUNT, description="set from the questions")
     keep_conversation: bool = False
+    record_extras: ClassVar[type[StrictModel] | None] = EvalExtras
+
+    def extra_endpoints(self) -> dict[str, str]:
+        """Its step checker is checked at submit too."""
+        found = super().extra_endpoints()
+        return found | {"judge_endpoint": self.judge_endpoint} if self.judge_endpoint else found
 
     @model_validator(mode="before")
     @classmethod
@@ -400,18 +468,9 @@ class EvalMathJobSpec(_JobSpecBase):
         return data
 
 
-GenerationSpec = Annotated[
-    InstructJobSpec | PromptsJobSpec | ShirkJobSpec | CurateJobSpec | MathJobSpec | EvalMathJobSpec,
-    Field(discriminator="recipe"),
-]
-"""What ``POST /v1/jobs`` accepts; extraction specs go to ``POST /v1/skill-sets/extract``."""
-
-JobSpec = Annotated[
-    InstructJobSpec | PromptsJobSpec | ShirkJobSpec | CurateJobSpec | MathJobSpec | EvalMathJobSpec
-    | ExtractAgnosticSpec | ExtractDatasetSpec,
-    Field(discriminator="recipe"),
-]
-"""Every kind of stored job."""
+register_spec(ExtractAgnosticSpec)  # submitted at POST /v1/skill-sets/extract, listed after the generation specs
+register_spec(ExtractDatasetSpec)
+__all__ = ["GenerationSpec", "JobSpec", "RecipeSpec"]  # built from the registry in ``schemas.recipes``
 
 
 class JobState(StrEnum):

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     data_dir: Path = Path("./data")
+    recipes: str = Field(
+        default="",
+        description="plug-in recipe modules (importable names, comma-separated), loaded by the API and every "
+        "worker at start; each registers its spec (and, in a worker, its implementation)",
+    )
     max_upload_mb: float = Field(
         default=200, gt=0, description="largest seed dataset accepted as an upload (MiB); larger ones are a 413"
     )

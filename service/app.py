@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from schemas.errors import SkillmixError
+from schemas.recipes import load_plugins
 from schemas.settings import Settings, get_settings
 from service.errors import UNAVAILABLE, redis_unavailable, skillmix_error
 from service.routes import curate, endpoints, extract, jobs, review, skill_sets
@@ -32,6 +33,7 @@ SECURITY_HEADERS = {
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    load_plugins(settings.recipes)  # plug-in recipes: their specs join JobSpec before the first request
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

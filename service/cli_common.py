@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn, get_args
+from typing import IO, Any, NoReturn
 
 import httpx
 import typer
@@ -14,15 +14,13 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from schemas.errors import SkillmixError
-from schemas.jobs import JobSpec, JobStatus
+from schemas.jobs import JobStatus
 from schemas.settings import get_settings
 from service.progress import follow, summary
 
 console = Console(soft_wrap=True)
 UPLOAD_TIMEOUT_S = 600.0
 API_OPTION = typer.Option(None, help="API base URL (default: http://SKILLMIX_API_HOST:SKILLMIX_API_PORT)")
-# The tag FastAPI puts in a 422's location for a discriminated union: every job spec's ``recipe`` value.
-RECIPE_TAGS = frozenset(spec.model_fields["recipe"].default for spec in get_args(get_args(JobSpec)[0]))
 
 
 def api_url(url: str | None) -> str:
@@ -47,11 +45,9 @@ class ShowErrors(TyperGroup):
 
 
 def print_validation_errors(response: httpx.Response) -> None:
-    """A 422 as one line per bad field, without the union tag FastAPI puts in the location."""
+    """A 422 as one line per bad field (the location after ``body``)."""
     for err in response.json()["detail"]:
         parts = err["loc"][1:]
-        if parts and parts[0] in RECIPE_TAGS:
-            parts = parts[1:]
         loc = ".".join(str(p) for p in parts)
         console.print(f"[red]invalid {loc or 'spec'}:[/red] {err['msg']}")
 

@@ -22,7 +22,8 @@ import typer
 from rich.table import Table
 
 from schemas.evaluation import EvalQuestion
-from schemas.examples import Example
+from schemas.examples import Example, extras_of
+from schemas.jobs import EvalExtras
 from service.cli_common import API_OPTION, api_errors, api_url, console, fail, submit_and_follow
 from workers.math.answers import reference_answer
 from workers.math.square_law import ModelPoint, fit_power_law, plot
@@ -84,7 +85,7 @@ def kind_of(questions: list[EvalQuestion]) -> str:
 
 def result_row(question: EvalQuestion, example: Example | None) -> dict[str, Any]:
     row: dict[str, Any] = {"id": question.id, "skills": question.skills, "reference": question.answer}
-    grading = example.eval if example is not None else None
+    grading = extras_of(example, EvalExtras).eval if example is not None else None
     if grading is None:
         error = "no record" if example is None else ", ".join(example.verdict.reasons) or "no grading"
         detail = example.verdict.detail if example is not None else ""

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pyarrow as pa
@@ -23,6 +23,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from schemas.examples import Example
+from schemas.recipes import extras_models
 from workers import keys
 from workers.sampler import derive_rng
 
@@ -84,7 +85,7 @@ def math_record(example: Example) -> dict[str, Any]:
     return {
         "problem": example.instruction,
         "solution": example.output,
-        "answer": example.answer or "",
+        "answer": example.extras.get("answer") or "",
         "skills": example.skills,
     }
 
@@ -149,76 +150,90 @@ async def split_examples(
 
 _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 # The full record (what jsonl exports), typed: nested provenance stays nested, not JSON in a string.
-ARROW_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("job_id", pa.string()),
-        ("index", pa.int64()),
-        ("instruction", pa.string()),
-        ("input", pa.string()),
-        ("output", pa.string()),
-        ("skills", pa.list_(pa.string())),
-        ("query_type", pa.string()),
-        ("model", pa.string()),
-        ("endpoint", pa.string()),
-        ("recipe", pa.string()),
-        ("template_version", pa.string()),
-        (
-            "usage",
-            pa.struct(
-                [
-                    (name, pa.int64())
-                    for name in ("prompt_tokens", "completion_tokens", "calls", "retries", "rate_limited")
-                ]
-            ),
+BASE_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("id", pa.string()),
+    ("job_id", pa.string()),
+    ("index", pa.int64()),
+    ("instruction", pa.string()),
+    ("input", pa.string()),
+    ("output", pa.string()),
+    ("skills", pa.list_(pa.string())),
+    ("query_type", pa.string()),
+    ("model", pa.string()),
+    ("endpoint", pa.string()),
+    ("recipe", pa.string()),
+    ("template_version", pa.string()),
+    (
+        "usage",
+        pa.struct(
+            [
+                (name, pa.int64())
+                for name in ("prompt_tokens", "completion_tokens", "calls", "retries", "rate_limited")
+            ]
         ),
-        ("verdict", pa.struct([("accepted", pa.bool_()), ("reasons", pa.list_(pa.string())), ("detail", pa.string())])),
-        ("duplicate_of", pa.string()),
-        ("conversation", pa.list_(_MESSAGE)),
-        ("judge", pa.string()),  # the LLM judge's verdict (quality.judge), as JSON text
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("shirker", pa.bool_()),  # shirker ablation labels and provenance (recipe "shirk")
-        ("shirker_kind", pa.string()),
-        ("source_job", pa.string()),
-        ("source_id", pa.string()),
-        ("source_row", pa.string()),  # recipe curate: the input row, verbatim, as JSON text
-        ("answer", pa.string()),  # recipe math: the verified answer, and the stage history as JSON text
-        ("math", pa.string()),
-        ("eval", pa.string()),  # recipe eval-math: the grading, as JSON text
-    ]
-)
+    ),
+    ("verdict", pa.struct([("accepted", pa.bool_()), ("reasons", pa.list_(pa.string())), ("detail", pa.string())])),
+    ("duplicate_of", pa.string()),
+    ("conversation", pa.list_(_MESSAGE)),
+    ("judge", pa.string()),  # the LLM judge's verdict (quality.judge), as JSON text
+    ("created_at", pa.timestamp("us", tz="UTC")),
+]
 
 
-def arrow_row(example: Example) -> dict[str, Any]:
+_SCALARS: dict[object, pa.DataType] = {bool: pa.bool_(), str: pa.string(), int: pa.int64(), float: pa.float64()}
+
+
+def _column_type(annotation: object) -> pa.DataType | None:
+    """A scalar (optional) field keeps its type; anything else is JSON text (None)."""
+    found = [_SCALARS[a] for a in get_args(annotation) if a in _SCALARS] if get_args(annotation) else []
+    plain = _SCALARS.get(annotation)
+    return plain if plain is not None else (found[0] if len(found) == 1 else None)
+
+
+def extra_columns() -> dict[str, pa.DataType | None]:
+    """The registered recipes' record extras, as columns after the shared ones (``None``: JSON text)."""
+    columns: dict[str, pa.DataType | None] = {}
+    for model in extras_models():
+        for name, info in model.model_fields.items():
+            columns.setdefault(name, _column_type(info.annotation))
+    return columns
+
+
+def arrow_schema() -> pa.Schema:
+    """The full record (what jsonl exports), typed: the shared columns, then every registered recipe's extras
+    (so every export has the same columns, whatever the recipe)."""
+    extra = [(name, pa.string() if kind is None else kind) for name, kind in extra_columns().items()]
+    return pa.schema(BASE_COLUMNS + extra)
+
+
+def arrow_row(example: Example, extra: dict[str, pa.DataType | None]) -> dict[str, Any]:
     row = example.model_dump(mode="python")
     row["verdict"]["reasons"] = [str(r) for r in example.verdict.reasons]
-    if example.math is not None:
-        row["math"] = orjson.dumps(example.math.model_dump(mode="json")).decode()
     if example.judge is not None:
         row["judge"] = orjson.dumps(example.judge.model_dump(mode="json")).decode()
-    if example.eval is not None:
-        row["eval"] = orjson.dumps(example.eval.model_dump(mode="json")).decode()
-    if example.source_row is not None:
-        row["source_row"] = orjson.dumps(example.source_row).decode()
+    for name, kind in extra.items():
+        value = example.extras.get(name)
+        row[name] = orjson.dumps(value).decode() if kind is None and value is not None else value
     return row
 
 
 async def record_batches(examples: AsyncIterator[Example], rows: int = BATCH_ROWS) -> AsyncIterator[pa.RecordBatch]:
     """The examples as Arrow record batches of at most ``rows`` rows; only the batch being filled is held."""
     pending: list[dict[str, Any]] = []
+    schema, extra = arrow_schema(), extra_columns()
     async for example in examples:
-        pending.append(arrow_row(example))
+        pending.append(arrow_row(example, extra))
         if len(pending) >= rows:
-            yield pa.RecordBatch.from_pylist(pending, schema=ARROW_SCHEMA)
+            yield pa.RecordBatch.from_pylist(pending, schema=schema)
             pending = []
     if pending:
-        yield pa.RecordBatch.from_pylist(pending, schema=ARROW_SCHEMA)
+        yield pa.RecordBatch.from_pylist(pending, schema=schema)
 
 
 async def write_parquet(examples: AsyncIterator[Example], path: Path) -> int:
     """Write a Parquet file, one row group per batch; returns the number of rows."""
     written = 0
-    writer = pq.ParquetWriter(path, ARROW_SCHEMA, compression="zstd")
+    writer = pq.ParquetWriter(path, arrow_schema(), compression="zstd")
     try:
         async for batch in record_batches(examples):
             await asyncio.to_thread(writer.write_batch, batch)
@@ -269,9 +284,10 @@ def write_hf_dataset(batches: Iterator[pa.RecordBatch], directory: Path, descrip
     rows = 0
     digest = hashlib.sha256()
     try:
-        with ipc.new_stream(directory / HF_DATA_FILE, ARROW_SCHEMA) as writer:
+        schema = arrow_schema()
+        with ipc.new_stream(directory / HF_DATA_FILE, schema) as writer:
             for batch in batches:
-                batch = batch.cast(ARROW_SCHEMA) if batch.schema != ARROW_SCHEMA else batch
+                batch = batch.cast(schema) if batch.schema != schema else batch
                 writer.write_batch(batch)
                 rows += batch.num_rows
                 digest.update("\n".join(batch.column("id").to_pylist()).encode())

@@ -11,7 +11,7 @@ from workers import jobstore
 def shortfall_message(record: JobRecord, counters: JobCounters) -> str:
     reasons = Counter(counters.rejected_by_reason).most_common(3)
     why = ", ".join(f"{r} {n}" for r, n in reasons) or "none"
-    if record.spec.recipe == "curate":  # a brought dataset: every row is decided, nothing "falls short"
+    if not record.spec.counts_shortfall:  # e.g. a brought dataset: every row is decided, nothing "falls short"
         return f"{counters.accepted} of {record.spec.count} rows accepted, {counters.rejected} rejected. Top: {why}"
     return (
         f"fell short: {counters.accepted} of {record.spec.count} accepted after {counters.processed} items; "

@@ -17,11 +17,10 @@ from arq import Worker
 from arq.constants import in_progress_key_prefix
 
 from schemas.settings import Settings, get_settings
-from workers import drain, keys
+from workers import drain, keys, recipes
 from workers.curate.consumer import CurateConsumer
 from workers.liveness import Liveness
 from workers.metrics import serve as serve_metrics
-from workers.recipes.math import close_equivalence
 from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings
 from workers.runner.resources import Resources
 from workers.runner.step import MAX_TRIES, run_step
@@ -34,6 +33,7 @@ RECONNECT_MAX_S = 10.0
 async def startup(ctx: dict[str, Any]) -> None:
     """Per-process resources, plus the two background loops: the curate consumer and the heartbeat."""
     settings: Settings = ctx.get("settings") or get_settings()
+    recipes.load(settings.recipes)  # plug-in recipes: known before the first step runs
     if settings.metrics_port is not None:  # once per process; a busy port is logged and the worker runs on
         serve_metrics(settings.metrics_port, settings.metrics_host)
     ctx["resources"] = Resources(ctx["redis"], settings)
@@ -54,7 +54,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await ctx["liveness"].close()
     await ctx["resources"].aclose()
-    close_equivalence()  # the math recipe's answer-comparison pool, if this process started one
+    recipes.close_process()  # e.g. an answer-comparison pool a recipe started on first use
 
 
 async def job_started(ctx: dict[str, Any]) -> None:

@@ -25,11 +25,14 @@ import orjson
 from fastapi import APIRouter, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from schemas.jobs import CurateJobSpec, JobRecord, JobStatus
+from schemas.recipes import RecipeSpec
 from schemas.settings import Settings
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
+from service.recipes import own_submit
 from service.uploads import (
     TOO_LARGE,
     UploadRules,
@@ -43,7 +46,6 @@ from service.uploads import (
 from workers import endpoints, jobstore, keys
 from workers.curate.source import survey
 from workers.datasets import resolve_path
-from workers.recipes import needs_endpoint
 
 router = APIRouter(prefix="/v1/curate", tags=["curate"])
 UPLOAD = UploadRules(
@@ -102,7 +104,7 @@ async def submit_curate(
         chunk_size=chunk_size,
         created_at=datetime.now(UTC),
     )
-    if needs_endpoint(record):  # only the judge calls an LLM
+    if record.spec.needs_endpoint():  # only the judge calls an LLM
         for name in {endpoint_name, *([judge.endpoint] if judge and judge.endpoint else [])}:
             endpoint = await endpoints.resolve(redis, settings, name, "quality.judge.endpoint")
             if name == endpoint_name:
@@ -119,6 +121,13 @@ async def submit_curate(
     found = await jobstore.get_status(redis, job_id)
     assert found is not None
     return found
+
+
+@own_submit(CurateJobSpec)
+async def _submit_via_jobs(spec: RecipeSpec, job_id: str, redis: Redis, settings: Settings) -> JobStatus:
+    """``POST /v1/jobs`` with ``recipe: curate``: the dataset is surveyed first, as here."""
+    assert isinstance(spec, CurateJobSpec)
+    return await submit_curate(spec, job_id, redis, settings)
 
 
 @router.post(

@@ -10,23 +10,11 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from schemas.jobs import (
-    MAX_COUNT,
-    CurateJobSpec,
-    GenerationSpec,
-    InstructJobSpec,
-    JobPatch,
-    JobRecord,
-    JobsPublic,
-    JobState,
-    JobStatus,
-    MathJobSpec,
-    ShirkJobSpec,
-)
+from schemas.jobs import MAX_COUNT, GenerationSpec, JobPatch, JobRecord, JobsPublic, JobState, JobStatus
 from schemas.llm import Usage
-from schemas.skills import SkillSet, parse_skill_set_ref
+from schemas.recipes import has_review_queue
 from service.deps import RedisDep, SettingsDep
-from service.errors import CONFLICT, NOT_FOUND, conflict, not_found, unprocessable
+from service.errors import CONFLICT, NOT_FOUND, conflict, not_found
 from service.export import (
     FILE_SUFFIXES,
     MEDIA_TYPES,
@@ -40,67 +28,33 @@ from service.export import (
     render,
     split_examples,
 )
-from service.routes.curate import submit_curate
+from service.recipes import SUBMITTERS, RouteContext
 from workers import budget, endpoints, jobstore
 from workers.curate import store
 from workers.curate.store import iter_examples, iter_raw
 from workers.review import store as review_store
 from workers.sampler import Coverage, coverage
-from workers.skillsets import get_skill_set, save_skill_set, versions
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
 
 
-async def _resolve_skill_set(redis: RedisDep, spec: InstructJobSpec | MathJobSpec) -> SkillSet:
-    if not isinstance(spec.skill_set, str):
-        return await save_skill_set(redis, spec.skill_set)
-    name, version = parse_skill_set_ref(spec.skill_set)
-    found = await get_skill_set(redis, name, version)
-    if found is None:
-        have = await versions(redis, name)
-        hint = f"versions of {name!r}: {have}" if have else "create it with POST /v1/skill-sets"
-        unprocessable("skill_set", f"unknown skill set {spec.skill_set!r}; {hint}")
-    if len(found.skills) < spec.k:
-        unprocessable("k", f"k={spec.k} but skill set {found.ref} has only {len(found.skills)} skills")
-    return found
-
-
-async def _resolve_shirk(redis: RedisDep, spec: ShirkJobSpec) -> ShirkJobSpec:
-    """A shirk job covers its finished source job's accepted examples: count (and budget) are fixed here."""
-    source = await jobstore.get_status(redis, spec.source_job)
-    if source is None:
-        unprocessable("source_job", f"unknown job {spec.source_job!r}")
-    if source.recipe.startswith("extract"):
-        unprocessable("source_job", f"job {spec.source_job} is a skill extraction; it has no examples to shirk")
-    if not source.state.finished:
-        unprocessable("source_job", f"job {spec.source_job} is {source.state.value}; wait until it finishes")
-    accepted = await store.count(redis, spec.source_job, "accepted")
-    if accepted < 1:
-        unprocessable("source_job", f"job {spec.source_job} has no accepted examples")
-    return spec.model_copy(update={"count": accepted, "max_items": accepted})
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus)
 async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDep) -> JobStatus:
-    if isinstance(spec, CurateJobSpec):  # the dataset is surveyed first: the same path as POST /v1/curate
-        return await submit_curate(spec, uuid.uuid4().hex, redis, settings)
+    """Any recipe registered as submit-able here; what it needs resolved at submit, its spec resolves."""
+    own = SUBMITTERS.get(type(spec))
+    if own is not None:  # e.g. a dataset surveyed first: the same path as its own route
+        return await own(spec, uuid.uuid4().hex, redis, settings)
     endpoint_name = spec.endpoint or settings.default_endpoint
     endpoint = await endpoints.resolve(redis, settings, endpoint_name)  # UnknownEndpoint: a 422 naming the field
-    judge = spec.quality.judge
-    if judge is not None and judge.endpoint:  # fail at submit, not in the worker
-        await endpoints.resolve(redis, settings, judge.endpoint, "quality.judge.endpoint")
-    if eval_judge := getattr(spec, "judge_endpoint", None):  # eval-math: its step checker, checked at submit
-        await endpoints.resolve(redis, settings, eval_judge, "judge_endpoint")
-    skill_set = (
-        await _resolve_skill_set(redis, spec) if isinstance(spec, InstructJobSpec | MathJobSpec) else None
-    )
-    if isinstance(spec, ShirkJobSpec):
-        spec = await _resolve_shirk(redis, spec)
+    for field, name in spec.extra_endpoints().items():  # a judge, a step checker: fail at submit, not in the worker
+        await endpoints.resolve(redis, settings, name, field)
+    prepared = await spec.prepare_submit(RouteContext(redis, settings))
+    spec = prepared.spec
     record = JobRecord(
         id=uuid.uuid4().hex,
         spec=spec,
-        skill_set=skill_set,
+        skill_set=prepared.skill_set,
         endpoint=endpoint_name,
         model=endpoint.model,
         chunk_size=spec.chunk_size or settings.chunk_size,
@@ -218,11 +172,12 @@ async def export_job(
     headers = {"content-disposition": f'attachment; filename="{name}.{FILE_SUFFIXES[format]}"'}
     examples = iter_examples(redis, job_id, "accepted")
     review_states = REVIEW_STATES[state or ReviewFilter.ACCEPTED]
-    if found.recipe == "math":
+    reviewed = has_review_queue(found.recipe)
+    if reviewed:
         examples = review_store.iter_reviewed(redis, job_id, review_states)
     if split is not None:
         total = await store.count(redis, job_id, "accepted")
-        if found.recipe == "math":
+        if reviewed:
             total = await review_store.count_reviewed(redis, job_id, review_states)
         examples = split_examples(examples, heldout_positions(total, heldout, heldout_seed), split)
     if format is not ExportFormat.PARQUET:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, status
 
+from schemas.recipes import has_review_queue
 from schemas.review import (
     HelpAccepted,
     HelpRequest,
@@ -37,7 +38,7 @@ async def _math_job(redis: RedisDep, job_id: str) -> None:
     recipe = await store.recipe_of(redis, job_id)
     if recipe is None:
         not_found("job", job_id)
-    if recipe != "math":
+    if not has_review_queue(recipe):
         unprocessable("job", f"job {job_id} is a {recipe} job; only math jobs have a review queue")
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from arq.connections import ArqRedis
 
+from schemas.examples import extras_of
 from schemas.extract import DatasetSource
-from schemas.jobs import JobRecord
+from schemas.jobs import JobRecord, MathExtras
 from schemas.settings import EndpointSettings
 from schemas.skills import SkillSet
 from tests.extract.helpers import run_job, settings_for
@@ -113,7 +114,7 @@ async def test_the_math_recipe_shows_extracted_exemplars(
     assert isinstance(recipe, MathRecipe)
     await recipe.prepare(redis, [0])
     item = await recipe.generate(recipe.item(0), FakeMath())
-    history = item.math
+    history = extras_of(item, MathExtras).math
     assert history is not None and history.pair_check is not None
     skills = {s.name: s for s in found.skills}
     pair = history.pair

@@ -8,7 +8,8 @@ from typing import Any, Unpack
 
 import pytest
 
-from schemas.jobs import EvalMathJobSpec, JobRecord
+from schemas.examples import extras_of
+from schemas.jobs import EvalExtras, EvalMathJobSpec, JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import EndpointSettings
 from workers.llm.client import ChatOptions
@@ -144,10 +145,11 @@ async def test_recipe_grades_by_value_and_by_the_judge() -> None:
             client = Scripted(solutions)
             recipe.judge_llm = client if judge else None
             items = [await recipe.generate(recipe.item(i), client) for i in range(len(questions))]
-            assert [it.eval.correct for it in items if it.eval] == expected
-            assert items[0].skills == ["s1", "s2"] and items[0].eval and items[0].eval.extracted == "0.5"
-            assert items[4].eval and items[4].eval.extracted == "" and not items[4].eval.equivalent
-            lucky = items[3].eval
+            evals = [extras_of(it, EvalExtras).eval for it in items]  # the recipe's record extras, typed
+            assert [e.correct for e in evals if e] == expected
+            assert items[0].skills == ["s1", "s2"] and evals[0] and evals[0].extracted == "0.5"
+            assert evals[4] and evals[4].extracted == "" and not evals[4].equivalent
+            lucky = evals[3]
             assert lucky is not None and lucky.equivalent
             if judge:
                 assert lucky.judge_verdict is False and lucky.judge_reason == "bad step"

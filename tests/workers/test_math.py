@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 from schemas.examples import GeneratedItem, Reason
 from schemas.jobs import JobRecord, MathJobSpec
 from schemas.llm import ChatMessage, ChatResult, Usage
+from schemas.math import MathHistory
 from schemas.settings import EndpointSettings
 from tests.conftest import Processes
 from tests.fake_llm import FakeConfig, answer, math_notation, math_pair, math_stage, math_truth, word_count
@@ -91,14 +92,25 @@ def _record(job_id: str = "m1", json_schema: bool = True, **spec: Any) -> tuple[
     return record, endpoint
 
 
+class MathItem(GeneratedItem):
+    """A math record with its extras (``MathExtras``) as typed fields, for the assertions."""
+
+    answer: str | None = None
+    math: MathHistory | None = None
+
+
+def typed(item: GeneratedItem) -> MathItem:
+    return MathItem.model_validate(item.model_dump(mode="json"))
+
+
 async def _generate(
     redis: ArqRedis, llm: FakeMath, index: int = 0, job_id: str = "m1", **spec: Any
-) -> GeneratedItem:
+) -> MathItem:
     record, endpoint = _record(job_id, **spec)
     recipe = recipe_for(record, "fake", endpoint)
     assert isinstance(recipe, MathRecipe)
     await recipe.prepare(redis, [index])
-    return await recipe.generate(recipe.item(index), llm)
+    return typed(await recipe.generate(recipe.item(index), llm))
 
 
 @pytest.fixture(autouse=True)
@@ -343,6 +355,7 @@ async def test_an_item_unparseable_on_every_try_keeps_its_history(redis: ArqRedi
     recipe = recipe_for(record, "fake", endpoint)
     await recipe.prepare(redis, [0])
     llm = FakeMath(override=lambda stage, n, content: "the question stops mid" if stage == "question" else content)
-    item, failures = await generate_item(recipe, llm, 0, retries=1)
+    raw, failures = await generate_item(recipe, llm, 0, retries=1)
+    item = typed(raw)
     assert item.error == Reason.UNPARSEABLE and failures == 2
     assert item.math is not None and item.math.pair_check is not None and item.math.question_turns, item.math

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
-from schemas.jobs import CurateJobSpec, JobRecord
+from schemas.jobs import JobRecord
 from schemas.llm import Usage
 from workers import keys
 from workers.curate.decide import _DECIDE_AND_STORE
@@ -87,8 +87,9 @@ _scripts: dict[int, tuple[AsyncScript, AsyncScript]] = {}  # per Redis client: (
 
 
 def batched(record: JobRecord) -> bool:
-    """Curate jobs take this path, unless semantic dedup (model inference per item) is on."""
-    return isinstance(record.spec, CurateJobSpec) and not record.spec.dedup.semantic
+    """Jobs over rows at hand (``batched_curation``) take this path, unless semantic dedup (model inference per
+    item) is on."""
+    return record.spec.batched_curation and not record.spec.dedup.semantic
 
 
 def _scripts_for(redis: Redis) -> tuple[AsyncScript, AsyncScript]:
@@ -188,7 +189,6 @@ class _Sub:
 class _Run:
     def __init__(self, redis: Redis, record: JobRecord, quality: QualityFilter) -> None:
         self.redis, self.job_id, self.quality = redis, record.id, quality
-        assert isinstance(record.spec, CurateJobSpec)
         self.spec = spec = record.spec
         self.dedup_script, self.decide_script = _scripts_for(redis)
         dedup = spec.dedup
@@ -260,7 +260,7 @@ class _Run:
                 "duplicate_of": dup,
                 "conversation": [m.model_dump(mode="json") for m in item.conversation],
                 "judge": None if item.judge is None else item.judge.model_dump(mode="json"),
-                "source_row": item.source_row,
+                **item.extras,  # the recipe's own fields (a curated row's source_row)
                 "created_at": self.created_at,
             }
             rejected_for = reason or Reason.SURPLUS

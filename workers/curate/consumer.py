@@ -179,14 +179,7 @@ class CurateConsumer:
             duplicate_of=duplicate_of,
             conversation=item.conversation,
             judge=item.judge,
-            shirker=item.shirker,
-            shirker_kind=item.shirker_kind,
-            source_job=item.source_job,
-            source_id=item.source_id,
-            source_row=item.source_row,
-            answer=item.answer,
-            math=item.math,
-            eval=item.eval,
+            extras=item.extras,
         )
         rejected_for = reason or Reason.SURPLUS  # no reason: rejected only if the job has enough already
         rejected = QualityVerdict(

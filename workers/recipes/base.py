@@ -1,7 +1,8 @@
 """What every recipe provides: items from indexes, and the LLM calls that turn an item into a record.
 
-A recipe never touches the queue, Redis or curation; adding one means a config model in
-``schemas/jobs.py``, a module here and one line in ``REGISTRY`` (``workers/recipes/__init__.py``).
+A recipe never touches the queue, Redis or curation; adding one means a spec model
+(``schemas.recipes.RecipeSpec``, registered) and an implementation registered with
+``workers.recipes.register_recipe``: built-ins live here, a plug-in in any module named in ``SKILLMIX_RECIPES``.
 """
 
 from abc import ABC, abstractmethod
@@ -73,6 +74,10 @@ class Recipe(ABC):
     def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
         self.record, self.endpoint_name, self.endpoint = record, endpoint_name, endpoint
 
+    @classmethod  # noqa: B027 (optional hook)
+    def close_process(cls) -> None:
+        """At worker shutdown: release what this recipe keeps per process (a pool it started on first use)."""
+
     async def prepare(self, redis: Redis, indexes: list[int]) -> None:  # noqa: B027 (optional hook)
         """Before a chunk runs its items: load what they need from storage. Most recipes need nothing; one
         that derives a dataset from another job's examples (``shirk``) reads them here, never elsewhere."""
@@ -90,8 +95,15 @@ class Recipe(ABC):
         return load_template(*self.templates, self.template_version, name)
 
     def record_for(self, item: WorkItem, **fields: object) -> GeneratedItem:
+        """The record of an item; fields that are not ``GeneratedItem``'s are the recipe's extras, checked by
+        its ``record_extras`` model (every key of which the record then carries)."""
+        extras = {k: fields.pop(k) for k in list(fields) if k not in GeneratedItem.model_fields}
+        model = self.record.spec.record_extras
+        if model is not None:
+            extras = model.model_validate(extras).model_dump(mode="json")
         return GeneratedItem.model_validate(
             {
+                "extras": extras,
                 "job_id": self.record.id,
                 "index": item.index,
                 "attempts": item.attempt + 1,

@@ -134,6 +134,10 @@ class MathRecipe(Recipe):
     template_version: ClassVar[str] = "v1"
     templates: ClassVar[tuple[str, ...]] = ("workers.math",)
 
+    @classmethod
+    def close_process(cls) -> None:
+        close_equivalence()  # the answer-comparison pool, if this process started one
+
     def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
         super().__init__(record, endpoint_name, endpoint)
         assert isinstance(record.spec, MathJobSpec) and record.skill_set is not None

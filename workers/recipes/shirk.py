@@ -13,7 +13,7 @@ from typing import ClassVar
 from redis.asyncio import Redis
 
 from schemas.examples import Example, GeneratedItem, WorkItem
-from schemas.jobs import JobRecord, ShirkJobSpec
+from schemas.jobs import JobRecord, ShirkExtras, ShirkJobSpec
 from schemas.llm import ChatMessage, Usage
 from schemas.settings import EndpointSettings
 from workers import keys
@@ -84,9 +84,7 @@ class ShirkRecipe(Recipe):
                 recipe=source.recipe,
                 template_version=source.template_version,
                 conversation=source.conversation if self.spec.keep_conversation else [],
-                shirker=False,
-                source_job=self.spec.source_job,
-                source_id=source.id,
+                extras=ShirkExtras(shirker=False, source_job=self.spec.source_job, source_id=source.id).model_dump(),
             )
         chat = Conversation(llm, self.record, item)
         result = await chat.ask(item.prompt[-1].content)

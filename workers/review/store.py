@@ -18,7 +18,9 @@ import orjson
 from redis.asyncio import Redis
 
 from schemas.errors import BadInput, Conflict, NotFound
-from schemas.examples import Example
+from schemas.examples import Example, extras_of
+from schemas.jobs import MathExtras
+from schemas.recipes import has_review_queue
 from schemas.review import FieldChange, ReviewConflict, ReviewItem, ReviewState, ReviewVersion
 from workers import jobstore, keys
 from workers.curate import store
@@ -91,7 +93,7 @@ async def recipe_of(redis: Redis, job_id: str) -> str | None:
 async def math_job_ids(redis: Redis) -> list[str]:
     """Every math job, sorted by id (the queue's order across jobs)."""
     ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await redis.zrange(keys.JOBS_INDEX, 0, -1)]
-    found = [i for i in ids if await recipe_of(redis, i) == "math"]
+    found = [i for i in ids if has_review_queue(await recipe_of(redis, i))]
     return sorted(found)
 
 
@@ -103,7 +105,7 @@ def item_of(example: Example, seq: int) -> ReviewItem:
         seq=seq,
         problem=example.instruction,
         solution=example.output,
-        answer=example.answer or "",
+        answer=extras_of(example, MathExtras).answer or "",
         skills=list(example.skills),
         updated_at=example.created_at,
     )
@@ -274,7 +276,8 @@ async def page(
 
 def reviewed(example: Example, item: ReviewItem) -> Example:
     """The example as the reviewer left it: their problem, solution and answer."""
-    return example.model_copy(update={"instruction": item.problem, "output": item.solution, "answer": item.answer})
+    extras = {**example.extras, "answer": item.answer}
+    return example.model_copy(update={"instruction": item.problem, "output": item.solution, "extras": extras})
 
 
 async def iter_reviewed(redis: Redis, job_id: str, states: frozenset[str] | None) -> AsyncIterator[Example]:

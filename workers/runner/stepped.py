@@ -9,14 +9,14 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
+from schemas.extract import ExtractTask
 from schemas.jobs import JobRecord
 from workers import jobstore, keys
 from workers.extract.store import ExtractStore
 
 
 def is_stepped(record: JobRecord) -> bool:
-    return isinstance(record.spec, ExtractAgnosticSpec | ExtractDatasetSpec)
+    return record.spec.stepped
 
 
 async def current_step(redis: Redis, job_id: str) -> ExtractTask:
