@@ -15,7 +15,9 @@ from schemas.examples import RawKey
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.llm import ChatMessage
 from schemas.math import MathHistory
-from schemas.recipes import GenerationSpec, JobSpec, Prepared, RecipeSpec, SubmitContext, register_spec
+from schemas.recipes import GenerationSpec as GenerationSpec  # re-exported: built from the registry
+from schemas.recipes import JobSpec as JobSpec
+from schemas.recipes import Prepared, RecipeSpec, SubmitContext, register_spec
 from schemas.review import HelpTask
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
 
@@ -470,7 +472,6 @@ class EvalMathJobSpec(_JobSpecBase):
 
 register_spec(ExtractAgnosticSpec)  # submitted at POST /v1/skill-sets/extract, listed after the generation specs
 register_spec(ExtractDatasetSpec)
-__all__ = ["GenerationSpec", "JobSpec", "RecipeSpec"]  # built from the registry in ``schemas.recipes``
 
 
 class JobState(StrEnum):
