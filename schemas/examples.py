@@ -6,17 +6,19 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     Field,
+    GetJsonSchemaHandler,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     StringConstraints,
     model_serializer,
     model_validator,
 )
-from pydantic_core import to_jsonable_python
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, to_jsonable_python
 
 from schemas.base import StrictModel
 from schemas.llm import ChatMessage, Usage
-from schemas.recipes import extra_field_names
+from schemas.recipes import extra_field_names, extras_models
 
 RawKey = Annotated[str, StringConstraints(strip_whitespace=False)]  # a source row's keys, never stripped
 
@@ -83,6 +85,21 @@ class WithExtras(StrictModel):
     extras: dict[str, Any] = Field(default_factory=dict, exclude=True)
     # Written with every registered recipe's extras keys (null when absent), so all records share one shape.
     all_extras: ClassVar[bool] = False
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """Documented with every registered recipe's extras as plain properties (computed when the document
+        is generated, so a plug-in's are in it); ``extras`` itself is not part of the wire format."""
+        found = handler(schema)
+        target = handler.resolve_ref_schema(found)
+        properties = target.get("properties", {})
+        properties.pop("extras", None)
+        if cls.all_extras:
+            for model in extras_models():
+                own = handler.resolve_ref_schema(handler(model.__pydantic_core_schema__))
+                for name, prop in own.get("properties", {}).items():
+                    properties.setdefault(name, {k: v for k, v in prop.items() if k != "default"})
+        return found
 
     @model_validator(mode="before")
     @classmethod

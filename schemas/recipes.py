@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, Protocol, 
 from pydantic import (
     Field,
     GetJsonSchemaHandler,
-    SerializeAsAny,
     TypeAdapter,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
@@ -219,8 +218,10 @@ def _dispatcher(via_jobs: bool) -> Any:
             if type(value) in specs.values():
                 return value
             value = value.model_dump()
-        if not isinstance(value, Mapping):
-            return handler(value)  # type: ignore[no-any-return]  # the base model's own "not an object" error
+        if not isinstance(value, Mapping):  # what a discriminated union says
+            raise PydanticCustomError(
+                "model_attributes_type", "Input should be a valid dictionary or object to extract fields from"
+            )
         name = value.get("recipe")
         if not isinstance(name, str) or name not in specs:
             _unknown(value.get("recipe"), list(specs))
@@ -242,8 +243,12 @@ class _RegistrySchema:
         return handler(TypeAdapter(union).core_schema)
 
 
-JobSpec = Annotated[SerializeAsAny[RecipeSpec], WrapValidator(_dispatcher(False)), _RegistrySchema(False)]
-"""Every kind of stored job: any registered recipe's spec."""
+if TYPE_CHECKING:
+    JobSpec = RecipeSpec
+    GenerationSpec = RecipeSpec
+else:  # validated by the dispatcher, written as the spec's own class (``Any``: no base-class schema of its own)
+    JobSpec = Annotated[Any, WrapValidator(_dispatcher(False)), _RegistrySchema(False)]
+    GenerationSpec = Annotated[Any, WrapValidator(_dispatcher(True)), _RegistrySchema(True)]
+# ``JobSpec``: every kind of stored job, any registered recipe's spec. ``GenerationSpec``: what ``POST /v1/jobs``
+# accepts, the specs with ``via_jobs`` (extraction specs have their own route).
 
-GenerationSpec = Annotated[SerializeAsAny[RecipeSpec], WrapValidator(_dispatcher(True)), _RegistrySchema(True)]
-"""What ``POST /v1/jobs`` accepts: the specs with ``via_jobs`` (extraction specs have their own route)."""

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -40,7 +40,7 @@ MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus)
-async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDep) -> JobStatus:
+async def submit_job(spec: Annotated[GenerationSpec, Body()], redis: RedisDep, settings: SettingsDep) -> JobStatus:
     """Any recipe registered as submit-able here; what it needs resolved at submit, its spec resolves."""
     own = SUBMITTERS.get(type(spec))
     if own is not None:  # e.g. a dataset surveyed first: the same path as its own route
