@@ -39,7 +39,7 @@ import numpy as np
 from redis.asyncio import Redis
 
 from schemas.jobs import DedupSettings
-from workers import keys
+from store import keys
 from workers.curate import semantic
 
 DATA = Path("/work/shared/data/ism_sda_k2_1000.json")

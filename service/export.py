@@ -23,7 +23,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from schemas.examples import Example
-from workers import keys
+from store import keys
 from workers.sampler import derive_rng
 
 

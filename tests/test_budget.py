@@ -12,9 +12,10 @@ from arq.connections import ArqRedis
 
 from schemas.jobs import ChunkTask, JobBudget, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import Usage
+from store import keys, records
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.test_end_to_end import examples, finished, submit, wait_for
-from workers import budget, jobstore, keys
+from workers import budget
 from workers.budget import Prices
 from workers.generate import run_chunk
 from workers.llm.client import LLMClient
@@ -45,8 +46,8 @@ async def state_and_message(redis: ArqRedis, job_id: str) -> tuple[str, str]:
 
 
 async def test_the_charge_pauses_the_job_exactly_once_when_it_crosses_the_cap(redis: ArqRedis) -> None:
-    await jobstore.create_job(redis, record_for("cap", 8, max_cost_usd=0.0100), planned=8)
-    await jobstore.set_state(redis, "cap", JobState.RUNNING)
+    await records.create_job(redis, record_for("cap", 8, max_cost_usd=0.0100), planned=8)
+    await records.set_state(redis, "cap", JobState.RUNNING)
     prices = Prices(usd_per_mtok_prompt=1.0, usd_per_mtok_completion=2.0)
     call = Usage(prompt_tokens=1000, completion_tokens=1000, rate_limited=1)  # 1,000 + 2,000 micro-dollars
     assert prices.micro_usd(call) == 3000
@@ -58,36 +59,36 @@ async def test_the_charge_pauses_the_job_exactly_once_when_it_crosses_the_cap(re
     c = await redis.hgetall(keys.counters("cap"))
     counted = [c[f] for f in (b"cost_micro_usd", b"prompt_tokens", b"completion_tokens", b"rate_limited")]
     assert counted == [b"15000", b"5000", b"5000", b"5"]  # calls finishing after the pause are still counted
-    status = await jobstore.get_status(redis, "cap")
+    status = await records.get_status(redis, "cap")
     assert status is not None and status.counters.cost_usd == 0.015 and status.state is JobState.PAUSED
     assert status.budget == JobBudget(max_cost_usd=0.01) and status.budget_left is not None
     assert status.budget_left.cost_usd == 0 and status.budget_left.tokens is None
 
 
 async def test_a_token_cap_pauses_and_a_finished_job_is_never_paused(redis: ArqRedis) -> None:
-    await jobstore.create_job(redis, record_for("tok", 8, max_tokens=250), planned=8)
+    await records.create_job(redis, record_for("tok", 8, max_tokens=250), planned=8)
     call = Usage(prompt_tokens=100, completion_tokens=50)
     assert not await budget.charge_awaited(redis, "tok", call, Prices())
     assert await budget.charge_awaited(redis, "tok", call, Prices())  # 300 >= 250 tokens: a queued job pauses too
     state, message = await state_and_message(redis, "tok")
     assert state == "paused" and "token budget reached (300 of 250 tokens used)" in message
 
-    await jobstore.create_job(redis, record_for("over", 8, max_tokens=10), planned=8)
-    await jobstore.set_state(redis, "over", JobState.COMPLETED, "8 accepted")
+    await records.create_job(redis, record_for("over", 8, max_tokens=10), planned=8)
+    await records.set_state(redis, "over", JobState.COMPLETED, "8 accepted")
     assert not await budget.charge_awaited(redis, "over", call, Prices())
     assert (await state_and_message(redis, "over"))[0] == "completed"
 
-    await jobstore.create_job(redis, record_for("free", 8), planned=8)  # no cap: counted, never paused
+    await records.create_job(redis, record_for("free", 8), planned=8)  # no cap: counted, never paused
     for _ in range(3):
         assert not await budget.charge_awaited(redis, "free", call, Prices(1.0, 1.0))
-    status = await jobstore.get_status(redis, "free")
+    status = await records.get_status(redis, "free")
     assert status is not None and status.state is JobState.QUEUED and status.budget is None
     assert status.budget_left is None and status.counters.cost_micro_usd == 450
 
 
 async def test_the_fire_and_forget_charge_lands_and_pauses(redis: ArqRedis) -> None:
     """``metered`` sends the charge with no reply on the tally connection: it must still land and decide."""
-    await jobstore.create_job(redis, record_for("ff", 8, max_cost_usd=0.001), planned=8)
+    await records.create_job(redis, record_for("ff", 8, max_cost_usd=0.001), planned=8)
     tally = Tally(REDIS_URL, redis, 5)
     await tally.ensure()
     for _ in range(3):
@@ -109,9 +110,9 @@ async def test_a_chunk_of_a_paused_job_starts_nothing_and_the_watchdog_leaves_it
 ) -> None:
     fake = await fake_llm.astart(rpm=0)
     record = record_for("still", 16, max_cost_usd=0.01)
-    await jobstore.create_job(redis, record, planned=16)
+    await records.create_job(redis, record, planned=16)
     await redis.hdel(keys.pending_plans("still"), "0-16")  # enqueued, as far as the watchdog knows
-    await jobstore.set_state(redis, "still", JobState.PAUSED, "paused: budget reached")
+    await records.set_state(redis, "still", JobState.PAUSED, "paused: budget reached")
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
     async with LLMClient("fake", endpoint) as llm:

@@ -20,9 +20,10 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from schemas.jobs import ChunkTask, JobRecord, PromptsJobSpec
+from store import keys, records
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.test_end_to_end import examples, finished, wait_for
-from workers import drain, jobstore, keys
+from workers import drain
 from workers.drain import WorkerDraining
 from workers.generate import run_chunk
 from workers.llm.client import LLMClient
@@ -82,7 +83,7 @@ async def test_a_draining_chunk_lets_its_calls_in_flight_finish_and_starts_no_ot
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(8)]})
     record = JobRecord(id="drain", spec=spec, endpoint="fake", model="fake-model", chunk_size=8,
                        created_at=datetime.now(UTC))  # fmt: skip
-    await jobstore.create_job(redis, record, planned=8)
+    await records.create_job(redis, record, planned=8)
     endpoint = fake.endpoint_settings(max_concurrency=2)  # 2 calls in flight, 6 items waiting for a place
     tally = Tally(REDIS_URL, redis, 5)
     async with LLMClient("fake", endpoint) as llm:

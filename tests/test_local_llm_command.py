@@ -12,9 +12,9 @@ import pytest
 import redis as sync_redis
 from arq.connections import ArqRedis
 
+from store.endpoints import REGISTRY_KEY
 from tests.conftest import REDIS_URL, REPO, Processes, service_env
 from tests.test_local_llm import needs_model
-from workers.endpoints import REGISTRY_KEY
 
 
 @pytest.mark.local_llm

@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from schemas.jobs import JobBudget, JobRecord
 from schemas.llm import Usage
 from schemas.settings import EndpointSettings
-from workers import jobstore, keys
-from workers.lifecycle import advance
+from store import keys, records
+from store.lifecycle import advance
 from workers.tally import Tally
 
 SCAN_BATCH = 256  # chunks looked up per pipeline when resuming
@@ -104,7 +104,7 @@ def _charge_args(job_id: str, usage: Usage, prices: Prices) -> tuple[list[str], 
             usage.prompt_tokens,
             usage.completion_tokens,
             prices.micro_usd(usage),
-            jobstore.now_iso(),
+            records.now_iso(),
             job_id,
         ],
     )
@@ -125,7 +125,7 @@ async def charge_awaited(redis: Redis, job_id: str, usage: Usage, prices: Prices
 
 async def set_budget(redis: Redis, job_id: str, budget: JobBudget) -> None:
     """Replace the limits given in ``budget`` (explicit nulls remove one); the others stay as they are."""
-    fields = jobstore.cap_fields(budget)
+    fields = records.cap_fields(budget)
     async with redis.pipeline(transaction=True) as pipe:
         for name, value in fields.items():
             if value is None:
@@ -147,7 +147,7 @@ async def resume(redis: ArqRedis, record: JobRecord) -> None:
     """Paused -> running, then carry on: top the job up if it needs more items, and enqueue every planned chunk
     with items still to generate that arq neither holds nor runs (its reruns skip the generated items)."""
     script_keys = [keys.counters(record.id), keys.meta(record.id), keys.budget(record.id)]
-    outcome = (await redis.eval(RESUME, 3, *script_keys, jobstore.now_iso())).decode()
+    outcome = (await redis.eval(RESUME, 3, *script_keys, records.now_iso())).decode()
     if outcome == "exhausted":
         raise BudgetExhausted(record.id)
     if outcome != "ok":
@@ -163,12 +163,12 @@ async def requeue_unfinished(redis: ArqRedis, record: JobRecord) -> int:
     pending = {f.decode() for f in await redis.hkeys(keys.pending_plans(record.id))}
     for field in pending:
         start, stop = (int(n) for n in field.split("-"))
-        await jobstore.enqueue_planned(redis, record, start, stop)
+        await records.enqueue_planned(redis, record, start, stop)
     tasks = [
         task
-        for start, stop in await jobstore.planned_ranges(redis, record.id)
+        for start, stop in await records.planned_ranges(redis, record.id)
         if f"{start}-{stop}" not in pending
-        for task in jobstore.chunks(record, start, stop)
+        for task in records.chunks(record, start, stop)
     ]
     requeued = 0
     for lo in range(0, len(tasks), SCAN_BATCH):
@@ -185,6 +185,6 @@ async def requeue_unfinished(redis: ArqRedis, record: JobRecord) -> int:
                 continue
             stale = (job_key_prefix, result_key_prefix, retry_key_prefix)  # arq's record of its last run
             await redis.delete(*(prefix + task.arq_id for prefix in stale))
-            await jobstore.enqueue_range(redis, record, task.start, task.stop)
+            await records.enqueue_range(redis, record, task.start, task.stop)
             requeued += 1
     return requeued

@@ -27,8 +27,8 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from arq.jobs import Job
 
 from schemas.jobs import ChunkTask, JobRecord, JobState
-from workers import jobstore, keys
-from workers.lifecycle import advance
+from store import keys, records
+from store.lifecycle import advance
 from workers.llm.replay import drop_job as drop_replay
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,17 @@ class Watchdog:
 
     async def run_once(self) -> WatchReport:
         report = WatchReport()
-        now_ms = await jobstore.redis_now_ms(self.redis)
+        now_ms = await records.redis_now_ms(self.redis)
         for raw_id in await self.redis.smembers(keys.ACTIVE_JOBS):
             job_id = raw_id.decode()
-            state = await jobstore.get_state(self.redis, job_id)
+            state = await records.get_state(self.redis, job_id)
             if state is None or state.finished:
                 report.retired += await self._retire(job_id)
                 continue
             if state is JobState.PAUSED:  # at its budget, waiting for a person: not stalled (resume re-enqueues)
                 await self.redis.hdel(keys.WATCHDOG, job_id)
                 continue
-            record = await jobstore.load_record(self.redis, job_id)
+            record = await records.load_record(self.redis, job_id)
             if record is None or record.spec.recipe.startswith("extract"):
                 continue  # extraction steps are one arq job each, retried by their own runner
             if await self._stalled(record, now_ms):
@@ -104,14 +104,14 @@ class Watchdog:
 
     async def _revive(self, record: JobRecord, report: WatchReport) -> None:
         await advance(self.redis, record)
-        if (await jobstore.get_state(self.redis, record.id) or JobState.FAILED).finished:
+        if (await records.get_state(self.redis, record.id) or JobState.FAILED).finished:
             return
         pending = {f.decode() for f in await self.redis.hkeys(keys.pending_plans(record.id))}
         tasks = [
             task
-            for start, stop in await jobstore.planned_ranges(self.redis, record.id)
-            if f"{start}-{stop}" not in pending  # not enqueued yet: ``jobstore.redrive`` owns those
-            for task in jobstore.chunks(record, start, stop)
+            for start, stop in await records.planned_ranges(self.redis, record.id)
+            if f"{start}-{stop}" not in pending  # not enqueued yet: ``records.redrive`` owns those
+            for task in records.chunks(record, start, stop)
         ]
         for lo in range(0, len(tasks), SCAN_BATCH):
             orphans, unowned = await self._orphans(tasks[lo : lo + SCAN_BATCH])
@@ -161,7 +161,7 @@ class Watchdog:
                 f"chunk {task.start}-{task.stop} made no progress in {MAX_REDRIVES} reruns "
                 f"({missing} items not generated); last error: {why}"
             )
-            if await jobstore.set_state(self.redis, record.id, JobState.FAILED, message):
+            if await records.set_state(self.redis, record.id, JobState.FAILED, message):
                 report.failed += 1
                 log.error("job %s failed: %s", record.id, message)
             return False
@@ -169,7 +169,7 @@ class Watchdog:
             pipe.delete(*(prefix + task.arq_id for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix)))
             pipe.hset(keys.redrives(record.id), task.arq_id, f"{times}:{missing}")
             await pipe.execute()
-        await jobstore.enqueue_range(self.redis, record, task.start, task.stop)
+        await records.enqueue_range(self.redis, record, task.start, task.stop)
         report.redriven += 1
         log.warning("job %s: chunk %s was neither queued nor running; enqueued again", record.id, task.arq_id)
         return True

@@ -20,10 +20,12 @@ from arq.constants import in_progress_key_prefix, retry_key_prefix
 
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.settings import Settings, get_settings
-from workers import drain, endpoints, jobstore, keys
+from store import endpoints, keys, records
+from store.connection import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
+from store.endpoints import UnknownEndpoint
+from workers import drain
 from workers.curate.consumer import CurateConsumer
 from workers.drain import WorkerDraining
-from workers.endpoints import UnknownEndpoint
 from workers.extract.runner import extract_function
 from workers.generate import EndpointDown, JobResumed, run_chunk
 from workers.liveness import Liveness
@@ -35,7 +37,6 @@ from workers.logs import JOB_ID
 from workers.metrics import serve as serve_metrics
 from workers.recipes import NO_ENDPOINT, NoLLM, Recipe, needs_endpoint, recipe_for
 from workers.recipes.math import close_equivalence
-from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
 from workers.review.help import review_help
 from workers.tally import Tally
 from workers.watchdog import ARQ_TIMEOUT_MARGIN_S
@@ -102,7 +103,7 @@ class Resources:
 
     async def recipe(self, job_id: str) -> tuple[JobRecord, Recipe] | None:
         if job_id not in self.recipes:
-            record = await jobstore.load_record(self.redis, job_id)
+            record = await records.load_record(self.redis, job_id)
             if record is None:
                 return None
             endpoint = (
@@ -162,7 +163,7 @@ async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[st
         raise Retry(defer=0) from exc
     except (LLMMissingKey, UnknownEndpoint) as exc:  # this worker cannot run the job: say where and why
         message = f"worker host {socket.gethostname()}: {exc}"
-        await jobstore.set_state(ctx["redis"], task.job_id, JobState.FAILED, message)
+        await records.set_state(ctx["redis"], task.job_id, JobState.FAILED, message)
         log.error("job %s failed: %s", task.job_id, message)
         return {"emitted": 0, "skipped": task.stop - task.start}
     except Exception as exc:
@@ -178,7 +179,7 @@ async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
     if found is None:
         return {"emitted": 0, "skipped": task.stop - task.start}
     record, recipe = found
-    state = await jobstore.get_state(ctx["redis"], task.job_id)
+    state = await records.get_state(ctx["redis"], task.job_id)
     if state is None or state.finished:  # before any endpoint lookup: a finished job needs none
         return {"emitted": 0, "skipped": task.stop - task.start}
     llm = await res.client(record.endpoint) if needs_endpoint(record) else NoLLM()

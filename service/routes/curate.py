@@ -40,7 +40,8 @@ from service.routes.extract import (
     too_large,
     upload_dir,
 )
-from workers import endpoints, jobstore, keys
+from store import endpoints, keys
+from store import records as job_records
 from workers.curate.source import survey
 from workers.extract.reader import DatasetError, resolve_path
 from workers.recipes import needs_endpoint
@@ -149,9 +150,9 @@ async def submit_curate(
         record = record.model_copy(
             update={"model": model, "usd_per_mtok_prompt": usd_prompt, "usd_per_mtok_completion": usd_completion}
         )
-    await jobstore.create_job(redis, record, planned=spec.count)
-    await jobstore.enqueue_planned(redis, record, 0, spec.count)
-    found = await jobstore.get_status(redis, job_id)
+    await job_records.create_job(redis, record, planned=spec.count)
+    await job_records.enqueue_planned(redis, record, 0, spec.count)
+    found = await job_records.get_status(redis, job_id)
     assert found is not None
     return found
 
@@ -238,7 +239,7 @@ async def records(
 ) -> StreamingResponse:
     """NDJSON of the job's rows as they were given, in input order: accepted ones, or rejected ones with
     ``reasons`` (the first is the one counted in ``rejected_by_reason``)."""
-    record = await jobstore.load_record(redis, job_id)
+    record = await job_records.load_record(redis, job_id)
     if record is None or not isinstance(record.spec, CurateJobSpec):
         not_found("curate job", job_id)
     return StreamingResponse(iter_records(redis, job_id, record.spec.count, status), media_type="application/x-ndjson")

@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from schemas.llm import EndpointLimits, EndpointLimitsPatch
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
-from workers import endpoints, keys
-from workers.endpoints import UnknownEndpoint
+from store import endpoints, keys
+from store.endpoints import UnknownEndpoint
 from workers.llm.fleet import SET_LIMITS, effective_limits
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])

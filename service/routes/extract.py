@@ -34,10 +34,10 @@ from schemas.jobs import JobRecord, JobStatus
 from schemas.settings import Settings
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found, unprocessable
-from workers import endpoints, jobstore
+from store import endpoints, records
+from store.extraction import ExtractStore
 from workers.extract import runner
 from workers.extract.reader import DatasetError, inspect, resolve_path
-from workers.extract.store import ExtractStore
 
 router = APIRouter(prefix="/v1/skill-sets/extract", tags=["skill-sets"])
 
@@ -311,7 +311,7 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
     except BaseException:  # refused, failed or cancelled (client gone): the upload, if any, goes too
         shutil.rmtree(upload_dir(settings.data_dir, job_id), ignore_errors=True)  # one file: quick, and sure
         raise
-    found = await jobstore.get_status(redis, job_id)
+    found = await records.get_status(redis, job_id)
     assert found is not None
     return found
 
@@ -319,7 +319,7 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
 @router.get("/{job_id}/unlabelled", responses=NOT_FOUND, response_class=StreamingResponse)
 async def unlabelled_rows(job_id: str, redis: RedisDep) -> StreamingResponse:
     """NDJSON, one ``UnlabelledRow`` per line: every seed row that ended without a coarse skill, and why."""
-    record = await jobstore.load_record(redis, job_id)
+    record = await records.load_record(redis, job_id)
     if record is None or not isinstance(record.spec, ExtractDatasetSpec):
         not_found("dataset extraction job", job_id)
     store = ExtractStore(redis, job_id)

@@ -41,12 +41,12 @@ from service.export import (
     split_examples,
 )
 from service.routes.curate import submit_curate
-from workers import budget, endpoints, jobstore
-from workers.curate import store
-from workers.curate.store import iter_examples, iter_raw
-from workers.review import store as review_store
+from store import endpoints, examples, records
+from store import review as review_store
+from store.examples import iter_examples, iter_raw
+from store.skill_sets import get_skill_set, save_skill_set, versions
+from workers import budget
 from workers.sampler import Coverage, coverage
-from workers.skillsets import get_skill_set, save_skill_set, versions
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
@@ -68,14 +68,14 @@ async def _resolve_skill_set(redis: RedisDep, spec: InstructJobSpec | MathJobSpe
 
 async def _resolve_shirk(redis: RedisDep, spec: ShirkJobSpec) -> ShirkJobSpec:
     """A shirk job covers its finished source job's accepted examples: count (and budget) are fixed here."""
-    source = await jobstore.get_status(redis, spec.source_job)
+    source = await records.get_status(redis, spec.source_job)
     if source is None:
         unprocessable("source_job", f"unknown job {spec.source_job!r}")
     if source.recipe.startswith("extract"):
         unprocessable("source_job", f"job {spec.source_job} is a skill extraction; it has no examples to shirk")
     if not source.state.finished:
         unprocessable("source_job", f"job {spec.source_job} is {source.state.value}; wait until it finishes")
-    accepted = await store.count(redis, spec.source_job, "accepted")
+    accepted = await examples.count(redis, spec.source_job, "accepted")
     if accepted < 1:
         unprocessable("source_job", f"job {spec.source_job} has no accepted examples")
     return spec.model_copy(update={"count": accepted, "max_items": accepted})
@@ -118,13 +118,13 @@ async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDe
         created_at=datetime.now(UTC),
     )
     first = min(spec.count, spec.item_budget)
-    await jobstore.create_job(redis, record, planned=first)
-    await jobstore.enqueue_planned(redis, record, 0, first)
+    await records.create_job(redis, record, planned=first)
+    await records.enqueue_planned(redis, record, 0, first)
     return await _status(redis, record.id)
 
 
 async def _status(redis: RedisDep, job_id: str) -> JobStatus:
-    found = await jobstore.get_status(redis, job_id)
+    found = await records.get_status(redis, job_id)
     if found is None:
         not_found("job", job_id)
     return found
@@ -136,8 +136,8 @@ async def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobsPublic:
-    ids, total = await jobstore.list_job_ids(redis, offset, limit)
-    found = [await jobstore.get_status(redis, i) for i in ids]
+    ids, total = await records.list_job_ids(redis, offset, limit)
+    found = [await records.get_status(redis, i) for i in ids]
     return JobsPublic(data=[s for s in found if s is not None], count=total)
 
 
@@ -150,12 +150,12 @@ async def get_job(job_id: str, redis: RedisDep) -> JobStatus:
 async def cancel_job(job_id: str, redis: RedisDep) -> JobStatus:
     current = await _status(redis, job_id)
     if not current.state.finished:
-        await jobstore.set_state(redis, job_id, JobState.CANCELLED, "cancelled by request")
+        await records.set_state(redis, job_id, JobState.CANCELLED, "cancelled by request")
     return await _status(redis, job_id)
 
 
 async def _generation_record(redis: RedisDep, job_id: str) -> JobRecord:
-    record = await jobstore.load_record(redis, job_id)
+    record = await records.load_record(redis, job_id)
     if record is None:
         not_found("job", job_id)
     return record
@@ -169,7 +169,7 @@ async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
     record = await _generation_record(redis, job_id)
     if record.spec.recipe.startswith("extract"):
         unprocessable("budget", f"job {job_id} is a skill extraction; it has no budget")
-    state = await jobstore.get_state(redis, job_id)
+    state = await records.get_state(redis, job_id)
     if state is None or state.finished:
         conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")
     await budget.set_budget(redis, job_id, patch.budget)
@@ -245,7 +245,7 @@ async def export_job(
     if found.recipe == "math":
         examples = review_store.iter_reviewed(redis, job_id, review_states)
     if split is not None:
-        total = await store.count(redis, job_id, "accepted")
+        total = await examples.count(redis, job_id, "accepted")
         if found.recipe == "math":
             total = await review_store.count_reviewed(redis, job_id, review_states)
         examples = split_examples(examples, heldout_positions(total, heldout, heldout_seed), split)
@@ -260,7 +260,7 @@ async def export_job(
 @router.get("/{job_id}/coverage", responses=NOT_FOUND, response_model=Coverage)
 async def job_coverage(job_id: str, redis: RedisDep) -> Coverage:
     """Skill and skill-pair coverage of the accepted examples."""
-    record = await jobstore.load_record(redis, job_id)
+    record = await records.load_record(redis, job_id)
     if record is None:
         not_found("job", job_id)
     all_skills = [s.name for s in record.skill_set.skills] if record.skill_set else []

@@ -5,7 +5,7 @@ memory, so scraping one API (or several behind a balancer) gives the same number
 collectors are synchronous, so the route reads Redis first (pipelined: one round trip per ``JOB_BATCH`` jobs)
 and then hands the snapshot to a collector in a registry built for this one scrape.
 
-Job keys are never deleted or expired (``workers.keys``), so totals summed over every job never go down.
+Job keys are never deleted or expired (``store.keys``), so totals summed over every job never go down.
 Should jobs ever be deleted, their counters must first be folded into a retired-totals hash read here.
 """
 
@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 
 from schemas.jobs import JobState
 from service.deps import RedisDep
-from workers import jobstore, keys
-from workers.stats import parse_field
+from store import keys, records
+from store.stats import parse_field
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["metrics"])
@@ -129,12 +129,12 @@ async def read_fleet(redis: Redis) -> FleetSnapshot:
             _add(snapshot, counters)
             prices = _prices.get(job_id)
             if "cost_micro_usd" in counters or prices is not None:
-                costs.append(jobstore.cost_from_counters(counters, prices or _Prices()))
+                costs.append(records.cost_from_counters(counters, prices or _Prices()))
             else:
                 unpriced[job_id] = counters
     if unpriced:  # priced from their records, read once per process
         await _load_prices(redis, list(unpriced))
-        costs.extend(jobstore.cost_from_counters(c, _prices[j]) for j, c in unpriced.items() if j in _prices)
+        costs.extend(records.cost_from_counters(c, _prices[j]) for j, c in unpriced.items() if j in _prices)
     snapshot.cost_usd = math.fsum(costs)  # exactly rounded: the total cannot dip as jobs are added
     return snapshot
 

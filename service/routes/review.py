@@ -23,8 +23,8 @@ from schemas.review import (
 )
 from service.deps import RedisDep
 from service.errors import NOT_FOUND, not_found, unprocessable
+from store import review as review_store
 from workers.review import help as review_help
-from workers.review import store
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 Reviewer = Annotated[str, Header(alias="X-Reviewer", min_length=1, max_length=200, description="who makes the change")]
@@ -35,7 +35,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {**NOT_FOUND, **CONFLICT}
 
 
 async def _math_job(redis: RedisDep, job_id: str) -> None:
-    recipe = await store.recipe_of(redis, job_id)
+    recipe = await review_store.recipe_of(redis, job_id)
     if recipe is None:
         not_found("job", job_id)
     if recipe != "math":
@@ -44,8 +44,8 @@ async def _math_job(redis: RedisDep, job_id: str) -> None:
 
 async def _item(redis: RedisDep, job_id: str, item_id: str) -> ReviewItem:
     await _math_job(redis, job_id)
-    await store.seed(redis, job_id)
-    item = await store.get(redis, job_id, item_id)
+    await review_store.seed(redis, job_id)
+    item = await review_store.get(redis, job_id, item_id)
     if item is None:
         not_found("review item", item_id)
     return item
@@ -73,9 +73,9 @@ async def list_items(
     """Questions to review, ordered by job id then example index; pass ``next_cursor`` back for the next page."""
     if job is not None:
         await _math_job(redis, job)
-    job_ids = [job] if job is not None else await store.math_job_ids(redis)
+    job_ids = [job] if job is not None else await review_store.math_job_ids(redis)
     try:
-        items, next_cursor = await store.page(redis, job_ids, skill, state, cursor, limit)
+        items, next_cursor = await review_store.page(redis, job_ids, skill, state, cursor, limit)
     except ValueError as exc:
         raise HTTPException(
             status_code=422, detail=[{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
@@ -87,10 +87,10 @@ async def list_items(
 async def get_item(job_id: str, item_id: str, redis: RedisDep) -> ReviewItemDetail:
     """The item, its stored example (the whole MATH^2 stage history in ``example.math``) and every version."""
     item = await _item(redis, job_id, item_id)
-    example = await store.example(redis, item)
+    example = await review_store.example(redis, item)
     if example is None:
         not_found("example", item_id)
-    return ReviewItemDetail(item=item, example=example, history=await store.history(redis, job_id, item_id))
+    return ReviewItemDetail(item=item, example=example, history=await review_store.history(redis, job_id, item_id))
 
 
 async def _change(
@@ -105,8 +105,8 @@ async def _change(
 ) -> ReviewItem | JSONResponse:
     item = await _item(redis, job_id, item_id)
     try:
-        return await store.change(redis, item, expected, by, action, fields, reason=reason)
-    except store.Stale as exc:
+        return await review_store.change(redis, item, expected, by, action, fields, reason=reason)
+    except review_store.Stale as exc:
         return _conflict(exc.current)
 
 

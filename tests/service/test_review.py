@@ -14,12 +14,12 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from schemas.review import ReviewVersion
+from store import review as review_store
 from tests.conftest import REDIS_URL, Processes
 from tests.fake_llm import math_notation, math_truth
 from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
 from tests.workers.test_math import MATH_SET
 from workers.math.equivalence import compare
-from workers.review import store
 
 ALICE, BOB = {"X-Reviewer": "alice"}, {"X-Reviewer": "bob"}
 
@@ -175,14 +175,14 @@ def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
 
     # the version check is atomic with the write: a writer that read version 4 just before another reviewer's
     # write loses, whatever the timing of the requests above
-    read_before = asyncio.run(_in_redis(store.get, job_id, item["id"]))
+    read_before = asyncio.run(_in_redis(review_store.get, job_id, item["id"]))
     assert read_before is not None and read_before.version == 4
     late = {"expected_version": 4, "answer": "dave's answer"}
     assert httpx.patch(_url(api, item), json=late, headers={"X-Reviewer": "dave"}).status_code == 200
     entry = ReviewVersion(version=5, by="eve", at=read_before.updated_at, action="edit")
     newer = read_before.model_copy(update={"version": 5, "answer": "x"})
-    with pytest.raises(store.Stale):
-        asyncio.run(_in_redis(store.write, read_before, 4, newer, entry))
+    with pytest.raises(review_store.Stale):
+        asyncio.run(_in_redis(review_store.write, read_before, 4, newer, entry))
     assert _item(api, job_id, item["id"])["item"]["answer"] == "dave's answer"
 
     no_reason = httpx.post(_url(api, item, "reject"), json={"expected_version": 5}, headers=ALICE)

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from schemas.examples import Reason
 from schemas.jobs import DedupSettings
-from workers import keys
+from store import keys
 from workers.curate.dedup import (
     Deduper,
     DedupResult,

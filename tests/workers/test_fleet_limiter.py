@@ -9,8 +9,9 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings
+from store import keys
+from store.stats import stat_field
 from tests.conftest import REDIS_URL
-from workers import keys
 from workers.llm.errors import JobStopped
 from workers.llm.fleet import (
     BURST_MS,
@@ -22,7 +23,6 @@ from workers.llm.fleet import (
     leaves_at,
     parse_reset,
 )
-from workers.stats import stat_field
 
 
 def endpoint(rpm: int, tpm: int = 10_000_000) -> EndpointSettings:

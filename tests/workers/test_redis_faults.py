@@ -11,9 +11,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from schemas.extract import ExtractTask
 from schemas.jobs import ChunkTask
 from schemas.settings import Settings
+from store.connection import open_redis
 from tests.conftest import REDIS_URL
 from workers.extract.runner import run_extract_step
-from workers.redis_pool import open_redis
 from workers.worker import run_chunk_job
 
 

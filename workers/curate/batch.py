@@ -29,7 +29,7 @@ from redis.commands.core import AsyncScript
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
 from schemas.jobs import CurateJobSpec, JobRecord
 from schemas.llm import Usage
-from workers import keys
+from store import keys
 from workers.curate.decide import _DECIDE_AND_STORE
 from workers.curate.dedup import (
     _CHECK_AND_ADD,

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage, Usage
+from store.extraction import ExtractStore
 from workers.extract.answers import parse_json
-from workers.extract.store import ExtractStore
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMError
 from workers.sampler import derive_rng

@@ -24,7 +24,10 @@ from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetS
 from schemas.jobs import JobRecord, JobState
 from schemas.settings import Settings
 from schemas.skills import Exemplar, Skill, SkillSet, SkillSetCreate
-from workers import endpoints, jobstore, keys
+from store import endpoints, keys, records
+from store.connection import redis_trouble, rerun_on_redis_trouble
+from store.extraction import ExtractStore
+from store.skill_sets import save_skill_set
 from workers.extract.agnostic import Agnostic, ask_query_types
 from workers.extract.ask import Asker
 from workers.extract.label import Labeller
@@ -32,11 +35,8 @@ from workers.extract.mapping import Mapper, exemplar_fields
 from workers.extract.merge import Merger
 from workers.extract.phase import MAX_PARALLEL_CALLS, EndpointDown, ExtractFailed, Phase
 from workers.extract.reader import DatasetError, DatasetReader, resolve_path
-from workers.extract.store import ExtractStore
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMFatal
-from workers.redis_pool import redis_trouble, rerun_on_redis_trouble
-from workers.skillsets import save_skill_set
 
 if TYPE_CHECKING:
     from workers.worker import Resources
@@ -55,7 +55,7 @@ async def enqueue_step(redis: ArqRedis, job_id: str, step: int) -> None:
 
 async def create(redis: Redis, record: JobRecord) -> None:
     """Store the job; ``planned`` is known up front (the rows, or the model-only steps)."""
-    await jobstore.create_job(redis, record)
+    await records.create_job(redis, record)
     await redis.hset(keys.counters(record.id), "planned", record.spec.count)
 
 
@@ -77,11 +77,11 @@ async def run_extract_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict
 async def _step(ctx: dict[str, Any], task: ExtractTask) -> dict[str, Any]:
     res: Resources = ctx["resources"]
     redis: ArqRedis = ctx["redis"]
-    record = await jobstore.load_record(redis, task.job_id)
-    state = await jobstore.get_state(redis, task.job_id)
+    record = await records.load_record(redis, task.job_id)
+    state = await records.get_state(redis, task.job_id)
     if record is None or state is None or state.finished:
         return {"step": task.step, "skipped": True}
-    await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
+    await records.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
     timeout = res.settings.chunk_timeout_s
     try:
         llm = await res.client(record.endpoint)
@@ -94,16 +94,16 @@ async def _step(ctx: dict[str, Any], task: ExtractTask) -> dict[str, Any]:
         log.warning("extract %s step %d: %s; retry %d", record.id, task.step, exc, ctx["job_try"])
         raise Retry(defer=min(10 * ctx["job_try"], 120)) from exc
     except (ExtractFailed, DatasetError) as exc:
-        await jobstore.set_state(redis, record.id, JobState.FAILED, str(exc))
+        await records.set_state(redis, record.id, JobState.FAILED, str(exc))
         return {"step": task.step, "failed": str(exc)}
     except (LLMFatal, endpoints.UnknownEndpoint) as exc:
-        await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
+        await records.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
         return {"step": task.step, "failed": str(exc)}
     except Exception as exc:  # a bug: fail the job visibly rather than leave it running forever
         if redis_trouble(exc):
             raise
         log.exception("extract %s step %d failed", record.id, task.step)
-        await jobstore.set_state(redis, record.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        await records.set_state(redis, record.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         return {"step": task.step, "failed": repr(exc)}
     if not finished:
         await enqueue_step(redis, record.id, task.step + 1)
@@ -164,7 +164,7 @@ async def run_dataset(phase: Phase, data_dir: Path) -> bool:
 
 
 async def _cancelled(phase: Phase) -> bool:
-    state = await jobstore.get_state(phase.redis, phase.record.id)
+    state = await records.get_state(phase.redis, phase.record.id)
     return state is None or state.finished
 
 
@@ -185,7 +185,7 @@ async def dataset_skill_set(phase: Phase, coarse: list[dict[str, str]]) -> Skill
         await phase.note(f"{unused} coarse skills got no rows and were left out")
     samples = [ex for depth in range(2) for s in skills for ex in s.examples[depth : depth + 1]]
     query_types = await ask_query_types(phase, spec.description or "the requests in this dataset", samples[:24])
-    counters = await jobstore.read_counters(phase.redis, phase.record)
+    counters = await records.read_counters(phase.redis, phase.record)
     description = spec.description or (
         f"Extracted from {spec.source.path} ({spec.rows} rows, {counters.accepted} mapped, "
         f"{counters.rejected} unlabelled) by {phase.record.model}."
@@ -212,12 +212,12 @@ async def finish(phase: Phase, create: SkillSetCreate) -> bool:
         ref = saved.ref
     else:
         ref = (await phase.redis.hget(meta, "result")).decode()
-    counters = await jobstore.read_counters(phase.redis, phase.record)
+    counters = await records.read_counters(phase.redis, phase.record)
     message = f"skill set {ref}: {len(create.skills)} skills, {len(create.query_types)} query types"
     if isinstance(phase.spec, ExtractDatasetSpec):
         message += f"; {counters.accepted} rows mapped, {counters.rejected} unlabelled"
     notes = await phase.store.notes()
     if notes:
         message += "; " + "; ".join(notes)
-    await jobstore.set_state(phase.redis, phase.record.id, JobState.COMPLETED, message)
+    await records.set_state(phase.redis, phase.record.id, JobState.COMPLETED, message)
     return True

@@ -29,10 +29,10 @@ from typing import cast
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings
-from workers import keys
+from store import keys
+from store.stats import stat_field
 from workers.llm.errors import JobStopped
 from workers.metrics import limiter_waited
-from workers.stats import stat_field
 from workers.tally import Tally
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from schemas.jobs import JobRecord, MathJobSpec
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.math import MathHistory, PairCheck, QuestionTurn, ScepticAttempt, Solve, Validation, VoteResult
 from schemas.settings import EndpointSettings
-from workers import keys
+from store import keys
 from workers.llm.client import ChatClient
 from workers.math.equivalence import Equivalence
 from workers.recipes.base import ParseFailure, Recipe

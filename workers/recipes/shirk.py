@@ -16,7 +16,7 @@ from schemas.examples import Example, GeneratedItem, WorkItem
 from schemas.jobs import JobRecord, ShirkJobSpec
 from schemas.llm import ChatMessage, Usage
 from schemas.settings import EndpointSettings
-from workers import keys
+from store import keys
 from workers.llm.client import ChatClient
 from workers.recipes.base import Conversation, ParseFailure, Recipe, template
 from workers.sampler import derive_rng

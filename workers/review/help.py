@@ -19,14 +19,14 @@ from redis.asyncio import Redis
 
 from schemas.llm import ChatResult
 from schemas.review import HelpKind, ReviewItem, Suggestion
-from workers import keys
+from store import keys
+from store import review as review_store
+from store.endpoints import UnknownEndpoint
 from workers.budget import prices_for
-from workers.endpoints import UnknownEndpoint
 from workers.generate import metered
 from workers.llm.client import ChatClient
 from workers.llm.errors import LLMError
 from workers.recipes.math import SCHEMAS, MathRecipe, clean_answer, equivalence, read_fields, text, yes
-from workers.review import store
 from workers.sampler import derive_rng
 
 if TYPE_CHECKING:
@@ -139,11 +139,11 @@ async def add_suggestion(redis: Redis, job_id: str, item_id: str, s: Suggestion)
     """Append ``s`` to the item as a new version by ``llm`` (retried past concurrent reviewers' writes);
     False if it is already there (a retried arq job) or the item is gone."""
     for _ in range(MAX_WRITE_TRIES):
-        item = await store.get(redis, job_id, item_id)
+        item = await review_store.get(redis, job_id, item_id)
         if item is None or any(x.id == s.id for x in item.suggestions):
             return False
         try:
-            await store.change(
+            await review_store.change(
                 redis,
                 item,
                 item.version,
@@ -153,7 +153,7 @@ async def add_suggestion(redis: Redis, job_id: str, item_id: str, s: Suggestion)
                 suggestion_id=s.id,
             )
             return True
-        except store.Stale:
+        except review_store.Stale:
             continue
     raise RuntimeError(f"could not store suggestion {s.id} on {item_id}: too many concurrent writes")
 
@@ -169,7 +169,7 @@ async def review_help(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str,
         skill=payload.get("skill"),
         note=payload.get("note") or "",
     )
-    item = await store.get(redis, job_id, item_id)
+    item = await review_store.get(redis, job_id, item_id)
     if item is None or any(x.id == s.id for x in item.suggestions):
         return {"stored": False}
     found = await res.recipe(job_id)

@@ -10,7 +10,7 @@ import os
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings, Settings
-from workers.keys import PREFIX
+from store.keys import PREFIX
 
 REGISTRY_KEY = f"{PREFIX}:endpoints"
 

@@ -5,7 +5,7 @@ from collections import Counter
 from arq.connections import ArqRedis
 
 from schemas.jobs import JobCounters, JobRecord, JobState
-from workers import jobstore
+from store import records
 
 
 def shortfall_message(record: JobRecord, counters: JobCounters) -> str:
@@ -20,13 +20,13 @@ def shortfall_message(record: JobRecord, counters: JobCounters) -> str:
 
 
 async def advance(redis: ArqRedis, record: JobRecord) -> None:
-    counters = await jobstore.read_counters(redis, record)
+    counters = await records.read_counters(redis, record)
     if counters.accepted >= record.spec.count:
-        await jobstore.set_state(redis, record.id, JobState.COMPLETED, f"{counters.accepted} accepted")
+        await records.set_state(redis, record.id, JobState.COMPLETED, f"{counters.accepted} accepted")
         return
     if counters.processed >= counters.planned and counters.planned >= record.spec.item_budget:
-        await jobstore.set_state(redis, record.id, JobState.COMPLETED, shortfall_message(record, counters))
+        await records.set_state(redis, record.id, JobState.COMPLETED, shortfall_message(record, counters))
         return
-    more = jobstore.top_up_size(record, counters)
+    more = records.top_up_size(record, counters)
     if more:
-        await jobstore.plan(redis, record, counters.planned, counters.planned + more)
+        await records.plan(redis, record, counters.planned, counters.planned + more)

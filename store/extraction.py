@@ -1,6 +1,6 @@
 """Where an extraction job keeps its intermediate state: Redis, under the job's own keys, never in Python.
 
-Per job (``X`` = ``skillmix:job:{id}:x``); per-row hashes are bucketed like ``workers.keys`` buckets:
+Per job (``X`` = ``skillmix:job:{id}:x``); per-row hashes are bucketed like ``store.keys`` buckets:
   X:state              hash    phase, resume position, merge round (what the next step continues from)
   X:fine:{b}           hash    row -> fine label; "" = reported unlabelled in the label phase
   X:level:{r}          zset    labels entering merge round r, all score 0 so batches come in name order
@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterable
 from redis.asyncio import Redis
 
 from schemas.extract import MAX_EXEMPLARS, UnlabelledRow
-from workers import keys
+from store import keys
 
 _LABEL = """
 local n = 0

@@ -10,7 +10,7 @@ Per job (``{id}`` is the job id):
   job:{id}:plans           hash    "start-stop" -> ms: item ranges planned but not yet enqueued
   job:{id}:ranges          list    "start-stop" of every range ever planned (the watchdog's map of chunks)
   job:{id}:redrives        hash    arq chunk id -> "times:generated" (chunks the watchdog enqueued again)
-  job:{id}:vtime           string  queue score (ms) of the job's last enqueued chunk (fair share, ``jobstore``)
+  job:{id}:vtime           string  queue score (ms) of the job's last enqueued chunk (fair share, ``store.records``)
   job:{id}:decisions       hash    item index -> "a:<seq>" / "r:<seq>:<reason>[:<dup_of>]" (idempotent curation)
   job:{id}:exact           hash    normalised-text hash -> example id of kept instructions
   job:{id}:lsh:{band}      hash    band hash -> example id (MinHash LSH buckets)
@@ -19,7 +19,7 @@ Per job (``{id}`` is the job id):
   job:{id}:emb:log         list    example ids of ``emb`` in the order they were kept
   job:{id}:accepted:{b}    hash    seq -> Example JSON, 1,000 per bucket (no giant key)
   job:{id}:rejected:{b}    hash    seq -> Example JSON
-  job:{id}:review          hash    example id -> ReviewItem JSON (math review queue; ``workers.review.store``)
+  job:{id}:review          hash    example id -> ReviewItem JSON (math review queue; ``store.review``)
   job:{id}:review:order    zset    example id by example index (the queue's stable order)
   job:{id}:review:seeded   string  accepted examples (by seq) already given a review item
   job:{id}:review:{ex}:log list    ReviewVersion JSON, one per change of item ``ex``
@@ -31,8 +31,8 @@ Fleet-wide (see ``workers.liveness``):
   worker:{wid}             string  a worker process's heartbeat; expires when it stops beating
   running                  hash    arq job id -> id of the worker running it
   watchdog                 hash    job id -> "progress fingerprint|since ms" (see ``workers.watchdog``)
-  stats                    hash    "<metric>|<endpoint>" -> ever-growing number (HINCRBYFLOAT; ``workers.stats``)
-  gauges                   hash    "<metric>|<endpoint>" -> current value (``workers.stats``); both go to /metrics
+  stats                    hash    "<metric>|<endpoint>" -> ever-growing number (HINCRBYFLOAT; ``store.stats``)
+  gauges                   hash    "<metric>|<endpoint>" -> current value (``store.stats``); both go to /metrics
   adaptive:{ep}:state      hash    limit (float), baseline, recent (s), baseline_ms, cut_ms: AIMD state of endpoint ep
   adaptive:{ep}:leases     zset    lease id -> expiry ms (Redis TIME): attempts in flight (``workers.llm.adaptive``)
 """

@@ -15,7 +15,7 @@ import re
 
 from redis.asyncio import Redis
 
-from workers import keys
+from store import keys
 
 SEPARATOR = "|"
 # Lower-case Prometheus-safe names; "_total" is added on export, so a counter's name must not carry it.

@@ -14,7 +14,7 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
 from schemas.jobs import BudgetLeft, ChunkTask, JobBudget, JobCounters, JobRecord, JobState, JobStatus
-from workers import keys
+from store import keys
 
 _INT_FIELDS = (
     "planned",
