@@ -1,11 +1,15 @@
-"""After every curated item: finish the job, or top it up with more items, exactly once across workers."""
+"""Carrying a job on: after every curated item finish it or top it up (exactly once across workers), and
+resume it after a budget pause."""
 
 from collections import Counter
+from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 from schemas.jobs import JobCounters, JobRecord, JobState
-from store import records
+from store import keys, queue, records
+from store.budget import resume_state
 
 
 def shortfall_message(record: JobRecord, counters: JobCounters) -> str:
@@ -27,6 +31,51 @@ async def advance(redis: ArqRedis, record: JobRecord) -> None:
     if counters.processed >= counters.planned and counters.planned >= record.spec.item_budget:
         await records.set_state(redis, record.id, JobState.COMPLETED, shortfall_message(record, counters))
         return
-    more = records.top_up_size(record, counters)
+    more = queue.top_up_size(record, counters)
     if more:
-        await records.plan(redis, record, counters.planned, counters.planned + more)
+        await queue.plan(redis, record, counters.planned, counters.planned + more)
+
+
+SCAN_BATCH = 256  # chunks looked up per pipeline when resuming
+
+
+async def resume(redis: ArqRedis, record: JobRecord) -> None:
+    """Paused -> running, then carry on: top the job up if it needs more items, and enqueue every planned chunk
+    with items still to generate that arq neither holds nor runs (its reruns skip the generated items)."""
+    await resume_state(redis, record.id)
+    await redis.hdel(keys.WATCHDOG, record.id)  # the stall clock starts again now, not at the pause
+    await advance(redis, record)
+    await requeue_unfinished(redis, record)
+
+
+async def requeue_unfinished(redis: ArqRedis, record: JobRecord) -> int:
+    """Enqueue again each planned chunk with items not generated that is neither queued nor running; returns
+    how many. A chunk still running when the job resumed retries itself (``generate.JobResumed``)."""
+    pending = {f.decode() for f in await redis.hkeys(keys.pending_plans(record.id))}
+    for field in pending:
+        start, stop = (int(n) for n in field.split("-"))
+        await queue.enqueue_planned(redis, record, start, stop)
+    tasks = [
+        task
+        for start, stop in await queue.planned_ranges(redis, record.id)
+        if f"{start}-{stop}" not in pending
+        for task in queue.chunks(record, start, stop)
+    ]
+    requeued = 0
+    for lo in range(0, len(tasks), SCAN_BATCH):
+        batch = tasks[lo : lo + SCAN_BATCH]
+        async with redis.pipeline(transaction=False) as pipe:
+            for task in batch:
+                pipe.smismember(keys.generated(record.id), list(range(task.start, task.stop)))
+                pipe.zscore(keys.QUEUE_NAME, task.arq_id)
+                pipe.exists(in_progress_key_prefix + task.arq_id)
+            replies: list[Any] = await pipe.execute()
+        for i, task in enumerate(batch):
+            done, queued, running = replies[3 * i : 3 * i + 3]
+            if all(done) or queued is not None or running:
+                continue
+            stale = (job_key_prefix, result_key_prefix, retry_key_prefix)  # arq's record of its last run
+            await redis.delete(*(prefix + task.arq_id for prefix in stale))
+            await queue.enqueue_range(redis, record, task.start, task.stop)
+            requeued += 1
+    return requeued

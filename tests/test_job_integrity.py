@@ -22,7 +22,7 @@ from schemas.examples import GeneratedItem, Reason
 from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage
 from schemas.settings import Settings
-from store import endpoints, keys, records
+from store import endpoints, keys, queue, records
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.test_end_to_end import examples, finished, settled, start_stack, submit, wait_for
 from workers.curate.consumer import CurateConsumer
@@ -231,7 +231,7 @@ def test_chunks_arq_dropped_are_enqueued_again(processes: Processes, redis: ArqR
     api = processes.api(settings)
     job_id = submit(api, recipe="prompts", prompts=prompts(24), chunk_size=8, dedup={"exact": False})
     record = asyncio.run(_load(job_id))
-    first, second, _ = records.chunks(record, 0, 24)
+    first, second, _ = queue.chunks(record, 0, 24)
     import redis as sync_redis
 
     with sync_redis.Redis.from_url(REDIS_URL) as plain:
@@ -251,8 +251,8 @@ async def test_a_chunk_picked_up_by_a_worker_that_died_at_once_is_handed_out_aga
     """Killed between arq's pickup and its on_job_start hook: an in-progress mark with no recorded owner."""
     record = record_for("unowned", 24)
     await records.create_job(redis, record, planned=24)
-    await records.enqueue_planned(redis, record, 0, 24)
-    old, fresh, owned = (t.arq_id for t in records.chunks(record, 0, 24))
+    await queue.enqueue_planned(redis, record, 0, 24)
+    old, fresh, owned = (t.arq_id for t in queue.chunks(record, 0, 24))
     ttl_ms = 60_000
     await redis.psetex(in_progress_key_prefix + old, ttl_ms - 5_000, b"1")  # set 5 s ago, nobody recorded
     await redis.psetex(in_progress_key_prefix + owned, ttl_ms - 5_000, b"1")

@@ -17,9 +17,10 @@ from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.llm import Usage
 from schemas.settings import Settings, get_settings
 from store import keys, records
+from store.budget import Prices
 from store.connection import redis_trouble
 from workers import drain
-from workers.budget import Prices, charge, prices_for
+from workers.budget import charge, prices_for
 from workers.curate.judge import Judge
 from workers.drain import WorkerDraining
 from workers.llm.client import ChatClient, MeteredClient

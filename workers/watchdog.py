@@ -27,7 +27,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from arq.jobs import Job
 
 from schemas.jobs import ChunkTask, JobRecord, JobState
-from store import keys, records
+from store import clock, keys, queue, records
 from store.lifecycle import advance
 from workers.llm.replay import drop_job as drop_replay
 
@@ -65,7 +65,7 @@ class Watchdog:
 
     async def run_once(self) -> WatchReport:
         report = WatchReport()
-        now_ms = await records.redis_now_ms(self.redis)
+        now_ms = await clock.redis_now_ms(self.redis)
         for raw_id in await self.redis.smembers(keys.ACTIVE_JOBS):
             job_id = raw_id.decode()
             state = await records.get_state(self.redis, job_id)
@@ -109,9 +109,9 @@ class Watchdog:
         pending = {f.decode() for f in await self.redis.hkeys(keys.pending_plans(record.id))}
         tasks = [
             task
-            for start, stop in await records.planned_ranges(self.redis, record.id)
-            if f"{start}-{stop}" not in pending  # not enqueued yet: ``records.redrive`` owns those
-            for task in records.chunks(record, start, stop)
+            for start, stop in await queue.planned_ranges(self.redis, record.id)
+            if f"{start}-{stop}" not in pending  # not enqueued yet: ``queue.redrive`` owns those
+            for task in queue.chunks(record, start, stop)
         ]
         for lo in range(0, len(tasks), SCAN_BATCH):
             orphans, unowned = await self._orphans(tasks[lo : lo + SCAN_BATCH])
@@ -169,7 +169,7 @@ class Watchdog:
             pipe.delete(*(prefix + task.arq_id for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix)))
             pipe.hset(keys.redrives(record.id), task.arq_id, f"{times}:{missing}")
             await pipe.execute()
-        await records.enqueue_range(self.redis, record, task.start, task.stop)
+        await queue.enqueue_range(self.redis, record, task.start, task.stop)
         report.redriven += 1
         log.warning("job %s: chunk %s was neither queued nor running; enqueued again", record.id, task.arq_id)
         return True

@@ -40,7 +40,7 @@ from service.routes.extract import (
     too_large,
     upload_dir,
 )
-from store import endpoints, keys
+from store import endpoints, keys, queue
 from store import records as job_records
 from workers.curate.source import survey
 from workers.extract.reader import DatasetError, resolve_path
@@ -151,7 +151,7 @@ async def submit_curate(
             update={"model": model, "usd_per_mtok_prompt": usd_prompt, "usd_per_mtok_completion": usd_completion}
         )
     await job_records.create_job(redis, record, planned=spec.count)
-    await job_records.enqueue_planned(redis, record, 0, spec.count)
+    await queue.enqueue_planned(redis, record, 0, spec.count)
     found = await job_records.get_status(redis, job_id)
     assert found is not None
     return found

@@ -41,11 +41,10 @@ from service.export import (
     split_examples,
 )
 from service.routes.curate import submit_curate
-from store import endpoints, examples, records
+from store import budget, endpoints, examples, lifecycle, queue, records
 from store import review as review_store
 from store.examples import iter_examples, iter_raw
 from store.skill_sets import get_skill_set, save_skill_set, versions
-from workers import budget
 from workers.sampler import Coverage, coverage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -119,7 +118,7 @@ async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDe
     )
     first = min(spec.count, spec.item_budget)
     await records.create_job(redis, record, planned=first)
-    await records.enqueue_planned(redis, record, 0, first)
+    await queue.enqueue_planned(redis, record, 0, first)
     return await _status(redis, record.id)
 
 
@@ -175,7 +174,7 @@ async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
     await budget.set_budget(redis, job_id, patch.budget)
     if state is JobState.PAUSED:
         with contextlib.suppress(budget.BudgetExhausted, budget.NotPaused):  # still short, or resumed meanwhile
-            await budget.resume(redis, record)
+            await lifecycle.resume(redis, record)
     else:  # nothing spent: the same script that charges each call checks the new cap against the spend
         await budget.charge_awaited(redis, job_id, Usage(), budget.Prices())
     return await _status(redis, job_id)
@@ -187,7 +186,7 @@ async def resume_job(job_id: str, redis: RedisDep) -> JobStatus:
     items still to generate is enqueued again."""
     record = await _generation_record(redis, job_id)
     try:
-        await budget.resume(redis, record)
+        await lifecycle.resume(redis, record)
     except budget.NotPaused as exc:
         conflict(f"job {job_id} is {exc}, not paused; only a paused job can be resumed")
     except budget.BudgetExhausted:

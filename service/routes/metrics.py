@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from schemas.jobs import JobState
 from service.deps import RedisDep
-from store import keys, records
+from store import keys, pricing
 from store.stats import parse_field
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,12 @@ async def read_fleet(redis: Redis) -> FleetSnapshot:
             _add(snapshot, counters)
             prices = _prices.get(job_id)
             if "cost_micro_usd" in counters or prices is not None:
-                costs.append(records.cost_from_counters(counters, prices or _Prices()))
+                costs.append(pricing.cost_from_counters(counters, prices or _Prices()))
             else:
                 unpriced[job_id] = counters
     if unpriced:  # priced from their records, read once per process
         await _load_prices(redis, list(unpriced))
-        costs.extend(records.cost_from_counters(c, _prices[j]) for j, c in unpriced.items() if j in _prices)
+        costs.extend(pricing.cost_from_counters(c, _prices[j]) for j, c in unpriced.items() if j in _prices)
     snapshot.cost_usd = math.fsum(costs)  # exactly rounded: the total cannot dip as jobs are added
     return snapshot
 
