@@ -10,9 +10,7 @@ import os
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings, Settings
-from store.keys import PREFIX
-
-REGISTRY_KEY = f"{PREFIX}:endpoints"
+from store import keys
 
 
 class UnknownEndpoint(LookupError):
@@ -20,19 +18,24 @@ class UnknownEndpoint(LookupError):
 
 
 async def register(redis: Redis, name: str, endpoint: EndpointSettings) -> None:
-    await redis.hset(REGISTRY_KEY, name, endpoint.model_dump_json())
+    await redis.hset(keys.ENDPOINTS, name, endpoint.model_dump_json())
 
 
 async def unregister(redis: Redis, name: str) -> None:
-    await redis.hdel(REGISTRY_KEY, name)
+    await redis.hdel(keys.ENDPOINTS, name)
+
+
+async def registered(redis: Redis) -> set[str]:
+    """Names of the endpoints registered at run time (the settings' own are in ``settings.endpoints``)."""
+    return {k.decode() for k in await redis.hkeys(keys.ENDPOINTS)}
 
 
 async def resolve(redis: Redis, settings: Settings, name: str) -> EndpointSettings:
     if name in settings.endpoints:
         return settings.endpoints[name]
-    raw = await redis.hget(REGISTRY_KEY, name)
+    raw = await redis.hget(keys.ENDPOINTS, name)
     if raw is None:
-        known = sorted(set(settings.endpoints) | {k.decode() for k in await redis.hkeys(REGISTRY_KEY)})
+        known = sorted(set(settings.endpoints) | await registered(redis))
         raise UnknownEndpoint(
             f"unknown endpoint {name!r}; known: {', '.join(known) or 'none'}. Configure it with "
             f"SKILLMIX_ENDPOINTS__{name.upper()}__BASE_URL and __MODEL, or start `skillmix local-llm`."

@@ -187,7 +187,7 @@ class Watchdog:
         """Drop a finished job from the active set once nothing of it is left to curate or running."""
         if await self.redis.xlen(keys.items(job_id)):
             return 0
-        prefix = f"skillmix:chunk:{job_id}:"
+        prefix = keys.chunk_id_prefix(job_id)
         if any(f.decode().startswith(prefix) for f in await self.redis.hkeys(keys.RUNNING)):
             return 0
         await drop_replay(self.redis, job_id)  # no chunk of it will run again: its kept answers go

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings
 from store import keys
+from store.limits import effective_limits
 from store.stats import stat_field
 from tests.conftest import REDIS_URL
 from workers.llm.errors import JobStopped
@@ -19,7 +20,6 @@ from workers.llm.fleet import (
     TICK_S,
     FleetLimiter,
     LimitSignals,
-    effective_limits,
     leaves_at,
     parse_reset,
 )

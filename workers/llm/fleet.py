@@ -139,16 +139,6 @@ end
 return 1
 """
 
-# KEYS: limits, tat   ARGV: reset ('1'/'0'), rpm or '', tpm or '', channel, endpoint name, learned key
-SET_LIMITS = """
-if ARGV[1] == '1' then redis.call('DEL', KEYS[1], ARGV[6]) end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'rpm', ARGV[2]) end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'tpm', ARGV[3]) end
-redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' limits')
-return 1
-"""
-
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -379,24 +369,3 @@ class FleetLimiter:
             task = asyncio.ensure_future(self._redis.eval(script, len(keys_), *keys_, *args))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-
-async def effective_limits(redis: Redis, name: str, endpoint: EndpointSettings) -> dict[str, object]:
-    """What the fleet applies to ``name`` now: configured, set at run time, learned, cool-down left."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.limiter_limits(name))
-        pipe.hgetall(keys.limiter_learned(name))
-        pipe.get(keys.limiter_cooldown(name))
-        pipe.time()
-        overrides, learned, cool, (sec, usec) = await pipe.execute()
-    now_ms = int(sec) * 1000 + int(usec) / 1000
-    runtime = {k.decode(): int(float(v)) for k, v in overrides.items()}
-    learnt = {k.decode(): int(float(v)) for k, v in learned.items()}
-    rpm = min(runtime.get("rpm", endpoint.rpm), learnt.get("rpm", math.inf))
-    tpm = min(runtime.get("tpm", endpoint.tpm), learnt.get("tpm", math.inf))
-    return {
-        "configured": {"rpm": endpoint.rpm, "tpm": endpoint.tpm},
-        "runtime": runtime,
-        "learned": learnt,
-        "effective": {"rpm": int(rpm), "tpm": int(tpm)},
-        "cooldown_s": round(max(0.0, (float(cool) - now_ms) / 1000.0), 3) if cool else 0.0,
-    }

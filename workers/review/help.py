@@ -49,7 +49,7 @@ async def enqueue(
         "skill": skill,
         "note": note,
     }
-    await redis.enqueue_job(FUNCTION, payload, _job_id=f"review-help:{suggestion_id}", _queue_name=keys.QUEUE_NAME)
+    await redis.enqueue_job(FUNCTION, payload, _job_id=keys.review_help_id(suggestion_id), _queue_name=keys.QUEUE_NAME)
 
 
 async def _call(
