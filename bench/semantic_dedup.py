@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from redis.asyncio import Redis
 
-from schemas.jobs import DedupSettings
+from schemas.curation import DedupSettings
 from store import keys
 from workers.curate import semantic
 

@@ -6,15 +6,13 @@ it), so there is no import cycle.
 """
 
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, ClassVar, Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
+from schemas.curation import DedupSettings, QualitySettings
 from schemas.skills import SkillSetName
-
-if TYPE_CHECKING:  # schemas.jobs imports this module; at run time these names are only annotations
-    from schemas.jobs import DedupSettings, QualitySettings
 
 MAX_ROWS = 1_000_000
 DEFAULT_MAX_ROWS = 100_000
@@ -48,8 +46,8 @@ class _ExtractSpecBase(StrictModel):
     chunk_size: ClassVar[int | None] = None
     item_retries: ClassVar[int] = 0
     keep_conversation: ClassVar[bool] = False
-    quality: ClassVar["QualitySettings"]
-    dedup: ClassVar["DedupSettings"]
+    quality: ClassVar[QualitySettings]
+    dedup: ClassVar[DedupSettings]
     budget: ClassVar[None] = None  # no spending cap: extraction jobs are not paused
 
     @property

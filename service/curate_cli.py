@@ -14,7 +14,8 @@ import httpx
 import typer
 from rich.table import Table
 
-from schemas.jobs import JobStatus, QualitySettings
+from schemas.curation import QualitySettings
+from schemas.jobs import JobStatus
 from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, print_validation_errors
 
 UPLOAD_TIMEOUT_S = 600.0

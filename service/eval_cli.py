@@ -21,11 +21,11 @@ import orjson
 import typer
 from rich.table import Table
 
+from schemas.answers import reference_answer
 from schemas.evaluation import EvalQuestion
 from schemas.examples import Example
 from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, print_validation_errors
-from workers.math.answers import reference_answer
-from workers.math.square_law import ModelPoint, fit_power_law, plot
+from service.square_law import ModelPoint, fit_power_law, plot
 
 MAX_REASONS = 200  # judge reasons kept in summary.json (all of them are in results.jsonl)
 

@@ -23,8 +23,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from schemas.examples import Example
+from schemas.sampling import derive_rng
 from store import keys
-from workers.sampler import derive_rng
 
 
 class ExportFormat(StrEnum):

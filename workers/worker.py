@@ -18,7 +18,7 @@ from arq import Retry, Worker
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, retry_key_prefix
 
-from schemas.jobs import ChunkTask, JobRecord, JobState
+from schemas.jobs import ChunkTask, JobRecord, JobState, needs_endpoint
 from schemas.settings import Settings, get_settings
 from store import endpoints, keys, records
 from store.connection import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
@@ -35,7 +35,7 @@ from workers.llm.errors import LLMMissingKey
 from workers.llm.fleet import FleetLimiter, LimitSignals
 from workers.logs import JOB_ID
 from workers.metrics import serve as serve_metrics
-from workers.recipes import NO_ENDPOINT, NoLLM, Recipe, needs_endpoint, recipe_for
+from workers.recipes import NO_ENDPOINT, NoLLM, Recipe, recipe_for
 from workers.recipes.math import close_equivalence
 from workers.review.help import review_help
 from workers.tally import Tally

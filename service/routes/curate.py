@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from schemas.jobs import CurateJobSpec, JobRecord, JobStatus
+from schemas.jobs import CurateJobSpec, JobRecord, JobStatus, needs_endpoint
 from schemas.settings import Settings
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found, unprocessable
@@ -40,11 +40,10 @@ from service.routes.extract import (
     too_large,
     upload_dir,
 )
-from store import endpoints, keys, queue
-from store import records as job_records
+from store import endpoints, jobs, keys
+from store.records import load_record
 from workers.curate.source import survey
 from workers.extract.reader import DatasetError, resolve_path
-from workers.recipes import needs_endpoint
 
 router = APIRouter(prefix="/v1/curate", tags=["curate"])
 SUFFIXES = {"jsonl": ".jsonl", "json": ".json", "parquet": ".parquet"}
@@ -150,11 +149,7 @@ async def submit_curate(
         record = record.model_copy(
             update={"model": model, "usd_per_mtok_prompt": usd_prompt, "usd_per_mtok_completion": usd_completion}
         )
-    await job_records.create_job(redis, record, planned=spec.count)
-    await queue.enqueue_planned(redis, record, 0, spec.count)
-    found = await job_records.get_status(redis, job_id)
-    assert found is not None
-    return found
+    return await jobs.submit(redis, record)
 
 
 @router.post(
@@ -239,7 +234,7 @@ async def records(
 ) -> StreamingResponse:
     """NDJSON of the job's rows as they were given, in input order: accepted ones, or rejected ones with
     ``reasons`` (the first is the one counted in ``rejected_by_reason``)."""
-    record = await job_records.load_record(redis, job_id)
+    record = await load_record(redis, job_id)
     if record is None or not isinstance(record.spec, CurateJobSpec):
         not_found("curate job", job_id)
     return StreamingResponse(iter_records(redis, job_id, record.spec.count, status), media_type="application/x-ndjson")

@@ -34,9 +34,8 @@ from schemas.jobs import JobRecord, JobStatus
 from schemas.settings import Settings
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found, unprocessable
-from store import endpoints, records
+from store import endpoints, jobs, records
 from store.extraction import ExtractStore
-from workers.extract import runner
 from workers.extract.reader import DatasetError, inspect, resolve_path
 
 router = APIRouter(prefix="/v1/skill-sets/extract", tags=["skill-sets"])
@@ -307,7 +306,7 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
             usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
             created_at=datetime.now(UTC),
         )
-        await runner.submit(redis, record)
+        await jobs.submit(redis, record)
     except BaseException:  # refused, failed or cancelled (client gone): the upload, if any, goes too
         shutil.rmtree(upload_dir(settings.data_dir, job_id), ignore_errors=True)  # one file: quick, and sure
         raise

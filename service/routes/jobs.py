@@ -1,6 +1,5 @@
 """Jobs: submit, inspect, stream examples, cancel, export."""
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,12 +17,11 @@ from schemas.jobs import (
     JobPatch,
     JobRecord,
     JobsPublic,
-    JobState,
     JobStatus,
     MathJobSpec,
     ShirkJobSpec,
 )
-from schemas.llm import Usage
+from schemas.sampling import Coverage, coverage
 from schemas.skills import SkillSet, parse_skill_set_ref
 from service.deps import RedisDep, SettingsDep
 from service.errors import CONFLICT, NOT_FOUND, conflict, not_found, unprocessable
@@ -41,11 +39,11 @@ from service.export import (
     split_examples,
 )
 from service.routes.curate import submit_curate
-from store import budget, endpoints, examples, lifecycle, queue, records
+from store import endpoints, jobs, records
 from store import review as review_store
+from store.examples import count as count_examples
 from store.examples import iter_examples, iter_raw
 from store.skill_sets import get_skill_set, save_skill_set, versions
-from workers.sampler import Coverage, coverage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
@@ -74,7 +72,7 @@ async def _resolve_shirk(redis: RedisDep, spec: ShirkJobSpec) -> ShirkJobSpec:
         unprocessable("source_job", f"job {spec.source_job} is a skill extraction; it has no examples to shirk")
     if not source.state.finished:
         unprocessable("source_job", f"job {spec.source_job} is {source.state.value}; wait until it finishes")
-    accepted = await examples.count(redis, spec.source_job, "accepted")
+    accepted = await count_examples(redis, spec.source_job, "accepted")
     if accepted < 1:
         unprocessable("source_job", f"job {spec.source_job} has no accepted examples")
     return spec.model_copy(update={"count": accepted, "max_items": accepted})
@@ -116,10 +114,7 @@ async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDe
         usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
         created_at=datetime.now(UTC),
     )
-    first = min(spec.count, spec.item_budget)
-    await records.create_job(redis, record, planned=first)
-    await queue.enqueue_planned(redis, record, 0, first)
-    return await _status(redis, record.id)
+    return await jobs.submit(redis, record)
 
 
 async def _status(redis: RedisDep, job_id: str) -> JobStatus:
@@ -149,7 +144,7 @@ async def get_job(job_id: str, redis: RedisDep) -> JobStatus:
 async def cancel_job(job_id: str, redis: RedisDep) -> JobStatus:
     current = await _status(redis, job_id)
     if not current.state.finished:
-        await records.set_state(redis, job_id, JobState.CANCELLED, "cancelled by request")
+        await jobs.cancel(redis, job_id)
     return await _status(redis, job_id)
 
 
@@ -171,12 +166,7 @@ async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
     state = await records.get_state(redis, job_id)
     if state is None or state.finished:
         conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")
-    await budget.set_budget(redis, job_id, patch.budget)
-    if state is JobState.PAUSED:
-        with contextlib.suppress(budget.BudgetExhausted, budget.NotPaused):  # still short, or resumed meanwhile
-            await lifecycle.resume(redis, record)
-    else:  # nothing spent: the same script that charges each call checks the new cap against the spend
-        await budget.charge_awaited(redis, job_id, Usage(), budget.Prices())
+    await jobs.patch_budget(redis, record, patch.budget, state)
     return await _status(redis, job_id)
 
 
@@ -186,10 +176,10 @@ async def resume_job(job_id: str, redis: RedisDep) -> JobStatus:
     items still to generate is enqueued again."""
     record = await _generation_record(redis, job_id)
     try:
-        await lifecycle.resume(redis, record)
-    except budget.NotPaused as exc:
+        await jobs.resume(redis, record)
+    except jobs.NotPaused as exc:
         conflict(f"job {job_id} is {exc}, not paused; only a paused job can be resumed")
-    except budget.BudgetExhausted:
+    except jobs.BudgetExhausted:
         current = await _status(redis, job_id)
         cap, c = current.budget, current.counters
         spent = f"${c.cost_usd:.4f} of ${cap.max_cost_usd:.4f}" if cap and cap.max_cost_usd else ""
@@ -244,7 +234,7 @@ async def export_job(
     if found.recipe == "math":
         examples = review_store.iter_reviewed(redis, job_id, review_states)
     if split is not None:
-        total = await examples.count(redis, job_id, "accepted")
+        total = await count_examples(redis, job_id, "accepted")
         if found.recipe == "math":
             total = await review_store.count_reviewed(redis, job_id, review_states)
         examples = split_examples(examples, heldout_positions(total, heldout, heldout_seed), split)

@@ -23,8 +23,8 @@ from schemas.review import (
 )
 from service.deps import RedisDep
 from service.errors import NOT_FOUND, not_found, unprocessable
+from store import jobs
 from store import review as review_store
-from workers.review import help as review_help
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 Reviewer = Annotated[str, Header(alias="X-Reviewer", min_length=1, max_length=200, description="who makes the change")]
@@ -157,7 +157,7 @@ async def ask_for_help(
     if request.kind == "make_skill_necessary" and request.skill is None and len(item.skills) < 2:
         unprocessable("skill", "name the skill to make necessary")
     suggestion_id = uuid.uuid4().hex
-    await review_help.enqueue(
+    await jobs.ask_for_help(
         redis, job_id, item_id, suggestion_id, request.kind, reviewer, request.skill, request.note
     )
     return HelpAccepted(suggestion_id=suggestion_id, job_id=job_id, item_id=item_id)

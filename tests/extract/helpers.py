@@ -18,7 +18,7 @@ from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.jobs import JobRecord, JobState, JobStatus
 from schemas.settings import Settings
 from schemas.skills import SkillSet
-from store import records
+from store import jobs, records
 from store.skill_sets import get_skill_set
 from tests.plugins.fake_llm import FakeLLM
 from workers.extract import runner
@@ -72,7 +72,7 @@ async def start_job(redis: ArqRedis, settings: Settings, body: dict[str, Any]) -
         chunk_size=32,
         created_at=datetime.now(UTC),
     )
-    await runner.create(redis, record)
+    await jobs.create(redis, record)
     await records.set_state(redis, record.id, JobState.RUNNING)
     return record
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from schemas.curation import DedupSettings
 from schemas.examples import Reason
-from schemas.jobs import DedupSettings
 from store import keys
 from workers.curate.dedup import (
     Deduper,

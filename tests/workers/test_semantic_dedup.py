@@ -14,8 +14,9 @@ import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from schemas.curation import DedupSettings
 from schemas.examples import GeneratedItem, Reason
-from schemas.jobs import DedupSettings, JobRecord, PromptsJobSpec
+from schemas.jobs import JobRecord, PromptsJobSpec
 from schemas.settings import Settings
 from store import keys, records
 from tests.conftest import REDIS_URL

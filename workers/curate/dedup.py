@@ -25,8 +25,8 @@ from datasketch.lsh import _optimal_param
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from schemas.curation import DedupSettings
 from schemas.examples import Reason
-from schemas.jobs import DedupSettings
 from store import keys
 from workers.curate.quality import normalise_text
 

@@ -19,13 +19,14 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from schemas.curation import JudgeSettings
 from schemas.examples import GeneratedItem, JudgeVerdict
-from schemas.jobs import JobRecord, JudgeSettings
+from schemas.jobs import JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
+from schemas.sampling import derive_rng
 from workers.llm.client import ChatClient, LLMClient
 from workers.llm.errors import LLMBadRequest
 from workers.recipes.parse import json_object
-from workers.sampler import derive_rng
 
 TEMPLATE_VERSION = "v1"
 CRITERIA = ("specific", "uses_all_skills", "answers_request", "correct", "complete", "not_too_brief")

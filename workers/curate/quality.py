@@ -16,8 +16,8 @@ from collections import Counter, deque
 from functools import lru_cache
 from typing import ClassVar
 
+from schemas.curation import QualitySettings
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
-from schemas.jobs import QualitySettings
 
 # Sentence punctuation is dropped; operators and brackets stay so "x+1" and "x*1" remain different
 # texts for the exact-duplicate hash (math and code instructions).

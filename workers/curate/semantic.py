@@ -58,8 +58,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from scipy.special import erf
 
+from schemas.curation import DedupSettings
 from schemas.examples import Reason
-from schemas.jobs import DedupSettings
 from store import keys
 from workers.curate.dedup import DedupResult
 

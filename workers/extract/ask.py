@@ -15,11 +15,11 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage, Usage
+from schemas.sampling import derive_rng
 from store.extraction import ExtractStore
 from workers.extract.answers import parse_json
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMError
-from workers.sampler import derive_rng
 
 TEMPLATE_VERSION = "v1"
 CHARS_PER_TOKEN = 4  # same rough rule as the client's limiter

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from arq import Retry
@@ -27,6 +27,8 @@ from schemas.skills import Exemplar, Skill, SkillSet, SkillSetCreate
 from store import endpoints, keys, records
 from store.connection import redis_trouble, rerun_on_redis_trouble
 from store.extraction import ExtractStore
+from store.queue import EXTRACT_STEP_FUNCTION
+from store.queue import enqueue_extract_step as enqueue_step
 from store.skill_sets import save_skill_set
 from workers.extract.agnostic import Agnostic, ask_query_types
 from workers.extract.ask import Asker
@@ -37,31 +39,12 @@ from workers.extract.phase import MAX_PARALLEL_CALLS, EndpointDown, ExtractFaile
 from workers.extract.reader import DatasetError, DatasetReader, resolve_path
 from workers.llm.client import LLMClient
 from workers.llm.errors import LLMFatal
-
-if TYPE_CHECKING:
-    from workers.worker import Resources
+from workers.resources import Resources
 
 log = logging.getLogger(__name__)
-FUNCTION = "run_extract_step"
 MAX_STEP_TRIES = 8
 SLICE_MAX_S = 60.0  # a step hands over after this long (or a quarter of the job timeout, if shorter)
 HARD_LIMIT_FRACTION = 0.8  # of the job timeout: past it the step is cut and its window redone next step
-
-
-async def enqueue_step(redis: ArqRedis, job_id: str, step: int) -> None:
-    task = ExtractTask(job_id=job_id, step=step)
-    await redis.enqueue_job(FUNCTION, task.model_dump(), _job_id=task.arq_id, _queue_name=keys.QUEUE_NAME)
-
-
-async def create(redis: Redis, record: JobRecord) -> None:
-    """Store the job; ``planned`` is known up front (the rows, or the model-only steps)."""
-    await records.create_job(redis, record)
-    await redis.hset(keys.counters(record.id), "planned", record.spec.count)
-
-
-async def submit(redis: ArqRedis, record: JobRecord) -> None:
-    await create(redis, record)
-    await enqueue_step(redis, record.id, 0)
 
 
 async def run_extract_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +93,7 @@ async def _step(ctx: dict[str, Any], task: ExtractTask) -> dict[str, Any]:
     return {"step": task.step, "finished": finished}
 
 
-extract_function = func(run_extract_step, name=FUNCTION, max_tries=MAX_STEP_TRIES)
+extract_function = func(run_extract_step, name=EXTRACT_STEP_FUNCTION, max_tries=MAX_STEP_TRIES)
 
 
 async def run_step(

@@ -1,6 +1,6 @@
 """Recipe registry: recipe name (the job spec's ``recipe`` field) -> implementation."""
 
-from schemas.jobs import CurateJobSpec, JobRecord
+from schemas.jobs import JobRecord
 from schemas.settings import EndpointSettings
 from workers.recipes.base import ParseFailure, Recipe
 from workers.recipes.curate import NO_ENDPOINT, CurateRecipe, NoLLM
@@ -24,11 +24,4 @@ def recipe_for(record: JobRecord, endpoint_name: str, endpoint: EndpointSettings
     return REGISTRY[record.spec.recipe](record, endpoint_name, endpoint)
 
 
-def needs_endpoint(record: JobRecord) -> bool:
-    """Whether the job calls an LLM: a curate job without a judge reads its rows and calls nothing, so it runs
-    with no endpoint configured (``NO_ENDPOINT``, ``NoLLM``)."""
-    spec = record.spec
-    return not (isinstance(spec, CurateJobSpec) and (spec.quality.judge is None or not spec.quality.enabled))
-
-
-__all__ = ["NO_ENDPOINT", "REGISTRY", "NoLLM", "ParseFailure", "Recipe", "needs_endpoint", "recipe_for"]
+__all__ = ["NO_ENDPOINT", "REGISTRY", "NoLLM", "ParseFailure", "Recipe", "recipe_for"]

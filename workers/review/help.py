@@ -13,13 +13,13 @@ a new version by ``llm``: the item's problem, solution and answer are never chan
 """
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.asyncio import Redis
 
 from schemas.llm import ChatResult
-from schemas.review import HelpKind, ReviewItem, Suggestion
-from store import keys
+from schemas.review import ReviewItem, Suggestion
+from schemas.sampling import derive_rng
 from store import review as review_store
 from store.endpoints import UnknownEndpoint
 from workers.budget import prices_for
@@ -27,29 +27,10 @@ from workers.generate import metered
 from workers.llm.client import ChatClient
 from workers.llm.errors import LLMError
 from workers.recipes.math import SCHEMAS, MathRecipe, clean_answer, equivalence, read_fields, text, yes
-from workers.sampler import derive_rng
-
-if TYPE_CHECKING:
-    from workers.worker import Resources
+from workers.resources import Resources
 
 log = logging.getLogger(__name__)
-FUNCTION = "review_help"
 MAX_WRITE_TRIES = 50
-
-
-async def enqueue(
-    redis: Any, job_id: str, item_id: str, suggestion_id: str, kind: HelpKind, by: str, skill: str | None, note: str
-) -> None:
-    payload = {
-        "job_id": job_id,
-        "item_id": item_id,
-        "suggestion_id": suggestion_id,
-        "kind": kind,
-        "by": by,
-        "skill": skill,
-        "note": note,
-    }
-    await redis.enqueue_job(FUNCTION, payload, _job_id=keys.review_help_id(suggestion_id), _queue_name=keys.QUEUE_NAME)
 
 
 async def _call(
