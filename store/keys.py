@@ -4,7 +4,7 @@ Per job (``{id}`` is the job id):
   job:{id}                 string  JobRecord JSON (immutable after submit)
   job:{id}:meta            hash    state, message, updated_at
   job:{id}:counters        hash    JobCounters fields plus ``rejected:<reason>`` fields
-  job:{id}:budget          hash    max_cost_micro_usd, max_tokens: the spending cap in force (``workers.budget``)
+  job:{id}:budget          hash    max_cost_micro_usd, max_tokens: the spending cap in force (``store.budget``)
   job:{id}:items           stream  GeneratedItem JSON, consumed by the ``curate`` group
   job:{id}:generated       set     item indexes already generated (a retried chunk skips them)
   job:{id}:plans           hash    "start-stop" -> ms: item ranges planned but not yet enqueued

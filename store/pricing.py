@@ -18,7 +18,7 @@ class Priced(Protocol):
 
 def cost_from_counters(raw: Mapping[str, int], record: Priced) -> float:
     """A job's cost from its counters hash: job status and the fleet's /metrics both use this, so they agree."""
-    if "cost_micro_usd" in raw:  # exact: each call priced at its own endpoint (``workers.budget``)
+    if "cost_micro_usd" in raw:  # exact: each call priced at its own endpoint (``store.budget``)
         return raw["cost_micro_usd"] / 1e6
     # a job from before the exact counter: every token at the job's endpoint's prices
     return cost_usd(record, raw.get("prompt_tokens", 0), raw.get("completion_tokens", 0))
