@@ -5,13 +5,13 @@ the usual state, counters and progress. This module imports nothing from ``schem
 it), so there is no import cycle.
 """
 
-from pathlib import PurePosixPath
 from typing import ClassVar, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
 from schemas.curation import DedupSettings, QualitySettings
+from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.skills import SkillSetName
 
 MAX_ROWS = 1_000_000
@@ -48,7 +48,7 @@ class _ExtractSpecBase(StrictModel):
     keep_conversation: ClassVar[bool] = False
     quality: ClassVar[QualitySettings]
     dedup: ClassVar[DedupSettings]
-    budget: ClassVar[None] = None  # no spending cap: extraction jobs are not paused
+    budget: ClassVar[None] = None  # no cap at submit; `PATCH /v1/jobs/{id}` sets one (its calls are charged)
 
     @property
     def item_budget(self) -> int:
@@ -80,10 +80,9 @@ class ExtractAgnosticSpec(_ExtractSpecBase):
         return self.num_topics + 2
 
 
-class DatasetSource(StrictModel):
+class DatasetSource(DataFileSource):
     """Where the seed rows are and how to read them."""
 
-    path: str = Field(min_length=1, max_length=1000, description="relative to the server's data dir")
     format: Literal["jsonl", "parquet"] | None = Field(default=None, description="from the file suffix if absent")
     row_format: Literal["alpaca", "messages", "text", "math"] | None = Field(
         default=None,
@@ -91,14 +90,6 @@ class DatasetSource(StrictModel):
         "if absent",
     )
     text_column: str | None = Field(default=None, min_length=1, max_length=200, description="for row_format=text")
-
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or "\\" in value:
-            raise ValueError("path must be relative to the data dir, without '..'")
-        return value
 
     @model_validator(mode="after")
     def _resolve(self) -> Self:
@@ -109,13 +100,7 @@ class DatasetSource(StrictModel):
         if self.row_format == "text" and self.text_column is None:
             raise ValueError("row_format='text' needs text_column")
         if self.format is None:
-            suffix = PurePosixPath(self.path).suffix.lower()
-            if suffix in (".jsonl", ".ndjson"):
-                self.format = "jsonl"
-            elif suffix in (".parquet", ".pq"):
-                self.format = "parquet"
-            else:
-                raise ValueError(f"cannot tell the format from suffix {suffix!r}; set format to jsonl or parquet")
+            self.format = format_from_suffix(self.path, ("jsonl", "parquet"))  # type: ignore[assignment]
         return self
 
 
@@ -154,8 +139,9 @@ class ExtractDatasetSpec(_ExtractSpecBase):
 
 
 class ExtractTask(StrictModel):
-    """Queue payload: one time-boxed step of an extraction job; each step enqueues the next."""
+    """Step unit of an extraction job: one time-boxed step; each step enqueues the next."""
 
+    kind: Literal["extract"] = "extract"
     job_id: str
     step: int = Field(ge=0)
 

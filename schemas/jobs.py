@@ -3,16 +3,17 @@
 import math
 from datetime import datetime
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from schemas.base import StrictModel
 from schemas.curation import DedupSettings, QualitySettings
+from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.evaluation import EvalQuestion
-from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
+from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.llm import ChatMessage
+from schemas.review import HelpTask
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
 
 MAX_COUNT = 1_000_000
@@ -190,10 +191,9 @@ class ShirkJobSpec(_JobSpecBase):
         return data
 
 
-class CurateSource(StrictModel):
+class CurateSource(DataFileSource):
     """A dataset a team brings, for ``recipe: curate``: a server data-dir path (or an upload, set by the API)."""
 
-    path: str = Field(min_length=1, max_length=1000, description="relative to the server's data dir")
     format: Literal["jsonl", "json", "parquet"] | None = Field(
         default=None, description="JSONL, one JSON array (Alpaca), or Parquet; from the file suffix if absent"
     )
@@ -206,22 +206,10 @@ class CurateSource(StrictModel):
         default=None, min_length=1, max_length=200, description="chat rows: the list's column (messages/conversations)"
     )
 
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or "\\" in value:
-            raise ValueError("path must be relative to the data dir, without '..'")
-        return value
-
     @model_validator(mode="after")
     def _format(self) -> Self:
         if self.format is None:
-            suffix = PurePosixPath(self.path).suffix.lower()
-            found = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
-            if suffix not in found:
-                raise ValueError(f"cannot tell the format from suffix {suffix!r}; set format to jsonl, json or parquet")
-            self.format = found[suffix]  # type: ignore[assignment]
+            self.format = format_from_suffix(self.path, ("jsonl", "json", "parquet"))  # type: ignore[assignment]
         return self
 
 
@@ -395,8 +383,9 @@ class JobsPublic(StrictModel):
 
 
 class ChunkTask(StrictModel):
-    """Queue payload of one arq job: items [start, stop) of a generation job."""
+    """Step unit of a generation job: items [start, stop)."""
 
+    kind: Literal["chunk"] = "chunk"
     job_id: str
     start: int = Field(ge=0)
     stop: int = Field(ge=1)
@@ -411,3 +400,9 @@ def needs_endpoint(record: JobRecord) -> bool:
     with no endpoint configured (``workers.recipes.NO_ENDPOINT``, ``NoLLM``)."""
     spec = record.spec
     return not (isinstance(spec, CurateJobSpec) and (spec.quality.judge is None or not spec.quality.enabled))
+
+
+Step = Annotated[ChunkTask | ExtractTask | HelpTask, Field(discriminator="kind")]
+"""The one queue payload (``workers.runner``): one unit of a job, whatever its recipe. Its ``arq_id`` is
+deterministic and under the ``skillmix:`` prefix, so enqueueing the same unit twice runs it once."""
+STEP: TypeAdapter[ChunkTask | ExtractTask | HelpTask] = TypeAdapter(Step)

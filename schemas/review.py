@@ -39,6 +39,23 @@ class Suggestion(StrictModel):
     created_at: datetime = Field(default_factory=_now)
 
 
+class HelpTask(StrictModel):
+    """Step unit of a job's review help: one help request on one item (``workers.review.help``)."""
+
+    kind: Literal["help"] = "help"
+    job_id: str
+    item_id: str
+    suggestion_id: str
+    help: HelpKind
+    by: str
+    skill: str | None = None
+    note: str = ""
+
+    @property
+    def arq_id(self) -> str:
+        return f"skillmix:help:{self.job_id}:{self.suggestion_id}"
+
+
 class ReviewItem(StrictModel):
     """The current review state of one question (``id`` is the stored example's id)."""
 
@@ -124,3 +141,4 @@ class ReviewConflict(StrictModel):
     detail: str
     current_version: int
     item: ReviewItem
+    code: str = "conflict"  # schemas.errors.Conflict's: every error body names its branch

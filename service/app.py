@@ -8,8 +8,9 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from schemas.errors import SkillmixError
 from schemas.settings import Settings, get_settings
-from service.errors import UNAVAILABLE, redis_unavailable
+from service.errors import UNAVAILABLE, redis_unavailable, skillmix_error
 from service.routes import curate, endpoints, extract, jobs, review, skill_sets
 from service.routes.metrics import router as metrics_router
 from store.connection import REDIS_ERRORS, open_redis
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Skill-mix synthetic training data as a service.",
         responses=UNAVAILABLE,
     )
+    app.add_exception_handler(SkillmixError, skillmix_error)  # every domain error, by its branch
     for error in REDIS_ERRORS:
         app.add_exception_handler(error, redis_unavailable)
     app.include_router(jobs.router)

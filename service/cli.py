@@ -15,12 +15,12 @@ from schemas.jobs import JobStatus
 from schemas.settings import get_settings
 from service.cli_common import (
     API_OPTION,
+    ShowErrors,
     api_url,
     console,
     fail,
-    follow_to_end,
     print_validation_errors,
-    submitted_job_id,
+    submit_and_follow,
 )
 from service.curate_cli import curate as curate_command
 from service.eval_cli import eval_math, square_law
@@ -29,7 +29,7 @@ from service.extract_cli import app as extract_app
 from service.progress import budget_left
 from service.shirk_cli import shirk
 
-app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True)
+app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True, cls=ShowErrors)
 app.add_typer(extract_app, name="extract")  # skillmix extract agnostic|dataset
 app.command("curate")(curate_command)  # skillmix curate FILE -o DIR
 app.command()(shirk)  # skillmix shirk JOB --rate 0.2 --kind junk|brevity
@@ -70,17 +70,7 @@ def worker(burst: bool = typer.Option(False, help="exit when the queue is empty"
 
 async def _submit(api: str, body: dict[str, object], wait: bool) -> int:
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
-        try:
-            response = await client.post("/v1/jobs", json=body)
-        except httpx.ConnectError:
-            fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
-        job_id = submitted_job_id(response, "job")
-        if job_id is None:
-            return 2
-        if not wait:
-            return 0
-        status = await follow_to_end(client, job_id)
-        return 0 if status.state == "completed" else 1
+        return (await submit_and_follow(client, api, lambda: client.post("/v1/jobs", json=body), "job", wait)).code
 
 
 @app.command()
@@ -239,14 +229,10 @@ def quickstart(
     output: Path = typer.Option(Path("skillmix-out/quickstart.jsonl"), "--output", "-o"),
 ) -> None:
     """Run a small instruct job end to end on a real local LLM: no key, no network, no configuration."""
-    from service.local_llm import LocalLLMError
-    from service.local_redis import LocalRedisError
     from service.quickstart import quickstart as run
 
-    try:
+    try:  # LocalLLMError, LocalRedisError: `error: <why>` (ShowErrors)
         code = asyncio.run(run(get_settings(), output, count, console))
-    except (LocalLLMError, LocalRedisError) as exc:
-        fail(str(exc))
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("interrupted: everything started has been stopped")
         code = 130
@@ -260,12 +246,8 @@ def local_llm(
     threads: int | None = typer.Option(None, min=1, help="CPU threads (default: the usable cores)"),
 ) -> None:
     """Serve a local model and register it as the endpoint `local` until Ctrl-C."""
-    from service.local_llm import LocalLLMError
-
-    try:
+    try:  # LocalLLMError: `error: <why>` (ShowErrors)
         asyncio.run(_serve_local(model, parallel, threads))
-    except LocalLLMError as exc:
-        fail(str(exc))
     except KeyboardInterrupt:  # Ctrl-C before serving began (later ones are handled inside)
         console.print("interrupted; the model server was stopped")
         raise typer.Exit(130) from None

@@ -6,9 +6,8 @@ A module of its own (registered by ``service.cli``) so its options do not crowd 
 """
 
 import asyncio
-import json
 from pathlib import Path
-from typing import IO, Any, get_args
+from typing import Any, get_args
 
 import httpx
 import typer
@@ -16,9 +15,8 @@ from rich.table import Table
 
 from schemas.curation import QualitySettings
 from schemas.jobs import JobStatus
-from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, print_validation_errors
+from service.cli_common import API_OPTION, api_errors, api_url, console, fail, post_spec, submit_and_follow
 
-UPLOAD_TIMEOUT_S = 600.0
 OUTPUTS = ("accepted", "rejected")
 
 
@@ -63,17 +61,6 @@ def build_spec(
     return spec
 
 
-async def _post(client: httpx.AsyncClient, spec: dict[str, Any], upload: Path | None) -> httpx.Response:
-    if upload is None:
-        return await client.post("/v1/curate", json=spec)
-    with upload.open("rb") as fh:  # httpx streams the file part from the open handle
-        files: dict[str, tuple[str | None, IO[bytes] | str]] = {
-            "file": (upload.name, fh),
-            "spec": (None, json.dumps(spec)),
-        }
-        return await client.post("/v1/curate", files=files, timeout=UPLOAD_TIMEOUT_S)
-
-
 async def _download(client: httpx.AsyncClient, job_id: str, kind: str, out: Path) -> int:
     """Stream one records file to ``out`` (through a ``.part`` file); returns its line count."""
     part = out.with_name(out.name + ".part")
@@ -102,25 +89,18 @@ def report(status: JobStatus, written: dict[str, int], out: Path) -> Table:
 
 async def run(api: str, spec: dict[str, Any], upload: Path | None, out: Path) -> int:
     async with httpx.AsyncClient(base_url=api, timeout=60) as client:
-        try:
-            response = await _post(client, spec, upload)
-            if response.status_code in (413, 422):
-                print_validation_errors(response)
-                return 2
-            if response.status_code != 201:
-                fail(f"the API answered {response.status_code}: {response.text[:500]}")
-            job_id = str(response.json()["id"])
-            console.print(f"submitted curate job [bold]{job_id}[/bold] ({response.json()['count']} rows)")
-            status = await follow_to_end(client, job_id)
-            if status.state != "completed":
-                console.print(f"[red]the job ended {status.state}[/red]: {status.message}")
-                return 1
-            written = {kind: await _download(client, job_id, kind, out / f"{kind}.jsonl") for kind in OUTPUTS}
-        except httpx.ConnectError:
-            fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
-        except httpx.HTTPError as exc:
-            fail(f"talking to the API at {api} failed: {exc}")
-        console.print(report(status, written, out))
+        run = await submit_and_follow(
+            client,
+            api,
+            lambda: post_spec(client, "/v1/curate", spec, upload),
+            "curate job",
+            detail=lambda body: f" ({body['count']} rows)",
+        )
+        if run.code or run.job_id is None or run.status is None:
+            return run.code
+        with api_errors(api):
+            written = {kind: await _download(client, run.job_id, kind, out / f"{kind}.jsonl") for kind in OUTPUTS}
+        console.print(report(run.status, written, out))
         return 0
 
 

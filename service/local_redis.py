@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ResponseError
 
+from schemas.errors import SkillmixError
 from service.ports import free_port
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
-class LocalRedisError(RuntimeError):
+class LocalRedisError(SkillmixError, RuntimeError):
     """No usable Redis could be found or started."""
 
 

@@ -13,28 +13,19 @@ from typing import Any
 import httpx
 import typer
 
-from service.cli_common import API_OPTION, api_url, console, fail, follow_to_end, submitted_job_id
+from service.cli_common import API_OPTION, api_url, console, fail, submit_and_follow
 
 EXPORT_TIMEOUT_S = 120.0
 
 
 async def _run(api: str, spec: dict[str, Any], wait: bool, output: Path | None) -> int:
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
-        try:
-            response = await client.post("/v1/jobs", json=spec)
-        except httpx.ConnectError:
-            fail(f"no API answering at {api}; start it with `skillmix serve` (and `skillmix worker`)")
-        job_id = submitted_job_id(response, "shirk job")
-        if job_id is None:
-            return 2
-        if not wait and output is None:
-            return 0
-        status = await follow_to_end(client, job_id)
-        if status.state != "completed":
-            return 1
-        if output is not None:
-            await _download(client, job_id, output)
-            console.print(f"wrote {output} (JSONL; labels in shirker, shirker_kind, source_job, source_id)")
+        follow = wait or output is not None
+        run = await submit_and_follow(client, api, lambda: client.post("/v1/jobs", json=spec), "shirk job", follow)
+        if run.code or output is None or run.job_id is None:
+            return run.code
+        await _download(client, run.job_id, output)
+        console.print(f"wrote {output} (JSONL; labels in shirker, shirker_kind, source_job, source_id)")
         return 0
 
 

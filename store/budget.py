@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from schemas.errors import Conflict
 from schemas.jobs import JobBudget
 from schemas.llm import Usage
 from store import keys
@@ -127,18 +128,10 @@ async def charge_awaited(redis: Redis, job_id: str, usage: Usage, prices: Prices
     return bool(await redis.eval(CHARGE, len(script_keys), *script_keys, *args))
 
 
-class NotPaused(Exception):
-    """The job is not paused (its current state is the message)."""
+class NotPaused(Conflict):
+    """The job is not paused (the message names its current state)."""
 
 
-class BudgetExhausted(Exception):
-    """The job is paused and its cap still has no room: raise it first."""
+class BudgetExhausted(Conflict):
+    """The job is paused and its cap still has no room: raise it first (the message says how)."""
 
-async def resume_state(redis: Redis, job_id: str) -> None:
-    """Paused -> running, atomically with the check that the cap has room (a charge cannot slip in between)."""
-    script_keys = [keys.counters(job_id), keys.meta(job_id), keys.budget(job_id)]
-    outcome = (await redis.eval(RESUME, 3, *script_keys, now_iso())).decode()
-    if outcome == "exhausted":
-        raise BudgetExhausted(job_id)
-    if outcome != "ok":
-        raise NotPaused(outcome.removeprefix("state:"))

@@ -9,12 +9,13 @@ import os
 
 from redis.asyncio import Redis
 
+from schemas.errors import BadInput
 from schemas.settings import EndpointSettings, Settings
 from store import keys
 
 
-class UnknownEndpoint(LookupError):
-    pass
+class UnknownEndpoint(BadInput, LookupError):
+    """A name nobody configured; ``field`` is the spec field that gave it, so the 422 points there."""
 
 
 async def register(redis: Redis, name: str, endpoint: EndpointSettings) -> None:
@@ -30,17 +31,24 @@ async def registered(redis: Redis) -> set[str]:
     return {k.decode() for k in await redis.hkeys(keys.ENDPOINTS)}
 
 
-async def resolve(redis: Redis, settings: Settings, name: str) -> EndpointSettings:
+async def find(redis: Redis, settings: Settings, name: str) -> EndpointSettings | None:
     if name in settings.endpoints:
         return settings.endpoints[name]
     raw = await redis.hget(keys.ENDPOINTS, name)
-    if raw is None:
+    return None if raw is None else EndpointSettings.model_validate_json(raw)
+
+
+async def resolve(redis: Redis, settings: Settings, name: str, field: str = "endpoint") -> EndpointSettings:
+    """The endpoint called ``name``; ``UnknownEndpoint`` naming ``field`` (where the name came from) if none."""
+    found = await find(redis, settings, name)
+    if found is None:
         known = sorted(set(settings.endpoints) | await registered(redis))
         raise UnknownEndpoint(
             f"unknown endpoint {name!r}; known: {', '.join(known) or 'none'}. Configure it with "
-            f"SKILLMIX_ENDPOINTS__{name.upper()}__BASE_URL and __MODEL, or start `skillmix local-llm`."
+            f"SKILLMIX_ENDPOINTS__{name.upper()}__BASE_URL and __MODEL, or start `skillmix local-llm`.",
+            field,
         )
-    return EndpointSettings.model_validate_json(raw)
+    return found
 
 
 def fingerprint(endpoint: EndpointSettings) -> str:

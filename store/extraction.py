@@ -96,19 +96,6 @@ class ExtractStore:
     async def set_state(self, **fields: str | int) -> None:
         await self.redis.hset(self.state_key, mapping={k: str(v) for k, v in fields.items()})
 
-    async def count_usage(self, calls: int, retries: int, rate_limited: int, prompt: int, completion: int) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name, value in (
-                ("llm_calls", calls),
-                ("retries", retries),
-                ("rate_limited", rate_limited),
-                ("prompt_tokens", prompt),
-                ("completion_tokens", completion),
-            ):
-                if value:
-                    pipe.hincrby(self.counters, name, value)
-            await pipe.execute()
-
     async def add_note(self, note: str) -> None:
         await self.redis.sadd(keys.extract_notes(self.job_id), note)
 

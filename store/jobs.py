@@ -2,7 +2,8 @@
 review help), without the engine.
 
 ``service`` imports this, ``store`` and ``schemas``, never ``workers`` (the import-linter contracts in
-``pyproject.toml``): work is handed to the engine only through the queue, by the names in ``store.queue``.
+``pyproject.toml``): work is handed to the engine only through the queue, as typed ``Step`` units for the
+runner's one arq function (``store.queue.enqueue_steps``).
 """
 
 import contextlib
@@ -10,18 +11,14 @@ import contextlib
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
+from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.jobs import JobBudget, JobRecord, JobState, JobStatus
 from schemas.llm import Usage
-from schemas.review import HelpKind
-from store import budget, keys, lifecycle, queue, records
+from schemas.review import HelpKind, HelpTask
+from store import budget, keys, lifecycle, queue, records, stepped
 from store.budget import BudgetExhausted, NotPaused
 
 __all__ = ["BudgetExhausted", "NotPaused", "ask_for_help", "cancel", "create", "patch_budget", "resume", "submit"]
-
-
-def _is_extraction(record: JobRecord) -> bool:
-    return isinstance(record.spec, ExtractDatasetSpec | ExtractAgnosticSpec)
 
 
 async def create(redis: Redis, record: JobRecord) -> int:
@@ -40,8 +37,8 @@ async def create(redis: Redis, record: JobRecord) -> int:
 async def submit(redis: ArqRedis, record: JobRecord) -> JobStatus:
     """Store the job and queue its first work: its first chunks, or an extraction's first step."""
     first = await create(redis, record)
-    if _is_extraction(record):
-        await queue.enqueue_extract_step(redis, record.id, 0)
+    if stepped.is_stepped(record):
+        await queue.enqueue_steps(redis, record.id, [ExtractTask(job_id=record.id, step=0)])
     else:
         await queue.enqueue_planned(redis, record, 0, first)
     status = await records.get_status(redis, record.id)
@@ -80,5 +77,8 @@ async def ask_for_help(
     skill: str | None,
     note: str,
 ) -> None:
-    """Queue an LLM helper on a review item (metered to the job)."""
-    await queue.enqueue_review_help(redis, job_id, item_id, suggestion_id, kind, by, skill, note)
+    """Queue an LLM helper on a review item: a unit of its job, metered to it."""
+    task = HelpTask(
+        job_id=job_id, item_id=item_id, suggestion_id=suggestion_id, help=kind, by=by, skill=skill, note=note or ""
+    )
+    await queue.enqueue_steps(redis, job_id, [task])

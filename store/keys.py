@@ -23,8 +23,9 @@ Per job (``{id}`` is the job id):
   job:{id}:review:order    zset    example id by example index (the queue's stable order)
   job:{id}:review:seeded   string  accepted examples (by seq) already given a review item
   job:{id}:review:{ex}:log list    ReviewVersion JSON, one per change of item ``ex``
-  job:{id}:replay:{start}  hash    "index:attempt:digest:n" -> ChatResult JSON: answers kept for chunk ``start``
-                                   (``workers.llm.replay``; TTL, dropped when the chunk or the job ends)
+  job:{id}:replay:{start}  hash    "index:attempt:digest:n" -> ChatResult JSON: answers kept for chunk ``start``,
+                                   or for a unit ``extract`` / ``help-{suggestion}`` (``workers.llm.replay``;
+                                   TTL, dropped when the unit or the job ends)
   job:{id}:replay          hash    bytes / refused / "chunk:{start}" -> bytes: the job's replay cache size
 
 Per extraction job (``X`` = ``job:{id}:x``; ``store.extraction``); per-row hashes are bucketed like ``bucket``:
@@ -58,14 +59,16 @@ Fleet-wide (see ``workers.liveness``):
   adaptive:{ep}:state      hash    limit (float), baseline, recent (s), baseline_ms, cut_ms: AIMD state of endpoint ep
   adaptive:{ep}:leases     zset    lease id -> expiry ms (Redis TIME): attempts in flight (``workers.llm.adaptive``)
 
-arq job ids (arq keeps ``arq:job:<id>``, ``arq:in-progress:<id>`` ... under them):
+arq job ids, one per ``Step`` of the one arq function ``STEP_FUNCTION`` (arq keeps ``arq:job:<id>``,
+``arq:in-progress:<id>`` ... under them):
   chunk:{id}:{start}-{stop}   a chunk of a job's items (``schemas.jobs.ChunkTask.arq_id``; ``chunk_id`` here)
   extract:{id}:{step}         a step of an extraction job (``schemas.extract.ExtractTask.arq_id``)
-  review-help:{suggestion}    a review-help request (no ``skillmix:`` prefix, as before)
+  help:{id}:{suggestion}      a review-help request on a job's item (``schemas.review.HelpTask.arq_id``)
 """
 
 PREFIX = "skillmix"
 QUEUE_NAME = f"{PREFIX}:queue"
+STEP_FUNCTION = "run_step"  # the one arq function (``workers.runner.step``); its ids: ``skillmix:{kind}:{job}:...``
 CURATE_GROUP = "curate"
 JOBS_INDEX = f"{PREFIX}:jobs"  # zset: job id -> created timestamp
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids whose stream may hold work
@@ -185,7 +188,7 @@ def invalid_pairs(skill_set_ref: str) -> str:
     return f"{PREFIX}:skillset:{skill_set_ref}:invalid-pairs"
 
 
-def replay(job_id: str, start: int) -> str:
+def replay(job_id: str, start: int | str) -> str:
     return f"{job(job_id)}:replay:{start}"
 
 
@@ -241,9 +244,15 @@ def extract_step_id(job_id: str, step: int) -> str:
     return f"{PREFIX}:extract:{job_id}:{step}"
 
 
-def review_help_id(suggestion_id: str) -> str:
-    """The arq job id of a review-help request."""
-    return f"review-help:{suggestion_id}"
+def help_id(job_id: str, suggestion_id: str) -> str:
+    """The arq job id of a review-help request on one of the job's items."""
+    return f"{PREFIX}:help:{job_id}:{suggestion_id}"
+
+
+def job_of_step(arq_id: str) -> str | None:
+    """The job id in a step's arq id (``skillmix:{kind}:{job}:...``, the three above), None for another id."""
+    parts = arq_id.split(":")
+    return parts[2] if len(parts) > 3 and parts[0] == PREFIX else None
 
 
 def extract(job_id: str) -> str:

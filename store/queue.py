@@ -1,23 +1,18 @@
-"""Planning and enqueueing a job's chunks, and the fair-share scores that interleave jobs in the one queue."""
+"""Planning a job's chunks, enqueueing every unit of work (``Step``) for the runner's one arq function
+(``keys.STEP_FUNCTION``), and the fair-share scores that interleave jobs in the one queue."""
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from schemas.extract import ExtractTask
-from schemas.jobs import ChunkTask, JobCounters, JobRecord
-from schemas.review import HelpKind
+from schemas.jobs import ChunkTask, JobCounters, JobRecord, Step
 from store import keys
 from store.clock import redis_now_ms
 from store.records import load_record
-
-# The arq functions a job's work is queued for (``workers.worker`` registers them under these names).
-CHUNK_FUNCTION = "run_chunk_job"
-EXTRACT_STEP_FUNCTION = "run_extract_step"
-REVIEW_HELP_FUNCTION = "review_help"
 
 # Raise ``planned`` from an expected value; only one of many racing workers wins a top-up. The new range is
 # recorded as pending until its chunks are enqueued, so a process that dies in between loses nothing.
@@ -117,18 +112,21 @@ def _range(field: str) -> tuple[int, int]:
 
 
 async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:
-    """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once.
+    """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once."""
+    await enqueue_steps(redis, record.id, chunks(record, start, stop))
 
-    Their queue scores come from ``fair_start``, so jobs interleave instead of queueing behind each other.
-    """
-    tasks = chunks(record, start, stop)
-    first = await fair_start(redis, record.id, len(tasks))
+
+async def enqueue_steps(redis: ArqRedis, job_id: str, steps: Sequence[Step]) -> None:
+    """The one way a unit of work enters the queue: as a ``Step`` for the runner's one arq function, under its
+    deterministic id. Queue scores come from ``fair_start``, so jobs interleave instead of queueing behind
+    each other, whatever their kind."""
+    first = await fair_start(redis, job_id, len(steps))
     expires = timedelta(milliseconds=redis.expires_extra_ms)  # from now, whatever the (past) score
-    for k, task in enumerate(tasks):
+    for k, step in enumerate(steps):
         await redis.enqueue_job(
-            CHUNK_FUNCTION,
-            task.model_dump(),
-            _job_id=task.arq_id,
+            keys.STEP_FUNCTION,
+            step.model_dump(),
+            _job_id=step.arq_id,
             _queue_name=keys.QUEUE_NAME,
             _defer_until=datetime.fromtimestamp((first + k) / 1000, UTC),
             _expires=expires,
@@ -172,34 +170,3 @@ async def fair_start(redis: Redis, job_id: str, n: int) -> int:
             head = waiting[-1][1]
     return int(await redis.eval(_FAIR_RESERVE, 1, keys.vtime(job_id), head, n))
 
-
-
-async def enqueue_extract_step(redis: ArqRedis, job_id: str, step: int) -> None:
-    """Queue an extraction job's step ``step`` (its arq id is deterministic: queueing it twice runs it once)."""
-    task = ExtractTask(job_id=job_id, step=step)
-    await redis.enqueue_job(EXTRACT_STEP_FUNCTION, task.model_dump(), _job_id=task.arq_id, _queue_name=keys.QUEUE_NAME)
-
-
-async def enqueue_review_help(
-    redis: ArqRedis,
-    job_id: str,
-    item_id: str,
-    suggestion_id: str,
-    kind: HelpKind,
-    by: str,
-    skill: str | None,
-    note: str,
-) -> None:
-    """Queue an LLM helper on a review item; its answer lands in the item's suggestions as ``suggestion_id``."""
-    payload = {
-        "job_id": job_id,
-        "item_id": item_id,
-        "suggestion_id": suggestion_id,
-        "kind": kind,
-        "by": by,
-        "skill": skill,
-        "note": note,
-    }
-    await redis.enqueue_job(
-        REVIEW_HELP_FUNCTION, payload, _job_id=keys.review_help_id(suggestion_id), _queue_name=keys.QUEUE_NAME
-    )

@@ -12,12 +12,14 @@ import base64
 import binascii
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
+from schemas.errors import BadInput, Conflict, NotFound
 from schemas.examples import Example
-from schemas.review import FieldChange, ReviewItem, ReviewState, ReviewVersion
+from schemas.review import FieldChange, ReviewConflict, ReviewItem, ReviewState, ReviewVersion
 from store import examples, keys, records
 
 # KEYS: review hash, order zset, log list. ARGV: item id, index, item JSON, log entry JSON.
@@ -47,16 +49,26 @@ return {1}
 """
 
 
-class Stale(Exception):
-    """The item's stored version is not the one the write was made against."""
+class Stale(Conflict):
+    """The item's stored version is not the one the write was made against; the 409 carries the stored item."""
 
     def __init__(self, current: ReviewItem) -> None:
-        super().__init__(f"item {current.id} is at version {current.version}")
+        super().__init__(
+            f"item {current.id} is at version {current.version} (last changed by {current.updated_by}); "
+            "reload it and apply your change again"
+        )
         self.current = current
 
+    def json_body(self) -> dict[str, Any]:
+        body = ReviewConflict(detail=str(self), current_version=self.current.version, item=self.current, code=self.code)
+        return body.model_dump(mode="json")
 
-class NoItem(Exception):
-    pass
+
+class NoItem(NotFound):
+    """The item went between reading and writing it."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"review item {item_id!r} not found")
 
 
 def now() -> datetime:
@@ -211,13 +223,13 @@ def encode_cursor(job_id: str, index: int) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[str, int]:
-    """Raises ValueError on anything that is not a cursor this module made."""
+    """Raises BadInput (the ``cursor`` query parameter) on anything that is not a cursor this module made."""
     try:
         job_id, index = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ValueError("not a review cursor") from exc
+        raise BadInput("not a review cursor", "cursor", where="query") from exc
     if not isinstance(job_id, str) or not isinstance(index, int) or isinstance(index, bool):
-        raise ValueError("not a review cursor")
+        raise BadInput("not a review cursor", "cursor", where="query")
     return job_id, index
 
 

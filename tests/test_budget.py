@@ -16,10 +16,10 @@ from store import budget as caps
 from store import keys, lifecycle, records
 from store.budget import Prices
 from tests.conftest import REDIS_URL, Processes, service_env
+from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, submit, wait_for
 from workers import budget
 from workers.generate import run_chunk
-from workers.llm.client import LLMClient
 from workers.recipes import recipe_for
 from workers.tally import Tally
 from workers.watchdog import Watchdog
@@ -116,7 +116,7 @@ async def test_a_chunk_of_a_paused_job_starts_nothing_and_the_watchdog_leaves_it
     await records.set_state(redis, "still", JobState.PAUSED, "paused: budget reached")
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
-    async with LLMClient("fake", endpoint) as llm:
+    async with raw_client("fake", endpoint) as llm:
         outcome = await run_chunk(redis, record, recipe_for(record, "fake", endpoint), llm,
                                   ChunkTask(job_id="still", start=0, stop=8), False, tally)  # fmt: skip
     await tally.aclose()

@@ -22,11 +22,11 @@ from arq.constants import in_progress_key_prefix
 from schemas.jobs import ChunkTask, JobRecord, PromptsJobSpec
 from store import keys, records
 from tests.conftest import REDIS_URL, Processes, service_env
+from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, wait_for
 from workers import drain
 from workers.drain import WorkerDraining
 from workers.generate import run_chunk
-from workers.llm.client import LLMClient
 from workers.recipes import recipe_for
 from workers.tally import Tally
 
@@ -86,7 +86,7 @@ async def test_a_draining_chunk_lets_its_calls_in_flight_finish_and_starts_no_ot
     await records.create_job(redis, record, planned=8)
     endpoint = fake.endpoint_settings(max_concurrency=2)  # 2 calls in flight, 6 items waiting for a place
     tally = Tally(REDIS_URL, redis, 5)
-    async with LLMClient("fake", endpoint) as llm:
+    async with raw_client("fake", endpoint) as llm:
         task = ChunkTask(job_id="drain", start=0, stop=8)
         chunk = asyncio.create_task(run_chunk(redis, record, recipe_for(record, "fake", endpoint), llm, task,
                                               False, tally))  # fmt: skip

@@ -24,16 +24,16 @@ from schemas.llm import ChatMessage
 from schemas.settings import Settings
 from store import endpoints, keys, queue, records
 from tests.conftest import REDIS_URL, Processes, service_env
+from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, settled, start_stack, submit, wait_for
 from workers.curate.consumer import CurateConsumer
 from workers.curate.decide import decide_and_store, previous
 from workers.generate import run_chunk
-from workers.llm.client import LLMClient
 from workers.llm.errors import JobStopped
 from workers.recipes import recipe_for
+from workers.runner.step import MAX_TRIES
 from workers.tally import Tally
 from workers.watchdog import Watchdog
-from workers.worker import MAX_TRIES
 
 FAST = {"SKILLMIX_HEARTBEAT_S": "0.5", "SKILLMIX_STALL_S": "1", "SKILLMIX_CLAIM_IDLE_MS": "2000"}
 
@@ -77,7 +77,7 @@ async def test_a_chunk_of_a_finished_job_starts_nothing(redis: ArqRedis, fake_ll
     await records.set_state(redis, record.id, JobState.COMPLETED, "8 accepted")
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
-    async with LLMClient("fake", endpoint) as llm:
+    async with raw_client("fake", endpoint) as llm:
         outcome = await run_chunk(redis, record, recipe_for(record, "fake", endpoint), llm,
                                   ChunkTask(job_id="done", start=0, stop=8), False, tally)  # fmt: skip
     await tally.aclose()
@@ -92,7 +92,7 @@ async def test_a_rerun_of_a_fully_generated_chunk_is_a_no_op(redis: ArqRedis, fa
     await redis.sadd(keys.generated("rerun"), *range(8))
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
-    async with LLMClient("fake", endpoint) as llm:  # used to raise ValueError from asyncio.wait([])
+    async with raw_client("fake", endpoint) as llm:  # used to raise ValueError from asyncio.wait([])
         outcome = await run_chunk(redis, record, recipe_for(record, "fake", endpoint), llm,
                                   ChunkTask(job_id="rerun", start=0, stop=8), False, tally)  # fmt: skip
     await tally.aclose()
@@ -118,7 +118,7 @@ async def test_a_chunk_ends_even_when_redis_py_swallows_a_cancel(
     monkeypatch.setattr(records, "get_state", swallowing_get_state)
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
-    async with LLMClient("fake", endpoint) as llm:
+    async with raw_client("fake", endpoint) as llm:
         task = ChunkTask(job_id="swallow", start=0, stop=8)
         outcome = await asyncio.wait_for(
             run_chunk(redis, record, recipe_for(record, "fake", endpoint), llm, task, False, tally), timeout=20
@@ -133,7 +133,7 @@ async def test_a_call_refused_or_cancelled_before_it_leaves_is_not_counted(fake_
     async def refuse(attempt: int) -> None:
         raise JobStopped("j")
 
-    async with LLMClient("fake", fake.endpoint_settings(rpm=60)) as client:
+    async with raw_client("fake", fake.endpoint_settings(rpm=60)) as client:
         with pytest.raises(JobStopped):
             await client.chat([ChatMessage(role="user", content="hi")], max_tokens=8, on_send=refuse)
         assert client.stats.calls == 0
@@ -369,7 +369,7 @@ async def test_an_item_the_recipe_crashes_on_is_rejected_not_rerun_for_ever(
 
     monkeypatch.setattr(recipe, "generate", buggy)
     tally = Tally(REDIS_URL, redis, 5)
-    async with LLMClient("fake", endpoint) as llm:
+    async with raw_client("fake", endpoint) as llm:
         outcome = await run_chunk(redis, record, recipe, llm, ChunkTask(job_id="crash", start=0, stop=4), False, tally)
     await tally.aclose()
     assert outcome.emitted == 4

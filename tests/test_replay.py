@@ -21,9 +21,10 @@ from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import Settings
 from store import keys, records
 from tests.conftest import REDIS_URL, Processes, service_env
+from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
 from workers.generate import run_chunk
-from workers.llm.client import ChatOptions, LLMClient
+from workers.llm.client import ChatOptions
 from workers.llm.replay import Recorder, ReplayCache, item_scope
 from workers.recipes import recipe_for
 from workers.tally import Tally
@@ -135,7 +136,7 @@ async def test_keys_are_dropped_when_the_chunk_and_the_job_end(redis: ArqRedis, 
     left = await ReplayCache.load(redis, tally, "ends", 8, settings)  # a chunk that never finished
     left.keep("8:0:abc:0", ChatResult(content="kept", model="m", usage=Usage(calls=1)))
     task = ChunkTask(job_id="ends", start=0, stop=8)
-    async with LLMClient("fake", endpoint) as llm:
+    async with raw_client("fake", endpoint) as llm:
         outcome = await run_chunk(redis, record, recipe_for(record, "fake", endpoint), llm, task, False, tally,
                                   settings=settings)  # fmt: skip
     assert outcome.emitted == 8 and (await fake.astats())["requests"] == 8

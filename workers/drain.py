@@ -6,8 +6,10 @@ items back to the queue at once (``workers.worker``) instead of leaving them to 
 One flag per process, because the signal belongs to the process, not to one job.
 """
 
+from schemas.errors import Interrupted
 
-class WorkerDraining(Exception):
+
+class WorkerDraining(Interrupted):
     """This worker is stopping: the call is refused before it is sent and its chunk is handed back."""
 
 

@@ -28,19 +28,11 @@ from workers.llm.errors import JobStopped, LLMBadRequest, LLMError, LLMFatal
 from workers.llm.replay import Recorder, ReplayCache, item_scope
 from workers.recipes import ParseFailure, Recipe
 from workers.tally import Tally
+from workers.unit import EndpointDown, JobResumed
 
 log = logging.getLogger(__name__)
 STATE_POLL_S = 0.5
 EMIT_GATHER_S = 0.25  # one transaction for the items finishing within this long (their answers are kept)
-
-
-class EndpointDown(Exception):
-    """Some items could not reach the endpoint even after the client's retries: retry the chunk later."""
-
-
-class JobResumed(Exception):
-    """Items were refused while the job was paused and it was resumed before the chunk ended: run it again
-    (resuming cannot enqueue a chunk that is still running)."""
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 One worker of the fleet per interval (``Liveness.run`` takes a lock) looks at every active job:
 
+- Every kind of job is watched: chunked jobs as below; a stepped job (extraction, ``store.stepped``)
+  whose live step is neither queued nor running has that step enqueued again, and fails after
+  ``MAX_REDRIVES`` such reruns without progress.
 - A job with work outstanding whose progress (planned, generated, processed, calls, stream length) has
   not moved for ``stall_s`` is *stalled*. It is advanced (complete it, or top it up: a curator that died
   between its acknowledgement and ``advance`` leaves that undone), then each of its chunks with items
@@ -26,8 +29,9 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import Job
 
-from schemas.jobs import ChunkTask, JobRecord, JobState
-from store import clock, keys, queue, records
+from schemas.extract import ExtractTask
+from schemas.jobs import ChunkTask, JobRecord, JobState, Step
+from store import clock, keys, queue, records, stepped
 from store.lifecycle import advance
 from workers.llm.replay import drop_job as drop_replay
 
@@ -76,11 +80,14 @@ class Watchdog:
                 await self.redis.hdel(keys.WATCHDOG, job_id)
                 continue
             record = await records.load_record(self.redis, job_id)
-            if record is None or record.spec.recipe.startswith("extract"):
-                continue  # extraction steps are one arq job each, retried by their own runner
+            if record is None:
+                continue
             if await self._stalled(record, now_ms):
                 report.stalled += 1
-                await self._revive(record, report)
+                if stepped.is_stepped(record):
+                    await self._revive_stepped(record, report)
+                else:
+                    await self._revive(record, report)
         return report
 
     async def _stalled(self, record: JobRecord, now_ms: int) -> bool:
@@ -121,6 +128,17 @@ class Watchdog:
                 if not await self._redrive(record, task, missing, report):
                     return
 
+    async def _revive_stepped(self, record: JobRecord, report: WatchReport) -> None:
+        """A stepped job (extraction) whose live step is neither queued nor running: enqueue that step again
+        (it resumes from the saved place and replays what it was answered)."""
+        task = await stepped.current_step(self.redis, record.id)
+        if await stepped.live(self.redis, task) or await stepped.live(
+            self.redis, ExtractTask(job_id=record.id, step=task.step + 1)
+        ):
+            return
+        counters = await records.read_counters(self.redis, record)
+        await self._redrive(record, task, max(counters.planned - counters.processed, 0), report)
+
     async def _orphans(self, tasks: list[ChunkTask]) -> tuple[list[tuple[ChunkTask, int]], list[ChunkTask]]:
         """Chunks with items not generated that arq neither holds in its queue nor runs: (task, missing);
         and those marked in progress that no worker is recorded as running."""
@@ -150,16 +168,16 @@ class Watchdog:
             report.freed += 1
             log.warning("chunk %s was marked running by nobody alive; handed out again", task.arq_id)
 
-    async def _redrive(self, record: JobRecord, task: ChunkTask, missing: int, report: WatchReport) -> bool:
-        """Enqueue an orphaned chunk again; False when it failed the job instead (stop looking)."""
+    async def _redrive(self, record: JobRecord, task: Step, missing: int, report: WatchReport) -> bool:
+        """Enqueue an orphaned unit again; False when it failed the job instead (stop looking)."""
         raw = await self.redis.hget(keys.redrives(record.id), task.arq_id)
         times, last_missing = (int(n) for n in raw.decode().split(":")) if raw else (0, missing + 1)
         times = times + 1 if missing >= last_missing else 1  # progress since the last redrive resets the count
         if times > MAX_REDRIVES:
             why = await self._last_error(task)
+            unit = f"chunk {task.start}-{task.stop}" if isinstance(task, ChunkTask) else f"{task.kind} {task.arq_id}"
             message = (
-                f"chunk {task.start}-{task.stop} made no progress in {MAX_REDRIVES} reruns "
-                f"({missing} items not generated); last error: {why}"
+                f"{unit} made no progress in {MAX_REDRIVES} reruns ({missing} items not generated); last error: {why}"
             )
             if await records.set_state(self.redis, record.id, JobState.FAILED, message):
                 report.failed += 1
@@ -169,12 +187,12 @@ class Watchdog:
             pipe.delete(*(prefix + task.arq_id for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix)))
             pipe.hset(keys.redrives(record.id), task.arq_id, f"{times}:{missing}")
             await pipe.execute()
-        await queue.enqueue_range(self.redis, record, task.start, task.stop)
+        await queue.enqueue_steps(self.redis, record.id, [task])
         report.redriven += 1
-        log.warning("job %s: chunk %s was neither queued nor running; enqueued again", record.id, task.arq_id)
+        log.warning("job %s: %s was neither queued nor running; enqueued again", record.id, task.arq_id)
         return True
 
-    async def _last_error(self, task: ChunkTask) -> str:
+    async def _last_error(self, task: Step) -> str:
         try:
             info = await Job(task.arq_id, self.redis, _queue_name=keys.QUEUE_NAME).result_info()
         except Exception as exc:  # an unreadable result (e.g. from another code version) is no reason to stop
@@ -187,9 +205,8 @@ class Watchdog:
         """Drop a finished job from the active set once nothing of it is left to curate or running."""
         if await self.redis.xlen(keys.items(job_id)):
             return 0
-        prefix = keys.chunk_id_prefix(job_id)
-        if any(f.decode().startswith(prefix) for f in await self.redis.hkeys(keys.RUNNING)):
-            return 0
+        if any(keys.job_of_step(f.decode()) == job_id for f in await self.redis.hkeys(keys.RUNNING)):
+            return 0  # a unit of it (any kind) still runs
         await drop_replay(self.redis, job_id)  # no chunk of it will run again: its kept answers go
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(keys.ACTIVE_JOBS, job_id)

@@ -1,7 +1,8 @@
-"""The arq worker: chunk generation jobs plus the curate consumer, sharing one Redis pool and HTTP client.
+"""The arq worker: the job runner's one function (``workers.runner.step.run_step``) plus the curate consumer,
+sharing one Redis pool and HTTP client.
 
 Start with ``skillmix worker`` (or ``arq workers.worker.WorkerSettings``). Shared resources are created
-once per process in ``startup`` and carried in ``ctx``; the job function stays thin.
+once per process in ``startup`` (``workers.runner.resources.Resources``) and carried in ``ctx``.
 """
 
 import asyncio
@@ -10,189 +11,25 @@ import logging
 import os
 import signal
 import socket
-import time
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from arq import Retry, Worker
-from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, retry_key_prefix
+from arq import Worker
+from arq.constants import in_progress_key_prefix
 
-from schemas.jobs import ChunkTask, JobRecord, JobState, needs_endpoint
 from schemas.settings import Settings, get_settings
-from store import endpoints, keys, records
-from store.connection import REDIS_DOWN, open_redis, redis_settings, rerun_on_redis_trouble
-from store.endpoints import UnknownEndpoint
+from store import keys
+from store.connection import REDIS_DOWN, open_redis, redis_settings
 from workers import drain
 from workers.curate.consumer import CurateConsumer
-from workers.drain import WorkerDraining
-from workers.extract.runner import extract_function
-from workers.generate import EndpointDown, JobResumed, run_chunk
 from workers.liveness import Liveness
-from workers.llm.adaptive import AdaptiveConcurrency
-from workers.llm.client import LLMClient
-from workers.llm.errors import LLMMissingKey
-from workers.llm.fleet import FleetLimiter, LimitSignals
-from workers.logs import JOB_ID
 from workers.metrics import serve as serve_metrics
-from workers.recipes import NO_ENDPOINT, NoLLM, Recipe, recipe_for
 from workers.recipes.math import close_equivalence
-from workers.review.help import review_help
-from workers.tally import Tally
+from workers.runner.resources import Resources
+from workers.runner.step import MAX_TRIES, run_step
 from workers.watchdog import ARQ_TIMEOUT_MARGIN_S
 
 log = logging.getLogger(__name__)
-MAX_TRIES = 8
 RECONNECT_MAX_S = 10.0
-RECIPE_CACHE = 64
-ENDPOINT_RECHECK_S = 2.0
-
-
-@dataclass
-class _CachedClient:
-    client: LLMClient
-    fingerprint: str
-    checked_at: float
-
-
-class Resources:
-    """Per-process caches: one LLM client per endpoint, one recipe per job.
-
-    Each LLM client owns the process's HTTP connection pool for its endpoint, sized to the endpoint's
-    concurrency and sharded (see ``ShardedTransport``), together with that endpoint's limiter. Endpoint
-    settings are looked up again every ``ENDPOINT_RECHECK_S``: a restarted ``skillmix local-llm`` (new port)
-    or changed settings get a fresh client within seconds; the old one closes once its calls are done.
-    """
-
-    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
-        self.redis, self.settings = redis, settings
-        self.tally = Tally(settings.redis_url, redis, settings.redis_timeout_s)
-        self.limit_signals = LimitSignals(redis)  # 429 cool-downs and limit changes, all endpoints
-        self.limit_signals.start()
-        self.clients: dict[str, _CachedClient] = {}
-        self.adaptive: dict[str, AdaptiveConcurrency] = {}
-        self.recipes: dict[str, tuple[JobRecord, Recipe]] = {}
-        self._retired: set[asyncio.Task[None]] = set()
-
-    async def client(self, name: str) -> LLMClient:
-        cached = self.clients.get(name)
-        now = time.monotonic()
-        if cached is not None and now - cached.checked_at < ENDPOINT_RECHECK_S:
-            return cached.client
-        endpoint = await endpoints.resolve(self.redis, self.settings, name)
-        fingerprint = endpoints.fingerprint(endpoint)
-        if cached is not None and cached.fingerprint == fingerprint:
-            cached.checked_at = now
-            return cached.client
-        # raises LLMMissingKey before anything is replaced; the rate limits are the fleet's, kept in Redis
-        limiter = FleetLimiter(self.redis, self.tally, name, endpoint, self.limit_signals)
-        adaptive = None
-        if endpoint.concurrency == "adaptive":  # one per process and endpoint: its waiters queue locally
-            adaptive = self.adaptive.get(name)
-            if adaptive is None:
-                adaptive = AdaptiveConcurrency.from_settings(self.redis, name, endpoint, self.tally)
-                self.adaptive[name] = adaptive
-        client = LLMClient(name, endpoint, limiter=limiter, adaptive=adaptive)
-        if cached is not None:
-            log.info("endpoint %s changed; new calls use the new settings", name)
-            retire = asyncio.create_task(_close_later(cached.client, endpoint.timeout_s * 2))
-            self._retired.add(retire)
-            retire.add_done_callback(self._retired.discard)
-        self.clients[name] = _CachedClient(client, fingerprint, now)
-        return client
-
-    async def recipe(self, job_id: str) -> tuple[JobRecord, Recipe] | None:
-        if job_id not in self.recipes:
-            record = await records.load_record(self.redis, job_id)
-            if record is None:
-                return None
-            endpoint = (
-                await endpoints.resolve(self.redis, self.settings, record.endpoint)
-                if needs_endpoint(record)
-                else NO_ENDPOINT  # a job that calls no LLM (curate without a judge) needs none configured
-            )
-            if len(self.recipes) >= RECIPE_CACHE:  # oldest first: dicts keep insertion order
-                del self.recipes[next(iter(self.recipes))]
-            self.recipes[job_id] = (record, recipe_for(record, record.endpoint, endpoint))
-        return self.recipes[job_id]
-
-    async def aclose(self) -> None:
-        for task in list(self._retired):
-            task.cancel()
-        for cached in self.clients.values():
-            await cached.client.aclose()
-        await self.tally.aclose()
-        await self.limit_signals.aclose()
-        for adaptive in self.adaptive.values():
-            await adaptive.aclose()
-
-
-async def _close_later(client: LLMClient, after_s: float) -> None:
-    """Close a replaced client once the calls still using it have had time to finish."""
-    try:
-        await asyncio.sleep(after_s)
-    finally:
-        await client.aclose()
-
-
-async def run_chunk_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, int]:
-    task = ChunkTask.model_validate(payload)
-    JOB_ID.set(task.job_id)  # this chunk's log lines carry its job id (arq runs each job in its own task)
-    settings: Settings = ctx.get("settings") or get_settings()
-    here: set[str] = ctx.setdefault("chunks_here", set())
-    if task.arq_id in here:  # handed back to us after a false death: the run in progress finishes it
-        log.warning("%s is already running in this process", task.arq_id)
-        return {"emitted": 0, "skipped": task.stop - task.start}
-    here.add(task.arq_id)
-    try:
-        async with asyncio.timeout(settings.chunk_timeout_s):
-            return await _run_chunk(ctx, task)
-    except TimeoutError as exc:  # ours, not arq's: arq records its own timeout as a failure, never retried
-        log.warning("%s ran past %ss; retry %d", task.arq_id, settings.chunk_timeout_s, ctx["job_try"])
-        raise Retry(defer=1) from exc
-    except EndpointDown as exc:
-        log.warning("%s; retry %d", exc, ctx["job_try"])
-        raise Retry(defer=min(5 * ctx["job_try"], 60)) from exc
-    except JobResumed as exc:  # its job was paused mid-chunk and resumed since: do the refused items now
-        log.info("%s; running the chunk again", exc)
-        raise Retry(defer=0.5) from exc
-    except WorkerDraining as exc:  # SIGTERM: back to the queue at once, keeping its place (no defer, same score)
-        log.info("%s; handed back", exc)
-        with contextlib.suppress(*REDIS_DOWN):  # a hand-back is no failed try: don't spend one of MAX_TRIES
-            await ctx["redis"].decr(retry_key_prefix + ctx["job_id"])
-        raise Retry(defer=0) from exc
-    except (LLMMissingKey, UnknownEndpoint) as exc:  # this worker cannot run the job: say where and why
-        message = f"worker host {socket.gethostname()}: {exc}"
-        await records.set_state(ctx["redis"], task.job_id, JobState.FAILED, message)
-        log.error("job %s failed: %s", task.job_id, message)
-        return {"emitted": 0, "skipped": task.stop - task.start}
-    except Exception as exc:
-        rerun_on_redis_trouble(exc, ctx["job_try"], task.arq_id)
-        raise
-    finally:
-        here.discard(task.arq_id)
-
-
-async def _run_chunk(ctx: dict[str, Any], task: ChunkTask) -> dict[str, int]:
-    res: Resources = ctx["resources"]
-    found = await res.recipe(task.job_id)
-    if found is None:
-        return {"emitted": 0, "skipped": task.stop - task.start}
-    record, recipe = found
-    state = await records.get_state(ctx["redis"], task.job_id)
-    if state is None or state.finished:  # before any endpoint lookup: a finished job needs none
-        return {"emitted": 0, "skipped": task.stop - task.start}
-    llm = await res.client(record.endpoint) if needs_endpoint(record) else NoLLM()
-    quality = getattr(record.spec, "quality", None)
-    judge = quality.judge if quality is not None and quality.enabled else None
-    judge_llm = await res.client(judge.endpoint) if judge is not None and judge.endpoint else None
-    if own_judge := getattr(record.spec, "judge_endpoint", None):  # eval-math's step checker
-        judge_llm = await res.client(own_judge)
-    outcome = await run_chunk(
-        ctx["redis"], record, recipe, llm, task, ctx["job_try"] >= MAX_TRIES, res.tally, judge_client=judge_llm,
-        settings=res.settings,
-    )
-    return {"emitted": outcome.emitted, "skipped": outcome.skipped}
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -402,7 +239,7 @@ async def _release(settings: Settings, job_ids: list[str]) -> bool:
 class WorkerSettings:
     """For ``arq workers.worker.WorkerSettings``; ``skillmix worker`` uses ``make_worker`` instead."""
 
-    functions: ClassVar[list[Any]] = [run_chunk_job, extract_function, review_help]  # review: math help
+    functions: ClassVar[list[Any]] = [run_step]  # every kind of work: chunks, extraction steps, review help
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = job_started

@@ -3,7 +3,7 @@
 ``POST /v1/curate`` takes a JSON ``curate`` spec (dataset by ``source.path`` under the data dir) or a
 multipart form with the dataset (``file``: Alpaca JSON array, JSONL of Alpaca or chat rows, or Parquet) and
 the spec as JSON text (``spec``, without ``source.path``). The upload is streamed to ``uploads/{job_id}/``
-exactly as extraction's is (same helpers, same cap, same cleanup), then the whole file is surveyed once in a
+exactly as extraction's is (``service.uploads``: same cap, same cleanup), then the whole file is surveyed once in a
 thread: every row's shape, the row count (the job's ``count`` and ``max_items``) and where each chunk's rows
 start. The job runs on the ordinary queue and workers as recipe ``curate``; progress is ``GET /v1/jobs/{id}``.
 
@@ -18,8 +18,8 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from pathlib import Path
+from typing import Literal
 
 import orjson
 from fastapi import APIRouter, Request, status
@@ -29,82 +29,54 @@ from pydantic import ValidationError
 from schemas.jobs import CurateJobSpec, JobRecord, JobStatus, needs_endpoint
 from schemas.settings import Settings
 from service.deps import RedisDep, SettingsDep
-from service.errors import NOT_FOUND, not_found, unprocessable
-from service.routes.extract import (
-    FIELDS_LIMIT,
-    UPLOAD_DIR,
-    UPLOAD_STEM,
-    _Form,
-    _in_uploads,
-    _invalid,
-    too_large,
+from service.errors import NOT_FOUND, not_found
+from service.uploads import (
+    TOO_LARGE,
+    UploadRules,
+    inlined,
+    invalid,
+    is_multipart,
+    receive_upload,
+    refuse_uploads_path,
     upload_dir,
 )
 from store import endpoints, jobs, keys
+from store.datasets import resolve_path
 from store.records import load_record
-from workers.curate.source import survey
-from workers.extract.reader import DatasetError, resolve_path
+from store.survey import survey
 
 router = APIRouter(prefix="/v1/curate", tags=["curate"])
-SUFFIXES = {"jsonl": ".jsonl", "json": ".json", "parquet": ".parquet"}
+UPLOAD = UploadRules(
+    recipe="curate",
+    recipe_message="POST /v1/curate takes recipe 'curate'",
+    dataset="the dataset",
+    suffixes={"jsonl": ".jsonl", "json": ".json", "parquet": ".parquet"},
+    file_description="Alpaca JSON array, JSONL (Alpaca or chat rows) or Parquet",
+    spec_description="curate spec JSON without source.path",
+    spec_optional=True,
+)
 BATCH = 1000  # decisions read per HMGET (= one storage bucket's worth)
 
 
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON schema with its ``$defs`` inlined, so it is valid inside the OpenAPI document."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
-            return {k: walk(v) for k, v in node.items()}
-        return [walk(v) for v in node] if isinstance(node, list) else node
-
-    inlined: dict[str, Any] = walk(schema)
-    return inlined
-
-
 async def _read_spec(request: Request, job_id: str, settings: Settings) -> CurateJobSpec:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if not is_multipart(request):
         try:
             return CurateJobSpec.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise _invalid(exc) from exc
-    cap = int(settings.max_upload_mb * (1 << 20))
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > cap + FIELDS_LIMIT:
-        too_large(cap)  # refused before a byte of it is read
-    form = _Form(upload_dir(settings.data_dir, job_id) / f"{UPLOAD_STEM}.part", cap)
-    await form.receive(request)
-    if form.filename is None:
-        unprocessable("file", "a multipart request needs the dataset as the 'file' part")
+            raise invalid(exc) from exc
+    upload = await receive_upload(request, job_id, settings, UPLOAD)
     try:
-        body: Any = orjson.loads(form.spec or b"{}")
-    except orjson.JSONDecodeError as exc:
-        unprocessable("spec", f"not valid JSON: {exc}")
-    if not isinstance(body, dict) or body.setdefault("recipe", "curate") != "curate":
-        unprocessable("spec.recipe", "POST /v1/curate takes recipe 'curate'")
-    source = body.setdefault("source", {})
-    if not isinstance(source, dict) or "path" in source:
-        unprocessable("source.path", "give either an uploaded file or source.path, not both")
-    suffix = SUFFIXES.get(str(source.get("format")), PurePosixPath(form.filename).suffix.lower())
-    source["path"] = f"{UPLOAD_DIR}/{job_id}/{UPLOAD_STEM}{suffix}"
-    try:
-        spec = CurateJobSpec.model_validate(body)
+        spec = CurateJobSpec.model_validate(upload.body)
     except ValidationError as exc:
-        raise _invalid(exc) from exc
-    await asyncio.to_thread(form.part_path.rename, settings.data_dir / source["path"])
+        raise invalid(exc) from exc
+    await upload.keep(settings.data_dir)
     return spec
 
 
 async def _surveyed(spec: CurateJobSpec, data_dir: Path, block: int) -> CurateJobSpec:
     """Read the whole file once (in a thread): rows, their shape, chunk offsets; fill in what was found."""
-    try:
-        path = resolve_path(data_dir, spec.source.path)
-        found = await asyncio.to_thread(survey, path, spec.source, block)
-    except DatasetError as exc:
-        unprocessable(exc.field, exc.message)
+    path = resolve_path(data_dir, spec.source.path)  # DatasetError: a 422 naming the field to fix
+    found = await asyncio.to_thread(survey, path, spec.source, block)
     source = spec.source.model_copy(update={"row_format": found.row_format, "messages_column": found.messages_column})
     update = {"source": source, "count": found.rows, "max_items": found.rows, "offsets": found.offsets}
     return spec.model_copy(update=update)
@@ -114,12 +86,8 @@ async def submit_curate(
     spec: CurateJobSpec, job_id: str, redis: RedisDep, settings: Settings, uploaded: bool = False
 ) -> JobStatus:
     """Survey the dataset, store the job and enqueue all its rows (also used by ``POST /v1/jobs``)."""
-    if not uploaded and await asyncio.to_thread(_in_uploads, settings.data_dir, spec.source.path):
-        unprocessable(
-            "source.path",
-            f"{spec.source.path!r} is in the uploads area: an uploaded dataset belongs to the job that "
-            "received it; upload the file again, or put it elsewhere in the data dir",
-        )
+    if not uploaded:
+        await refuse_uploads_path(settings.data_dir, spec.source.path)
     judge = spec.quality.judge if spec.quality.enabled else None
     endpoint_name = spec.endpoint or (judge.endpoint if judge else None) or settings.default_endpoint
     model = ""
@@ -136,10 +104,7 @@ async def submit_curate(
     )
     if needs_endpoint(record):  # only the judge calls an LLM
         for name in {endpoint_name, *([judge.endpoint] if judge and judge.endpoint else [])}:
-            try:
-                endpoint = await endpoints.resolve(redis, settings, name)
-            except endpoints.UnknownEndpoint as exc:
-                unprocessable("quality.judge.endpoint", str(exc))
+            endpoint = await endpoints.resolve(redis, settings, name, "quality.judge.endpoint")
             if name == endpoint_name:
                 model, usd_prompt, usd_completion = (
                     endpoint.model,
@@ -156,35 +121,14 @@ async def submit_curate(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses={413: {"description": "the uploaded file is over the server's SKILLMIX_MAX_UPLOAD_MB"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": _inlined(CurateJobSpec.model_json_schema())},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {
-                                "type": "string",
-                                "format": "binary",
-                                "description": "Alpaca JSON array, JSONL (Alpaca or chat rows) or Parquet",
-                            },
-                            "spec": {"type": "string", "description": "curate spec JSON without source.path"},
-                        },
-                    }
-                },
-            },
-        }
-    },
+    responses=TOO_LARGE,
+    openapi_extra=UPLOAD.openapi(inlined(CurateJobSpec.model_json_schema())),
 )
 async def curate(request: Request, redis: RedisDep, settings: SettingsDep) -> JobStatus:
     """Queue a curate job on a dataset; follow it at ``GET /v1/jobs/{id}``, read it at ``.../records``."""
     job_id = uuid.uuid4().hex
     try:
-        multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+        multipart = is_multipart(request)
         spec = await _read_spec(request, job_id, settings)
         return await submit_curate(spec, job_id, redis, settings, uploaded=multipart)
     except BaseException:  # refused, failed or cancelled (client gone): the upload, if any, goes too

@@ -10,15 +10,13 @@ from schemas.llm import EndpointLimits, EndpointLimitsPatch
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
 from store import endpoints, limits
-from store.endpoints import UnknownEndpoint
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
 
 
 async def _limits(redis: RedisDep, settings: SettingsDep, name: str) -> EndpointLimits:
-    try:
-        endpoint = await endpoints.resolve(redis, settings, name)
-    except UnknownEndpoint:
+    endpoint = await endpoints.find(redis, settings, name)
+    if endpoint is None:
         not_found("endpoint", name)
     found = await limits.effective_limits(redis, name, endpoint)
     return EndpointLimits.model_validate({"name": name, "model": endpoint.model, **found})

@@ -83,21 +83,12 @@ async def submit_job(spec: GenerationSpec, redis: RedisDep, settings: SettingsDe
     if isinstance(spec, CurateJobSpec):  # the dataset is surveyed first: the same path as POST /v1/curate
         return await submit_curate(spec, uuid.uuid4().hex, redis, settings)
     endpoint_name = spec.endpoint or settings.default_endpoint
-    try:
-        endpoint = await endpoints.resolve(redis, settings, endpoint_name)
-    except endpoints.UnknownEndpoint as exc:
-        unprocessable("endpoint", str(exc))
+    endpoint = await endpoints.resolve(redis, settings, endpoint_name)  # UnknownEndpoint: a 422 naming the field
     judge = spec.quality.judge
     if judge is not None and judge.endpoint:  # fail at submit, not in the worker
-        try:
-            await endpoints.resolve(redis, settings, judge.endpoint)
-        except endpoints.UnknownEndpoint as exc:
-            unprocessable("quality.judge.endpoint", str(exc))
+        await endpoints.resolve(redis, settings, judge.endpoint, "quality.judge.endpoint")
     if eval_judge := getattr(spec, "judge_endpoint", None):  # eval-math: its step checker, checked at submit
-        try:
-            await endpoints.resolve(redis, settings, eval_judge)
-        except endpoints.UnknownEndpoint as exc:
-            unprocessable("judge_endpoint", str(exc))
+        await endpoints.resolve(redis, settings, eval_judge, "judge_endpoint")
     skill_set = (
         await _resolve_skill_set(redis, spec) if isinstance(spec, InstructJobSpec | MathJobSpec) else None
     )
@@ -161,8 +152,6 @@ async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
     one), the others stay. Raising the budget of a job paused at it resumes it; lowering it below what was
     already spent pauses it now."""
     record = await _generation_record(redis, job_id)
-    if record.spec.recipe.startswith("extract"):
-        unprocessable("budget", f"job {job_id} is a skill extraction; it has no budget")
     state = await records.get_state(redis, job_id)
     if state is None or state.finished:
         conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")
@@ -175,20 +164,7 @@ async def resume_job(job_id: str, redis: RedisDep) -> JobStatus:
     """Carry on with a job paused at its budget (once the budget has room again): every planned chunk with
     items still to generate is enqueued again."""
     record = await _generation_record(redis, job_id)
-    try:
-        await jobs.resume(redis, record)
-    except jobs.NotPaused as exc:
-        conflict(f"job {job_id} is {exc}, not paused; only a paused job can be resumed")
-    except jobs.BudgetExhausted:
-        current = await _status(redis, job_id)
-        cap, c = current.budget, current.counters
-        spent = f"${c.cost_usd:.4f} of ${cap.max_cost_usd:.4f}" if cap and cap.max_cost_usd else ""
-        used = f"{c.prompt_tokens + c.completion_tokens} of {cap.max_tokens} tokens" if cap and cap.max_tokens else ""
-        conflict(
-            f"job {job_id} is still at its budget ({', '.join(p for p in (spent, used) if p)} used); raise it "
-            f'first with PATCH /v1/jobs/{job_id} {{"budget": {{"max_cost_usd": ...}}}} or `skillmix budget {job_id} '
-            "--max-cost-usd X`"
-        )
+    await jobs.resume(redis, record)  # NotPaused, BudgetExhausted: 409s that say why
     return await _status(redis, job_id)
 
 

@@ -7,8 +7,7 @@ write against a stale version is a 409 carrying the current item, and changes no
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Query, status
 
 from schemas.review import (
     HelpAccepted,
@@ -51,16 +50,6 @@ async def _item(redis: RedisDep, job_id: str, item_id: str) -> ReviewItem:
     return item
 
 
-def _conflict(current: ReviewItem) -> JSONResponse:
-    body = ReviewConflict(
-        detail=f"item {current.id} is at version {current.version} (last changed by {current.updated_by}); "
-        "reload it and apply your change again",
-        current_version=current.version,
-        item=current,
-    )
-    return JSONResponse(status_code=409, content=body.model_dump(mode="json"))
-
-
 @router.get("", response_model=ReviewItemsPublic)
 async def list_items(
     redis: RedisDep,
@@ -74,12 +63,7 @@ async def list_items(
     if job is not None:
         await _math_job(redis, job)
     job_ids = [job] if job is not None else await review_store.math_job_ids(redis)
-    try:
-        items, next_cursor = await review_store.page(redis, job_ids, skill, state, cursor, limit)
-    except ValueError as exc:
-        raise HTTPException(
-            status_code=422, detail=[{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]
-        ) from exc
+    items, next_cursor = await review_store.page(redis, job_ids, skill, state, cursor, limit)
     return ReviewItemsPublic(data=items, next_cursor=next_cursor)
 
 
@@ -102,18 +86,16 @@ async def _change(
     action: str,
     fields: dict[str, object],
     reason: str | None = None,
-) -> ReviewItem | JSONResponse:
+) -> ReviewItem:
+    """A stale ``expected`` raises ``review_store.Stale``: a 409 carrying the current item."""
     item = await _item(redis, job_id, item_id)
-    try:
-        return await review_store.change(redis, item, expected, by, action, fields, reason=reason)
-    except review_store.Stale as exc:
-        return _conflict(exc.current)
+    return await review_store.change(redis, item, expected, by, action, fields, reason=reason)
 
 
 @router.post("/{job_id}/{item_id}/accept", responses=WRITE_RESPONSES, response_model=ReviewItem)
 async def accept_item(
     job_id: str, item_id: str, decision: ReviewDecision, redis: RedisDep, reviewer: Reviewer
-) -> ReviewItem | JSONResponse:
+) -> ReviewItem:
     fields: dict[str, object] = {"state": "accepted", "reject_reason": None}
     return await _change(
         redis, job_id, item_id, decision.expected_version, reviewer, "accept", fields, decision.reason or None
@@ -123,7 +105,7 @@ async def accept_item(
 @router.post("/{job_id}/{item_id}/reject", responses=WRITE_RESPONSES, response_model=ReviewItem)
 async def reject_item(
     job_id: str, item_id: str, decision: ReviewDecision, redis: RedisDep, reviewer: Reviewer
-) -> ReviewItem | JSONResponse:
+) -> ReviewItem:
     """Reject with a reason (required)."""
     if not decision.reason:
         unprocessable("reason", "a rejection needs a reason")
@@ -132,9 +114,7 @@ async def reject_item(
 
 
 @router.patch("/{job_id}/{item_id}", responses=WRITE_RESPONSES, response_model=ReviewItem)
-async def edit_item(
-    job_id: str, item_id: str, edit: ReviewEdit, redis: RedisDep, reviewer: Reviewer
-) -> ReviewItem | JSONResponse:
+async def edit_item(job_id: str, item_id: str, edit: ReviewEdit, redis: RedisDep, reviewer: Reviewer) -> ReviewItem:
     """Change the problem, solution and/or answer; the review state is kept."""
     fields: dict[str, object] = edit.model_dump(exclude_none=True, exclude={"expected_version"})
     return await _change(redis, job_id, item_id, edit.expected_version, reviewer, "edit", fields)

@@ -4,8 +4,8 @@ Rows carry their fine label as a snake_case token, which is what the fake endpoi
 (``tests.fake_llm.extraction_label``), so a test knows every row's label, merge and coarse skill.
 """
 
+import asyncio
 import json
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,12 +19,14 @@ from schemas.jobs import JobRecord, JobState, JobStatus
 from schemas.settings import Settings
 from schemas.skills import SkillSet
 from store import jobs, records
+from store.datasets import resolve_path
 from store.skill_sets import get_skill_set
+from store.survey import inspect
+from tests.conftest import REDIS_URL
 from tests.plugins.fake_llm import FakeLLM
 from workers.extract import runner
 from workers.extract.phase import ExtractFailed
-from workers.extract.reader import inspect, resolve_path
-from workers.llm.client import LLMClient
+from workers.runner.resources import Resources
 
 SPEC: TypeAdapter[ExtractAgnosticSpec | ExtractDatasetSpec] = TypeAdapter(ExtractAgnosticSpec | ExtractDatasetSpec)
 
@@ -78,14 +80,19 @@ async def start_job(redis: ArqRedis, settings: Settings, body: dict[str, Any]) -
 
 
 async def run_steps(redis: ArqRedis, settings: Settings, record: JobRecord, slice_s: float = 60.0) -> int:
-    """Run the job's steps in-process like the worker would; returns how many steps it took."""
+    """Run the job's steps in-process like the worker would, on the runner's metered path (its calls are
+    counted at send and charged, its answers kept); returns how many steps it took."""
     steps = 0
-    async with LLMClient("fake", settings.endpoints["fake"]) as llm:
+    res = Resources(redis, settings.model_copy(update={"redis_url": REDIS_URL}))
+    try:
         while True:
             steps += 1
-            if await runner.run_step(redis, settings, record, llm, time.monotonic() + slice_s, final_try=False):
+            if await runner.advance(res, redis, record, final_try=False, slice_s=slice_s):
                 return steps
             assert steps < 100_000, "the job makes no progress"
+    finally:
+        await res.aclose()
+        await asyncio.sleep(0.05)  # the fire-and-forget counts (``workers.tally``) land before the test reads
 
 
 async def run_job(

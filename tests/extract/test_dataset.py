@@ -8,7 +8,8 @@ import orjson
 from arq.connections import ArqRedis
 
 from schemas.extract import MAX_EXEMPLARS, ExtractDatasetSpec, UnlabelledRow
-from store import records
+from schemas.jobs import JobState
+from store import keys, records
 from store.extraction import ExtractStore
 from tests.extract.helpers import (
     coarse_of,
@@ -134,6 +135,8 @@ async def test_small_steps_give_the_same_set_and_redoing_counts_nothing_twice(
     # A worker killed mid-step has its step redone from the last saved place: nothing counts twice.
     store = ExtractStore(redis, sliced.id)
     await store.set_state(phase="label", label_row=0, label_offset=0, map_row=0, map_offset=0)
+    await redis.hset(keys.meta(sliced.id), "state", JobState.RUNNING.value)  # as when its worker died (a
+    # finished job's calls are refused before they leave)
     record = await records.load_record(redis, sliced.id)
     assert record is not None
     await run_steps(redis, settings, record)

@@ -9,8 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.extract import DatasetSource
-from workers.extract.answers import parse_json, skill_name
-from workers.extract.reader import DatasetError, DatasetReader, Position, inspect, resolve_path
+from store.datasets import DatasetError, resolve_path
+from store.survey import inspect
+from workers.extract.answers import skill_name
+from workers.extract.reader import DatasetReader, Position
+from workers.lenient import parse_json
 
 
 def jsonl(path: Path, rows: list[Any], blank_lines: bool = False) -> Path:

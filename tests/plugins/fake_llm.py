@@ -2,7 +2,7 @@
 
     def test_x(fake_llm):
         fake = fake_llm(rpm=600, latency_ms=50)        # or: await fake_llm.astart(...) in async tests
-        client = LLMClient("fake", fake.endpoint_settings(max_retries=2))
+        client = raw_client("fake", fake.endpoint_settings(max_retries=2))
         ...
         assert fake.stats()["rate_limited"] == 0
 

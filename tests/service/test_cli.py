@@ -65,3 +65,28 @@ def test_submit_wait_then_export(tmp_path: Path, processes: Processes, redis: Ar
     assert len(rows) == 12 and {r["instruction"] for r in rows} == {f"Name a colour, {i}." for i in range(12)}
     unknown = skillmix("export", "nope", "-o", str(out), "--api", api, env=env)
     assert unknown.returncode == 2 and "not found" in unknown.stdout
+
+
+def test_validation_errors_name_the_field_without_the_recipe_tag_for_every_recipe() -> None:
+    """A 422's location carries the union tag (``body.math.k``); the CLI shows ``k`` for every recipe, also ones
+    added after the list of tags was written (the tags come from the ``JobSpec`` union)."""
+    from typing import get_args
+
+    import httpx
+    from pydantic import TypeAdapter, ValidationError
+
+    from schemas.jobs import JobSpec
+    from service.cli_common import console, print_validation_errors
+
+    recipes = [m.model_fields["recipe"].default for m in get_args(get_args(JobSpec)[0])]
+    assert {"instruct", "math", "eval-math", "curate", "extract-from-dataset"} <= set(recipes)
+    for recipe in recipes:
+        try:
+            TypeAdapter(JobSpec).validate_python({"recipe": recipe, "not_a_field": 1})
+        except ValidationError as exc:
+            detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
+        assert any(d["loc"][1] == recipe for d in detail)  # pydantic puts the tag first
+        with console.capture() as captured:
+            print_validation_errors(httpx.Response(422, json={"detail": detail}))
+        shown = captured.get()
+        assert "invalid not_a_field:" in shown and f"invalid {recipe}." not in shown, (recipe, shown)

@@ -13,20 +13,30 @@ import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from schemas.review import ReviewVersion
+from schemas.review import HelpTask, ReviewVersion, Suggestion
+from schemas.settings import Settings
+from store import keys
 from store import review as review_store
-from tests.conftest import REDIS_URL, Processes
+from tests.conftest import REDIS_URL, Processes, service_env
 from tests.fake_llm import math_notation, math_truth
-from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
+from tests.test_end_to_end import examples, finished, submit, wait_for
 from tests.workers.test_math import MATH_SET
+from workers.llm.replay import item_scope
 from workers.math.equivalence import compare
+from workers.meter import job_llm, replay_cache
+from workers.recipes.math import MathRecipe
+from workers.review import help as review_help
+from workers.runner.resources import Resources
 
 ALICE, BOB = {"X-Reviewer": "alice"}, {"X-Reviewer": "bob"}
+PRICED = {"usd_per_mtok_prompt": 1.0, "usd_per_mtok_completion": 2.0}  # micro-dollars = tokens x price, exactly
 
 
 def _stack(processes: Processes, fake_llm: Any) -> tuple[Any, str]:
     fake = fake_llm(rpm=0, latency_ms=2)
-    api = start_stack(processes, fake)
+    settings = service_env({"fake": fake.endpoint_settings(**PRICED)})
+    api = processes.api(settings)
+    processes.worker(settings)
     httpx.post(f"{api}/v1/skill-sets", json=MATH_SET).raise_for_status()
     return fake, api
 
@@ -216,6 +226,11 @@ def _settled(api: str, fake: Any, job_id: str) -> tuple[int, int]:
     raise AssertionError(f"counts did not settle: {last}")
 
 
+def _counters(api: str, job_id: str) -> dict[str, int]:
+    counters: dict[str, int] = httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]
+    return counters
+
+
 def _help(api: str, item: dict[str, Any], **request: Any) -> dict[str, Any]:
     response = httpx.post(_url(api, item, "help"), json=request, headers=ALICE)
     assert response.status_code == 202, response.text
@@ -240,6 +255,7 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
     p, q = math_truth(item["problem"])
     assert item["answer"] == math_notation(p, q, 0.0)
     requests0, calls0 = _settled(api, fake, job_id)
+    spent0 = _counters(api, job_id)
 
     # the reviewer breaks the answer, then asks for a re-solve and a check of the edit
     wrong = str(p + 1000)
@@ -249,6 +265,9 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
     assert "differs" in resolve["text"] and compare(resolve["proposed"]["answer"], item["answer"])
     requests1, calls1 = _settled(api, fake, job_id)
     assert requests1 - requests0 == calls1 - calls0 == 3  # the n_solves re-solves, metered to the job
+    spent1 = _counters(api, job_id)  # and charged to it, at the endpoint's prices
+    prompt, completion = (spent1[k] - spent0[k] for k in ("prompt_tokens", "completion_tokens"))
+    assert prompt > 0 and spent1["cost_micro_usd"] - spent0["cost_micro_usd"] == prompt + 2 * completion
 
     check = _help(api, item, kind="check_edit", note="I changed the answer")
     assert check["status"] == "pending" and check["text"].startswith("Check: not consistent"), check
@@ -273,6 +292,60 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
     bad = httpx.post(_url(api, item, "help"), json={"kind": "make_skill_necessary", "skill": "nope"}, headers=ALICE)
     assert bad.status_code == 422
     assert httpx.post(_url(api, item, "help"), json={"kind": "resolve"}).status_code == 422  # no X-Reviewer
+
+
+def test_a_rerun_help_request_replays_the_answers_it_already_got(
+    processes: Processes, redis: ArqRedis, fake_llm: Any
+) -> None:
+    """Review help is metered and replayed: a request whose worker died after its answers arrived, before its
+    suggestion was stored, runs again without paying for them (the endpoint sees no new request)."""
+    fake, api = _stack(processes, fake_llm)
+    job_id = _math_job(api, 1, seed=6)
+    item_id = _list(api, job=job_id)["data"][0]["id"]
+    _settled(api, fake, job_id)
+    asyncio.run(_killed_then_rerun(job_id, item_id, fake))
+
+
+async def _killed_then_rerun(job_id: str, item_id: str, fake: Any) -> None:
+    client = ArqRedis.from_url(REDIS_URL)
+    res = Resources(client, Settings(redis_url=REDIS_URL, endpoints={"fake": fake.endpoint_settings(**PRICED)}))
+    try:
+        task = HelpTask(job_id=job_id, item_id=item_id, suggestion_id="s1", help="resolve", by="alice")
+        found = await res.recipe(job_id)
+        item = await review_store.get(client, job_id, item_id)
+        assert found is not None and item is not None
+        record, recipe = found
+        assert isinstance(recipe, MathRecipe)
+        for _ in range(300):  # retired by the watchdog (which drops a job's kept answers as it retires it)
+            if not await client.sismember(keys.ACTIVE_JOBS, job_id):
+                break
+            await asyncio.sleep(0.1)
+        calls0 = int(await client.hget(keys.counters(job_id), "llm_calls") or 0)
+        # the first run: its answers arrive (and are kept), then it dies before the suggestion is stored
+        replay = await replay_cache(res, client, job_id, "help-s1")
+        llm = await job_llm(res, record, replay, refuse_when_finished=False)
+        with item_scope(0, "help"):
+            await review_help.run(recipe, llm, item, Suggestion(id="s1", kind="resolve", requested_by="alice"))
+        for _ in range(100):  # the answers and counts are written fire-and-forget: poll what landed
+            if await client.hlen(keys.replay(job_id, "help-s1")) == 3:
+                break
+            await asyncio.sleep(0.05)
+        paid = (await fake.astats())["requests"]
+        assert int(await client.hget(keys.counters(job_id), "llm_calls") or 0) == calls0 + 3  # metered
+        assert await client.hlen(keys.replay(job_id, "help-s1")) == 3  # kept
+
+        assert await review_help.run_unit({"redis": client, "resources": res}, task, False) == {"stored": True}
+        await res.tally.aclose()  # its replay hits and the drop go out now
+        await asyncio.sleep(0.2)
+        assert (await fake.astats())["requests"] == paid  # the rerun replayed all three solves
+        assert int(await client.hget(keys.counters(job_id), "llm_calls") or 0) == calls0 + 3
+        assert int(await client.hget(keys.counters(job_id), "replayed") or 0) >= 3
+        stored = await review_store.get(client, job_id, item_id)
+        assert stored is not None and [(x.id, x.llm_calls) for x in stored.suggestions] == [("s1", 3)]
+        assert not await client.exists(keys.replay(job_id, "help-s1"))  # dropped once the suggestion is stored
+    finally:
+        await res.aclose()
+        await client.aclose()
 
 
 def test_export_serves_accepted_questions_with_edits_unless_asked(

@@ -13,6 +13,7 @@ import pytest
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import EndpointSettings
 from tests.plugins.fake_llm import FakeLLMFactory
+from tests.raw_client import raw_client
 from workers.llm.client import LLMClient, RetryPolicy
 from workers.llm.errors import (
     LLMBadRequest,
@@ -44,7 +45,7 @@ def total(results: list[ChatResult]) -> Usage:
 
 async def test_success_reports_usage(fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart()
-    async with LLMClient("fake", fake.endpoint_settings()) as client:
+    async with raw_client("fake", fake.endpoint_settings()) as client:
         result = await client.chat(PROMPT, max_tokens=400, seed=1)
         again = await client.chat(PROMPT, max_tokens=400, seed=1)
     assert result.content.startswith("## Instruction\n") and result.finish_reason == "stop"
@@ -62,7 +63,7 @@ async def test_success_reports_usage(fake_llm: FakeLLMFactory) -> None:
 async def test_stays_under_the_endpoint_rpm(fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart(rpm=1200)  # 20/s, bucket of 20
     started = time.monotonic()
-    async with LLMClient("fake", fake.endpoint_settings(max_concurrency=20), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(max_concurrency=20), retry=FAST) as client:
         results = await run_many(client, 60)
     elapsed = time.monotonic() - started
     stats = await fake.astats()
@@ -75,7 +76,7 @@ async def test_stays_under_the_endpoint_rpm(fake_llm: FakeLLMFactory) -> None:
 async def test_429_storm_is_survived(fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart(storm=20, storm_retry_after_s=0.5)
     started = time.monotonic()
-    async with LLMClient("fake", fake.endpoint_settings(max_concurrency=30), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(max_concurrency=30), retry=FAST) as client:
         results = await run_many(client, 30)
     stats = await fake.astats()
     assert len(results) == 30 and stats["ok"] == 30
@@ -88,7 +89,7 @@ async def test_endpoint_wide_pause_holds_back_requests_not_yet_sent(fake_llm: Fa
     # 429 for everything during 1 s. 30 calls through 5 connections: only the first wave can see a 429;
     # without the shared pause each of the 30 calls would get its own (>= 30).
     fake = await fake_llm.astart()
-    async with LLMClient("fake", fake.endpoint_settings(max_concurrency=5), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(max_concurrency=5), retry=FAST) as client:
         await fake.aconfigure(storm_s=1.0)
         results = await run_many(client, 30)
     stats = await fake.astats()
@@ -98,7 +99,7 @@ async def test_endpoint_wide_pause_holds_back_requests_not_yet_sent(fake_llm: Fa
 
 async def test_5xx_are_retried(fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart(error_rate=0.3, fault_seed=7)
-    async with LLMClient("fake", fake.endpoint_settings(max_concurrency=10, max_retries=8), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(max_concurrency=10, max_retries=8), retry=FAST) as client:
         results = await run_many(client, 30)
     stats = await fake.astats()
     assert len(results) == 30 and stats["errors"] > 0
@@ -108,7 +109,7 @@ async def test_5xx_are_retried(fake_llm: FakeLLMFactory) -> None:
 async def test_hang_times_out_then_succeeds(fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart(hang_next=1, hang_s=5)
     started = time.monotonic()
-    async with LLMClient("fake", fake.endpoint_settings(timeout_s=0.5), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(timeout_s=0.5), retry=FAST) as client:
         result = await client.chat(PROMPT, max_tokens=100)
     assert result.usage.calls == 2 and result.usage.retries == 1
     assert time.monotonic() - started < 2.0
@@ -117,7 +118,7 @@ async def test_hang_times_out_then_succeeds(fake_llm: FakeLLMFactory) -> None:
 
 async def test_malformed_bodies_are_retried(fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart(malformed_next=2)
-    async with LLMClient("fake", fake.endpoint_settings(), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(), retry=FAST) as client:
         result = await client.chat(PROMPT, max_tokens=100)
     assert result.usage.calls == 3 and result.content
 
@@ -125,22 +126,22 @@ async def test_malformed_bodies_are_retried(fake_llm: FakeLLMFactory) -> None:
 async def test_bad_key_is_fatal_at_once(fake_llm: FakeLLMFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = await fake_llm.astart(require_key="sekrit")
     monkeypatch.setenv("FAKE_KEY", "wrong")
-    async with LLMClient("fake", fake.endpoint_settings(api_key_env="FAKE_KEY"), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(api_key_env="FAKE_KEY"), retry=FAST) as client:
         with pytest.raises(LLMFatal) as caught:
             await client.chat(PROMPT, max_tokens=100)
     assert caught.value.status_code == 401 and caught.value.usage == Usage(calls=1)
     assert (await fake.astats())["requests"] == 1
     monkeypatch.setenv("FAKE_KEY", "sekrit")
-    async with LLMClient("fake", fake.endpoint_settings(api_key_env="FAKE_KEY")) as client:
+    async with raw_client("fake", fake.endpoint_settings(api_key_env="FAKE_KEY")) as client:
         assert (await client.chat(PROMPT, max_tokens=100)).content
     monkeypatch.delenv("FAKE_KEY")
     with pytest.raises(LLMMissingKey, match="FAKE_KEY"):
-        LLMClient("fake", fake.endpoint_settings(api_key_env="FAKE_KEY"))
+        raw_client("fake", fake.endpoint_settings(api_key_env="FAKE_KEY"))
 
 
 async def test_bad_request_fails_the_item_at_once(fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart(max_context_words=50)
-    async with LLMClient("fake", fake.endpoint_settings(), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(), retry=FAST) as client:
         with pytest.raises(LLMBadRequest) as caught:
             await client.chat(PROMPT, max_tokens=100)  # 5 prompt words + 100 > 50
         assert caught.value.status_code == 400 and "context_length_exceeded" in caught.value.body
@@ -152,7 +153,7 @@ async def test_bad_request_fails_the_item_at_once(fake_llm: FakeLLMFactory) -> N
 
 async def test_retries_exhausted_is_unavailable(fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart(fail_next=100, fail_status=503)
-    async with LLMClient("fake", fake.endpoint_settings(max_retries=2), retry=FAST) as client:
+    async with raw_client("fake", fake.endpoint_settings(max_retries=2), retry=FAST) as client:
         with pytest.raises(LLMUnavailable) as caught:
             await client.chat(PROMPT, max_tokens=100)
     cause = caught.value.__cause__
@@ -171,7 +172,7 @@ def completion(content: str = "ok") -> httpx.Response:
 
 def mock_client(handler: Any, **settings: Any) -> LLMClient:
     endpoint = EndpointSettings.model_validate({"base_url": "http://llm.test/v1", "model": "m"} | settings)
-    return LLMClient("mock", endpoint, transport=httpx.MockTransport(handler), retry=FAST)
+    return raw_client("mock", endpoint, transport=httpx.MockTransport(handler), retry=FAST)
 
 
 async def test_request_shape_with_json_schema() -> None:

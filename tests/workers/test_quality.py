@@ -569,7 +569,7 @@ def _expansions(pattern: str, limit: int = 50_000) -> list[str]:
 
 
 def test_refusal_literals_cover_every_refusal_pattern() -> None:
-    from workers.curate.quality import _REFUSAL_PATTERNS, _REFUSAL_RE, _may_refuse
+    from workers.curate.quality.checks import _REFUSAL_PATTERNS, _REFUSAL_RE, _may_refuse
 
     for pattern in _REFUSAL_PATTERNS:
         texts = _expansions(pattern)
@@ -579,14 +579,14 @@ def test_refusal_literals_cover_every_refusal_pattern() -> None:
 
 
 def test_reask_literals_cover_every_reask_pattern() -> None:
-    from workers.curate.quality import _REASK_LITERALS, _REASK_RE
+    from workers.curate.quality.checks import _REASK_LITERALS, _REASK_RE
 
     missed = [t for t in _expansions(_REASK_RE.pattern) if not any(x in t for x in _REASK_LITERALS)]
     assert not missed, f"add a literal of {missed[:3]} to _REASK_LITERALS"
 
 
 def test_placeholder_openings_contain_the_prefilter_strings() -> None:
-    from workers.curate.quality import _PLACEHOLDER_RES
+    from workers.curate.quality.checks import _PLACEHOLDER_RES
 
     for openings, _ in _PLACEHOLDER_RES:
         if len(openings) > 1:

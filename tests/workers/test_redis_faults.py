@@ -13,8 +13,7 @@ from schemas.jobs import ChunkTask
 from schemas.settings import Settings
 from store.connection import open_redis
 from tests.conftest import REDIS_URL
-from workers.extract.runner import run_extract_step
-from workers.worker import run_chunk_job
+from workers.runner.step import run_step
 
 
 async def test_a_reply_that_never_comes_times_out() -> None:
@@ -49,13 +48,13 @@ class _RedisGone:
 async def test_a_chunk_hit_by_redis_trouble_is_retried_not_failed(error: BaseException) -> None:
     task = ChunkTask(job_id="j1", start=0, stop=4)
     with pytest.raises(Retry):
-        await run_chunk_job({"resources": _RedisGone(error), "job_try": 1}, task.model_dump())
+        await run_step({"resources": _RedisGone(error), "job_try": 1}, task.model_dump())
 
 
 async def test_other_errors_still_fail_the_chunk() -> None:
     task = ChunkTask(job_id="j1", start=0, stop=4)
     with pytest.raises(ValueError):
-        await run_chunk_job({"resources": _RedisGone(ValueError("a bug")), "job_try": 1}, task.model_dump())
+        await run_step({"resources": _RedisGone(ValueError("a bug")), "job_try": 1}, task.model_dump())
 
 
 class _RedisAway:
@@ -72,4 +71,4 @@ async def test_an_extraction_step_hit_by_redis_trouble_is_retried() -> None:
     task = ExtractTask(job_id="j1", step=3)
     ctx = {"redis": _RedisAway(), "resources": None, "job_try": 1}
     with pytest.raises(Retry):
-        await run_extract_step(ctx, task.model_dump())
+        await run_step(ctx, task.model_dump())

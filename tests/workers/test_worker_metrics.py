@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.llm import ChatMessage
 from store.stats import parse_field, stat_field
+from tests.raw_client import raw_client
 from workers import logs, metrics
-from workers.llm.client import LLMClient, RetryPolicy
+from workers.llm.client import RetryPolicy
 
 HELLO = [ChatMessage(role="user", content="Say hello.")]
 
@@ -31,7 +32,7 @@ async def test_each_request_that_left_is_timed_by_outcome(fake_llm: Any) -> None
     fake = await fake_llm.astart(latency_ms=5)
     name = f"probe-{uuid.uuid4().hex[:8]}"  # its own label values: other tests' calls do not mix in
     fast_retry = RetryPolicy(base_s=0.01, cap_s=0.02, default_retry_after_s=0.05)
-    async with LLMClient(name, fake.endpoint_settings(timeout_s=0.5, max_retries=3), retry=fast_retry) as client:
+    async with raw_client(name, fake.endpoint_settings(timeout_s=0.5, max_retries=3), retry=fast_retry) as client:
         await fake.aconfigure(storm=1, storm_retry_after_s=0.05, fail_next=1, fail_status=500)
         await client.chat(HELLO, max_tokens=16)  # 429, then 500, then ok
         await fake.aconfigure(hang_next=1, hang_s=2.0)
@@ -53,7 +54,7 @@ async def test_each_request_that_left_is_timed_by_outcome(fake_llm: Any) -> None
 async def test_in_flight_counts_requests_under_way(fake_llm: Any) -> None:
     fake = await fake_llm.astart(latency_ms=400)
     name = f"probe-{uuid.uuid4().hex[:8]}"
-    async with LLMClient(name, fake.endpoint_settings()) as client:
+    async with raw_client(name, fake.endpoint_settings()) as client:
         calls = [asyncio.create_task(client.chat(HELLO, max_tokens=8)) for _ in range(3)]
         await asyncio.sleep(0.2)
         assert REGISTRY.get_sample_value("skillmix_llm_in_flight", {"endpoint": name}) == 3

@@ -10,23 +10,23 @@ cannot be read after one retry fails the item ("judge answer unparseable").
 
 It runs in the generate stage, on the job's metered client for the judge's endpoint, so its calls go
 through the same limits, are refused after a cancel and count in the job's ``llm_calls`` and tokens. The
-verdict travels on the item (``GeneratedItem.judge``); ``JudgeCheck`` in ``quality.py`` rejects on it and
+verdict travels on the item (``GeneratedItem.judge``); ``JudgeCheck`` in ``quality/checks.py`` rejects on it and
 the stored example keeps it.
 """
 
-from functools import cache
-from importlib import resources
 from string import Template
 from typing import Any
 
 from schemas.curation import JudgeSettings
+from schemas.errors import AnswerUnusable
 from schemas.examples import GeneratedItem, JudgeVerdict
 from schemas.jobs import JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.sampling import derive_rng
+from workers.lenient import json_object
 from workers.llm.client import ChatClient, LLMClient
 from workers.llm.errors import LLMBadRequest
-from workers.recipes.parse import json_object
+from workers.templates import load_template
 
 TEMPLATE_VERSION = "v1"
 CRITERIA = ("specific", "uses_all_skills", "answers_request", "correct", "complete", "not_too_brief")
@@ -52,13 +52,11 @@ JUDGE_SCHEMA: dict[str, object] = {
 }
 
 
-@cache
 def template(name: str) -> Template:
-    path = resources.files("workers.curate").joinpath("templates", "judge", TEMPLATE_VERSION, f"{name}.txt")
-    return Template(path.read_text(encoding="utf-8"))
+    return load_template("workers.curate", "judge", TEMPLATE_VERSION, name)
 
 
-class JudgeAnswerInvalid(ValueError):
+class JudgeAnswerInvalid(AnswerUnusable, ValueError):
     pass
 
 

@@ -1,40 +1,21 @@
-"""A dataset a team brings for ``recipe: curate``, streamed: JSONL line by line, a JSON array (Alpaca) element
-by element, Parquet batch by batch; never the whole file in memory.
+"""A dataset a team brings for ``recipe: curate``, streamed by ``store.datasets``: JSONL line by line, a JSON
+array (Alpaca) element by element, Parquet batch by batch; never the whole file in memory.
 
-Rows are kept exactly as read (every field, in order). The API surveys the file once at submit (``survey``:
-format, every row's shape, the row count, and the byte offset of every ``block``-th row), so a worker reads
-its chunk's rows by seeking straight to them (``read_block``), never re-reading the file from the top.
+Rows are kept exactly as read (every field, in order). The API surveys the file once at submit
+(``store.survey.survey``: format, every row's shape, the row count, and the byte offset of every
+``block``-th row), so a worker reads its chunk's rows by seeking straight to them (``read_block``), never
+re-reading the file from the top.
 """
 
-import re
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import orjson
+from schemas.jobs import CurateSource
+from store.survey import CurateRowFormat, iter_rows
 
-from schemas.jobs import MAX_COUNT, CurateSource
-from workers.extract.reader import DatasetError, open_parquet
-
-RowFormat = Literal["alpaca", "messages"]
-Rows = Generator[tuple[int, int, Any], None, None]
-READ_BYTES = 1 << 20
-PARQUET_BATCH_ROWS = 1024
-CHAT_COLUMNS = ("messages", "conversations")
 USER_ROLES = frozenset({"user", "human"})
 ASSISTANT_ROLES = frozenset({"assistant", "gpt", "bot", "model", "chatgpt"})
-# Inside a JSON value: a whole string (skipped in C), a lone quote (a string cut by the buffer's end) or a bracket.
-_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|"|[{}\[\]]')
-_SPACE = b" \t\r\n"
-
-
-@dataclass(frozen=True)
-class Survey:
-    rows: int
-    row_format: RowFormat
-    messages_column: str | None
-    offsets: list[int]  # byte offset of rows 0, block, 2 x block, ... (JSONL and JSON; empty for Parquet)
 
 
 @dataclass(frozen=True)
@@ -57,7 +38,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def pair(row: dict[str, Any], row_format: RowFormat, messages_column: str | None) -> Pair:
+def pair(row: dict[str, Any], row_format: CurateRowFormat, messages_column: str | None) -> Pair:
     """What the quality checks and dedup read: instruction, input, output. Chat rows: the first user turn
     and the first assistant turn after it."""
     if row_format == "alpaca":
@@ -74,251 +55,12 @@ def pair(row: dict[str, Any], row_format: RowFormat, messages_column: str | None
     return Pair(instruction, "", output)
 
 
-def _check(row: Any, row_format: RowFormat, messages_column: str | None) -> None:
-    """Raises ValueError naming what is wrong with the row's shape."""
-    if not isinstance(row, dict):
-        raise ValueError(f"a row must be a JSON object, not {type(row).__name__}")
-    if row_format == "alpaca":
-        if "instruction" not in row:
-            raise ValueError(f"no 'instruction' field (the row has: {', '.join(map(str, row)) or 'nothing'})")
-        for key in ("instruction", "input", "output"):
-            if row.get(key) is not None and not isinstance(row[key], str):
-                raise ValueError(f"{key!r} must be a string, not {type(row[key]).__name__}")
-        return
-    assert messages_column is not None
-    messages = row.get(messages_column)
-    if not isinstance(messages, list):
-        raise ValueError(f"{messages_column!r} must be a list of messages (role/content or from/value)")
-    for message in messages:
-        if not isinstance(message, dict):
-            raise ValueError(f"each message of {messages_column!r} must be an object")
-        content = message["content"] if "content" in message else message.get("value")
-        if not isinstance(content, str | list | None):
-            raise ValueError(f"a message's content must be a string, not {type(content).__name__}")
-
-
-def detect(row: Any, source: CurateSource) -> tuple[RowFormat, str | None]:
-    if source.messages_column is not None:
-        return "messages", source.messages_column
-    if isinstance(row, dict):
-        if source.row_format in (None, "alpaca") and "instruction" in row:
-            return "alpaca", None
-        if source.row_format in (None, "messages"):
-            for column in CHAT_COLUMNS:
-                if column in row:
-                    return "messages", column
-        if source.row_format is not None:
-            return source.row_format, CHAT_COLUMNS[0] if source.row_format == "messages" else None
-    fields = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
-    raise DatasetError(
-        "source.row_format",
-        f"cannot tell the row format: the first row has {fields or 'no fields'}; rows need 'instruction' "
-        "(Alpaca), 'messages' (role/content) or 'conversations' (ShareGPT from/value), "
-        "or set source.messages_column",
-    )
-
-
-def iter_rows(path: Path, source: CurateSource, start: int = 0, offset: int = 0) -> Rows:
-    """(row index, byte offset, row) from row ``start``, which begins at byte ``offset`` (JSONL and JSON; 0 reads
-    from the top); for Parquet the offset is the row index."""
-    if source.format == "parquet":
-        return _parquet_rows(path, start)
-    if source.format == "json":
-        return _json_rows(path, start, offset)
-    return _jsonl_rows(path, start, offset)
-
-
-def _jsonl_rows(path: Path, start: int, offset: int) -> Rows:
-    index, from_top = (0 if offset == 0 else start), offset == 0
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        for number, line in enumerate(fh, start=1):
-            at = offset
-            offset += len(line)
-            if not line.strip():
-                continue
-            if index >= start:
-                try:
-                    row = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    where = f"line {number}" if from_top else f"row {index + 1}"
-                    raise DatasetError("source.format", f"{where} is not valid JSON ({exc}); is it JSONL?") from exc
-                yield index, at, row
-            index += 1
-
-
-def _json_rows(path: Path, start: int, offset: int) -> Rows:
-    """The elements of one top-level JSON array, each parsed on its own from a sliding buffer."""
-    with path.open("rb") as fh:
-        buf, base, pos, eof = b"", offset, 0, False
-
-        def more() -> None:
-            nonlocal buf, base, pos, eof
-            if pos > READ_BYTES:  # drop what was read; keep the buffer small
-                buf, base, pos = buf[pos:], base + pos, 0
-            data = fh.read(max(READ_BYTES, len(buf)))  # doubling for a row larger than the buffer
-            eof = not data
-            buf += data
-
-        def skip_space() -> None:
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos] in _SPACE:
-                    pos += 1
-                if pos < len(buf) or eof:
-                    return
-                more()
-
-        index = 0
-        fh.seek(offset)
-        if offset == 0:
-            more()
-            if buf.startswith(b"\xef\xbb\xbf"):
-                pos = 3
-            skip_space()
-            if pos >= len(buf) or buf[pos] != ord("["):
-                raise DatasetError(
-                    "source.format",
-                    "a .json dataset must be one JSON array of rows (Alpaca); use .jsonl for one row a line",
-                )
-            pos += 1
-            skip_space()
-            if pos < len(buf) and buf[pos] == ord("]"):
-                return
-        else:
-            index = start
-        while True:
-            skip_space()
-            if pos >= len(buf):
-                raise DatasetError("source.format", f"the JSON array ends without ']' after row {index}")
-            if buf[pos] != ord("{"):
-                raise DatasetError("source.format", f"row {index + 1} of the JSON array is not a JSON object")
-            end = _value_end(buf, pos)
-            while end < 0:
-                if eof:
-                    raise DatasetError("source.format", f"row {index + 1} of the JSON array is cut off")
-                more()
-                end = _value_end(buf, pos)
-            if index >= start:
-                try:
-                    row = orjson.loads(buf[pos:end])
-                except orjson.JSONDecodeError as exc:
-                    raise DatasetError("source.format", f"row {index + 1} is not valid JSON ({exc})") from exc
-                yield index, base + pos, row
-            index += 1
-            pos = end
-            skip_space()
-            if pos < len(buf) and buf[pos] == ord(","):
-                pos += 1
-                continue
-            if pos < len(buf) and buf[pos] == ord("]"):
-                return
-            raise DatasetError("source.format", f"expected ',' or ']' after row {index} of the JSON array")
-
-
-def _value_end(buf: bytes, pos: int) -> int:
-    """End of the object or array starting at ``pos``, or -1 if the buffer holds only part of it."""
-    depth = 0
-    for match in _TOKENS.finditer(buf, pos):
-        token = match.group()
-        first = token[0]
-        if first == 0x22:  # '"'
-            if len(token) == 1:
-                return -1  # a string cut by the buffer's end
-            continue
-        depth += 1 if first in (0x7B, 0x5B) else -1
-        if depth == 0:
-            return match.end()
-    return -1
-
-
-def _parquet_rows(path: Path, start: int) -> Rows:
-    """Whole row groups before ``start`` are skipped by their metadata, then whole batches before it unread."""
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(path) as file:
-        groups: list[int] = []
-        index = 0
-        for g in range(file.metadata.num_row_groups):
-            rows = file.metadata.row_group(g).num_rows
-            if not groups and index + rows <= start:
-                index += rows
-                continue
-            groups.append(g)
-        for batch in file.iter_batches(PARQUET_BATCH_ROWS, row_groups=groups):
-            if index + batch.num_rows <= start:
-                index += batch.num_rows
-                continue
-            for row in batch.to_pylist():
-                if index >= start:
-                    yield index, index, row
-                index += 1
-
-
-def survey(path: Path, source: CurateSource, block: int, max_rows: int = MAX_COUNT) -> Survey:
-    """Check the whole file once (blocking: call it in a thread); every problem is a DatasetError naming the
-    spec field to fix."""
-    if path.stat().st_size == 0:
-        raise DatasetError("source.path", f"{source.path!r} is empty")
-    if source.format == "parquet":
-        return _survey_parquet(path, source, max_rows)
-    row_format: RowFormat | None = None
-    column: str | None = None
-    offsets: list[int] = []
-    count = 0
-    for index, offset, row in iter_rows(path, source):
-        if index >= max_rows:
-            raise DatasetError("source.path", f"the dataset has more than {max_rows} rows")
-        if row_format is None:
-            row_format, column = detect(row, source)
-        try:
-            _check(row, row_format, column)
-        except ValueError as exc:
-            raise DatasetError("source.row_format", f"row {index + 1}: {exc}") from exc
-        if index % block == 0:
-            offsets.append(offset)
-        count = index + 1
-    if count == 0 or row_format is None:
-        raise DatasetError("source.path", f"{source.path!r} has no rows")
-    return Survey(count, row_format, column, offsets)
-
-
-def _survey_parquet(path: Path, source: CurateSource, max_rows: int) -> Survey:
-    import pyarrow as pa
-
-    with open_parquet(path, source.path) as file:
-        schema, total = file.schema_arrow, file.metadata.num_rows
-        row_format, column = detect(dict.fromkeys(schema.names), source)
-        need = "instruction" if row_format == "alpaca" else column
-        if need not in schema.names:
-            raise DatasetError("source.row_format", f"no column {need!r}; the file has: {', '.join(schema.names)}")
-        if row_format == "alpaca":
-            for name in ("instruction", "input", "output"):
-                if (
-                    name in schema.names
-                    and not pa.types.is_string(schema.field(name).type)
-                    and not pa.types.is_large_string(schema.field(name).type)
-                ):
-                    raise DatasetError(
-                        "source.row_format", f"column {name!r} has type {schema.field(name).type}, not string"
-                    )
-        else:
-            kind = schema.field(need).type
-            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
-                raise DatasetError("source.row_format", f"column {need!r} has type {kind}, not a list of messages")
-    if total == 0:
-        raise DatasetError("source.path", f"{source.path!r} has no rows")
-    if total > max_rows:
-        raise DatasetError("source.path", f"the dataset has more than {max_rows} rows")
-    return Survey(total, row_format, column, [])
-
-
 def read_block(path: Path, source: CurateSource, start: int, stop: int, offset: int) -> dict[int, Any]:
     """Rows ``[start, stop)``, reading from ``offset`` (where row ``start`` begins) and stopping at ``stop``."""
     out: dict[int, Any] = {}
     rows = iter_rows(path, source, start, offset)
     try:
-        for index, _, row in rows:
+        for index, _, _, row in rows:
             if index >= stop:
                 break
             out[index] = row

@@ -5,16 +5,12 @@ generated, so what the provider sees is exactly what is read here. Models ignore
 that adds a field has still answered.
 """
 
-import re
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict
 
 from schemas.extract import MAX_SKILL_NAME_CHARS
 from schemas.skills import to_snake_case
-
-_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*|\s*```\s*$")
 
 
 class _Answer(BaseModel):
@@ -90,21 +86,6 @@ MERGE_SCHEMA = _object(skills=_list(_object(name=_STR, description=_STR, members
 TOPICS_SCHEMA = _object(topics=_list(_STR))
 SKILLS_SCHEMA = _object(skills=_list(_object(name=_STR, description=_STR)))
 QUERY_TYPES_SCHEMA = _object(query_types=_list(_object(name=_STR, definition=_STR, examples=_list(_STR))))
-
-
-def parse_json(text: str) -> Any:
-    """The JSON value in an answer, tolerating code fences and prose around one object."""
-    text = _FENCE.sub("", text.strip())
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        start, end = text.find("{"), text.rfind("}")
-        if start < 0 or end <= start:
-            raise ValueError("no JSON object in the answer") from None
-        try:
-            return orjson.loads(text[start : end + 1])
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"answer is not valid JSON: {exc}") from None
 
 
 def skill_name(text: str) -> str | None:

@@ -6,10 +6,11 @@ or names unusably are asked again (up to ``PARSE_ATTEMPTS`` calls), then reporte
 
 from schemas.extract import PARSE_ATTEMPTS, ExtractDatasetSpec
 from workers.extract.answers import RowSkillsAnswer, row_skills_schema, skill_name
-from workers.extract.ask import CHARS_PER_TOKEN, PROMPT_OVERHEAD_TOKENS, Unparseable, render, tokens
+from workers.extract.ask import PROMPT_OVERHEAD_TOKENS, Unparseable, render, tokens
 from workers.extract.phase import Phase, unlabelled
 from workers.extract.reader import SeedRow
 from workers.llm.errors import LLMError
+from workers.llm.limits import CHARS_PER_TOKEN
 
 ANSWER_TOKENS_PER_ROW = 32  # {"id": 12345, "skill": "a_descriptive_name"} with margin
 ANSWER_BASE_TOKENS = 64

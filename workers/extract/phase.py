@@ -13,6 +13,7 @@ from typing import Literal, TypeVar
 
 from redis.asyncio import Redis
 
+from schemas.errors import JobFailed
 from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec, UnlabelledRow
 from schemas.jobs import JobRecord, JobState
 from store import records
@@ -20,6 +21,7 @@ from store.extraction import ExtractStore
 from workers.extract.ask import Asker
 from workers.extract.reader import DatasetReader, Position, SeedRow
 from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
+from workers.unit import EndpointDown
 
 MAX_PARALLEL_CALLS = 64  # calls per window; the client's limiter bounds what is really in flight
 MAX_WINDOW_ROWS = 2000
@@ -28,12 +30,8 @@ REPORT_TEXT_CHARS = 500
 T = TypeVar("T")
 
 
-class ExtractFailed(Exception):
+class ExtractFailed(JobFailed):
     """The job cannot produce a skill set; the message says why (it becomes the job's message)."""
-
-
-class EndpointDown(Exception):
-    """Calls failed even after the client's retries: the step is retried later from its resume point."""
 
 
 @dataclass

@@ -1,103 +1,111 @@
 """Extraction jobs on the spine's queue: one time-boxed arq step at a time, each enqueueing the next.
 
-A step works until its slice of time is spent (well inside the worker's job timeout), saving its place in
-Redis, then enqueues the next step under a deterministic id. A killed worker's step is retried by arq like
-any chunk and resumes from the saved place; calls that fail even after the client's retries make arq retry
-the step later, and on the last try their rows are reported unlabelled instead.
+A step is one unit on the job runner (``workers.runner``): it works until its slice of time is spent (well
+inside the worker's job timeout), saving its place in Redis, then enqueues the next step under a
+deterministic id with a fair-share score. A killed worker's step is retried like any chunk and resumes from
+the saved place, replaying the answers it already got; calls that fail even after the client's retries make
+the runner retry the step later, and on the last try their rows are reported unlabelled instead. Its calls
+take the runner's metered path: refused once the job is cancelled or paused, counted at send, charged to
+the job's budget, refused on a draining worker (the step is handed back).
 
 Dataset phases: label -> merge -> map -> finish. Model-only: topics -> skills -> query types -> finish.
 """
 
 import asyncio
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-from arq import Retry
 from arq.connections import ArqRedis
-from arq.worker import func
 from redis.asyncio import Redis
 
 from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.jobs import JobRecord, JobState
-from schemas.settings import Settings
+from schemas.settings import EndpointSettings, Settings
 from schemas.skills import Exemplar, Skill, SkillSet, SkillSetCreate
-from store import endpoints, keys, records
-from store.connection import redis_trouble, rerun_on_redis_trouble
+from store import keys, queue, records
+from store.datasets import DatasetError, resolve_path
 from store.extraction import ExtractStore
-from store.queue import EXTRACT_STEP_FUNCTION
-from store.queue import enqueue_extract_step as enqueue_step
 from store.skill_sets import save_skill_set
 from workers.extract.agnostic import Agnostic, ask_query_types
 from workers.extract.ask import Asker
 from workers.extract.label import Labeller
 from workers.extract.mapping import Mapper, exemplar_fields
 from workers.extract.merge import Merger
-from workers.extract.phase import MAX_PARALLEL_CALLS, EndpointDown, ExtractFailed, Phase
-from workers.extract.reader import DatasetError, DatasetReader, resolve_path
-from workers.llm.client import LLMClient
-from workers.llm.errors import LLMFatal
-from workers.resources import Resources
+from workers.extract.phase import MAX_PARALLEL_CALLS, ExtractFailed, Phase
+from workers.extract.reader import DatasetReader
+from workers.llm.client import ChatClient
+from workers.llm.errors import JobStopped, LLMFatal
+from workers.llm.replay import item_scope
+from workers.meter import job_llm, replay_cache
+from workers.unit import Resources, UnitFailed
 
-log = logging.getLogger(__name__)
-MAX_STEP_TRIES = 8
 SLICE_MAX_S = 60.0  # a step hands over after this long (or a quarter of the job timeout, if shorter)
 HARD_LIMIT_FRACTION = 0.8  # of the job timeout: past it the step is cut and its window redone next step
+REPLAY_SCOPE = "extract"  # the job's kept answers (``keys.replay``): dropped whenever a step ends cleanly
 
 
-async def run_extract_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-    """The arq job function: thin; the phases do the work."""
-    task = ExtractTask.model_validate(payload)
-    try:
-        return await _step(ctx, task)
-    except Exception as exc:
-        rerun_on_redis_trouble(exc, ctx["job_try"], f"extract {task.job_id} step {task.step}")
-        raise
+async def enqueue_step(redis: ArqRedis, job_id: str, step: int) -> None:
+    await queue.enqueue_steps(redis, job_id, [ExtractTask(job_id=job_id, step=step)])
 
 
-async def _step(ctx: dict[str, Any], task: ExtractTask) -> dict[str, Any]:
+async def run_unit(ctx: dict[str, Any], task: ExtractTask, final_try: bool) -> dict[str, Any]:
+    """One step of an extraction job (the runner maps what it raises); enqueues the next unless finished."""
     res: Resources = ctx["resources"]
     redis: ArqRedis = ctx["redis"]
     record = await records.load_record(redis, task.job_id)
     state = await records.get_state(redis, task.job_id)
-    if record is None or state is None or state.finished:
-        return {"step": task.step, "skipped": True}
+    if record is None or state is None or state.finished or state is JobState.PAUSED:
+        return {"step": task.step, "skipped": True}  # (resuming a paused job enqueues its next step)
     await records.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
-    timeout = res.settings.chunk_timeout_s
+    await ExtractStore(redis, record.id).set_state(step=task.step)
     try:
-        llm = await res.client(record.endpoint)
-        async with asyncio.timeout(timeout * HARD_LIMIT_FRACTION):
-            deadline = time.monotonic() + min(SLICE_MAX_S, timeout / 4)
-            finished = await run_step(redis, res.settings, record, llm, deadline, ctx["job_try"] >= MAX_STEP_TRIES)
-    except TimeoutError:
+        finished = await advance(res, redis, record, final_try)
+    except JobStopped:  # a call was refused: the job was cancelled or paused at its budget
         finished = False
-    except EndpointDown as exc:
-        log.warning("extract %s step %d: %s; retry %d", record.id, task.step, exc, ctx["job_try"])
-        raise Retry(defer=min(10 * ctx["job_try"], 120)) from exc
     except (ExtractFailed, DatasetError) as exc:
-        await records.set_state(redis, record.id, JobState.FAILED, str(exc))
-        return {"step": task.step, "failed": str(exc)}
-    except (LLMFatal, endpoints.UnknownEndpoint) as exc:
-        await records.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
-        return {"step": task.step, "failed": str(exc)}
-    except Exception as exc:  # a bug: fail the job visibly rather than leave it running forever
-        if redis_trouble(exc):
-            raise
-        log.exception("extract %s step %d failed", record.id, task.step)
-        await records.set_state(redis, record.id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
-        return {"step": task.step, "failed": repr(exc)}
-    if not finished:
+        raise UnitFailed(str(exc)) from exc
+    except LLMFatal as exc:
+        raise UnitFailed(f"endpoint {record.endpoint}: {exc}") from exc
+    # anything else is the runner's to retry like any step's (and the watchdog's to fail after its redrives)
+    if not finished and await records.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):
         await enqueue_step(redis, record.id, task.step + 1)
     return {"step": task.step, "finished": finished}
 
 
-extract_function = func(run_extract_step, name=EXTRACT_STEP_FUNCTION, max_tries=MAX_STEP_TRIES)
+async def advance(
+    res: Resources, redis: Redis, record: JobRecord, final_try: bool, slice_s: float = SLICE_MAX_S
+) -> bool:
+    """One step's work on the runner's metered path; True once the job has finished.
+
+    Every call is metered (state check before it leaves, counted at send, charged to the budget) and its
+    answer kept: a step that is killed, cut or stopped leaves its answers for the next run to replay; a step
+    that ends cleanly has stored everything it was answered, so its kept answers go.
+    """
+    replay = await replay_cache(res, redis, record.id, REPLAY_SCOPE)
+    llm = await job_llm(res, record, replay)
+    endpoint = (await res.client(record.endpoint)).endpoint
+    timeout = res.settings.chunk_timeout_s
+    try:
+        async with asyncio.timeout(timeout * HARD_LIMIT_FRACTION):
+            deadline = time.monotonic() + min(slice_s, timeout / 4)
+            with item_scope(0, REPLAY_SCOPE):
+                finished = await run_step(redis, res.settings, record, llm, endpoint, deadline, final_try)
+    except TimeoutError:
+        return False
+    replay.drop()
+    return finished
 
 
 async def run_step(
-    redis: Redis, settings: Settings, record: JobRecord, llm: LLMClient, deadline: float, final_try: bool
+    redis: Redis,
+    settings: Settings,
+    record: JobRecord,
+    llm: ChatClient,
+    endpoint: EndpointSettings,
+    deadline: float,
+    final_try: bool,
 ) -> bool:
     """Advance the job as far as the deadline allows; True once the job has finished."""
     spec = record.spec
@@ -107,10 +115,10 @@ async def run_step(
         redis=redis,
         record=record,
         store=store,
-        asker=Asker(llm, store, spec),
+        asker=Asker(llm, store, spec, json_schema=endpoint.json_schema),
         deadline=deadline,
         final_try=final_try,
-        parallel=min(MAX_PARALLEL_CALLS, llm.endpoint.max_concurrency),
+        parallel=min(MAX_PARALLEL_CALLS, endpoint.max_concurrency),
     )
     if isinstance(spec, ExtractAgnosticSpec):
         agnostic = Agnostic(phase)

@@ -23,6 +23,7 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
+from schemas.errors import SkillmixError
 from schemas.llm import ChatMessage, ChatResult, Usage, WireChoice, WireResponse, WireUsage
 from schemas.settings import EndpointSettings
 from workers.llm.adaptive import AdaptiveConcurrency
@@ -113,19 +114,35 @@ _TRACE = aiohttp.TraceConfig()
 _TRACE.on_request_chunk_sent.append(_on_chunk_sent)
 
 
+_BUILD_KEY = object()
+"""Held by ``workers.runner.resources`` alone (and the client's own tests): a job's calls must go through the
+runner's metered path (state check, tally at send, budget, replay, drain refusal), never a client of its own."""
+
+
+class NotTheRunner(SkillmixError, TypeError):
+    """Someone other than the runner's resources tried to build an endpoint client."""
+
+
 class LLMClient:
-    """Chat completions against one endpoint; ``stats`` accumulates usage over the client's life."""
+    """Chat completions against one endpoint; ``stats`` accumulates usage over the client's life.
+
+    Built only by ``workers.runner.Resources`` (it passes ``_key``): what a job sends goes through the metered
+    path the runner wraps around this client, so no code can reach an endpoint another way.
+    """
 
     def __init__(
         self,
         name: str,
         endpoint: EndpointSettings,
         *,
+        _key: object = None,
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
         retry: RetryPolicy | None = None,
         adaptive: AdaptiveConcurrency | None = None,
     ) -> None:
+        if _key is not _BUILD_KEY:
+            raise NotTheRunner("LLMClient is built by workers.runner.Resources only; ask it for a job's client")
         self.name = name
         self.endpoint = endpoint
         self.stats = Usage()

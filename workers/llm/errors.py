@@ -1,6 +1,6 @@
 """Every error the LLM client raises, in one tree, so callers catch our names and never httpx's.
 
-    LLMError                      root; ``usage`` tells what the failed call still cost
+    LLMError                      (schemas.errors, under SkillmixError) ``usage``: what the failed call cost
      ├── LLMTimeout               no complete answer within endpoint.timeout_s      (retried)
      ├── LLMConnectionError       connect/reset/protocol failure before an answer  (retried)
      ├── LLMMalformedResponse     200 whose body is not a usable completion         (retried)
@@ -12,24 +12,19 @@
                └── LLMMissingKey  the endpoint's api_key_env variable is not set
 
 httpx exceptions are translated in exactly one place, ``LLMClient._post``, chained with ``from``.
-``JobStopped`` is not an ``LLMError``: the call was refused before it was sent (the job ended or paused).
+``JobStopped`` is not an ``LLMError`` but an ``Interrupted``: the call was refused before it was sent (the job
+ended or paused).
 """
 
-from schemas.llm import Usage
+from schemas.errors import Interrupted
+from schemas.errors import LLMError as LLMError  # the branch's root; importing it from here stays valid
 
 BODY_EXCERPT_CHARS = 500
 RETRYABLE_4XX = frozenset({408, 409, 425})  # request timeout, conflict, too early
 
 
-class JobStopped(Exception):
+class JobStopped(Interrupted):
     """The job is no longer queued or running: the call is refused before it is sent."""
-
-
-class LLMError(Exception):
-    """Root of the tree. ``retryable`` says whether the same request may succeed if sent again."""
-
-    retryable: bool = False
-    usage: Usage | None = None
 
 
 class LLMTimeout(LLMError):

@@ -44,9 +44,14 @@ class Limiter(Protocol):
         ...
 
 
+def text_tokens(*texts: str) -> int:
+    """The one token estimate for text (chars/4), used by the limiter's reservation and extraction's packing."""
+    return sum(map(len, texts)) // CHARS_PER_TOKEN
+
+
 def estimate_tokens(messages: list[ChatMessage], max_tokens: int) -> int:
     """Prompt chars/4 + max_tokens: providers reserve max_tokens too, so this mirrors their count."""
-    return sum(len(m.content) for m in messages) // CHARS_PER_TOKEN + max_tokens
+    return text_tokens(*(m.content for m in messages)) + max_tokens
 
 
 def _per_minute_limiter(per_minute: int) -> AsyncLimiter:

@@ -120,7 +120,7 @@ class ReplayCache:
     """One chunk run's view of its job's cache: the answers already kept (read once), and the writer."""
 
     def __init__(
-        self, tally: Tally, job_id: str, start: int, entries: dict[str, bytes], max_bytes: int, ttl_s: int
+        self, tally: Tally, job_id: str, start: int | str, entries: dict[str, bytes], max_bytes: int, ttl_s: int
     ) -> None:
         self.tally, self.job_id, self.start = tally, job_id, start
         self.entries, self.max_bytes, self.ttl_s = entries, max_bytes, ttl_s
@@ -128,8 +128,9 @@ class ReplayCache:
         self.hits = 0
 
     @classmethod
-    async def load(cls, redis: Redis, tally: Tally, job_id: str, start: int, settings: Settings) -> "ReplayCache":
-        """The chunk's kept answers, in one HGETALL (empty on a first run, and when the cache is off)."""
+    async def load(cls, redis: Redis, tally: Tally, job_id: str, start: int | str, settings: Settings) -> "ReplayCache":
+        """The unit's kept answers (``start``: a chunk's first item, or a unit's name such as ``extract``), in
+        one HGETALL (empty on a first run, and when the cache is off)."""
         max_bytes = int(settings.replay_max_mb * 1024 * 1024)
         raw = await redis.hgetall(keys.replay(job_id, start)) if max_bytes > 0 else {}
         entries = {k.decode(): v for k, v in raw.items()}
@@ -210,5 +211,5 @@ async def drop_job(redis: Redis, job_id: str) -> int:
     index_key = keys.replay_index(job_id)
     fields = [f.decode() for f in await redis.hkeys(index_key)]
     starts = [f[len(CHUNK_FIELD) :] for f in fields if f.startswith(CHUNK_FIELD)]
-    doomed = [keys.replay(job_id, int(s)) for s in starts if s.isdigit()] + [index_key]
+    doomed = [keys.replay(job_id, s) for s in starts if s] + [index_key]
     return int(await redis.unlink(*doomed))

@@ -5,22 +5,22 @@ A recipe never touches the queue, Redis or curation; adding one means a config m
 """
 
 from abc import ABC, abstractmethod
-from functools import cache
-from importlib import resources
 from string import Template
 from typing import ClassVar
 
 from redis.asyncio import Redis
 
+from schemas.errors import AnswerUnusable
 from schemas.examples import GeneratedItem, WorkItem
 from schemas.jobs import JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.sampling import derive_rng
 from schemas.settings import EndpointSettings
 from workers.llm.client import ChatClient
+from workers.templates import load_template
 
 
-class ParseFailure(Exception):
+class ParseFailure(AnswerUnusable):
     """The model answered, but not in a shape we can use: the item is redrawn (and counted)."""
 
     def __init__(
@@ -29,13 +29,6 @@ class ParseFailure(Exception):
         super().__init__(detail)
         self.detail, self.usage, self.conversation = detail, usage, conversation
         self.fields = fields or {}  # extra record fields kept if this is the item's last try (e.g. math history)
-
-
-@cache
-def template(recipe: str, version: str, name: str) -> Template:
-    """Prompt templates are versioned files; the version is stored on every record."""
-    path = resources.files("workers.recipes").joinpath("templates", recipe, version, f"{name}.txt")
-    return Template(path.read_text(encoding="utf-8"))
 
 
 class Conversation:
@@ -71,6 +64,8 @@ class Conversation:
 class Recipe(ABC):
     name: ClassVar[str]
     template_version: ClassVar[str] = ""
+    # Where the prompts live: (package, folders...) under its ``templates/``, then the version folder.
+    templates: ClassVar[tuple[str, ...]] = ()
     # A recipe that calls a judge itself (eval-math): the judge endpoint's metered client, set per chunk.
     judge_llm: ChatClient | None = None
     judge_json: bool = False  # whether that endpoint takes a JSON schema for its answer
@@ -89,6 +84,10 @@ class Recipe(ABC):
     @abstractmethod
     async def generate(self, item: WorkItem, llm: ChatClient) -> GeneratedItem:
         """Run the item's LLM calls; raise ParseFailure when the answer has no usable shape."""
+
+    def _template(self, name: str) -> Template:
+        """This recipe's prompt ``name`` at its ``template_version`` (the version is on every record)."""
+        return load_template(*self.templates, self.template_version, name)
 
     def record_for(self, item: WorkItem, **fields: object) -> GeneratedItem:
         return GeneratedItem.model_validate(

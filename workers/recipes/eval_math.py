@@ -18,10 +18,10 @@ from schemas.jobs import EvalMathJobSpec, JobRecord
 from schemas.llm import ChatMessage, Usage
 from schemas.sampling import derive_rng
 from schemas.settings import EndpointSettings
+from workers.lenient import json_object
 from workers.llm.client import ChatClient
 from workers.recipes.base import Recipe
-from workers.recipes.math import equivalence, math_template, yes
-from workers.recipes.parse import json_object
+from workers.recipes.math import equivalence, yes
 
 JUDGE_MAX_TOKENS = 512
 MAX_REASON_CHARS = 500
@@ -50,6 +50,7 @@ def read_verdict(content: str) -> tuple[bool | None, str]:
 class EvalMathRecipe(Recipe):
     name: ClassVar[str] = "eval-math"
     template_version: ClassVar[str] = "v1"
+    templates: ClassVar[tuple[str, ...]] = ("workers.math",)
 
     def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
         super().__init__(record, endpoint_name, endpoint)
@@ -62,7 +63,7 @@ class EvalMathRecipe(Recipe):
     async def generate(self, item: WorkItem, llm: ChatClient) -> GeneratedItem:
         question = self.spec.questions[item.index]
         params = self.spec.params
-        prompt = math_template(self.template_version, "eval_solve").substitute(problem=question.problem)
+        prompt = self._template("eval_solve").substitute(problem=question.problem)
         messages = [ChatMessage(role="user", content=prompt)]
         result = await llm.chat(
             messages,
@@ -84,7 +85,7 @@ class EvalMathRecipe(Recipe):
             finish_reason=result.finish_reason,
         )
         if self.spec.judge_endpoint and self.judge_llm is not None:
-            judge_prompt = math_template(self.template_version, "eval_judge").substitute(
+            judge_prompt = self._template("eval_judge").substitute(
                 problem=question.problem, reference=question.answer, response=result.content
             )
             judged = await self.judge_llm.chat(

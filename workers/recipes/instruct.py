@@ -5,7 +5,6 @@ the person who asked; refine both; rewrite if cut off again. The final pair is p
 Endpoints that support JSON-schema output are asked for it, so parsing never depends on luck.
 """
 
-from string import Template
 from typing import ClassVar
 
 from schemas.examples import GeneratedItem, WorkItem
@@ -13,7 +12,7 @@ from schemas.jobs import InstructJobSpec, JobRecord
 from schemas.llm import ChatResult
 from schemas.settings import EndpointSettings
 from workers.llm.client import ChatClient
-from workers.recipes.base import Conversation, ParseFailure, Recipe, template
+from workers.recipes.base import Conversation, ParseFailure, Recipe
 from workers.recipes.parse import PairNotFound, parse_pair
 from workers.sampler import SkillSampler
 
@@ -28,6 +27,7 @@ PAIR_SCHEMA: dict[str, object] = {
 class InstructRecipe(Recipe):
     name: ClassVar[str] = "instruct"
     template_version: ClassVar[str] = "v1"
+    templates: ClassVar[tuple[str, ...]] = ("workers.recipes", "instruct")
 
     def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
         super().__init__(record, endpoint_name, endpoint)
@@ -60,9 +60,6 @@ class InstructRecipe(Recipe):
                 "response": {"type": "string", "minLength": response_min, "maxLength": response_max},
             },
         }
-
-    def _template(self, name: str) -> Template:
-        return template(self.name, self.template_version, name)
 
     def item(self, index: int, attempt: int = 0) -> WorkItem:
         return self.sampler.item(index, attempt)

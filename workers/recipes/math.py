@@ -20,9 +20,6 @@ Prompt templates are versioned files (``workers/math/templates/v1/``); the versi
 
 import asyncio
 import re
-from functools import cache
-from importlib import resources
-from string import Template
 from typing import Any, ClassVar
 
 from redis.asyncio import Redis
@@ -34,10 +31,10 @@ from schemas.math import MathHistory, PairCheck, QuestionTurn, ScepticAttempt, S
 from schemas.sampling import derive_rng
 from schemas.settings import EndpointSettings
 from store import keys
+from workers.lenient import json_object
 from workers.llm.client import ChatClient
 from workers.math.equivalence import Equivalence
 from workers.recipes.base import ParseFailure, Recipe
-from workers.recipes.parse import json_object
 from workers.sampler import SkillSampler
 
 MAX_PAIR_REDRAWS = 20  # known-invalid pairs skipped for one item before it gives up (no call is made)
@@ -78,12 +75,6 @@ def close_equivalence() -> None:
     if _equivalence is not None:
         _equivalence.close()
         _equivalence = None
-
-
-@cache
-def math_template(version: str, name: str) -> Template:
-    path = resources.files("workers.math").joinpath("templates", version, f"{name}.txt")
-    return Template(path.read_text(encoding="utf-8"))
 
 
 def pair_key(skills: list[str]) -> str:
@@ -142,6 +133,7 @@ def clean_answer(value: object) -> str:
 class MathRecipe(Recipe):
     name: ClassVar[str] = "math"
     template_version: ClassVar[str] = "v1"
+    templates: ClassVar[tuple[str, ...]] = ("workers.math",)
 
     def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
         super().__init__(record, endpoint_name, endpoint)
@@ -157,9 +149,6 @@ class MathRecipe(Recipe):
 
     async def prepare(self, redis: Redis, indexes: list[int]) -> None:
         self.redis = redis  # the invalid-pair memory lives in Redis, shared by every worker and job
-
-    def _template(self, name: str) -> Template:
-        return math_template(self.template_version, name)
 
     def _format(self, stage: str) -> str:
         return self._template(f"format_{stage}_{'json' if self.json else 'text'}").template.strip()

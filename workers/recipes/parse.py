@@ -2,9 +2,9 @@
 
 import re
 
-import orjson
+from schemas.errors import AnswerUnusable
+from workers.lenient import braced_object, strip_fences
 
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 _HEADER = r"^[ \t]*(?:#+[ \t]*)?(?:\*\*|__)?[ \t]*NAME[ \t]*(?:\*\*|__)?[ \t]*(?::|(?=\n)|$)[ \t]*(?:\*\*|__)?[ \t]*"
 _INSTRUCTION = re.compile(_HEADER.replace("NAME", r"(?:instruction|question|user query)"), re.I | re.M)
 _RESPONSE = re.compile(_HEADER.replace("NAME", r"(?:response|answer)"), re.I | re.M)
@@ -13,24 +13,12 @@ _TRAILER = re.compile(
 )
 
 
-class PairNotFound(ValueError):
+class PairNotFound(AnswerUnusable, ValueError):
     pass
 
 
-def _braced_object(text: str) -> dict[str, object] | None:
-    """The JSON object between the first ``{`` and the last ``}`` of a text; None if there is none."""
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    try:
-        data = orjson.loads(text[start : end + 1])
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _from_json(text: str) -> tuple[str, str] | None:
-    data = _braced_object(text)
+    data = braced_object(text)
     if data is None:
         return None
     lowered = {str(k).lower(): v for k, v in data.items()}
@@ -47,7 +35,7 @@ def parse_pair(text: str) -> tuple[str, str]:
     The last instruction header followed by a response header wins, because refine turns often quote
     the earlier draft before the final version.
     """
-    text = _FENCE.sub("", text.strip())
+    text = strip_fences(text)
     if text.lstrip().startswith("{"):
         pair = _from_json(text)
         if pair and all(pair):
@@ -74,8 +62,3 @@ def parse_pair(text: str) -> tuple[str, str]:
     if not response:
         raise PairNotFound("empty response section")
     return instruction, response
-
-
-def json_object(text: str) -> dict[str, object] | None:
-    """The JSON object in a model's answer, tolerating code fences and prose around it; None if there is none."""
-    return _braced_object(_FENCE.sub("", text.strip()))

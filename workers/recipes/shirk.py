@@ -19,7 +19,7 @@ from schemas.sampling import derive_rng
 from schemas.settings import EndpointSettings
 from store import keys
 from workers.llm.client import ChatClient
-from workers.recipes.base import Conversation, ParseFailure, Recipe, template
+from workers.recipes.base import Conversation, ParseFailure, Recipe
 
 
 def shirker_indexes(seed: int, count: int, rate: float) -> frozenset[int]:
@@ -32,13 +32,14 @@ def shirker_indexes(seed: int, count: int, rate: float) -> frozenset[int]:
 class ShirkRecipe(Recipe):
     name: ClassVar[str] = "shirk"
     template_version: ClassVar[str] = "v1"
+    templates: ClassVar[tuple[str, ...]] = ("workers.recipes", "shirk")
 
     def __init__(self, record: JobRecord, endpoint_name: str, endpoint: EndpointSettings) -> None:
         super().__init__(record, endpoint_name, endpoint)
         assert isinstance(record.spec, ShirkJobSpec)
         self.spec = record.spec
         self.shirkers = shirker_indexes(self.spec.seed, self.spec.count, self.spec.rate)
-        self.prompt = template(self.name, self.template_version, self.spec.kind)
+        self.prompt = self._template(self.spec.kind)
         self.sources: dict[int, Example] = {}  # loaded per chunk by ``prepare``, dropped once generated
 
     async def prepare(self, redis: Redis, indexes: list[int]) -> None:

@@ -1,9 +1,10 @@
 """LLM help on a review item (papers.md §B step 6: "make the second skill necessary", "re-solve after my
-edit"), run as an arq job (``review_help``) on the same queue as the chunks.
+edit"), run as a unit of its job (``HelpTask``) on the job runner (``workers.runner``).
 
-The calls go through the job's endpoint client (its rate limiter and concurrency) and ``metered``, so they
-land in the job's ``llm_calls``, tokens and cost like the generation calls did; a finished job may still be
-helped (metering without the stop-on-finish refusal). The answer is stored as a ``Suggestion`` on the item,
+The calls take the runner's metered path (``workers.meter``), so they land in the job's
+``llm_calls``, tokens and cost like the generation calls did, and each answer is kept: a rerun of the request
+(its worker was killed) replays it instead of paying again. A finished job may still be helped (metering
+without the stop-on-finish refusal). The answer is stored as a ``Suggestion`` on the item,
 a new version by ``llm``: the item's problem, solution and answer are never changed here.
 
 - ``resolve``: ``n_solves`` independent solves of the item's *current* problem with the recipe's own solve
@@ -18,16 +19,16 @@ from typing import Any
 from redis.asyncio import Redis
 
 from schemas.llm import ChatResult
-from schemas.review import ReviewItem, Suggestion
+from schemas.review import HelpTask, ReviewItem, Suggestion
 from schemas.sampling import derive_rng
 from store import review as review_store
 from store.endpoints import UnknownEndpoint
-from workers.budget import prices_for
-from workers.generate import metered
 from workers.llm.client import ChatClient
 from workers.llm.errors import LLMError
+from workers.llm.replay import item_scope
+from workers.meter import job_llm, replay_cache
 from workers.recipes.math import SCHEMAS, MathRecipe, clean_answer, equivalence, read_fields, text, yes
-from workers.resources import Resources
+from workers.unit import Resources
 
 log = logging.getLogger(__name__)
 MAX_WRITE_TRIES = 50
@@ -139,31 +140,29 @@ async def add_suggestion(redis: Redis, job_id: str, item_id: str, s: Suggestion)
     raise RuntimeError(f"could not store suggestion {s.id} on {item_id}: too many concurrent writes")
 
 
-async def review_help(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+async def run_unit(ctx: dict[str, Any], task: HelpTask, final_try: bool) -> dict[str, Any]:
+    """One help request: its suggestion is stored on the item, failed or not (a failure is the answer)."""
     redis: Redis = ctx["redis"]
     res: Resources = ctx["resources"]
-    job_id, item_id = payload["job_id"], payload["item_id"]
-    s = Suggestion(
-        id=payload["suggestion_id"],
-        kind=payload["kind"],
-        requested_by=payload["by"],
-        skill=payload.get("skill"),
-        note=payload.get("note") or "",
-    )
-    item = await review_store.get(redis, job_id, item_id)
+    s = Suggestion(id=task.suggestion_id, kind=task.help, requested_by=task.by, skill=task.skill, note=task.note)
+    item = await review_store.get(redis, task.job_id, task.item_id)
     if item is None or any(x.id == s.id for x in item.suggestions):
         return {"stored": False}
-    found = await res.recipe(job_id)
+    found = await res.recipe(task.job_id)
     record, recipe = found if found is not None else (None, None)
+    replay = None
     if record is None or not isinstance(recipe, MathRecipe):
-        s.status, s.text = "failed", f"job {job_id} is not a math job"
+        s.status, s.text = "failed", f"job {task.job_id} is not a math job"
     else:
         try:
-            client = await res.client(record.endpoint)
-            prices = prices_for(client, record)
-            llm = metered(redis, job_id, client, res.tally, refuse_when_finished=False, prices=prices)
-            s = await run(recipe, llm, item, s)
+            replay = await replay_cache(res, redis, task.job_id, f"help-{task.suggestion_id}")
+            llm = await job_llm(res, record, replay, refuse_when_finished=False)
+            with item_scope(0, "help"):
+                s = await run(recipe, llm, item, s)
         except (LLMError, UnknownEndpoint) as exc:
-            log.warning("review help %s on %s failed: %s", s.id, item_id, exc)
+            log.warning("review help %s on %s failed: %s", s.id, task.item_id, exc)
             s.status, s.text = "failed", f"the endpoint failed: {exc}"[:2000]
-    return {"stored": await add_suggestion(redis, job_id, item_id, s)}
+    stored = await add_suggestion(redis, task.job_id, task.item_id, s)
+    if replay is not None:
+        replay.drop()  # the answer is on the item: nothing of this request is asked again
+    return {"stored": stored}

@@ -1,0 +1,91 @@
+"""The one arq function: ``run_step`` runs one ``Step`` (a chunk, an extraction step, a review-help request).
+
+Each kind's unit runs in ``UNITS``; what every kind gets the same way lives here: the duplicate-run guard,
+the step timeout, one retry policy, the hand-back on SIGTERM and the mapping of failures to job states.
+"""
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from arq import Retry
+from arq.constants import retry_key_prefix
+
+from schemas.jobs import STEP, JobState, Step
+from schemas.settings import Settings, get_settings
+from store import records
+from store.connection import REDIS_DOWN, rerun_on_redis_trouble
+from store.endpoints import UnknownEndpoint
+from workers.drain import WorkerDraining
+from workers.extract import runner as extract_runner
+from workers.llm.errors import LLMFatal, LLMMissingKey
+from workers.logs import JOB_ID
+from workers.review import help as review_help
+from workers.runner import chunk
+from workers.unit import EndpointDown, JobResumed, UnitFailed
+
+log = logging.getLogger(__name__)
+MAX_TRIES = 8
+BACKOFF_STEP_S, BACKOFF_CAP_S = 5, 60  # an unreachable endpoint: retry after 5 s, 10 s, ... at most a minute
+
+Unit = Callable[[dict[str, Any], Any, bool], Awaitable[dict[str, Any]]]
+"""Runs one unit: (arq ctx, the step, whether this is the last try) -> a small result for arq's record."""
+
+
+def retry_delay(job_try: int) -> float:
+    """The one backoff for a step whose endpoint could not be reached."""
+    return float(min(BACKOFF_STEP_S * job_try, BACKOFF_CAP_S))
+
+
+UNITS: dict[str, Unit] = {"chunk": chunk.run_unit, "extract": extract_runner.run_unit, "help": review_help.run_unit}
+
+
+async def run_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """arq's entry point for every kind of work."""
+    step: Step = STEP.validate_python(payload)
+    JOB_ID.set(step.job_id)  # this step's log lines carry its job id (arq runs each job in its own task)
+    settings: Settings = ctx.get("settings") or get_settings()
+    here: set[str] = ctx.setdefault("steps_here", set())
+    if step.arq_id in here:  # handed back to us after a false death: the run in progress finishes it
+        log.warning("%s is already running in this process", step.arq_id)
+        return {"skipped": True}
+    here.add(step.arq_id)
+    try:
+        async with asyncio.timeout(settings.chunk_timeout_s):
+            return await UNITS[step.kind](ctx, step, ctx["job_try"] >= MAX_TRIES)
+    except TimeoutError as exc:  # ours, not arq's: arq records its own timeout as a failure, never retried
+        log.warning("%s ran past %ss; retry %d", step.arq_id, settings.chunk_timeout_s, ctx["job_try"])
+        raise Retry(defer=1) from exc
+    except EndpointDown as exc:
+        log.warning("%s: %s; retry %d", step.arq_id, exc, ctx["job_try"])
+        raise Retry(defer=retry_delay(ctx["job_try"])) from exc
+    except JobResumed as exc:  # paused mid-step and resumed since: do the refused work now
+        log.info("%s; running %s again", exc, step.arq_id)
+        raise Retry(defer=0.5) from exc
+    except WorkerDraining as exc:  # SIGTERM: back to the queue at once, keeping its place (no defer, same score)
+        log.info("%s; handed back", exc)
+        with contextlib.suppress(*REDIS_DOWN):  # a hand-back is no failed try: don't spend one of MAX_TRIES
+            await ctx["redis"].decr(retry_key_prefix + ctx["job_id"])
+        raise Retry(defer=0) from exc
+    except (LLMMissingKey, UnknownEndpoint) as exc:  # this worker cannot run the job: say where and why
+        await _fail(ctx, step, f"worker host {socket.gethostname()}: {exc}")
+        return {"failed": str(exc)}
+    except LLMFatal as exc:
+        await _fail(ctx, step, f"endpoint: {exc}")
+        return {"failed": str(exc)}
+    except UnitFailed as exc:
+        await _fail(ctx, step, str(exc))
+        return {"failed": str(exc)}
+    except Exception as exc:
+        rerun_on_redis_trouble(exc, ctx["job_try"], step.arq_id)
+        raise  # a bug: arq retries it; the watchdog fails the job after its redrives
+    finally:
+        here.discard(step.arq_id)
+
+
+async def _fail(ctx: dict[str, Any], step: Step, message: str) -> None:
+    await records.set_state(ctx["redis"], step.job_id, JobState.FAILED, message)
+    log.error("job %s failed: %s", step.job_id, message)
