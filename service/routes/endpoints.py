@@ -11,7 +11,7 @@ from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
 from workers import endpoints, keys
 from workers.endpoints import UnknownEndpoint
-from workers.llm.fleet import SET_LIMITS, effective_limits
+from workers.llm.fleet import SET_LIMITS, effective_limits, signal_channel
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
 
@@ -42,7 +42,7 @@ async def patch_endpoint(
 ) -> EndpointLimits:
     """Set the endpoint's rpm/tpm for every worker; effective on each worker's next call."""
     await _limits(redis, settings, name)  # 404 before anything is written
-    args = ["1" if body.reset else "0", body.rpm or "", body.tpm or "", keys.LIMITER_CHANNEL, name]
+    args = ["1" if body.reset else "0", body.rpm or "", body.tpm or "", signal_channel(redis), name]
     limits_keys = [keys.limiter_limits(name), keys.limiter_tat(name)]
     await redis.eval(SET_LIMITS, 2, *limits_keys, *args, keys.limiter_learned(name))
     return await _limits(redis, settings, name)

@@ -21,6 +21,7 @@ from workers.llm.fleet import (
     effective_limits,
     leaves_at,
     parse_reset,
+    signal_channel,
 )
 from workers.stats import stat_field
 
@@ -92,6 +93,23 @@ async def test_cooldown_from_one_limiter_holds_all(redises: list[Redis]) -> None
     await take_times(b, 1)
     assert time.monotonic() - start >= 0.85
     await heard.aclose()
+
+
+async def test_signals_stay_in_their_database(redises: list[Redis]) -> None:
+    # pub/sub is server-wide: a 429 announced by a fleet on another database must not pause ours
+    heard = LimitSignals(redises[1])
+    heard.start()
+    await asyncio.sleep(0.2)  # subscribed
+    db = int(redises[0].connection_pool.connection_kwargs.get("db") or 0)
+    other = Redis.from_url(REDIS_URL.rsplit("/", 1)[0] + f"/{(db + 1) % 16}")  # never sent a command
+    assert signal_channel(other) != signal_channel(redises[0])
+    await redises[0].publish(signal_channel(other), "ep-other 5000")
+    await FleetLimiter(redises[0], None, "ep-ours", endpoint(60_000)).pause(5.0)
+    await asyncio.sleep(0.1)
+    assert heard.until("ep-ours") - time.monotonic() > 4  # our own database's announcement arrives
+    assert heard.until("ep-other") == 0.0
+    await heard.aclose()
+    await other.aclose()
 
 
 async def test_gate_refuses_a_stopped_job(redises: list[Redis]) -> None:

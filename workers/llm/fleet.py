@@ -181,6 +181,11 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     return number if number >= 0 else None
 
 
+def signal_channel(redis: Redis) -> str:
+    """The limiter's pub/sub channel for the database ``redis`` is on (``keys.limiter_channel``)."""
+    return keys.limiter_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
+
+
 class LimitSignals:
     """429 cool-downs and limit changes of every endpoint, heard by this process within a millisecond (pub/sub).
 
@@ -215,7 +220,7 @@ class LimitSignals:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(keys.LIMITER_CHANNEL)
+                    await pubsub.subscribe(signal_channel(self._redis))
                     delay = 0.1
                     while True:
                         message = await pubsub.get_message(timeout=1.0)
@@ -260,6 +265,7 @@ class FleetLimiter:
         self._rpm, self._tpm = endpoint.rpm, endpoint.tpm
         self._concurrency = asyncio.Semaphore(endpoint.max_concurrency)
         self._signals = signals or LimitSignals(redis)
+        self._channel = signal_channel(redis)
         self._acquire = redis.register_script(_ACQUIRE)
         self._tat, self._cool = keys.limiter_tat(name), keys.limiter_cooldown(name)
         self._limits, self._learned = keys.limiter_limits(name), keys.limiter_learned(name)
@@ -345,7 +351,7 @@ class FleetLimiter:
     async def pause(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
         self._signals.note(self.name, seconds)  # this process at once; the others by the script's PUBLISH
-        self._run(_COOL, [self._cool, keys.STATS], [seconds, self._cooldown_field, keys.LIMITER_CHANNEL, self.name])
+        self._run(_COOL, [self._cool, keys.STATS], [seconds, self._cooldown_field, self._channel, self.name])
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Tighten the fleet's limits to what the provider says (``x-ratelimit-*``): its limits, and a short
@@ -360,7 +366,7 @@ class FleetLimiter:
                     step = 60.0 / limit if kind == "requests" and limit else 1.0
                     cool = min(reset, step)
                     self._signals.note(self.name, cool)
-                    self._run(_COOL, [self._cool, keys.STATS], [cool, "", keys.LIMITER_CHANNEL, self.name])
+                    self._run(_COOL, [self._cool, keys.STATS], [cool, "", self._channel, self.name])
         learn_rpm = rpm if rpm and rpm < self._rpm else None
         learn_tpm = tpm if tpm and tpm < self._tpm else None
         now = time.monotonic()
@@ -370,7 +376,7 @@ class FleetLimiter:
             return
         self._seen = (learn_rpm, learn_tpm, now)
         args: list[str | int | float] = ["" if learn_rpm is None else learn_rpm, "" if learn_tpm is None else learn_tpm]
-        self._run(_LEARN, [self._learned, self._tat], [*args, keys.LIMITER_CHANNEL, self.name])
+        self._run(_LEARN, [self._learned, self._tat], [*args, self._channel, self.name])
 
     def _run(self, script: str, keys_: list[str], args: list[str | int | float]) -> None:
         if self._tally is not None:
