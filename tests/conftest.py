@@ -55,8 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that starts the API or a worker (``processes``) or runs the real model is ``slow``; the real
-    model's tests run one after another on one xdist worker (each server takes every core)."""
+    """A test that starts the API or a worker (``processes``) or runs the real model is ``slow``. The real
+    model's tests run one after another on one xdist worker (each server takes every core), and first: they
+    are the longest chain, so the other workers share the rest meanwhile rather than wait for it at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("local_llm") is None)  # stable: same order everywhere
     for item in items:
         local = item.get_closest_marker("local_llm") is not None
         if local or "processes" in getattr(item, "fixturenames", ()):
