@@ -44,6 +44,9 @@ def too_many_workers(count: int) -> str:
 
 
 REDIS_URL = redis_url_for_tests()
+# Tests with tight wall-clock bounds (a cancel, a SIGTERM, a limit change taking effect within seconds): under
+# xdist they run one after another on one worker, so two of them never load the machine for each other.
+TIMING = pytest.mark.xdist_group("timing")
 
 
 def pytest_configure(config: pytest.Config) -> None:
