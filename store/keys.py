@@ -155,7 +155,10 @@ def bucket(job_id: str, kind: str, seq: int) -> str:
     return f"{bucket_prefix(job_id, kind)}{seq // BUCKET_SIZE}"
 
 
-LIMITER_CHANNEL = f"{PREFIX}:limit:signals"  # pub/sub: "<endpoint> <ms>" (429 cool-down), "<endpoint> limits"
+def limiter_channel(db: int) -> str:
+    """pub/sub: "<endpoint> <ms>" (429 cool-down), "<endpoint> limits". Channels are server-wide while keys are
+    per database, so the name carries the database: two fleets (or test runs) on one server never pause each other."""
+    return f"{PREFIX}:limit:signals:{db}"
 
 
 def limiter_tat(endpoint: str) -> str:

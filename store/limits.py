@@ -22,10 +22,15 @@ return 1
 """
 
 
+def signal_channel(redis: Redis) -> str:
+    """The limiter's pub/sub channel for the database ``redis`` is on (``keys.limiter_channel``)."""
+    return keys.limiter_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
+
+
 async def set_limits(redis: Redis, name: str, rpm: int | None, tpm: int | None, *, reset: bool = False) -> None:
     """Set ``name``'s rpm/tpm for every worker (``reset`` first drops earlier run-time and learned limits)."""
     script_keys = [keys.limiter_limits(name), keys.limiter_tat(name), keys.limiter_learned(name)]
-    args = ["1" if reset else "0", rpm or "", tpm or "", keys.LIMITER_CHANNEL, name]
+    args = ["1" if reset else "0", rpm or "", tpm or "", signal_channel(redis), name]
     await redis.eval(SET_LIMITS, len(script_keys), *script_keys, *args)
 
 

@@ -9,8 +9,10 @@ from arq.connections import ArqRedis
 
 from store import keys
 from store.stats import stat_field
-from tests.conftest import REDIS_URL, Processes, service_env
+from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.test_end_to_end import finished, submit, wait_for
+
+pytestmark = TIMING
 
 
 def prompts(n: int, tag: str = "") -> list[str]:

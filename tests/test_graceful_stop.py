@@ -21,7 +21,7 @@ from arq.constants import in_progress_key_prefix
 
 from schemas.jobs import ChunkTask, JobRecord, PromptsJobSpec
 from store import keys, records
-from tests.conftest import REDIS_URL, Processes, service_env
+from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, wait_for
 from workers import drain
@@ -29,6 +29,8 @@ from workers.drain import WorkerDraining
 from workers.generate import run_chunk
 from workers.recipes import recipe_for
 from workers.tally import Tally
+
+pytestmark = TIMING
 
 HEARTBEAT_S = 20.0  # a worker is taken for dead only after 60 s of silence
 SLOW = {"SKILLMIX_HEARTBEAT_S": str(HEARTBEAT_S), "SKILLMIX_STALL_S": "600", "SKILLMIX_WORKER_MAX_JOBS": "2"}

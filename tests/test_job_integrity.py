@@ -23,7 +23,7 @@ from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage
 from schemas.settings import Settings
 from store import endpoints, keys, queue, records
-from tests.conftest import REDIS_URL, Processes, service_env
+from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, settled, start_stack, submit, wait_for
 from workers.curate.consumer import CurateConsumer
@@ -51,6 +51,7 @@ def record_for(job_id: str, n: int, chunk_size: int = 8, **spec: Any) -> JobReco
 # --- spending stops at once ----------------------------------------------------------------------
 
 
+@TIMING
 def test_a_cancelled_job_makes_no_call_after_the_cancel(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
     """4,000 prompts, cancelled at 50 accepted: every queued chunk used to start all its items regardless."""
     fake = fake_llm(rpm=0, latency_ms=150)

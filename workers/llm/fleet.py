@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings
 from store import keys
+from store.limits import signal_channel
 from store.stats import stat_field
 from workers.llm.errors import JobStopped
 from workers.metrics import limiter_waited
@@ -205,7 +206,7 @@ class LimitSignals:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(keys.LIMITER_CHANNEL)
+                    await pubsub.subscribe(signal_channel(self._redis))
                     delay = 0.1
                     while True:
                         message = await pubsub.get_message(timeout=1.0)
@@ -250,6 +251,7 @@ class FleetLimiter:
         self._rpm, self._tpm = endpoint.rpm, endpoint.tpm
         self._concurrency = asyncio.Semaphore(endpoint.max_concurrency)
         self._signals = signals or LimitSignals(redis)
+        self._channel = signal_channel(redis)
         self._acquire = redis.register_script(_ACQUIRE)
         self._tat, self._cool = keys.limiter_tat(name), keys.limiter_cooldown(name)
         self._limits, self._learned = keys.limiter_limits(name), keys.limiter_learned(name)
@@ -335,7 +337,7 @@ class FleetLimiter:
     async def pause(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
         self._signals.note(self.name, seconds)  # this process at once; the others by the script's PUBLISH
-        self._run(_COOL, [self._cool, keys.STATS], [seconds, self._cooldown_field, keys.LIMITER_CHANNEL, self.name])
+        self._run(_COOL, [self._cool, keys.STATS], [seconds, self._cooldown_field, self._channel, self.name])
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Tighten the fleet's limits to what the provider says (``x-ratelimit-*``): its limits, and a short
@@ -350,7 +352,7 @@ class FleetLimiter:
                     step = 60.0 / limit if kind == "requests" and limit else 1.0
                     cool = min(reset, step)
                     self._signals.note(self.name, cool)
-                    self._run(_COOL, [self._cool, keys.STATS], [cool, "", keys.LIMITER_CHANNEL, self.name])
+                    self._run(_COOL, [self._cool, keys.STATS], [cool, "", self._channel, self.name])
         learn_rpm = rpm if rpm and rpm < self._rpm else None
         learn_tpm = tpm if tpm and tpm < self._tpm else None
         now = time.monotonic()
@@ -360,7 +362,7 @@ class FleetLimiter:
             return
         self._seen = (learn_rpm, learn_tpm, now)
         args: list[str | int | float] = ["" if learn_rpm is None else learn_rpm, "" if learn_tpm is None else learn_tpm]
-        self._run(_LEARN, [self._learned, self._tat], [*args, keys.LIMITER_CHANNEL, self.name])
+        self._run(_LEARN, [self._learned, self._tat], [*args, self._channel, self.name])
 
     def _run(self, script: str, keys_: list[str], args: list[str | int | float]) -> None:
         if self._tally is not None:
