@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from schemas.curation import QualitySettings
 from schemas.examples import GeneratedItem
-from schemas.jobs import QualitySettings
 from workers.curate.quality import QualityFilter
 
 DATA = Path("/work/shared/data/ism_sda_k2_1000.json")

@@ -38,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from redis.asyncio import Redis
 
-from schemas.jobs import DedupSettings
-from workers import keys
+from schemas.curation import DedupSettings
+from store import keys
 from workers.curate import semantic
 
 DATA = Path("/work/shared/data/ism_sda_k2_1000.json")

@@ -3,19 +3,19 @@
     SkillmixError            500  root; ``status`` (HTTP) and ``code`` (stable, for machines) say what it means
      ├── BadInput            422  the request cannot be used as given; ``field`` names what to fix
      │    ├── TooLarge       413  an upload over the server's cap               (service.routes.extract)
-     │    ├── UnknownEndpoint     an endpoint name nobody configured            (workers.endpoints)
-     │    └── DatasetError        the dataset cannot be used as given          (workers.extract.reader)
+     │    ├── UnknownEndpoint     an endpoint name nobody configured            (store.endpoints)
+     │    └── DatasetError        the dataset cannot be used as given          (store.datasets)
      ├── NotFound            404  no such id or name
-     │    └── NoItem              a review item gone while it was written       (workers.review.store)
+     │    └── NoItem              a review item gone while it was written       (store.review)
      ├── Conflict            409  not possible in the current state; the message says why
-     │    ├── Stale               a review write against an old version; carries the current item
-     │    ├── NotPaused           resume of a job that is not paused           (workers.budget)
-     │    └── BudgetExhausted     resume of a job still at its budget           (workers.budget)
+     │    ├── Stale               a review write against an old version; carries the current item (store.review)
+     │    ├── NotPaused           resume of a job that is not paused           (store.budget)
+     │    └── BudgetExhausted     resume of a job still at its budget           (store.budget)
      ├── Transient           503  retry later: the job store or an endpoint is away
-     │    └── EndpointDown        the endpoint stopped answering               (workers.runner.errors)
+     │    └── EndpointDown        the endpoint stopped answering               (workers.unit)
      ├── JobFailed           500  the job cannot go on; it ends failed with this message
      │    ├── ExtractFailed                                                    (workers.extract.phase)
-     │    └── UnitFailed          a unit of work says its job cannot go on     (workers.runner.errors)
+     │    └── UnitFailed          a unit of work says its job cannot go on     (workers.unit)
      ├── AnswerUnusable      502  a model answered, but not usably: that item is rejected, the job goes on
      │    ├── ParseFailure                                                     (workers.recipes.base)
      │    ├── PairNotFound                                                     (workers.recipes.parse)
@@ -25,7 +25,7 @@
      ├── Interrupted              control flow, never a failure: the work stops here and is taken up again
      │    ├── JobStopped          the job ended or paused: the call is refused before it is sent
      │    ├── WorkerDraining      this worker is stopping (SIGTERM): the work is handed back
-     │    └── JobResumed          a step still running when its paused job resumed (workers.runner.errors)
+     │    └── JobResumed          a step still running when its paused job resumed (workers.unit)
      ├── NotTheRunner             an endpoint client built outside the runner (workers.llm.client)
      ├── LocalRedisError          the bundled Redis cannot be found or started  (service.local_redis)
      └── LocalLLMError            the local model server cannot start          (service.local_llm)

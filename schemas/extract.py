@@ -5,17 +5,16 @@ the usual state, counters and progress. This module imports nothing from ``schem
 it), so there is no import cycle.
 """
 
-from typing import TYPE_CHECKING, ClassVar, Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
+from schemas.curation import DedupSettings, QualitySettings
 from schemas.datasets import DataFileSource, format_from_suffix
+from schemas.params import ExtractParams as ExtractParams  # re-exported
 from schemas.recipes import RecipeSpec
 from schemas.skills import SkillSetName
-
-if TYPE_CHECKING:  # schemas.jobs imports this module; at run time these names are only annotations
-    from schemas.jobs import DedupSettings, QualitySettings
 
 MAX_ROWS = 1_000_000
 DEFAULT_MAX_ROWS = 100_000
@@ -24,15 +23,6 @@ EXEMPLAR_CHARS = 1000
 MAX_SKILL_NAME_CHARS = 60
 MAP_ATTEMPTS = 4  # one ask plus up to 3 re-asks when the answer is off the list (papers.md §A)
 PARSE_ATTEMPTS = 3  # an unparseable answer is asked again, then the rows are reported unlabelled
-
-
-class ExtractParams(StrictModel):
-    """Sampling for extraction calls; low temperature because labels should be consistent, not creative."""
-
-    temperature: float = Field(default=0.2, ge=0, le=2)
-    max_tokens: int = Field(default=4096, ge=256, le=32_768, description="cap on any one answer")
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
 
 
 class _ExtractSpecBase(RecipeSpec):
@@ -49,8 +39,8 @@ class _ExtractSpecBase(RecipeSpec):
     chunk_size: ClassVar[int | None] = None
     item_retries: ClassVar[int] = 0
     keep_conversation: ClassVar[bool] = False
-    quality: ClassVar["QualitySettings"]
-    dedup: ClassVar["DedupSettings"]
+    quality: ClassVar[QualitySettings]
+    dedup: ClassVar[DedupSettings]
     budget: ClassVar[None] = None  # no cap at submit; `PATCH /v1/jobs/{id}` sets one (its calls are charged)
     via_jobs: ClassVar[bool] = False  # submitted at POST /v1/skill-sets/extract
     stepped: ClassVar[bool] = True  # phase steps, not item chunks

@@ -9,12 +9,15 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from schemas.base import StrictModel
+from schemas.curation import DedupSettings, QualitySettings
 from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.evaluation import EvalQuestion, EvalResult
 from schemas.examples import RawKey
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
 from schemas.llm import ChatMessage
 from schemas.math import MathHistory
+from schemas.params import GenerationParams as GenerationParams  # re-exported: specs name them here
+from schemas.params import JobBudget as JobBudget
 from schemas.recipes import GenerationSpec as GenerationSpec  # re-exported: built from the registry
 from schemas.recipes import JobSpec as JobSpec
 from schemas.recipes import Prepared, RecipeSpec, SubmitContext, register_spec
@@ -22,134 +25,6 @@ from schemas.review import HelpTask
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
 
 MAX_COUNT = 1_000_000
-
-
-class GenerationParams(StrictModel):
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    max_tokens: int = Field(default=2048, ge=16, le=32_768)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2, description="OpenAI-style; curbs repetition")
-
-
-class DedupSettings(StrictModel):
-    exact: bool = True
-    near: bool = True
-    threshold: float = Field(default=0.7, ge=0.1, le=1.0, description="Jaccard similarity of instructions")
-    num_perm: int = Field(default=128, ge=16, le=512)
-    semantic: bool = Field(
-        default=False,
-        description="also reject paraphrases (embedding similarity); workers need the [embed] extra, else skipped",
-    )
-    semantic_threshold: float = Field(
-        default=0.85, ge=0.5, le=1.0, description="cosine similarity of instruction embeddings (all-MiniLM-L6-v2)"
-    )
-
-
-class JudgeSettings(StrictModel):
-    """An LLM judge (``workers/curate/judge.py``) grading each generated pair against the rubric of the
-    paper's critique turn (papers.md §A): specific, uses all its skills, answers what was asked, correct,
-    complete without padding, not unjustifiably brief. Its calls count in the job's usage."""
-
-    endpoint: str | None = Field(
-        default=None, description="endpoint name of the judge; the job's own endpoint when absent"
-    )
-    min_score: int = Field(
-        default=3, ge=1, le=5, description="every criterion must score at least this (1-5), and the verdict pass"
-    )
-    max_tokens: int = Field(default=512, ge=64, le=8192, description="of the judge's answer")
-
-
-class QualitySettings(StrictModel):
-    """Which checks run (``checks``, in order; the error and cut-off checks always run) and their
-    thresholds. ``enabled: false`` turns every optional check off."""
-
-    enabled: bool = True
-    # Optional checks to run, in this order: the first reason found is the primary one.
-    checks: list[
-        Literal[
-            "empty_response",
-            "refusal",
-            "placeholder",
-            "incomplete",
-            "restates_instruction",
-            "low_novelty",
-            "repetitive",
-            "too_short",
-            "generic_filler",
-            "off_topic",
-            "vague",
-            "one_paragraph",
-            "too_brief",
-            "ignores_skills",
-            "judge",
-        ]
-    ] = Field(
-        default=[
-            "empty_response",
-            "refusal",
-            "restates_instruction",
-            "repetitive",
-            "placeholder",
-            "incomplete",
-            "low_novelty",
-            "too_short",
-            "generic_filler",
-            "off_topic",
-            "vague",
-            "one_paragraph",
-            "too_brief",
-            "ignores_skills",
-        ],
-        description="optional checks to run, in order (the first reason found is the primary one)",
-    )
-    min_response_words: int = Field(default=40, ge=0)
-    min_instruction_words: int = Field(default=5, ge=0)
-    max_restate_similarity: float = Field(default=0.8, gt=0, le=1.0)
-    min_topic_overlap: float = Field(
-        default=0.25, ge=0, le=1.0, description="off_topic: share of the instruction's content words the response uses"
-    )
-    min_novelty: float = Field(
-        default=0.35, ge=0, le=1.0, description="low_novelty: share of the response's content words not in the request"
-    )
-    max_vagueness: float = Field(
-        default=2.5, gt=0, description="vague: filler-to-specifics score above which a response is vague"
-    )
-    brevity_ratio: float = Field(
-        default=0.35, ge=0, le=1.0, description="too_brief: below this share of the job's median response length"
-    )
-    brevity_min_items: int = Field(
-        default=20, ge=1, description="too_brief: responses seen before the job's median is trusted"
-    )
-    paragraph_max_words: int = Field(
-        default=200, ge=0, description="one_paragraph: a single unstructured paragraph shorter than this"
-    )
-    substantial_instruction_words: int = Field(
-        default=20, ge=0, description="one_paragraph, too_brief, off_topic: only for instructions this long"
-    )
-    judge: JudgeSettings | None = Field(
-        default=None,
-        description="LLM judge (off by default); its verdict is checked after the listed checks unless "
-        "'judge' is placed in checks",
-    )
-
-    @field_validator("checks")
-    @classmethod
-    def _unique_checks(cls, checks: list[str]) -> list[str]:
-        if len(set(checks)) != len(checks):
-            raise ValueError("each check may be listed once")
-        return checks
-
-
-class JobBudget(StrictModel):
-    """A job's spending cap: at it the job pauses (nothing is lost) until the cap is raised or it is resumed.
-    Either limit may be absent (none); both count every call of the job, the judge's too."""
-
-    max_cost_usd: float | None = Field(
-        default=None, gt=0, le=1e9, description="US dollars, priced per call at its endpoint's usd_per_mtok_*"
-    )
-    max_tokens: int | None = Field(
-        default=None, ge=1, le=10**15, description="prompt + completion tokens of every call of the job"
-    )
 
 
 class BudgetLeft(StrictModel):
@@ -561,6 +436,13 @@ class ChunkTask(StrictModel):
     @property
     def arq_id(self) -> str:
         return f"skillmix:chunk:{self.job_id}:{self.start}-{self.stop}"
+
+
+def needs_endpoint(record: JobRecord) -> bool:
+    """Whether the job calls an LLM: a curate job without a judge reads its rows and calls nothing, so it runs
+    with no endpoint configured (``workers.recipes.NO_ENDPOINT``, ``NoLLM``)."""
+    spec = record.spec
+    return not (isinstance(spec, CurateJobSpec) and (spec.quality.judge is None or not spec.quality.enabled))
 
 
 Step = Annotated[ChunkTask | ExtractTask | HelpTask, Field(discriminator="kind")]

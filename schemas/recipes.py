@@ -26,11 +26,9 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
 from schemas.base import StrictModel
-
-if TYPE_CHECKING:  # annotations only: schemas.jobs imports this module
-    from schemas.extract import ExtractParams
-    from schemas.jobs import DedupSettings, GenerationParams, JobBudget, QualitySettings
-    from schemas.skills import SkillSet, SkillSetCreate
+from schemas.curation import DedupSettings, QualitySettings
+from schemas.params import ExtractParams, GenerationParams, JobBudget
+from schemas.skills import SkillSet, SkillSetCreate
 
 
 class SubmitContext(Protocol):

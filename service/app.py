@@ -14,7 +14,7 @@ from schemas.settings import Settings, get_settings
 from service.errors import UNAVAILABLE, redis_unavailable, skillmix_error
 from service.routes import curate, endpoints, extract, jobs, review, skill_sets
 from service.routes.metrics import router as metrics_router
-from workers.redis_pool import REDIS_ERRORS, open_redis
+from store.connection import REDIS_ERRORS, open_redis
 
 STATIC = Path(__file__).parent / "static"
 # The review page shows model text, which is untrusted: the page builds its DOM with textContent only, and as

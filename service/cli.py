@@ -258,8 +258,8 @@ async def _serve_local(model: Path | None, parallel: int, threads: int | None) -
     from service.local_llm import LocalLLMServer
     from service.local_model import ensure_model
     from service.quickstart import local_endpoint
-    from workers import endpoints
-    from workers.redis_pool import open_redis
+    from store import endpoints
+    from store.connection import open_redis
 
     settings = get_settings()
     path = await ensure_model(model or settings.local_model)

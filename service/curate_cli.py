@@ -13,7 +13,8 @@ import httpx
 import typer
 from rich.table import Table
 
-from schemas.jobs import JobStatus, QualitySettings
+from schemas.curation import QualitySettings
+from schemas.jobs import JobStatus
 from service.cli_common import API_OPTION, api_errors, api_url, console, fail, post_spec, submit_and_follow
 
 OUTPUTS = ("accepted", "rejected")

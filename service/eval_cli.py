@@ -21,12 +21,12 @@ import orjson
 import typer
 from rich.table import Table
 
+from schemas.answers import reference_answer
 from schemas.evaluation import EvalQuestion
 from schemas.examples import Example, extras_of
 from schemas.jobs import EvalExtras
 from service.cli_common import API_OPTION, api_errors, api_url, console, fail, submit_and_follow
-from workers.math.answers import reference_answer
-from workers.math.square_law import ModelPoint, fit_power_law, plot
+from service.square_law import ModelPoint, fit_power_law, plot
 
 MAX_REASONS = 200  # judge reasons kept in summary.json (all of them are in results.jsonl)
 

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from schemas.examples import Example
 from schemas.recipes import extras_models
-from workers import keys
-from workers.sampler import derive_rng
+from schemas.sampling import derive_rng
+from store import keys
 
 
 class ExportFormat(StrEnum):

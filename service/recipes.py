@@ -11,9 +11,9 @@ from schemas.recipes import RecipeSpec, SubmitContext
 from schemas.settings import Settings
 from schemas.skills import SkillSet, SkillSetCreate, parse_skill_set_ref
 from service.errors import unprocessable
-from workers import endpoints, jobstore
-from workers.curate import store
-from workers.skillsets import get_skill_set, save_skill_set, versions
+from store import endpoints, records
+from store.examples import count as count_examples
+from store.skill_sets import get_skill_set, save_skill_set, versions
 
 Submitter = Callable[[RecipeSpec, str, Redis, Settings], Awaitable[JobStatus]]
 SUBMITTERS: dict[type[RecipeSpec], Submitter] = {}
@@ -51,15 +51,15 @@ class RouteContext(SubmitContext):
         return found
 
     async def finished_source(self, field: str, job_id: str, verb: str) -> int:
-        source = await jobstore.get_status(self.redis, job_id)
+        source = await records.get_status(self.redis, job_id)
         if source is None:
             unprocessable(field, f"unknown job {job_id!r}")
-        record = await jobstore.load_record(self.redis, job_id)
+        record = await records.load_record(self.redis, job_id)
         if record is not None and not record.spec.has_examples:
             unprocessable(field, f"job {job_id} is a skill extraction; it has no examples to {verb}")
         if not source.state.finished:
             unprocessable(field, f"job {job_id} is {source.state.value}; wait until it finishes")
-        accepted = await store.count(self.redis, job_id, "accepted")
+        accepted = await count_examples(self.redis, job_id, "accepted")
         if accepted < 1:
             unprocessable(field, f"job {job_id} has no accepted examples")
         return accepted

@@ -1,10 +1,12 @@
-"""Shared fixtures: a real Redis (db 15, flushed around each test), real API and worker processes."""
+"""Shared fixtures: a real Redis (one database per test process, flushed around each test), real API and
+worker processes; the ``slow`` marker and the ``xdist`` database map."""
 
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis as sync_redis
@@ -16,8 +18,56 @@ from service.ports import free_port, wait_http
 pytest_plugins = ["tests.plugins.fake_llm"]
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_DB = 15
-REDIS_URL = os.environ.get("SKILLMIX_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_DB}")
+TEST_DB = 15  # a serial run's database
+# pytest-xdist worker gwN flushes its own database, N + 1 (1-14 on a default 16-database Redis); 0 is left alone
+XDIST_DBS = range(1, 15)
+
+
+def redis_url_for_tests(environ: Mapping[str, str] = os.environ) -> str:
+    """The Redis this test process may flush: ``SKILLMIX_TEST_REDIS_URL`` (default db 15) in a serial run; under
+    xdist the same server with the worker's own database, since keys are per database and each test flushes."""
+    base = environ.get("SKILLMIX_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_DB}")
+    worker = environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return base
+    index = int(worker.removeprefix("gw"))
+    if index >= len(XDIST_DBS):
+        raise pytest.UsageError(too_many_workers(index + 1))
+    return urlunsplit(urlsplit(base)._replace(path=f"/{XDIST_DBS[index]}"))
+
+
+def too_many_workers(count: int) -> str:
+    return (
+        f"{count} xdist workers, but the tests have {len(XDIST_DBS)} Redis databases, one per worker "
+        f"(db {XDIST_DBS[0]}-{XDIST_DBS[-1]}); run with -n {len(XDIST_DBS)} or fewer"
+    )
+
+
+REDIS_URL = redis_url_for_tests()
+# Tests with tight wall-clock bounds (a cancel, a SIGTERM, a limit change taking effect within seconds): under
+# xdist they run one after another on one worker, so two of them never load the machine for each other.
+TIMING = pytest.mark.xdist_group("timing")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse more xdist workers than databases before any starts (the controller knows the count)."""
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers > len(XDIST_DBS):
+        raise pytest.UsageError(too_many_workers(workers))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts the API or a worker (``processes``) or runs the real model is ``slow``. The real
+    model's tests run one after another on one xdist worker (each server takes every core), and first: they
+    are the longest chain, so the other workers share the rest meanwhile rather than wait for it at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("local_llm") is None)  # stable: same order everywhere
+    for item in items:
+        local = item.get_closest_marker("local_llm") is not None
+        if local or "processes" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+        if local:
+            item.add_marker(pytest.mark.xdist_group("local_llm"))
 
 
 def _flush() -> None:
@@ -26,6 +76,8 @@ def _flush() -> None:
         client.flushdb()
     except sync_redis.ConnectionError:
         pytest.exit(f"tests need Redis at {REDIS_URL}; start it with: redis-server --daemonize yes", 2)
+    except sync_redis.ResponseError as exc:  # e.g. "DB index is out of range": fewer databases than workers
+        pytest.exit(f"tests cannot use {REDIS_URL}: {exc}", 2)
     finally:
         client.close()
 

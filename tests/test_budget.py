@@ -12,11 +12,13 @@ from arq.connections import ArqRedis
 
 from schemas.jobs import ChunkTask, JobBudget, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import Usage
+from store import budget as caps
+from store import keys, lifecycle, records
+from store.budget import Prices
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, submit, wait_for
-from workers import budget, jobstore, keys
-from workers.budget import Prices
+from workers import budget
 from workers.generate import run_chunk
 from workers.recipes import recipe_for
 from workers.tally import Tally
@@ -45,12 +47,12 @@ async def state_and_message(redis: ArqRedis, job_id: str) -> tuple[str, str]:
 
 
 async def test_the_charge_pauses_the_job_exactly_once_when_it_crosses_the_cap(redis: ArqRedis) -> None:
-    await jobstore.create_job(redis, record_for("cap", 8, max_cost_usd=0.0100), planned=8)
-    await jobstore.set_state(redis, "cap", JobState.RUNNING)
+    await records.create_job(redis, record_for("cap", 8, max_cost_usd=0.0100), planned=8)
+    await records.set_state(redis, "cap", JobState.RUNNING)
     prices = Prices(usd_per_mtok_prompt=1.0, usd_per_mtok_completion=2.0)
     call = Usage(prompt_tokens=1000, completion_tokens=1000, rate_limited=1)  # 1,000 + 2,000 micro-dollars
     assert prices.micro_usd(call) == 3000
-    paused = [await budget.charge_awaited(redis, "cap", call, prices) for _ in range(5)]
+    paused = [await caps.charge_awaited(redis, "cap", call, prices) for _ in range(5)]
     assert paused == [False, False, False, True, False]  # 12,000 >= 10,000 on the 4th; never again after
     state, message = await state_and_message(redis, "cap")
     assert state == "paused", message
@@ -58,36 +60,36 @@ async def test_the_charge_pauses_the_job_exactly_once_when_it_crosses_the_cap(re
     c = await redis.hgetall(keys.counters("cap"))
     counted = [c[f] for f in (b"cost_micro_usd", b"prompt_tokens", b"completion_tokens", b"rate_limited")]
     assert counted == [b"15000", b"5000", b"5000", b"5"]  # calls finishing after the pause are still counted
-    status = await jobstore.get_status(redis, "cap")
+    status = await records.get_status(redis, "cap")
     assert status is not None and status.counters.cost_usd == 0.015 and status.state is JobState.PAUSED
     assert status.budget == JobBudget(max_cost_usd=0.01) and status.budget_left is not None
     assert status.budget_left.cost_usd == 0 and status.budget_left.tokens is None
 
 
 async def test_a_token_cap_pauses_and_a_finished_job_is_never_paused(redis: ArqRedis) -> None:
-    await jobstore.create_job(redis, record_for("tok", 8, max_tokens=250), planned=8)
+    await records.create_job(redis, record_for("tok", 8, max_tokens=250), planned=8)
     call = Usage(prompt_tokens=100, completion_tokens=50)
-    assert not await budget.charge_awaited(redis, "tok", call, Prices())
-    assert await budget.charge_awaited(redis, "tok", call, Prices())  # 300 >= 250 tokens: a queued job pauses too
+    assert not await caps.charge_awaited(redis, "tok", call, Prices())
+    assert await caps.charge_awaited(redis, "tok", call, Prices())  # 300 >= 250 tokens: a queued job pauses too
     state, message = await state_and_message(redis, "tok")
     assert state == "paused" and "token budget reached (300 of 250 tokens used)" in message
 
-    await jobstore.create_job(redis, record_for("over", 8, max_tokens=10), planned=8)
-    await jobstore.set_state(redis, "over", JobState.COMPLETED, "8 accepted")
-    assert not await budget.charge_awaited(redis, "over", call, Prices())
+    await records.create_job(redis, record_for("over", 8, max_tokens=10), planned=8)
+    await records.set_state(redis, "over", JobState.COMPLETED, "8 accepted")
+    assert not await caps.charge_awaited(redis, "over", call, Prices())
     assert (await state_and_message(redis, "over"))[0] == "completed"
 
-    await jobstore.create_job(redis, record_for("free", 8), planned=8)  # no cap: counted, never paused
+    await records.create_job(redis, record_for("free", 8), planned=8)  # no cap: counted, never paused
     for _ in range(3):
-        assert not await budget.charge_awaited(redis, "free", call, Prices(1.0, 1.0))
-    status = await jobstore.get_status(redis, "free")
+        assert not await caps.charge_awaited(redis, "free", call, Prices(1.0, 1.0))
+    status = await records.get_status(redis, "free")
     assert status is not None and status.state is JobState.QUEUED and status.budget is None
     assert status.budget_left is None and status.counters.cost_micro_usd == 450
 
 
 async def test_the_fire_and_forget_charge_lands_and_pauses(redis: ArqRedis) -> None:
     """``metered`` sends the charge with no reply on the tally connection: it must still land and decide."""
-    await jobstore.create_job(redis, record_for("ff", 8, max_cost_usd=0.001), planned=8)
+    await records.create_job(redis, record_for("ff", 8, max_cost_usd=0.001), planned=8)
     tally = Tally(REDIS_URL, redis, 5)
     await tally.ensure()
     for _ in range(3):
@@ -109,9 +111,9 @@ async def test_a_chunk_of_a_paused_job_starts_nothing_and_the_watchdog_leaves_it
 ) -> None:
     fake = await fake_llm.astart(rpm=0)
     record = record_for("still", 16, max_cost_usd=0.01)
-    await jobstore.create_job(redis, record, planned=16)
+    await records.create_job(redis, record, planned=16)
     await redis.hdel(keys.pending_plans("still"), "0-16")  # enqueued, as far as the watchdog knows
-    await jobstore.set_state(redis, "still", JobState.PAUSED, "paused: budget reached")
+    await records.set_state(redis, "still", JobState.PAUSED, "paused: budget reached")
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
     async with raw_client("fake", endpoint) as llm:
@@ -130,16 +132,16 @@ async def test_a_chunk_of_a_paused_job_starts_nothing_and_the_watchdog_leaves_it
     # resuming needs room; with room it enqueues every chunk that still has items to generate
     await redis.hset(keys.counters("still"), "cost_micro_usd", 10_000)  # 10,000 of 10,000: the cap is reached
     await redis.sadd(keys.generated("still"), *range(8, 16))  # the second chunk is done
-    with pytest.raises(budget.BudgetExhausted):
-        await budget.resume(redis, record)
+    with pytest.raises(caps.BudgetExhausted):
+        await lifecycle.resume(redis, record)
     assert (await state_and_message(redis, "still"))[0] == "paused"
-    await budget.set_budget(redis, "still", JobBudget(max_cost_usd=0.02))
-    await budget.resume(redis, record)
+    await caps.set_budget(redis, "still", JobBudget(max_cost_usd=0.02))
+    await lifecycle.resume(redis, record)
     assert (await state_and_message(redis, "still"))[0] == "running"
     queued = [m.decode() for m in await redis.zrange(keys.QUEUE_NAME, 0, -1)]
     assert queued == [ChunkTask(job_id="still", start=0, stop=8).arq_id], queued
-    with pytest.raises(budget.NotPaused, match="running"):
-        await budget.resume(redis, record)
+    with pytest.raises(caps.NotPaused, match="running"):
+        await lifecycle.resume(redis, record)
 
 
 # --- the whole job, through the API ----------------------------------------------------------------

@@ -14,8 +14,8 @@ import redis as sync_redis
 from arq.connections import ArqRedis
 
 from schemas.jobs import JobRecord, PromptsJobSpec
+from store import keys, records
 from tests.conftest import REDIS_URL, Processes, service_env
-from workers import jobstore, keys
 from workers.curate.dedup import jaccard
 from workers.curate.quality import normalise_text
 
@@ -187,7 +187,7 @@ async def test_work_planned_by_a_process_that_died_is_enqueued_again(
     record = JobRecord(
         id="orphan", spec=spec, endpoint="fake", model=endpoint.model, chunk_size=8, created_at=datetime.now(UTC)
     )
-    await jobstore.create_job(redis, record, planned=40)  # and the API dies here, before enqueueing
+    await records.create_job(redis, record, planned=40)  # and the API dies here, before enqueueing
     assert await redis.zcard(keys.QUEUE_NAME) == 0
     status = wait_for(api, "orphan", finished, timeout=60)
     assert status["state"] == "completed" and status["counters"]["accepted"] == 40, status

@@ -16,11 +16,11 @@ from schemas.errors import BadInput, Conflict, JobFailed, NotFound, SkillmixErro
 from schemas.settings import Settings
 from service.app import create_app
 from service.cli import app as cli_app
+from store.review import NoItem
 from tests.conftest import REDIS_URL
 from workers.llm.errors import LLMFatal
-from workers.review.store import NoItem
 
-PACKAGES = ("schemas", "workers", "service")
+PACKAGES = ("schemas", "store", "workers", "service")
 
 
 def _exception_classes() -> list[type[BaseException]]:

@@ -15,11 +15,11 @@ import redis as sync_redis
 from arq.connections import ArqRedis
 
 from schemas.jobs import JobState
+from store import keys, records
+from store.extraction import ExtractStore
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.extract.helpers import settings_for, start_job, write_jsonl
 from tests.test_end_to_end import finished, submit, wait_for
-from workers import jobstore, keys
-from workers.extract.store import ExtractStore
 from workers.watchdog import MAX_REDRIVES, Watchdog
 
 FAST = {"SKILLMIX_HEARTBEAT_S": "0.5", "SKILLMIX_STALL_S": "1", "SKILLMIX_CLAIM_IDLE_MS": "2000"}
@@ -216,6 +216,6 @@ async def test_the_watchdog_reruns_a_lost_extraction_step_and_fails_the_job_afte
         await redis.zrem(keys.QUEUE_NAME, step)  # lost again
     report = await watchdog.run_once()
     assert report.failed == 1, report
-    status = await jobstore.get_status(redis, record.id)
+    status = await records.get_status(redis, record.id)
     assert status is not None and status.state == JobState.FAILED
     assert f"extract {step} made no progress in {MAX_REDRIVES} reruns" in status.message

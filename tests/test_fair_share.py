@@ -2,7 +2,7 @@
 
 arq runs the lowest ready queue score first. With plain ``enqueue_job`` every chunk's score is its enqueue
 time, so the queue is FIFO and a small job waits behind every chunk of a big job enqueued before it.
-``jobstore.fair_start`` gives a new job's chunks scores from the queue's head instead (virtual time).
+``queue.fair_start`` gives a new job's chunks scores from the queue's head instead (virtual time).
 """
 
 from datetime import UTC, datetime
@@ -13,9 +13,9 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from schemas.jobs import JobRecord, PromptsJobSpec
+from store import keys, queue, records
 from tests.conftest import Processes, service_env
 from tests.test_end_to_end import finished, wait_for
-from workers import jobstore, keys
 
 
 def record_for(job_id: str, n: int, chunk_size: int = 4) -> JobRecord:
@@ -32,8 +32,8 @@ def submit(api: str, **spec: Any) -> str:
 
 async def submit_in_process(redis: ArqRedis, job_id: str, n: int) -> JobRecord:
     record = record_for(job_id, n)
-    await jobstore.create_job(redis, record, planned=n)
-    await jobstore.enqueue_planned(redis, record, 0, n)
+    await records.create_job(redis, record, planned=n)
+    await queue.enqueue_planned(redis, record, 0, n)
     return record
 
 
@@ -51,7 +51,7 @@ async def test_jobs_interleave_one_to_one_and_a_top_up_queues_behind_its_own_bac
     assert sorted(order[:6]) == ["big", "big", "small", "small", "third", "third"], order
     assert order[6:] == ["big"] * 8, order
 
-    assert await jobstore.plan(redis, big, 40, 48)  # a top-up: its 2 chunks go after big's own 10
+    assert await queue.plan(redis, big, 40, 48)  # a top-up: its 2 chunks go after big's own 10
     order = await queue_order(redis)
     assert order[-2:] == ["big", "big"] and order.count("big") == 12, order
 

@@ -7,10 +7,12 @@ import httpx
 import redis as sync_redis
 from arq.connections import ArqRedis
 
-from tests.conftest import REDIS_URL, Processes, service_env
+from store import keys
+from store.stats import stat_field
+from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.test_end_to_end import finished, submit, wait_for
-from workers import keys
-from workers.stats import stat_field
+
+pytestmark = TIMING
 
 
 def prompts(n: int, tag: str = "") -> list[str]:

@@ -20,14 +20,17 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from schemas.jobs import ChunkTask, JobRecord, PromptsJobSpec
-from tests.conftest import REDIS_URL, Processes, service_env
+from store import keys, records
+from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, wait_for
-from workers import drain, jobstore, keys
+from workers import drain
 from workers.drain import WorkerDraining
 from workers.generate import run_chunk
 from workers.recipes import recipe_for
 from workers.tally import Tally
+
+pytestmark = TIMING
 
 HEARTBEAT_S = 20.0  # a worker is taken for dead only after 60 s of silence
 SLOW = {"SKILLMIX_HEARTBEAT_S": str(HEARTBEAT_S), "SKILLMIX_STALL_S": "600", "SKILLMIX_WORKER_MAX_JOBS": "2"}
@@ -82,7 +85,7 @@ async def test_a_draining_chunk_lets_its_calls_in_flight_finish_and_starts_no_ot
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(8)]})
     record = JobRecord(id="drain", spec=spec, endpoint="fake", model="fake-model", chunk_size=8,
                        created_at=datetime.now(UTC))  # fmt: skip
-    await jobstore.create_job(redis, record, planned=8)
+    await records.create_job(redis, record, planned=8)
     endpoint = fake.endpoint_settings(max_concurrency=2)  # 2 calls in flight, 6 items waiting for a place
     tally = Tally(REDIS_URL, redis, 5)
     async with raw_client("fake", endpoint) as llm:

@@ -22,10 +22,10 @@ from schemas.examples import GeneratedItem, Reason
 from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage
 from schemas.settings import Settings
-from tests.conftest import REDIS_URL, Processes, service_env
+from store import endpoints, keys, queue, records
+from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, settled, start_stack, submit, wait_for
-from workers import endpoints, jobstore, keys
 from workers.curate.consumer import CurateConsumer
 from workers.curate.decide import decide_and_store, previous
 from workers.generate import run_chunk
@@ -51,6 +51,7 @@ def record_for(job_id: str, n: int, chunk_size: int = 8, **spec: Any) -> JobReco
 # --- spending stops at once ----------------------------------------------------------------------
 
 
+@TIMING
 def test_a_cancelled_job_makes_no_call_after_the_cancel(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
     """4,000 prompts, cancelled at 50 accepted: every queued chunk used to start all its items regardless."""
     fake = fake_llm(rpm=0, latency_ms=150)
@@ -73,8 +74,8 @@ def test_a_cancelled_job_makes_no_call_after_the_cancel(processes: Processes, re
 async def test_a_chunk_of_a_finished_job_starts_nothing(redis: ArqRedis, fake_llm: Any) -> None:
     fake = await fake_llm.astart(rpm=0)
     record = record_for("done", 8)
-    await jobstore.create_job(redis, record, planned=8)
-    await jobstore.set_state(redis, record.id, JobState.COMPLETED, "8 accepted")
+    await records.create_job(redis, record, planned=8)
+    await records.set_state(redis, record.id, JobState.COMPLETED, "8 accepted")
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
     async with raw_client("fake", endpoint) as llm:
@@ -88,7 +89,7 @@ async def test_a_chunk_of_a_finished_job_starts_nothing(redis: ArqRedis, fake_ll
 async def test_a_rerun_of_a_fully_generated_chunk_is_a_no_op(redis: ArqRedis, fake_llm: Any) -> None:
     fake = await fake_llm.astart(rpm=0)
     record = record_for("rerun", 8)
-    await jobstore.create_job(redis, record, planned=8)
+    await records.create_job(redis, record, planned=8)
     await redis.sadd(keys.generated("rerun"), *range(8))
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
@@ -105,8 +106,8 @@ async def test_a_chunk_ends_even_when_redis_py_swallows_a_cancel(
     """redis-py 5.x can swallow a CancelledError; the state watcher must stop by its flag, not by a cancel."""
     fake = await fake_llm.astart(rpm=0, latency_ms=20)
     record = record_for("swallow", 8)
-    await jobstore.create_job(redis, record, planned=8)
-    real_get_state = jobstore.get_state
+    await records.create_job(redis, record, planned=8)
+    real_get_state = records.get_state
 
     async def swallowing_get_state(r: Any, job_id: str) -> JobState | None:
         try:
@@ -115,7 +116,7 @@ async def test_a_chunk_ends_even_when_redis_py_swallows_a_cancel(
             pass  # what redis-py's can_read_destructive may do
         return await real_get_state(r, job_id)
 
-    monkeypatch.setattr(jobstore, "get_state", swallowing_get_state)
+    monkeypatch.setattr(records, "get_state", swallowing_get_state)
     endpoint = fake.endpoint_settings()
     tally = Tally(REDIS_URL, redis, 5)
     async with raw_client("fake", endpoint) as llm:
@@ -166,8 +167,8 @@ async def test_decision_and_storage_are_one_step(redis: ArqRedis) -> None:
 
 async def test_items_left_when_a_job_completes_are_curated_not_abandoned(redis: ArqRedis) -> None:
     record = record_for("late", 4, count=1, max_items=4)
-    await jobstore.create_job(redis, record, planned=4)
-    await jobstore.set_state(redis, "late", JobState.COMPLETED, "1 accepted")
+    await records.create_job(redis, record, planned=4)
+    await records.set_state(redis, "late", JobState.COMPLETED, "1 accepted")
     item = GeneratedItem(job_id="late", index=3, instruction="Say three.", output="Three is a small number.")
     await redis.xadd(keys.items("late"), {"d": orjson.dumps(item.model_dump(mode="json"))})
     assert await redis.sismember(keys.ACTIVE_JOBS, "late")  # finished, but its stream still holds work
@@ -175,7 +176,7 @@ async def test_items_left_when_a_job_completes_are_curated_not_abandoned(redis: 
     settings = Settings(redis_url=REDIS_URL)
     watchdog = Watchdog(redis, stall_ms=1000)
     assert (await watchdog.run_once()).retired == 0  # not while an entry waits
-    status = await jobstore.get_status(redis, "late")
+    status = await records.get_status(redis, "late")
     assert status is not None and status.state is JobState.COMPLETED and not status.settled  # counters may move
     consumer = CurateConsumer(redis, settings, "c1")
     assert await consumer.step() == 1
@@ -184,7 +185,7 @@ async def test_items_left_when_a_job_completes_are_curated_not_abandoned(redis: 
     assert await redis.hget(keys.bucket("late", "accepted", 0), "0") is not None
     assert (await watchdog.run_once()).retired == 1
     assert not await redis.sismember(keys.ACTIVE_JOBS, "late")
-    status = await jobstore.get_status(redis, "late")
+    status = await records.get_status(redis, "late")
     assert status is not None and status.settled and status.counters.accepted == 1  # final from here
 
 
@@ -231,7 +232,7 @@ def test_chunks_arq_dropped_are_enqueued_again(processes: Processes, redis: ArqR
     api = processes.api(settings)
     job_id = submit(api, recipe="prompts", prompts=prompts(24), chunk_size=8, dedup={"exact": False})
     record = asyncio.run(_load(job_id))
-    first, second, _ = jobstore.chunks(record, 0, 24)
+    first, second, _ = queue.chunks(record, 0, 24)
     import redis as sync_redis
 
     with sync_redis.Redis.from_url(REDIS_URL) as plain:
@@ -250,9 +251,9 @@ def test_chunks_arq_dropped_are_enqueued_again(processes: Processes, redis: ArqR
 async def test_a_chunk_picked_up_by_a_worker_that_died_at_once_is_handed_out_again(redis: ArqRedis) -> None:
     """Killed between arq's pickup and its on_job_start hook: an in-progress mark with no recorded owner."""
     record = record_for("unowned", 24)
-    await jobstore.create_job(redis, record, planned=24)
-    await jobstore.enqueue_planned(redis, record, 0, 24)
-    old, fresh, owned = (t.arq_id for t in jobstore.chunks(record, 0, 24))
+    await records.create_job(redis, record, planned=24)
+    await queue.enqueue_planned(redis, record, 0, 24)
+    old, fresh, owned = (t.arq_id for t in queue.chunks(record, 0, 24))
     ttl_ms = 60_000
     await redis.psetex(in_progress_key_prefix + old, ttl_ms - 5_000, b"1")  # set 5 s ago, nobody recorded
     await redis.psetex(in_progress_key_prefix + owned, ttl_ms - 5_000, b"1")
@@ -272,7 +273,7 @@ async def _load(job_id: str) -> JobRecord:
 
     pool = await create_pool(RedisSettings.from_dsn(REDIS_URL))
     try:
-        record = await jobstore.load_record(pool, job_id)
+        record = await records.load_record(pool, job_id)
     finally:
         await pool.aclose()
     assert record is not None
@@ -357,7 +358,7 @@ async def test_an_item_the_recipe_crashes_on_is_rejected_not_rerun_for_ever(
     """A recipe bug on one item used to fail its whole chunk on every rerun, so the job never finished."""
     fake = await fake_llm.astart(rpm=0)
     record = record_for("crash", 4)
-    await jobstore.create_job(redis, record, planned=4)
+    await records.create_job(redis, record, planned=4)
     endpoint = fake.endpoint_settings()
     recipe = recipe_for(record, "fake", endpoint)
     real = recipe.generate

@@ -12,9 +12,9 @@ import pytest
 import redis as sync_redis
 from arq.connections import ArqRedis
 
+from store import keys
 from tests.conftest import REDIS_URL, REPO, Processes, service_env
 from tests.test_local_llm import needs_model
-from workers.endpoints import REGISTRY_KEY
 
 
 @pytest.mark.local_llm
@@ -28,7 +28,7 @@ def test_local_llm_registers_serves_a_job_and_cleans_up(processes: Processes, re
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not registry.hexists(REGISTRY_KEY, "local"):
+        while not registry.hexists(keys.ENDPOINTS, "local"):
             assert server.poll() is None, server.stdout.read() if server.stdout else ""
             assert time.monotonic() < deadline, "local-llm never registered"
             time.sleep(0.2)
@@ -61,4 +61,4 @@ def test_local_llm_registers_serves_a_job_and_cleans_up(processes: Processes, re
     assert served is not None, out
     with pytest.raises(httpx.ConnectError):  # the model server it started is gone too
         httpx.get(f"{served.group(1)}/models", timeout=5)
-    assert not registry.hexists(REGISTRY_KEY, "local")
+    assert not registry.hexists(keys.ENDPOINTS, "local")

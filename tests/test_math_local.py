@@ -19,9 +19,9 @@ import pytest
 import redis as sync_redis
 from arq.connections import ArqRedis
 
+from store import keys
 from tests.conftest import REDIS_URL, REPO, Processes, service_env
 from tests.test_local_llm import needs_model
-from workers.endpoints import REGISTRY_KEY
 from workers.recipes.math import read_fields
 
 SKILLS = [
@@ -67,7 +67,7 @@ def test_math_job_on_the_local_model_ends_within_budget_and_says_why(processes: 
     started = time.monotonic()
     try:
         deadline = time.monotonic() + 120
-        while not registry.hexists(REGISTRY_KEY, "local"):
+        while not registry.hexists(keys.ENDPOINTS, "local"):
             assert server.poll() is None, server.stdout.read() if server.stdout else ""
             assert time.monotonic() < deadline, "local-llm never registered"
             time.sleep(0.2)

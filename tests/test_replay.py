@@ -19,10 +19,10 @@ from arq.connections import ArqRedis
 from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import Settings
+from store import keys, records
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
-from workers import jobstore, keys
 from workers.generate import run_chunk
 from workers.llm.client import ChatOptions
 from workers.llm.replay import Recorder, ReplayCache, item_scope
@@ -129,7 +129,7 @@ def prompts_record(job_id: str, n: int) -> JobRecord:
 async def test_keys_are_dropped_when_the_chunk_and_the_job_end(redis: ArqRedis, fake_llm: Any) -> None:
     fake = await fake_llm.astart(rpm=0)
     record = prompts_record("ends", 16)
-    await jobstore.create_job(redis, record, planned=16)
+    await records.create_job(redis, record, planned=16)
     endpoint, settings = fake.endpoint_settings(), Settings(redis_url=REDIS_URL)
     tally = Tally(REDIS_URL, redis, 5)
     await tally.ensure()
@@ -146,7 +146,7 @@ async def test_keys_are_dropped_when_the_chunk_and_the_job_end(redis: ArqRedis, 
     index = await redis.hgetall(keys.replay_index("ends"))
     assert not await redis.exists(keys.replay("ends", 0)) and b"chunk:0" not in index  # dropped with the chunk
     assert await redis.hlen(keys.replay("ends", 8)) == 1 and index[b"bytes"] == index[b"chunk:8"]
-    await jobstore.set_state(redis, "ends", JobState.COMPLETED, "done")
+    await records.set_state(redis, "ends", JobState.COMPLETED, "done")
     await redis.delete(keys.items("ends"))  # curated (the watchdog waits for the stream to drain)
     assert (await Watchdog(redis, stall_ms=1000).run_once()).retired == 1
     assert [k async for k in redis.scan_iter(match=f"{keys.job('ends')}:replay*")] == []

@@ -16,17 +16,19 @@ from schemas.examples import GeneratedItem, JudgeVerdict, Reason, WorkItem
 from schemas.jobs import ChunkTask, JobRecord, JobState
 from schemas.llm import Usage
 from schemas.settings import Settings, get_settings
-from workers import drain, jobstore, keys
-from workers.budget import Prices, charge, prices_for
+from store import keys, records
+from store.budget import Prices
+from store.connection import redis_trouble
+from workers import drain
+from workers.budget import charge, prices_for
 from workers.curate.judge import Judge
 from workers.drain import WorkerDraining
 from workers.llm.client import ChatClient, MeteredClient
 from workers.llm.errors import JobStopped, LLMBadRequest, LLMError, LLMFatal
 from workers.llm.replay import Recorder, ReplayCache, item_scope
 from workers.recipes import ParseFailure, Recipe
-from workers.redis_pool import redis_trouble
-from workers.runner.errors import EndpointDown, JobResumed
 from workers.tally import Tally
+from workers.unit import EndpointDown, JobResumed
 
 log = logging.getLogger(__name__)
 STATE_POLL_S = 0.5
@@ -183,7 +185,7 @@ async def run_chunk(
     ``judge_client`` (the judge endpoint's client) grades each item that came out without an error.
     Every answer is kept as it arrives and a rerun of the chunk replays it (``workers.llm.replay``)."""
     outcome = ChunkOutcome()
-    state = await jobstore.get_state(redis, record.id)
+    state = await records.get_state(redis, record.id)
     if state is None or state.finished or state is JobState.PAUSED:  # ended or at its budget: start nothing
         outcome.skipped = task.stop - task.start  # (resuming a paused job enqueues its chunks again)
         return outcome
@@ -193,7 +195,7 @@ async def run_chunk(
     outcome.skipped = len(indexes) - len(todo)
     if not todo:
         return outcome
-    await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
+    await records.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
     replay = await ReplayCache.load(redis, tally, record.id, task.start, settings or get_settings())
     client = Recorder(client)  # keeps each fresh answer the moment it arrives, before metering awaits
     judge_client = Recorder(judge_client) if judge_client is not None else None
@@ -227,7 +229,7 @@ async def run_chunk(
             outcome.drained += 1
             return
         except LLMFatal as exc:
-            await jobstore.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
+            await records.set_state(redis, record.id, JobState.FAILED, f"endpoint {record.endpoint}: {exc}")
             return
         except LLMError as exc:
             if not final_try:
@@ -254,7 +256,7 @@ async def run_chunk(
                 return
             except LLMFatal as exc:
                 message = f"judge endpoint {judge.endpoint_name}: {exc}"
-                await jobstore.set_state(redis, record.id, JobState.FAILED, message)
+                await records.set_state(redis, record.id, JobState.FAILED, message)
                 return
             except LLMError as exc:  # the judge endpoint is down: like the generator's, retry the chunk
                 if not final_try:
@@ -284,7 +286,7 @@ async def run_chunk(
         raise WorkerDraining(f"{outcome.drained} items of {task.arq_id} not started: this worker is stopping")
     if outcome.unavailable:
         raise EndpointDown(f"{len(outcome.unavailable)} items of {task.arq_id} could not reach the endpoint")
-    if outcome.stopped and await jobstore.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):
+    if outcome.stopped and await records.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):
         raise JobResumed(f"{outcome.stopped} items of {task.arq_id} were refused while the job was paused")
     if outcome.emitted == len(todo):
         replay.drop()  # every item generated: nothing of this chunk is asked again
@@ -304,7 +306,7 @@ class _JobWatch:
         try:
             while self.users > 0:  # ends by its users leaving, never by a cancel (redis-py can swallow those)
                 try:
-                    state = await jobstore.get_state(self.redis, self.job_id)
+                    state = await records.get_state(self.redis, self.job_id)
                 except Exception as exc:  # Redis away: the chunks' calls fail on their own; look again
                     log.debug("job %s: state poll failed: %s", self.job_id, exc)
                 else:

@@ -6,7 +6,7 @@ that long. Here each running arq job names its worker; a worker silent for ``DEA
 dead, and any live worker deletes the in-progress keys of its jobs so the queue hands them out at once.
 Running a chunk twice is safe: finished items are skipped and curation is idempotent per item.
 
-The same loop re-enqueues item ranges that were planned but never enqueued (``jobstore.redrive``): the API
+The same loop re-enqueues item ranges that were planned but never enqueued (``queue.redrive``): the API
 or a worker died between raising ``planned`` and enqueueing the chunks; and it runs the job watchdog
 (``workers.watchdog``), which re-enqueues chunks arq dropped and fails jobs that cannot progress.
 """
@@ -24,8 +24,8 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from schemas.settings import Settings
-from workers import jobstore, keys
-from workers.redis_pool import REDIS_ERRORS
+from store import keys, queue
+from store.connection import REDIS_ERRORS
 from workers.watchdog import ARQ_TIMEOUT_MARGIN_S, Watchdog, WatchReport
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Liveness:
         stale_ms = 2 * self.dead_after_ms
         if not await self.redis.set(keys.REDRIVE_LOCK, self.worker_id, nx=True, px=stale_ms // 2):
             return 0
-        return await jobstore.redrive(self.redis, stale_ms)
+        return await queue.redrive(self.redis, stale_ms)
 
     async def watch(self) -> WatchReport | None:
         """Look after every active job (``workers.watchdog``); one worker of the fleet does it per interval."""

@@ -2,7 +2,7 @@
 
 One worker of the fleet per interval (``Liveness.run`` takes a lock) looks at every active job:
 
-- Every kind of job is watched: chunked jobs as below; a stepped job (extraction, ``workers.runner.stepped``)
+- Every kind of job is watched: chunked jobs as below; a stepped job (extraction, ``store.stepped``)
   whose live step is neither queued nor running has that step enqueued again, and fails after
   ``MAX_REDRIVES`` such reruns without progress.
 - A job with work outstanding whose progress (planned, generated, processed, calls, stream length) has
@@ -31,10 +31,9 @@ from arq.jobs import Job
 
 from schemas.extract import ExtractTask
 from schemas.jobs import ChunkTask, JobRecord, JobState, Step
-from workers import jobstore, keys
-from workers.lifecycle import advance
+from store import clock, keys, queue, records, stepped
+from store.lifecycle import advance
 from workers.llm.replay import drop_job as drop_replay
-from workers.runner import stepped
 
 log = logging.getLogger(__name__)
 MAX_REDRIVES = 5
@@ -70,17 +69,17 @@ class Watchdog:
 
     async def run_once(self) -> WatchReport:
         report = WatchReport()
-        now_ms = await jobstore.redis_now_ms(self.redis)
+        now_ms = await clock.redis_now_ms(self.redis)
         for raw_id in await self.redis.smembers(keys.ACTIVE_JOBS):
             job_id = raw_id.decode()
-            state = await jobstore.get_state(self.redis, job_id)
+            state = await records.get_state(self.redis, job_id)
             if state is None or state.finished:
                 report.retired += await self._retire(job_id)
                 continue
             if state is JobState.PAUSED:  # at its budget, waiting for a person: not stalled (resume re-enqueues)
                 await self.redis.hdel(keys.WATCHDOG, job_id)
                 continue
-            record = await jobstore.load_record(self.redis, job_id)
+            record = await records.load_record(self.redis, job_id)
             if record is None:
                 continue
             if await self._stalled(record, now_ms):
@@ -112,14 +111,14 @@ class Watchdog:
 
     async def _revive(self, record: JobRecord, report: WatchReport) -> None:
         await advance(self.redis, record)
-        if (await jobstore.get_state(self.redis, record.id) or JobState.FAILED).finished:
+        if (await records.get_state(self.redis, record.id) or JobState.FAILED).finished:
             return
         pending = {f.decode() for f in await self.redis.hkeys(keys.pending_plans(record.id))}
         tasks = [
             task
-            for start, stop in await jobstore.planned_ranges(self.redis, record.id)
-            if f"{start}-{stop}" not in pending  # not enqueued yet: ``jobstore.redrive`` owns those
-            for task in jobstore.chunks(record, start, stop)
+            for start, stop in await queue.planned_ranges(self.redis, record.id)
+            if f"{start}-{stop}" not in pending  # not enqueued yet: ``queue.redrive`` owns those
+            for task in queue.chunks(record, start, stop)
         ]
         for lo in range(0, len(tasks), SCAN_BATCH):
             orphans, unowned = await self._orphans(tasks[lo : lo + SCAN_BATCH])
@@ -137,7 +136,7 @@ class Watchdog:
             self.redis, ExtractTask(job_id=record.id, step=task.step + 1)
         ):
             return
-        counters = await jobstore.read_counters(self.redis, record)
+        counters = await records.read_counters(self.redis, record)
         await self._redrive(record, task, max(counters.planned - counters.processed, 0), report)
 
     async def _orphans(self, tasks: list[ChunkTask]) -> tuple[list[tuple[ChunkTask, int]], list[ChunkTask]]:
@@ -180,7 +179,7 @@ class Watchdog:
             message = (
                 f"{unit} made no progress in {MAX_REDRIVES} reruns ({missing} items not generated); last error: {why}"
             )
-            if await jobstore.set_state(self.redis, record.id, JobState.FAILED, message):
+            if await records.set_state(self.redis, record.id, JobState.FAILED, message):
                 report.failed += 1
                 log.error("job %s failed: %s", record.id, message)
             return False
@@ -188,7 +187,7 @@ class Watchdog:
             pipe.delete(*(prefix + task.arq_id for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix)))
             pipe.hset(keys.redrives(record.id), task.arq_id, f"{times}:{missing}")
             await pipe.execute()
-        await jobstore.enqueue_steps(self.redis, record.id, [task])
+        await queue.enqueue_steps(self.redis, record.id, [task])
         report.redriven += 1
         log.warning("job %s: %s was neither queued nor running; enqueued again", record.id, task.arq_id)
         return True
@@ -206,7 +205,7 @@ class Watchdog:
         """Drop a finished job from the active set once nothing of it is left to curate or running."""
         if await self.redis.xlen(keys.items(job_id)):
             return 0
-        if any(_job_of(f.decode()) == job_id for f in await self.redis.hkeys(keys.RUNNING)):
+        if any(keys.job_of_step(f.decode()) == job_id for f in await self.redis.hkeys(keys.RUNNING)):
             return 0  # a unit of it (any kind) still runs
         await drop_replay(self.redis, job_id)  # no chunk of it will run again: its kept answers go
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -214,9 +213,3 @@ class Watchdog:
             pipe.hdel(keys.WATCHDOG, job_id)
             await pipe.execute()
         return 1
-
-
-def _job_of(arq_id: str) -> str | None:
-    """The job id in a step's arq id (``skillmix:{kind}:{job}:...``), None for another id."""
-    parts = arq_id.split(":")
-    return parts[2] if len(parts) > 3 and parts[0] == keys.PREFIX else None

@@ -17,11 +17,12 @@ from arq import Worker
 from arq.constants import in_progress_key_prefix
 
 from schemas.settings import Settings, get_settings
-from workers import drain, keys, recipes
+from store import keys
+from store.connection import REDIS_DOWN, open_redis, redis_settings
+from workers import drain, recipes
 from workers.curate.consumer import CurateConsumer
 from workers.liveness import Liveness
 from workers.metrics import serve as serve_metrics
-from workers.redis_pool import REDIS_DOWN, open_redis, redis_settings
 from workers.runner.resources import Resources
 from workers.runner.step import MAX_TRIES, run_step
 from workers.watchdog import ARQ_TIMEOUT_MARGIN_S

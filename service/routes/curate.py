@@ -43,9 +43,10 @@ from service.uploads import (
     refuse_uploads_path,
     upload_dir,
 )
-from workers import endpoints, jobstore, keys
-from workers.curate.source import survey
-from workers.datasets import resolve_path
+from store import endpoints, jobs, keys
+from store.datasets import resolve_path
+from store.records import load_record
+from store.survey import survey
 
 router = APIRouter(prefix="/v1/curate", tags=["curate"])
 UPLOAD = UploadRules(
@@ -116,11 +117,7 @@ async def submit_curate(
         record = record.model_copy(
             update={"model": model, "usd_per_mtok_prompt": usd_prompt, "usd_per_mtok_completion": usd_completion}
         )
-    await jobstore.create_job(redis, record, planned=spec.count)
-    await jobstore.enqueue_planned(redis, record, 0, spec.count)
-    found = await jobstore.get_status(redis, job_id)
-    assert found is not None
-    return found
+    return await jobs.submit(redis, record)
 
 
 @own_submit(CurateJobSpec)
@@ -191,7 +188,7 @@ async def records(
 ) -> StreamingResponse:
     """NDJSON of the job's rows as they were given, in input order: accepted ones, or rejected ones with
     ``reasons`` (the first is the one counted in ``rejected_by_reason``)."""
-    record = await jobstore.load_record(redis, job_id)
+    record = await load_record(redis, job_id)
     if record is None or not isinstance(record.spec, CurateJobSpec):
         not_found("curate job", job_id)
     return StreamingResponse(iter_records(redis, job_id, record.spec.count, status), media_type="application/x-ndjson")

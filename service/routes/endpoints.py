@@ -1,7 +1,7 @@
 """Endpoints and their fleet-wide rate limits: read them, and change them while jobs run.
 
 A change is written to Redis, where every worker's limiter reads it on its next call: it applies fleet-wide
-at once, without a restart (``workers.llm.fleet``).
+at once, without a restart (``store.limits``).
 """
 
 from fastapi import APIRouter
@@ -9,8 +9,7 @@ from fastapi import APIRouter
 from schemas.llm import EndpointLimits, EndpointLimitsPatch
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
-from workers import endpoints, keys
-from workers.llm.fleet import SET_LIMITS, effective_limits
+from store import endpoints, limits
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
 
@@ -19,13 +18,13 @@ async def _limits(redis: RedisDep, settings: SettingsDep, name: str) -> Endpoint
     endpoint = await endpoints.find(redis, settings, name)
     if endpoint is None:
         not_found("endpoint", name)
-    found = await effective_limits(redis, name, endpoint)
+    found = await limits.effective_limits(redis, name, endpoint)
     return EndpointLimits.model_validate({"name": name, "model": endpoint.model, **found})
 
 
 @router.get("", response_model=list[EndpointLimits])
 async def list_endpoints(redis: RedisDep, settings: SettingsDep) -> list[EndpointLimits]:
-    names = set(settings.endpoints) | {k.decode() for k in await redis.hkeys(endpoints.REGISTRY_KEY)}
+    names = set(settings.endpoints) | await endpoints.registered(redis)
     return [await _limits(redis, settings, name) for name in sorted(names)]
 
 
@@ -40,7 +39,5 @@ async def patch_endpoint(
 ) -> EndpointLimits:
     """Set the endpoint's rpm/tpm for every worker; effective on each worker's next call."""
     await _limits(redis, settings, name)  # 404 before anything is written
-    args = ["1" if body.reset else "0", body.rpm or "", body.tpm or "", keys.LIMITER_CHANNEL, name]
-    limits_keys = [keys.limiter_limits(name), keys.limiter_tat(name)]
-    await redis.eval(SET_LIMITS, 2, *limits_keys, *args, keys.limiter_learned(name))
+    await limits.set_limits(redis, name, body.rpm, body.tpm, reset=body.reset)
     return await _limits(redis, settings, name)

@@ -37,11 +37,10 @@ from service.uploads import (
     refuse_uploads_path,
     upload_dir,
 )
-from workers import endpoints, jobstore
-from workers.datasets import resolve_path
-from workers.extract import runner
-from workers.extract.reader import inspect
-from workers.extract.store import ExtractStore
+from store import endpoints, jobs, records
+from store.datasets import resolve_path
+from store.extraction import ExtractStore
+from store.survey import inspect
 
 router = APIRouter(prefix="/v1/skill-sets/extract", tags=["skill-sets"])
 
@@ -116,11 +115,11 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
             usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
             created_at=datetime.now(UTC),
         )
-        await runner.submit(redis, record)
+        await jobs.submit(redis, record)
     except BaseException:  # refused, failed or cancelled (client gone): the upload, if any, goes too
         shutil.rmtree(upload_dir(settings.data_dir, job_id), ignore_errors=True)  # one file: quick, and sure
         raise
-    found = await jobstore.get_status(redis, job_id)
+    found = await records.get_status(redis, job_id)
     assert found is not None
     return found
 
@@ -128,7 +127,7 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
 @router.get("/{job_id}/unlabelled", responses=NOT_FOUND, response_class=StreamingResponse)
 async def unlabelled_rows(job_id: str, redis: RedisDep) -> StreamingResponse:
     """NDJSON, one ``UnlabelledRow`` per line: every seed row that ended without a coarse skill, and why."""
-    record = await jobstore.load_record(redis, job_id)
+    record = await records.load_record(redis, job_id)
     if record is None or not isinstance(record.spec, ExtractDatasetSpec):
         not_found("dataset extraction job", job_id)
     store = ExtractStore(redis, job_id)

@@ -1,6 +1,5 @@
 """Jobs: submit, inspect, stream examples, cancel, export."""
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -10,9 +9,9 @@ from fastapi import APIRouter, Body, Query, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from schemas.jobs import MAX_COUNT, GenerationSpec, JobPatch, JobRecord, JobsPublic, JobState, JobStatus
-from schemas.llm import Usage
+from schemas.jobs import MAX_COUNT, GenerationSpec, JobPatch, JobRecord, JobsPublic, JobStatus
 from schemas.recipes import has_review_queue
+from schemas.sampling import Coverage, coverage
 from service.deps import RedisDep, SettingsDep
 from service.errors import CONFLICT, NOT_FOUND, conflict, not_found
 from service.export import (
@@ -29,11 +28,10 @@ from service.export import (
     split_examples,
 )
 from service.recipes import SUBMITTERS, RouteContext
-from workers import budget, endpoints, jobstore
-from workers.curate import store
-from workers.curate.store import iter_examples, iter_raw
-from workers.review import store as review_store
-from workers.sampler import Coverage, coverage
+from store import endpoints, jobs, records
+from store import review as review_store
+from store.examples import count as count_examples
+from store.examples import iter_examples, iter_raw
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
@@ -62,14 +60,11 @@ async def submit_job(spec: Annotated[GenerationSpec, Body()], redis: RedisDep, s
         usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
         created_at=datetime.now(UTC),
     )
-    first = min(spec.count, spec.item_budget)
-    await jobstore.create_job(redis, record, planned=first)
-    await jobstore.enqueue_planned(redis, record, 0, first)
-    return await _status(redis, record.id)
+    return await jobs.submit(redis, record)
 
 
 async def _status(redis: RedisDep, job_id: str) -> JobStatus:
-    found = await jobstore.get_status(redis, job_id)
+    found = await records.get_status(redis, job_id)
     if found is None:
         not_found("job", job_id)
     return found
@@ -81,8 +76,8 @@ async def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobsPublic:
-    ids, total = await jobstore.list_job_ids(redis, offset, limit)
-    found = [await jobstore.get_status(redis, i) for i in ids]
+    ids, total = await records.list_job_ids(redis, offset, limit)
+    found = [await records.get_status(redis, i) for i in ids]
     return JobsPublic(data=[s for s in found if s is not None], count=total)
 
 
@@ -95,12 +90,12 @@ async def get_job(job_id: str, redis: RedisDep) -> JobStatus:
 async def cancel_job(job_id: str, redis: RedisDep) -> JobStatus:
     current = await _status(redis, job_id)
     if not current.state.finished:
-        await jobstore.set_state(redis, job_id, JobState.CANCELLED, "cancelled by request")
+        await jobs.cancel(redis, job_id)
     return await _status(redis, job_id)
 
 
 async def _generation_record(redis: RedisDep, job_id: str) -> JobRecord:
-    record = await jobstore.load_record(redis, job_id)
+    record = await records.load_record(redis, job_id)
     if record is None:
         not_found("job", job_id)
     return record
@@ -112,15 +107,10 @@ async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
     one), the others stay. Raising the budget of a job paused at it resumes it; lowering it below what was
     already spent pauses it now."""
     record = await _generation_record(redis, job_id)
-    state = await jobstore.get_state(redis, job_id)
+    state = await records.get_state(redis, job_id)
     if state is None or state.finished:
         conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")
-    await budget.set_budget(redis, job_id, patch.budget)
-    if state is JobState.PAUSED:
-        with contextlib.suppress(budget.BudgetExhausted, budget.NotPaused):  # still short, or resumed meanwhile
-            await budget.resume(redis, record)
-    else:  # nothing spent: the same script that charges each call checks the new cap against the spend
-        await budget.charge_awaited(redis, job_id, Usage(), budget.Prices())
+    await jobs.patch_budget(redis, record, patch.budget, state)
     return await _status(redis, job_id)
 
 
@@ -129,7 +119,7 @@ async def resume_job(job_id: str, redis: RedisDep) -> JobStatus:
     """Carry on with a job paused at its budget (once the budget has room again): every planned chunk with
     items still to generate is enqueued again."""
     record = await _generation_record(redis, job_id)
-    await budget.resume(redis, record)  # NotPaused, BudgetExhausted: 409s that say why
+    await jobs.resume(redis, record)  # NotPaused, BudgetExhausted: 409s that say why
     return await _status(redis, job_id)
 
 
@@ -176,7 +166,7 @@ async def export_job(
     if reviewed:
         examples = review_store.iter_reviewed(redis, job_id, review_states)
     if split is not None:
-        total = await store.count(redis, job_id, "accepted")
+        total = await count_examples(redis, job_id, "accepted")
         if reviewed:
             total = await review_store.count_reviewed(redis, job_id, review_states)
         examples = split_examples(examples, heldout_positions(total, heldout, heldout_seed), split)
@@ -191,7 +181,7 @@ async def export_job(
 @router.get("/{job_id}/coverage", responses=NOT_FOUND, response_model=Coverage)
 async def job_coverage(job_id: str, redis: RedisDep) -> Coverage:
     """Skill and skill-pair coverage of the accepted examples."""
-    record = await jobstore.load_record(redis, job_id)
+    record = await records.load_record(redis, job_id)
     if record is None:
         not_found("job", job_id)
     all_skills = [s.name for s in record.skill_set.skills] if record.skill_set else []

@@ -23,8 +23,8 @@ from schemas.review import (
 )
 from service.deps import RedisDep
 from service.errors import NOT_FOUND, not_found, unprocessable
-from workers.review import help as review_help
-from workers.review import store
+from store import jobs
+from store import review as review_store
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 Reviewer = Annotated[str, Header(alias="X-Reviewer", min_length=1, max_length=200, description="who makes the change")]
@@ -35,7 +35,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {**NOT_FOUND, **CONFLICT}
 
 
 async def _math_job(redis: RedisDep, job_id: str) -> None:
-    recipe = await store.recipe_of(redis, job_id)
+    recipe = await review_store.recipe_of(redis, job_id)
     if recipe is None:
         not_found("job", job_id)
     if not has_review_queue(recipe):
@@ -44,8 +44,8 @@ async def _math_job(redis: RedisDep, job_id: str) -> None:
 
 async def _item(redis: RedisDep, job_id: str, item_id: str) -> ReviewItem:
     await _math_job(redis, job_id)
-    await store.seed(redis, job_id)
-    item = await store.get(redis, job_id, item_id)
+    await review_store.seed(redis, job_id)
+    item = await review_store.get(redis, job_id, item_id)
     if item is None:
         not_found("review item", item_id)
     return item
@@ -63,8 +63,8 @@ async def list_items(
     """Questions to review, ordered by job id then example index; pass ``next_cursor`` back for the next page."""
     if job is not None:
         await _math_job(redis, job)
-    job_ids = [job] if job is not None else await store.math_job_ids(redis)
-    items, next_cursor = await store.page(redis, job_ids, skill, state, cursor, limit)
+    job_ids = [job] if job is not None else await review_store.math_job_ids(redis)
+    items, next_cursor = await review_store.page(redis, job_ids, skill, state, cursor, limit)
     return ReviewItemsPublic(data=items, next_cursor=next_cursor)
 
 
@@ -72,10 +72,10 @@ async def list_items(
 async def get_item(job_id: str, item_id: str, redis: RedisDep) -> ReviewItemDetail:
     """The item, its stored example (the whole MATH^2 stage history in ``example.math``) and every version."""
     item = await _item(redis, job_id, item_id)
-    example = await store.example(redis, item)
+    example = await review_store.example(redis, item)
     if example is None:
         not_found("example", item_id)
-    return ReviewItemDetail(item=item, example=example, history=await store.history(redis, job_id, item_id))
+    return ReviewItemDetail(item=item, example=example, history=await review_store.history(redis, job_id, item_id))
 
 
 async def _change(
@@ -88,9 +88,9 @@ async def _change(
     fields: dict[str, object],
     reason: str | None = None,
 ) -> ReviewItem:
-    """A stale ``expected`` raises ``store.Stale``: a 409 carrying the current item."""
+    """A stale ``expected`` raises ``review_store.Stale``: a 409 carrying the current item."""
     item = await _item(redis, job_id, item_id)
-    return await store.change(redis, item, expected, by, action, fields, reason=reason)
+    return await review_store.change(redis, item, expected, by, action, fields, reason=reason)
 
 
 @router.post("/{job_id}/{item_id}/accept", responses=WRITE_RESPONSES, response_model=ReviewItem)
@@ -138,7 +138,7 @@ async def ask_for_help(
     if request.kind == "make_skill_necessary" and request.skill is None and len(item.skills) < 2:
         unprocessable("skill", "name the skill to make necessary")
     suggestion_id = uuid.uuid4().hex
-    await review_help.enqueue(
+    await jobs.ask_for_help(
         redis, job_id, item_id, suggestion_id, request.kind, reviewer, request.skill, request.note
     )
     return HelpAccepted(suggestion_id=suggestion_id, job_id=job_id, item_id=item_id)

@@ -5,7 +5,7 @@ from fastapi import APIRouter, status
 from schemas.skills import SkillSet, SkillSetCreate, SkillSetsPublic
 from service.deps import RedisDep
 from service.errors import NOT_FOUND, not_found
-from workers.skillsets import get_skill_set, list_skill_sets, save_skill_set
+from store.skill_sets import get_skill_set, list_skill_sets, save_skill_set
 
 router = APIRouter(prefix="/v1/skill-sets", tags=["skill-sets"])
 

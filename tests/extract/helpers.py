@@ -18,15 +18,15 @@ from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.jobs import JobRecord, JobState, JobStatus
 from schemas.settings import Settings
 from schemas.skills import SkillSet
+from store import jobs, records
+from store.datasets import resolve_path
+from store.skill_sets import get_skill_set
+from store.survey import inspect
 from tests.conftest import REDIS_URL
 from tests.plugins.fake_llm import FakeLLM
-from workers import jobstore
-from workers.datasets import resolve_path
 from workers.extract import runner
 from workers.extract.phase import ExtractFailed
-from workers.extract.reader import inspect
 from workers.runner.resources import Resources
-from workers.skillsets import get_skill_set
 
 SPEC: TypeAdapter[ExtractAgnosticSpec | ExtractDatasetSpec] = TypeAdapter(ExtractAgnosticSpec | ExtractDatasetSpec)
 
@@ -74,8 +74,8 @@ async def start_job(redis: ArqRedis, settings: Settings, body: dict[str, Any]) -
         chunk_size=32,
         created_at=datetime.now(UTC),
     )
-    await runner.create(redis, record)
-    await jobstore.set_state(redis, record.id, JobState.RUNNING)
+    await jobs.create(redis, record)
+    await records.set_state(redis, record.id, JobState.RUNNING)
     return record
 
 
@@ -102,8 +102,8 @@ async def run_job(
     try:
         await run_steps(redis, settings, record, slice_s)
     except ExtractFailed as exc:
-        await jobstore.set_state(redis, record.id, JobState.FAILED, str(exc))
-    status = await jobstore.get_status(redis, record.id)
+        await records.set_state(redis, record.id, JobState.FAILED, str(exc))
+    status = await records.get_status(redis, record.id)
     assert status is not None
     found = None
     if status.result:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from arq.connections import ArqRedis
 
+from store.skill_sets import get_skill_set
 from tests.extract.helpers import run_job, settings_for
 from tests.plugins.fake_llm import FakeLLMFactory
-from workers.skillsets import get_skill_set
 
 BODY = {
     "recipe": "extract-agnostic",

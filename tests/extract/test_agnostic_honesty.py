@@ -26,12 +26,12 @@ from starlette.routing import Route
 
 from schemas.settings import EndpointSettings, Settings
 from service.ports import free_port
+from store.skill_sets import versions
 from tests.conftest import REPO, Processes, service_env
 from tests.extract.helpers import run_job
 from tests.plugins.fake_llm import FakeLLMFactory
 from tests.test_end_to_end import finished, wait_for
 from workers.extract.agnostic import DEFAULT_QUERY_TYPES, drop_reason
-from workers.skillsets import versions
 
 Answer = Callable[[dict[str, Any]], dict[str, Any]]
 TOPICS = ["Billing Disputes", "Account Recovery", "Shipping Delays"]

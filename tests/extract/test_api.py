@@ -15,11 +15,11 @@ from arq.connections import ArqRedis
 
 from schemas.settings import Settings
 from service.app import create_app
+from store import keys
 from tests.conftest import REDIS_URL, REPO, Processes, service_env
 from tests.extract.helpers import coarse_of, write_jsonl
 from tests.plugins.fake_llm import FakeLLM, FakeLLMFactory
 from tests.test_end_to_end import examples, finished, submit, wait_for
-from workers import keys
 
 ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model"}}
 

@@ -9,6 +9,8 @@ from arq.connections import ArqRedis
 
 from schemas.extract import MAX_EXEMPLARS, ExtractDatasetSpec, UnlabelledRow
 from schemas.jobs import JobState
+from store import keys, records
+from store.extraction import ExtractStore
 from tests.extract.helpers import (
     coarse_of,
     hierarchical_label,
@@ -19,9 +21,7 @@ from tests.extract.helpers import (
     write_jsonl,
 )
 from tests.plugins.fake_llm import FakeLLMFactory
-from workers import jobstore, keys
 from workers.extract.merge import merge_batch_size
-from workers.extract.store import ExtractStore
 
 
 def dataset_body(name: str = "seeded", **extra: Any) -> dict[str, Any]:
@@ -137,10 +137,10 @@ async def test_small_steps_give_the_same_set_and_redoing_counts_nothing_twice(
     await store.set_state(phase="label", label_row=0, label_offset=0, map_row=0, map_offset=0)
     await redis.hset(keys.meta(sliced.id), "state", JobState.RUNNING.value)  # as when its worker died (a
     # finished job's calls are refused before they leave)
-    record = await jobstore.load_record(redis, sliced.id)
+    record = await records.load_record(redis, sliced.id)
     assert record is not None
     await run_steps(redis, settings, record)
-    again = await jobstore.get_status(redis, sliced.id)
+    again = await records.get_status(redis, sliced.id)
     assert again is not None
     assert again.counters.model_dump(exclude={"llm_calls", "prompt_tokens", "completion_tokens"}) == (
         sliced.counters.model_dump(exclude={"llm_calls", "prompt_tokens", "completion_tokens"})

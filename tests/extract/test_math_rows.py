@@ -13,11 +13,12 @@ from schemas.extract import DatasetSource
 from schemas.jobs import JobRecord, MathExtras
 from schemas.settings import EndpointSettings
 from schemas.skills import SkillSet
+from store.datasets import resolve_path
+from store.survey import inspect
 from tests.extract.helpers import run_job, settings_for
 from tests.plugins.fake_llm import FakeLLMFactory
 from tests.workers.test_math import FakeMath
-from workers.datasets import resolve_path
-from workers.extract.reader import DatasetReader, inspect
+from workers.extract.reader import DatasetReader
 from workers.recipes import recipe_for
 from workers.recipes.math import MathRecipe, close_equivalence
 

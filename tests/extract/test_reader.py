@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.extract import DatasetSource
-from workers.datasets import DatasetError, resolve_path
+from store.datasets import DatasetError, resolve_path
+from store.survey import inspect
 from workers.extract.answers import skill_name
-from workers.extract.reader import DatasetReader, Position, inspect
+from workers.extract.reader import DatasetReader, Position
 from workers.lenient import parse_json
 
 

@@ -22,8 +22,8 @@ from arq.connections import ArqRedis
 
 from schemas.examples import Example
 from schemas.jobs import CurateJobSpec, JobRecord
+from store import keys
 from tests.conftest import REPO, Processes, service_env
-from workers import keys
 
 GOOD = [
     (

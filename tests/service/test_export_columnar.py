@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 from arq.connections import ArqRedis
 
+from store import keys
 from tests.conftest import Processes, service_env
 from tests.service.test_cli import skillmix
 from tests.test_end_to_end import examples, finished, submit, wait_for
-from workers import keys
 
 N = 2 * keys.BUCKET_SIZE + 37  # three buckets: 1000, 1000, 37
 

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.jobs import JobRecord, JobState, PromptsJobSpec
 from service.ports import free_port
 from service.routes.metrics import read_fleet, render
+from store import keys, records, stats
 from tests.conftest import Processes
 from tests.test_end_to_end import finished, start_stack, submit, wait_for
-from workers import jobstore, keys, stats
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -147,9 +147,9 @@ async def test_cost_of_a_job_without_exact_cost_uses_its_record_prices(redis: Ar
         usd_per_mtok_completion=10.0,
         created_at=datetime.now(UTC),
     )
-    await jobstore.create_job(redis, record)
+    await records.create_job(redis, record)
     await redis.hset(keys.counters("priced"), mapping={"prompt_tokens": 123_457, "completion_tokens": 9_876})
-    status = await jobstore.get_status(redis, "priced")
+    status = await records.get_status(redis, "priced")
     assert status is not None and status.counters.cost_usd > 0
     snapshot = await read_fleet(redis)
     assert snapshot.cost_usd == status.counters.cost_usd
@@ -157,7 +157,7 @@ async def test_cost_of_a_job_without_exact_cost_uses_its_record_prices(redis: Ar
     page = render(snapshot).decode()
     assert f"skillmix_cost_usd_total {status.counters.cost_usd}" in page
     await redis.hset(keys.counters("priced"), "cost_micro_usd", 4_000_000)  # the exact counter wins once there
-    status = await jobstore.get_status(redis, "priced")
+    status = await records.get_status(redis, "priced")
     assert status is not None and (await read_fleet(redis)).cost_usd == 4.0 == status.counters.cost_usd
 
 

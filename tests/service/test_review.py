@@ -15,17 +15,17 @@ from redis.asyncio import Redis
 
 from schemas.review import HelpTask, ReviewVersion, Suggestion
 from schemas.settings import Settings
+from store import keys
+from store import review as review_store
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.fake_llm import math_notation, math_truth
 from tests.test_end_to_end import examples, finished, submit, wait_for
 from tests.workers.test_math import MATH_SET
-from workers import keys
 from workers.llm.replay import item_scope
 from workers.math.equivalence import compare
+from workers.meter import job_llm, replay_cache
 from workers.recipes.math import MathRecipe
 from workers.review import help as review_help
-from workers.review import store
-from workers.runner.meter import job_llm, replay_cache
 from workers.runner.resources import Resources
 
 ALICE, BOB = {"X-Reviewer": "alice"}, {"X-Reviewer": "bob"}
@@ -185,14 +185,14 @@ def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
 
     # the version check is atomic with the write: a writer that read version 4 just before another reviewer's
     # write loses, whatever the timing of the requests above
-    read_before = asyncio.run(_in_redis(store.get, job_id, item["id"]))
+    read_before = asyncio.run(_in_redis(review_store.get, job_id, item["id"]))
     assert read_before is not None and read_before.version == 4
     late = {"expected_version": 4, "answer": "dave's answer"}
     assert httpx.patch(_url(api, item), json=late, headers={"X-Reviewer": "dave"}).status_code == 200
     entry = ReviewVersion(version=5, by="eve", at=read_before.updated_at, action="edit")
     newer = read_before.model_copy(update={"version": 5, "answer": "x"})
-    with pytest.raises(store.Stale):
-        asyncio.run(_in_redis(store.write, read_before, 4, newer, entry))
+    with pytest.raises(review_store.Stale):
+        asyncio.run(_in_redis(review_store.write, read_before, 4, newer, entry))
     assert _item(api, job_id, item["id"])["item"]["answer"] == "dave's answer"
 
     no_reason = httpx.post(_url(api, item, "reject"), json={"expected_version": 5}, headers=ALICE)
@@ -312,7 +312,7 @@ async def _killed_then_rerun(job_id: str, item_id: str, fake: Any) -> None:
     try:
         task = HelpTask(job_id=job_id, item_id=item_id, suggestion_id="s1", help="resolve", by="alice")
         found = await res.recipe(job_id)
-        item = await store.get(client, job_id, item_id)
+        item = await review_store.get(client, job_id, item_id)
         assert found is not None and item is not None
         record, recipe = found
         assert isinstance(recipe, MathRecipe)
@@ -340,7 +340,7 @@ async def _killed_then_rerun(job_id: str, item_id: str, fake: Any) -> None:
         assert (await fake.astats())["requests"] == paid  # the rerun replayed all three solves
         assert int(await client.hget(keys.counters(job_id), "llm_calls") or 0) == calls0 + 3
         assert int(await client.hget(keys.counters(job_id), "replayed") or 0) >= 3
-        stored = await store.get(client, job_id, item_id)
+        stored = await review_store.get(client, job_id, item_id)
         assert stored is not None and [(x.id, x.llm_calls) for x in stored.suggestions] == [("s1", 3)]
         assert not await client.exists(keys.replay(job_id, "help-s1"))  # dropped once the suggestion is stored
     finally:

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings
+from store import keys
 from tests.conftest import REDIS_URL
 from tests.plugins.fake_llm import FakeLLM, FakeLLMFactory
-from workers import keys
 from workers.llm.adaptive import AdaptiveConcurrency, gauge_field
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 20}

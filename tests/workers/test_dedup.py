@@ -1,4 +1,4 @@
-"""Duplicate detection against a real Redis (db 15, flushed around every test)."""
+"""Duplicate detection against a real Redis (the test database, flushed around every test)."""
 
 import asyncio
 import inspect
@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from schemas.curation import DedupSettings
 from schemas.examples import Reason
-from schemas.jobs import DedupSettings
-from workers import keys
+from store import keys
+from tests.conftest import REDIS_URL
 from workers.curate.dedup import (
     Deduper,
     DedupResult,
@@ -29,7 +30,7 @@ NEAR_ONLY = DedupSettings(exact=False)
 
 @pytest.fixture
 async def redis() -> AsyncIterator[Redis]:
-    client = Redis(host="127.0.0.1", port=6379, db=15, decode_responses=False)
+    client = Redis.from_url(REDIS_URL, decode_responses=False)
     await client.flushdb()
     yield client
     await client.flushdb()

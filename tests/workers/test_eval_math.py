@@ -8,13 +8,13 @@ from typing import Any, Unpack
 
 import pytest
 
+from schemas.answers import final_answer, last_boxed, reference_answer
 from schemas.examples import extras_of
 from schemas.jobs import EvalExtras, EvalMathJobSpec, JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import EndpointSettings
+from service.square_law import ModelPoint, fit_power_law, plot
 from workers.llm.client import ChatOptions
-from workers.math.answers import final_answer, last_boxed, reference_answer
-from workers.math.square_law import ModelPoint, fit_power_law, plot
 from workers.recipes import recipe_for
 from workers.recipes.eval_math import EvalMathRecipe, read_verdict
 from workers.recipes.math import close_equivalence

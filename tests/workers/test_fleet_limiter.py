@@ -9,8 +9,10 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings
+from store import keys
+from store.limits import effective_limits, signal_channel
+from store.stats import stat_field
 from tests.conftest import REDIS_URL
-from workers import keys
 from workers.llm.errors import JobStopped
 from workers.llm.fleet import (
     BURST_MS,
@@ -18,11 +20,9 @@ from workers.llm.fleet import (
     TICK_S,
     FleetLimiter,
     LimitSignals,
-    effective_limits,
     leaves_at,
     parse_reset,
 )
-from workers.stats import stat_field
 
 
 def endpoint(rpm: int, tpm: int = 10_000_000) -> EndpointSettings:
@@ -38,6 +38,15 @@ async def redises(redis: Redis) -> AsyncIterator[list[Redis]]:
     yield clients
     for c in clients:
         await c.aclose()
+
+
+async def subscribed(redis: Redis, within: float = 10.0) -> None:
+    """Until a ``LimitSignals`` listens on this database's channel (a fixed sleep is too short on a busy machine)."""
+    channel = signal_channel(redis)
+    deadline = time.monotonic() + within
+    while (await redis.pubsub_numsub(channel))[0][1] < 1:
+        assert time.monotonic() < deadline, "LimitSignals never subscribed"
+        await asyncio.sleep(0.02)
 
 
 async def take_times(limiter: FleetLimiter, n: int, tokens: int = 1) -> list[float]:
@@ -82,7 +91,7 @@ async def test_tokens_are_limited_and_settled(redises: list[Redis]) -> None:
 async def test_cooldown_from_one_limiter_holds_all(redises: list[Redis]) -> None:
     heard = LimitSignals(redises[2])
     heard.start()
-    await asyncio.sleep(0.2)  # subscribed
+    await subscribed(redises[0])
     a = FleetLimiter(redises[0], None, "ep-cool", endpoint(60_000))
     b = FleetLimiter(redises[1], None, "ep-cool", endpoint(60_000), heard)
     await a.pause(1.0)
@@ -92,6 +101,23 @@ async def test_cooldown_from_one_limiter_holds_all(redises: list[Redis]) -> None
     await take_times(b, 1)
     assert time.monotonic() - start >= 0.85
     await heard.aclose()
+
+
+async def test_signals_stay_in_their_database(redises: list[Redis]) -> None:
+    # pub/sub is server-wide: a 429 announced by a fleet on another database must not pause ours
+    heard = LimitSignals(redises[1])
+    heard.start()
+    await subscribed(redises[0])
+    db = int(redises[0].connection_pool.connection_kwargs.get("db") or 0)
+    other = Redis.from_url(REDIS_URL.rsplit("/", 1)[0] + f"/{(db + 1) % 16}")  # never sent a command
+    assert signal_channel(other) != signal_channel(redises[0])
+    await redises[0].publish(signal_channel(other), "ep-other 5000")
+    await FleetLimiter(redises[0], None, "ep-ours", endpoint(60_000)).pause(5.0)
+    await asyncio.sleep(0.1)
+    assert heard.until("ep-ours") - time.monotonic() > 4  # our own database's announcement arrives
+    assert heard.until("ep-other") == 0.0
+    await heard.aclose()
+    await other.aclose()
 
 
 async def test_gate_refuses_a_stopped_job(redises: list[Redis]) -> None:

@@ -5,20 +5,21 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from workers import generate, jobstore, keys
+from store import keys, records
+from workers import generate
 
 
 async def test_chunks_of_a_job_share_one_poll_and_stop_together(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     await redis.hset(keys.meta("watched"), "state", "running")
     polls = 0
-    real = jobstore.get_state
+    real = records.get_state
 
     async def counted(r: Redis, job_id: str) -> object:
         nonlocal polls
         polls += 1
         return await real(r, job_id)
 
-    monkeypatch.setattr(jobstore, "get_state", counted)
+    monkeypatch.setattr(records, "get_state", counted)
     items = [asyncio.create_task(asyncio.sleep(60)) for _ in range(6)]
     done = [asyncio.Event() for _ in range(3)]
     watchers = [

@@ -10,8 +10,9 @@ import orjson
 import pytest
 from arq.connections import ArqRedis
 
+from schemas.curation import JudgeSettings, QualitySettings
 from schemas.examples import GeneratedItem, JudgeVerdict, Reason
-from schemas.jobs import JobCounters, JobRecord, JobState, JobStatus, JudgeSettings, QualitySettings
+from schemas.jobs import JobCounters, JobRecord, JobState, JobStatus
 from schemas.llm import ChatMessage, ChatResult, Usage
 from service.quickstart import JUDGE_OFF, closing_notes
 from tests.conftest import Processes, service_env

@@ -9,8 +9,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.jobs import JobRecord, PromptsJobSpec
 from schemas.settings import Settings
+from store import keys, queue, records
 from tests.conftest import REDIS_URL
-from workers import jobstore, keys
 from workers.liveness import Liveness
 
 
@@ -62,22 +62,22 @@ async def test_a_job_handed_to_another_worker_is_not_forgotten_by_the_first(redi
 async def test_redrive_enqueues_only_stale_pending_plans_and_only_once(redis: ArqRedis) -> None:
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(40)]})
     record = JobRecord(id="j1", spec=spec, endpoint="fake", model="m", chunk_size=32, created_at=datetime.now(UTC))
-    await jobstore.create_job(redis, record, planned=40)  # its creator died before enqueueing
-    assert await jobstore.redrive(redis, stale_ms=60_000) == 0  # too fresh: its creator may still be at it
+    await records.create_job(redis, record, planned=40)  # its creator died before enqueueing
+    assert await queue.redrive(redis, stale_ms=60_000) == 0  # too fresh: its creator may still be at it
     assert await redis.zcard(keys.QUEUE_NAME) == 0
-    assert await jobstore.redrive(redis, stale_ms=0) == 1
+    assert await queue.redrive(redis, stale_ms=0) == 1
     queued = sorted(j.decode() for j in await redis.zrange(keys.QUEUE_NAME, 0, -1))
     assert queued == ["skillmix:chunk:j1:0-32", "skillmix:chunk:j1:32-40"]
-    assert await jobstore.redrive(redis, stale_ms=0) == 0 and not await redis.exists(keys.pending_plans("j1"))
+    assert await queue.redrive(redis, stale_ms=0) == 0 and not await redis.exists(keys.pending_plans("j1"))
 
 
 async def test_a_top_up_is_pending_until_enqueued(redis: ArqRedis) -> None:
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(40)]})
     record = JobRecord(id="j2", spec=spec, endpoint="fake", model="m", chunk_size=32, created_at=datetime.now(UTC))
-    await jobstore.create_job(redis, record, planned=10)
-    await jobstore.enqueue_planned(redis, record, 0, 10)
-    assert await jobstore.plan(redis, record, 10, 40)
-    assert not await jobstore.plan(redis, record, 10, 50)  # another worker already moved it
+    await records.create_job(redis, record, planned=10)
+    await queue.enqueue_planned(redis, record, 0, 10)
+    assert await queue.plan(redis, record, 10, 40)
+    assert not await queue.plan(redis, record, 10, 50)  # another worker already moved it
     assert not await redis.exists(keys.pending_plans("j2"))
     assert await redis.zcard(keys.QUEUE_NAME) == 2
 

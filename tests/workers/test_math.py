@@ -18,10 +18,10 @@ from schemas.jobs import JobRecord, MathJobSpec
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.math import MathHistory
 from schemas.settings import EndpointSettings
+from store import keys
 from tests.conftest import Processes
 from tests.fake_llm import FakeConfig, answer, math_notation, math_pair, math_stage, math_truth, word_count
 from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
-from workers import keys
 from workers.llm.client import ChatOptions
 from workers.recipes import recipe_for
 from workers.recipes.math import MathRecipe, close_equivalence, pair_key, read_fields, yes

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from schemas.settings import EndpointSettings, Settings
+from store import keys
 from workers.llm.client import LLMClient, NotTheRunner
 from workers.runner.step import run_step
 from workers.worker import WorkerSettings, make_worker
@@ -25,7 +26,7 @@ def test_only_the_runner_resources_hold_the_key() -> None:
     """The key is private; no product module but the runner's resources (and the client itself) touches it."""
     holders = sorted(
         str(path.relative_to(REPO))
-        for package in ("workers", "service", "schemas", "bench")
+        for package in ("workers", "store", "service", "schemas", "bench")
         for path in (REPO / package).rglob("*.py")
         if "_BUILD_KEY" in path.read_text(encoding="utf-8")
     )
@@ -35,4 +36,4 @@ def test_only_the_runner_resources_hold_the_key() -> None:
 def test_one_arq_function_runs_every_kind_of_work() -> None:
     assert WorkerSettings.functions == [run_step]
     worker = make_worker(Settings())
-    assert list(worker.functions) == ["run_step"]
+    assert list(worker.functions) == ["run_step"] == [keys.STEP_FUNCTION]  # the name the store enqueues for

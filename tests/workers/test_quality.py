@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
+from schemas.curation import QualitySettings
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
-from schemas.jobs import QualitySettings
 from workers.curate.quality import (
     CutOffCheck,
     ErrorCheck,

@@ -11,8 +11,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from schemas.extract import ExtractTask
 from schemas.jobs import ChunkTask
 from schemas.settings import Settings
+from store.connection import open_redis
 from tests.conftest import REDIS_URL
-from workers.redis_pool import open_redis
 from workers.runner.step import run_step
 
 

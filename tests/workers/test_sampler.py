@@ -1,7 +1,8 @@
 from collections import Counter
 from itertools import combinations
 
-from workers.sampler import SkillSampler, coverage
+from schemas.sampling import coverage
+from workers.sampler import SkillSampler
 
 SKILLS = [f"skill_{i}" for i in range(30)]
 TYPES = [f"type_{i}" for i in range(16)]

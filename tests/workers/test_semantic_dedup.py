@@ -14,11 +14,12 @@ import pytest
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from schemas.curation import DedupSettings
 from schemas.examples import GeneratedItem, Reason
-from schemas.jobs import DedupSettings, JobRecord, PromptsJobSpec
+from schemas.jobs import JobRecord, PromptsJobSpec
 from schemas.settings import Settings
+from store import keys, records
 from tests.conftest import REDIS_URL
-from workers import jobstore, keys
 from workers.curate import semantic
 from workers.curate.consumer import CurateConsumer
 from workers.curate.decide import previous
@@ -196,7 +197,7 @@ async def test_the_curate_stage_rejects_a_paraphrase_across_two_consumers(redis:
         )
         record = JobRecord(id="curate-sem", spec=spec, endpoint="fake", model="fake-model", chunk_size=8,
                            created_at=datetime.now(UTC))  # fmt: skip
-        await jobstore.create_job(pool, record, planned=3)
+        await records.create_job(pool, record, planned=3)
         settings = Settings(redis_url=REDIS_URL)
         first, second = CurateConsumer(pool, settings, "c1"), CurateConsumer(pool, settings, "c2")
         for consumer, index, text in [(first, 0, BREAD), (second, 1, BREAD_2), (second, 2, TCP)]:

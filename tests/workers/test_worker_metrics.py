@@ -15,10 +15,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.llm import ChatMessage
+from store.stats import parse_field, stat_field
 from tests.raw_client import raw_client
 from workers import logs, metrics
 from workers.llm.client import RetryPolicy
-from workers.stats import parse_field, stat_field
 
 HELLO = [ChatMessage(role="user", content="Say hello.")]
 

@@ -16,7 +16,7 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +29,7 @@ from redis.commands.core import AsyncScript
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
 from schemas.jobs import JobRecord
 from schemas.llm import Usage
-from workers import keys
+from store import keys
 from workers.curate.decide import _DECIDE_AND_STORE
 from workers.curate.dedup import (
     _CHECK_AND_ADD,
@@ -43,8 +43,14 @@ from workers.curate.dedup import (
 )
 from workers.curate.quality import QualityFilter
 
-if TYPE_CHECKING:
-    from workers.curate.consumer import CurateConsumer
+
+class Curator(Protocol):
+    """What a batch needs of the consumer that runs it (``workers.curate.consumer.CurateConsumer``; a Protocol
+    so this module does not import the one that imports it)."""
+
+    redis: Redis
+    _filters: dict[str, QualityFilter]  # the job's filter, built once per job
+
 
 # The per-item scripts, verbatim, as Lua functions of their own KEYS and ARGV, called once per item by a loop:
 # one script call (and a handful of arguments per item) for the whole batch, the same logic item by item.
@@ -140,7 +146,7 @@ def _request(item: GeneratedItem) -> str:
     return f"{item.instruction}\n{item.input}" if item.input else item.instruction
 
 
-async def curate_batch(consumer: "CurateConsumer", record: JobRecord, items: list[GeneratedItem]) -> None:
+async def curate_batch(consumer: Curator, record: JobRecord, items: list[GeneratedItem]) -> None:
     redis, job_id, spec = consumer.redis, record.id, record.spec
     unique = list({item.index: item for item in reversed(items)}.values())[::-1]  # first delivery of an index
     earlier = await redis.hmget(keys.decisions(job_id), [str(item.index) for item in unique])

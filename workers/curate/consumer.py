@@ -15,13 +15,13 @@ from redis.exceptions import ResponseError
 from schemas.examples import Example, GeneratedItem, QualityVerdict, Reason
 from schemas.jobs import JobRecord, JobState
 from schemas.settings import Settings
-from workers import jobstore, keys
+from store import keys, records
+from store.lifecycle import advance
 from workers.curate.batch import batched, curate_batch
 from workers.curate.decide import Pending, decide_many
 from workers.curate.dedup import Deduper
 from workers.curate.quality import QualityFilter
 from workers.curate.semantic import SemanticDeduper
-from workers.lifecycle import advance
 from workers.logs import job_context
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class CurateConsumer:
 
     async def _record(self, job_id: str) -> JobRecord | None:
         if job_id not in self._records:
-            record = await jobstore.load_record(self.redis, job_id)
+            record = await records.load_record(self.redis, job_id)
             if record is None:
                 return None
             self._records[job_id] = record
@@ -114,7 +114,7 @@ class CurateConsumer:
     async def handle(self, job_id: str, entries: list[Entry]) -> int:
         """Curate a batch of one job's entries, acknowledge them together, then advance the job once."""
         record = await self._record(job_id)
-        if record is not None and await jobstore.get_state(self.redis, job_id) != JobState.CANCELLED:
+        if record is not None and await records.get_state(self.redis, job_id) != JobState.CANCELLED:
             if batched(record):  # recipe curate: a few round trips per batch instead of three per item
                 items = [GeneratedItem.model_validate_json(f[b"d"]) for _, f in entries if f.get(b"d")]
                 await curate_batch(self, record, items)

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from schemas.examples import Reason
-from workers import keys
+from store import keys
 
 _DECIDE_AND_STORE = """
 local prev = redis.call('HGET', KEYS[1], ARGV[1])

@@ -5,7 +5,7 @@ normalised word set (2 changed words in 40 stay at Jaccard ~0.9, reliably caught
 bands and *verified* against the stored signature of the candidate. The lookup and the insert run
 in one Lua script, so two workers curating the same text at the same moment cannot both keep it.
 
-Per job (key names from ``workers.keys``):
+Per job (key names from ``store.keys``):
   exact     hash  normalised-text hash -> example id (first writer wins, HSETNX)
   lsh:{b}   hash  8-byte hash of band b of the signature -> example id (first writer wins)
   sig       hash  example id -> signature, ``num_perm`` big-endian uint32 values
@@ -25,9 +25,9 @@ from datasketch.lsh import _optimal_param
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from schemas.curation import DedupSettings
 from schemas.examples import Reason
-from schemas.jobs import DedupSettings
-from workers import keys
+from store import keys
 from workers.curate.quality import normalise_text
 
 SHINGLE_SIZE = 1

@@ -17,14 +17,15 @@ the stored example keeps it.
 from string import Template
 from typing import Any
 
+from schemas.curation import JudgeSettings
 from schemas.errors import AnswerUnusable
 from schemas.examples import GeneratedItem, JudgeVerdict
-from schemas.jobs import JobRecord, JudgeSettings
+from schemas.jobs import JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
+from schemas.sampling import derive_rng
 from workers.lenient import json_object
 from workers.llm.client import ChatClient, LLMClient
 from workers.llm.errors import LLMBadRequest
-from workers.sampler import derive_rng
 from workers.templates import load_template
 
 TEMPLATE_VERSION = "v1"

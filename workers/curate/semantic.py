@@ -21,7 +21,7 @@ never on the event loop, with one BLAS thread (``SKILLMIX_EMBED_THREADS``; 0 kee
 the extra is missing or the model cannot be loaded, the error is logged once per process and the
 semantic check is skipped (exact and near dedup still run).
 
-Shared state per job (key names from ``workers.keys``):
+Shared state per job (key names from ``store.keys``):
   emb       hash  example id -> embedding, 384 little-endian float32 values (unit length)
   emb:log   list  example ids in the order they were kept
 
@@ -58,9 +58,9 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from scipy.special import erf
 
+from schemas.curation import DedupSettings
 from schemas.examples import Reason
-from schemas.jobs import DedupSettings
-from workers import keys
+from store import keys
 from workers.curate.dedup import DedupResult
 
 if TYPE_CHECKING:

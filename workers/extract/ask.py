@@ -14,11 +14,11 @@ from pydantic import BaseModel, ValidationError
 from schemas.errors import AnswerUnusable
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage
-from workers.extract.store import ExtractStore
+from schemas.sampling import derive_rng
+from store.extraction import ExtractStore
 from workers.lenient import parse_json
 from workers.llm.client import ChatClient
 from workers.llm.limits import text_tokens
-from workers.sampler import derive_rng
 from workers.templates import load_template
 
 TEMPLATE_VERSION = "v1"
@@ -47,7 +47,7 @@ def render(name: str, payload: dict[str, Any], **values: object) -> str:
 
 
 class Asker:
-    """Asks through the job's metered view of its endpoint (``workers.runner.meter``), which counts each call
+    """Asks through the job's metered view of its endpoint (``workers.meter``), which counts each call
     at send and charges its tokens; here only parse failures are counted."""
 
     def __init__(

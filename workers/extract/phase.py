@@ -16,12 +16,12 @@ from redis.asyncio import Redis
 from schemas.errors import JobFailed
 from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec, UnlabelledRow
 from schemas.jobs import JobRecord, JobState
-from workers import jobstore
+from store import records
+from store.extraction import ExtractStore
 from workers.extract.ask import Asker
 from workers.extract.reader import DatasetReader, Position, SeedRow
-from workers.extract.store import ExtractStore
 from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
-from workers.runner.errors import EndpointDown
+from workers.unit import EndpointDown
 
 MAX_PARALLEL_CALLS = 64  # calls per window; the client's limiter bounds what is really in flight
 MAX_WINDOW_ROWS = 2000
@@ -60,7 +60,7 @@ class Phase:
         """True when the step's time is up or the job was cancelled (then the step just stops)."""
         if time.monotonic() >= self.deadline:
             return True
-        state = await jobstore.get_state(self.redis, self.record.id)
+        state = await records.get_state(self.redis, self.record.id)
         return state is None or state.finished
 
     async def note(self, remark: str) -> None:
@@ -68,7 +68,7 @@ class Phase:
         await self.store.add_note(remark)
 
     async def say(self, message: str) -> None:
-        await jobstore.set_state(self.redis, self.record.id, JobState.RUNNING, message, only_from=JobState.RUNNING)
+        await records.set_state(self.redis, self.record.id, JobState.RUNNING, message, only_from=JobState.RUNNING)
 
     async def run_calls(
         self, work: Sequence[T], call: Callable[[T], Awaitable[None]], give_up: Callable[[T, LLMError], Awaitable[None]]

@@ -24,22 +24,22 @@ from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetS
 from schemas.jobs import JobRecord, JobState
 from schemas.settings import EndpointSettings, Settings
 from schemas.skills import Exemplar, Skill, SkillSet, SkillSetCreate
-from workers import jobstore, keys
+from store import keys, queue, records
+from store.datasets import DatasetError, resolve_path
+from store.extraction import ExtractStore
+from store.skill_sets import save_skill_set
 from workers.extract.agnostic import Agnostic, ask_query_types
 from workers.extract.ask import Asker
 from workers.extract.label import Labeller
 from workers.extract.mapping import Mapper, exemplar_fields
 from workers.extract.merge import Merger
 from workers.extract.phase import MAX_PARALLEL_CALLS, ExtractFailed, Phase
-from workers.extract.reader import DatasetError, DatasetReader, resolve_path
-from workers.extract.store import ExtractStore
+from workers.extract.reader import DatasetReader
 from workers.llm.client import ChatClient
 from workers.llm.errors import JobStopped, LLMFatal
 from workers.llm.replay import item_scope
-from workers.runner.errors import UnitFailed
-from workers.runner.meter import job_llm, replay_cache
-from workers.runner.resources import Resources
-from workers.skillsets import save_skill_set
+from workers.meter import job_llm, replay_cache
+from workers.unit import Resources, UnitFailed
 
 SLICE_MAX_S = 60.0  # a step hands over after this long (or a quarter of the job timeout, if shorter)
 HARD_LIMIT_FRACTION = 0.8  # of the job timeout: past it the step is cut and its window redone next step
@@ -47,29 +47,18 @@ REPLAY_SCOPE = "extract"  # the job's kept answers (``keys.replay``): dropped wh
 
 
 async def enqueue_step(redis: ArqRedis, job_id: str, step: int) -> None:
-    await jobstore.enqueue_steps(redis, job_id, [ExtractTask(job_id=job_id, step=step)])
-
-
-async def create(redis: Redis, record: JobRecord) -> None:
-    """Store the job; ``planned`` is known up front (the rows, or the model-only steps)."""
-    await jobstore.create_job(redis, record)
-    await redis.hset(keys.counters(record.id), "planned", record.spec.count)
-
-
-async def submit(redis: ArqRedis, record: JobRecord) -> None:
-    await create(redis, record)
-    await enqueue_step(redis, record.id, 0)
+    await queue.enqueue_steps(redis, job_id, [ExtractTask(job_id=job_id, step=step)])
 
 
 async def run_unit(ctx: dict[str, Any], task: ExtractTask, final_try: bool) -> dict[str, Any]:
     """One step of an extraction job (the runner maps what it raises); enqueues the next unless finished."""
     res: Resources = ctx["resources"]
     redis: ArqRedis = ctx["redis"]
-    record = await jobstore.load_record(redis, task.job_id)
-    state = await jobstore.get_state(redis, task.job_id)
+    record = await records.load_record(redis, task.job_id)
+    state = await records.get_state(redis, task.job_id)
     if record is None or state is None or state.finished or state is JobState.PAUSED:
         return {"step": task.step, "skipped": True}  # (resuming a paused job enqueues its next step)
-    await jobstore.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
+    await records.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
     await ExtractStore(redis, record.id).set_state(step=task.step)
     try:
         finished = await advance(res, redis, record, final_try)
@@ -80,7 +69,7 @@ async def run_unit(ctx: dict[str, Any], task: ExtractTask, final_try: bool) -> d
     except LLMFatal as exc:
         raise UnitFailed(f"endpoint {record.endpoint}: {exc}") from exc
     # anything else is the runner's to retry like any step's (and the watchdog's to fail after its redrives)
-    if not finished and await jobstore.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):
+    if not finished and await records.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):
         await enqueue_step(redis, record.id, task.step + 1)
     return {"step": task.step, "finished": finished}
 
@@ -166,7 +155,7 @@ async def run_dataset(phase: Phase, data_dir: Path) -> bool:
 
 
 async def _cancelled(phase: Phase) -> bool:
-    state = await jobstore.get_state(phase.redis, phase.record.id)
+    state = await records.get_state(phase.redis, phase.record.id)
     return state is None or state.finished
 
 
@@ -187,7 +176,7 @@ async def dataset_skill_set(phase: Phase, coarse: list[dict[str, str]]) -> Skill
         await phase.note(f"{unused} coarse skills got no rows and were left out")
     samples = [ex for depth in range(2) for s in skills for ex in s.examples[depth : depth + 1]]
     query_types = await ask_query_types(phase, spec.description or "the requests in this dataset", samples[:24])
-    counters = await jobstore.read_counters(phase.redis, phase.record)
+    counters = await records.read_counters(phase.redis, phase.record)
     description = spec.description or (
         f"Extracted from {spec.source.path} ({spec.rows} rows, {counters.accepted} mapped, "
         f"{counters.rejected} unlabelled) by {phase.record.model}."
@@ -214,12 +203,12 @@ async def finish(phase: Phase, create: SkillSetCreate) -> bool:
         ref = saved.ref
     else:
         ref = (await phase.redis.hget(meta, "result")).decode()
-    counters = await jobstore.read_counters(phase.redis, phase.record)
+    counters = await records.read_counters(phase.redis, phase.record)
     message = f"skill set {ref}: {len(create.skills)} skills, {len(create.query_types)} query types"
     if isinstance(phase.spec, ExtractDatasetSpec):
         message += f"; {counters.accepted} rows mapped, {counters.rejected} unlabelled"
     notes = await phase.store.notes()
     if notes:
         message += "; " + "; ".join(notes)
-    await jobstore.set_state(phase.redis, phase.record.id, JobState.COMPLETED, message)
+    await records.set_state(phase.redis, phase.record.id, JobState.COMPLETED, message)
     return True

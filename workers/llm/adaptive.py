@@ -40,8 +40,8 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings
-from workers import keys
-from workers.stats import stat_field
+from store import keys
+from store.stats import stat_field
 from workers.tally import Tally
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,11 @@ from typing import cast
 from redis.asyncio import Redis
 
 from schemas.settings import EndpointSettings
-from workers import keys
+from store import keys
+from store.limits import signal_channel
+from store.stats import stat_field
 from workers.llm.errors import JobStopped
 from workers.metrics import limiter_waited
-from workers.stats import stat_field
 from workers.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -139,16 +140,6 @@ end
 return 1
 """
 
-# KEYS: limits, tat   ARGV: reset ('1'/'0'), rpm or '', tpm or '', channel, endpoint name, learned key
-SET_LIMITS = """
-if ARGV[1] == '1' then redis.call('DEL', KEYS[1], ARGV[6]) end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'rpm', ARGV[2]) end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'tpm', ARGV[3]) end
-redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' limits')
-return 1
-"""
-
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -215,7 +206,7 @@ class LimitSignals:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(keys.LIMITER_CHANNEL)
+                    await pubsub.subscribe(signal_channel(self._redis))
                     delay = 0.1
                     while True:
                         message = await pubsub.get_message(timeout=1.0)
@@ -260,6 +251,7 @@ class FleetLimiter:
         self._rpm, self._tpm = endpoint.rpm, endpoint.tpm
         self._concurrency = asyncio.Semaphore(endpoint.max_concurrency)
         self._signals = signals or LimitSignals(redis)
+        self._channel = signal_channel(redis)
         self._acquire = redis.register_script(_ACQUIRE)
         self._tat, self._cool = keys.limiter_tat(name), keys.limiter_cooldown(name)
         self._limits, self._learned = keys.limiter_limits(name), keys.limiter_learned(name)
@@ -345,7 +337,7 @@ class FleetLimiter:
     async def pause(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
         self._signals.note(self.name, seconds)  # this process at once; the others by the script's PUBLISH
-        self._run(_COOL, [self._cool, keys.STATS], [seconds, self._cooldown_field, keys.LIMITER_CHANNEL, self.name])
+        self._run(_COOL, [self._cool, keys.STATS], [seconds, self._cooldown_field, self._channel, self.name])
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Tighten the fleet's limits to what the provider says (``x-ratelimit-*``): its limits, and a short
@@ -360,7 +352,7 @@ class FleetLimiter:
                     step = 60.0 / limit if kind == "requests" and limit else 1.0
                     cool = min(reset, step)
                     self._signals.note(self.name, cool)
-                    self._run(_COOL, [self._cool, keys.STATS], [cool, "", keys.LIMITER_CHANNEL, self.name])
+                    self._run(_COOL, [self._cool, keys.STATS], [cool, "", self._channel, self.name])
         learn_rpm = rpm if rpm and rpm < self._rpm else None
         learn_tpm = tpm if tpm and tpm < self._tpm else None
         now = time.monotonic()
@@ -370,7 +362,7 @@ class FleetLimiter:
             return
         self._seen = (learn_rpm, learn_tpm, now)
         args: list[str | int | float] = ["" if learn_rpm is None else learn_rpm, "" if learn_tpm is None else learn_tpm]
-        self._run(_LEARN, [self._learned, self._tat], [*args, keys.LIMITER_CHANNEL, self.name])
+        self._run(_LEARN, [self._learned, self._tat], [*args, self._channel, self.name])
 
     def _run(self, script: str, keys_: list[str], args: list[str | int | float]) -> None:
         if self._tally is not None:
@@ -379,24 +371,3 @@ class FleetLimiter:
             task = asyncio.ensure_future(self._redis.eval(script, len(keys_), *keys_, *args))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-
-async def effective_limits(redis: Redis, name: str, endpoint: EndpointSettings) -> dict[str, object]:
-    """What the fleet applies to ``name`` now: configured, set at run time, learned, cool-down left."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.limiter_limits(name))
-        pipe.hgetall(keys.limiter_learned(name))
-        pipe.get(keys.limiter_cooldown(name))
-        pipe.time()
-        overrides, learned, cool, (sec, usec) = await pipe.execute()
-    now_ms = int(sec) * 1000 + int(usec) / 1000
-    runtime = {k.decode(): int(float(v)) for k, v in overrides.items()}
-    learnt = {k.decode(): int(float(v)) for k, v in learned.items()}
-    rpm = min(runtime.get("rpm", endpoint.rpm), learnt.get("rpm", math.inf))
-    tpm = min(runtime.get("tpm", endpoint.tpm), learnt.get("tpm", math.inf))
-    return {
-        "configured": {"rpm": endpoint.rpm, "tpm": endpoint.tpm},
-        "runtime": runtime,
-        "learned": learnt,
-        "effective": {"rpm": int(rpm), "tpm": int(tpm)},
-        "cooldown_s": round(max(0.0, (float(cool) - now_ms) / 1000.0), 3) if cool else 0.0,
-    }

@@ -37,7 +37,8 @@ from redis.asyncio import Redis
 
 from schemas.llm import ChatMessage, ChatResult
 from schemas.settings import Settings
-from workers import keys, metrics, stats
+from store import keys, stats
+from workers import metrics
 from workers.llm.client import ChatClient, ChatOptions
 from workers.tally import Tally
 

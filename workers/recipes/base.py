@@ -15,9 +15,9 @@ from schemas.errors import AnswerUnusable
 from schemas.examples import GeneratedItem, WorkItem
 from schemas.jobs import JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
+from schemas.sampling import derive_rng
 from schemas.settings import EndpointSettings
 from workers.llm.client import ChatClient
-from workers.sampler import derive_rng
 from workers.templates import load_template
 
 

@@ -16,8 +16,8 @@ from schemas.examples import GeneratedItem, Reason, WorkItem
 from schemas.jobs import CurateJobSpec, JobRecord
 from schemas.llm import ChatMessage, ChatResult
 from schemas.settings import EndpointSettings, get_settings
+from store.datasets import resolve_path
 from workers.curate.source import pair, read_block
-from workers.datasets import resolve_path
 from workers.llm.client import ChatClient, ChatOptions
 from workers.llm.errors import LLMFatal
 from workers.recipes.base import Recipe

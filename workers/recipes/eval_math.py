@@ -11,17 +11,17 @@ travels on the record as ``eval`` (``schemas.evaluation.EvalResult``).
 
 from typing import ClassVar
 
+from schemas.answers import final_answer
 from schemas.evaluation import EvalResult
 from schemas.examples import GeneratedItem, WorkItem
 from schemas.jobs import EvalMathJobSpec, JobRecord
 from schemas.llm import ChatMessage, Usage
+from schemas.sampling import derive_rng
 from schemas.settings import EndpointSettings
 from workers.lenient import json_object
 from workers.llm.client import ChatClient
-from workers.math.answers import final_answer
 from workers.recipes.base import Recipe
 from workers.recipes.math import equivalence, yes
-from workers.sampler import derive_rng
 
 JUDGE_MAX_TOKENS = 512
 MAX_REASON_CHARS = 500

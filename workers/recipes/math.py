@@ -28,13 +28,14 @@ from schemas.examples import GeneratedItem, Reason, WorkItem
 from schemas.jobs import JobRecord, MathJobSpec
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.math import MathHistory, PairCheck, QuestionTurn, ScepticAttempt, Solve, Validation, VoteResult
+from schemas.sampling import derive_rng
 from schemas.settings import EndpointSettings
-from workers import keys
+from store import keys
 from workers.lenient import json_object
 from workers.llm.client import ChatClient
 from workers.math.equivalence import Equivalence
 from workers.recipes.base import ParseFailure, Recipe
-from workers.sampler import SkillSampler, derive_rng
+from workers.sampler import SkillSampler
 
 MAX_PAIR_REDRAWS = 20  # known-invalid pairs skipped for one item before it gives up (no call is made)
 EXEMPLARS = 3  # exemplars shown per skill

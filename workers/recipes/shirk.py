@@ -15,11 +15,11 @@ from redis.asyncio import Redis
 from schemas.examples import Example, GeneratedItem, WorkItem
 from schemas.jobs import JobRecord, ShirkExtras, ShirkJobSpec
 from schemas.llm import ChatMessage, Usage
+from schemas.sampling import derive_rng
 from schemas.settings import EndpointSettings
-from workers import keys
+from store import keys
 from workers.llm.client import ChatClient
 from workers.recipes.base import Conversation, ParseFailure, Recipe
-from workers.sampler import derive_rng
 
 
 def shirker_indexes(seed: int, count: int, rate: float) -> frozenset[int]:

@@ -1,7 +1,7 @@
 """LLM help on a review item (papers.md §B step 6: "make the second skill necessary", "re-solve after my
 edit"), run as a unit of its job (``HelpTask``) on the job runner (``workers.runner``).
 
-The calls take the runner's metered path (``workers.runner.meter``), so they land in the job's
+The calls take the runner's metered path (``workers.meter``), so they land in the job's
 ``llm_calls``, tokens and cost like the generation calls did, and each answer is kept: a rerun of the request
 (its worker was killed) replays it instead of paying again. A finished job may still be helped (metering
 without the stop-on-finish refusal). The answer is stored as a ``Suggestion`` on the item,
@@ -19,29 +19,19 @@ from typing import Any
 from redis.asyncio import Redis
 
 from schemas.llm import ChatResult
-from schemas.review import HelpKind, HelpTask, ReviewItem, Suggestion
-from workers import jobstore
-from workers.endpoints import UnknownEndpoint
+from schemas.review import HelpTask, ReviewItem, Suggestion
+from schemas.sampling import derive_rng
+from store import review as review_store
+from store.endpoints import UnknownEndpoint
 from workers.llm.client import ChatClient
 from workers.llm.errors import LLMError
 from workers.llm.replay import item_scope
+from workers.meter import job_llm, replay_cache
 from workers.recipes.math import SCHEMAS, MathRecipe, clean_answer, equivalence, read_fields, text, yes
-from workers.review import store
-from workers.runner.meter import job_llm, replay_cache
-from workers.runner.resources import Resources
-from workers.sampler import derive_rng
+from workers.unit import Resources
 
 log = logging.getLogger(__name__)
 MAX_WRITE_TRIES = 50
-
-
-async def enqueue(
-    redis: Any, job_id: str, item_id: str, suggestion_id: str, kind: HelpKind, by: str, skill: str | None, note: str
-) -> None:
-    task = HelpTask(
-        job_id=job_id, item_id=item_id, suggestion_id=suggestion_id, help=kind, by=by, skill=skill, note=note or ""
-    )
-    await jobstore.enqueue_steps(redis, job_id, [task])
 
 
 async def _call(
@@ -131,11 +121,11 @@ async def add_suggestion(redis: Redis, job_id: str, item_id: str, s: Suggestion)
     """Append ``s`` to the item as a new version by ``llm`` (retried past concurrent reviewers' writes);
     False if it is already there (a retried arq job) or the item is gone."""
     for _ in range(MAX_WRITE_TRIES):
-        item = await store.get(redis, job_id, item_id)
+        item = await review_store.get(redis, job_id, item_id)
         if item is None or any(x.id == s.id for x in item.suggestions):
             return False
         try:
-            await store.change(
+            await review_store.change(
                 redis,
                 item,
                 item.version,
@@ -145,7 +135,7 @@ async def add_suggestion(redis: Redis, job_id: str, item_id: str, s: Suggestion)
                 suggestion_id=s.id,
             )
             return True
-        except store.Stale:
+        except review_store.Stale:
             continue
     raise RuntimeError(f"could not store suggestion {s.id} on {item_id}: too many concurrent writes")
 
@@ -155,7 +145,7 @@ async def run_unit(ctx: dict[str, Any], task: HelpTask, final_try: bool) -> dict
     redis: Redis = ctx["redis"]
     res: Resources = ctx["resources"]
     s = Suggestion(id=task.suggestion_id, kind=task.help, requested_by=task.by, skill=task.skill, note=task.note)
-    item = await store.get(redis, task.job_id, task.item_id)
+    item = await review_store.get(redis, task.job_id, task.item_id)
     if item is None or any(x.id == s.id for x in item.suggestions):
         return {"stored": False}
     found = await res.recipe(task.job_id)

@@ -2,10 +2,10 @@
 
 from typing import Any
 
-from schemas.jobs import ChunkTask
-from workers import jobstore
+from schemas.jobs import ChunkTask, needs_endpoint
+from store import records
 from workers.generate import run_chunk
-from workers.recipes import NoLLM, needs_endpoint
+from workers.recipes import NoLLM
 from workers.runner.resources import Resources
 
 
@@ -15,7 +15,7 @@ async def run_unit(ctx: dict[str, Any], task: ChunkTask, final_try: bool) -> dic
     if found is None:
         return {"emitted": 0, "skipped": task.stop - task.start}
     record, recipe = found
-    state = await jobstore.get_state(ctx["redis"], task.job_id)
+    state = await records.get_state(ctx["redis"], task.job_id)
     if state is None or state.finished:  # before any endpoint lookup: a finished job needs none
         return {"emitted": 0, "skipped": task.stop - task.start}
     llm = await res.client(record.endpoint) if needs_endpoint(record) else NoLLM()

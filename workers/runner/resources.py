@@ -1,7 +1,7 @@
 """Per-process resources of the runner: the one place endpoint clients are built (and cached).
 
 Every LLM call of every job goes through a client from ``Resources.client``, wrapped by the runner's
-metered path (``workers.runner.meter``); ``LLMClient`` refuses to be built without the key held here.
+metered path (``workers.meter``); ``LLMClient`` refuses to be built without the key held here.
 """
 
 import asyncio
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
-from schemas.jobs import JobRecord
+from schemas.jobs import JobRecord, needs_endpoint
 from schemas.settings import Settings
-from workers import endpoints, jobstore
+from store import endpoints, records
 from workers.llm.adaptive import AdaptiveConcurrency
 from workers.llm.client import _BUILD_KEY, LLMClient
 from workers.llm.fleet import FleetLimiter, LimitSignals
-from workers.recipes import NO_ENDPOINT, Recipe, needs_endpoint, recipe_for
+from workers.recipes import NO_ENDPOINT, Recipe, recipe_for
 from workers.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Resources:
 
     async def recipe(self, job_id: str) -> tuple[JobRecord, Recipe] | None:
         if job_id not in self.recipes:
-            record = await jobstore.load_record(self.redis, job_id)
+            record = await records.load_record(self.redis, job_id)
             if record is None:
                 return None
             endpoint = (

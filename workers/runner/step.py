@@ -16,16 +16,16 @@ from arq.constants import retry_key_prefix
 
 from schemas.jobs import STEP, JobState, Step
 from schemas.settings import Settings, get_settings
-from workers import jobstore
+from store import records
+from store.connection import REDIS_DOWN, rerun_on_redis_trouble
+from store.endpoints import UnknownEndpoint
 from workers.drain import WorkerDraining
-from workers.endpoints import UnknownEndpoint
 from workers.extract import runner as extract_runner
 from workers.llm.errors import LLMFatal, LLMMissingKey
 from workers.logs import JOB_ID
-from workers.redis_pool import REDIS_DOWN, rerun_on_redis_trouble
 from workers.review import help as review_help
 from workers.runner import chunk
-from workers.runner.errors import EndpointDown, JobResumed, UnitFailed
+from workers.unit import EndpointDown, JobResumed, UnitFailed
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
@@ -87,5 +87,5 @@ async def run_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
 
 
 async def _fail(ctx: dict[str, Any], step: Step, message: str) -> None:
-    await jobstore.set_state(ctx["redis"], step.job_id, JobState.FAILED, message)
+    await records.set_state(ctx["redis"], step.job_id, JobState.FAILED, message)
     log.error("job %s failed: %s", step.job_id, message)

@@ -6,8 +6,8 @@ primary one) and counts total / accepted / rejected per primary reason; the chec
 
 from collections import Counter
 
+from schemas.curation import QualitySettings
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
-from schemas.jobs import QualitySettings
 from workers.curate.quality.checks import (
     CutOffCheck,
     EmptyResponseCheck,

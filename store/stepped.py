@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 
 from schemas.extract import ExtractTask
 from schemas.jobs import JobRecord
-from workers import jobstore, keys
-from workers.extract.store import ExtractStore
+from store import keys, queue
+from store.extraction import ExtractStore
 
 
 def is_stepped(record: JobRecord) -> bool:
@@ -40,5 +40,5 @@ async def requeue(redis: ArqRedis, record: JobRecord) -> int:
     following = ExtractTask(job_id=record.id, step=current.step + 1)
     if await live(redis, current) or await live(redis, following):
         return 0
-    await jobstore.enqueue_steps(redis, record.id, [following])
+    await queue.enqueue_steps(redis, record.id, [following])
     return 1

@@ -1,21 +1,7 @@
 """Where an extraction job keeps its intermediate state: Redis, under the job's own keys, never in Python.
 
-Per job (``X`` = ``skillmix:job:{id}:x``); per-row hashes are bucketed like ``workers.keys`` buckets:
-  X:state              hash    phase, resume position, merge round (what the next step continues from)
-  X:fine:{b}           hash    row -> fine label; "" = reported unlabelled in the label phase
-  X:level:{r}          zset    labels entering merge round r, all score 0 so batches come in name order
-  X:weight:{r}         hash    label -> rows behind it (shown to the merger)
-  X:done:{r}           set     merge batches of round r already applied
-  X:coarse             string  JSON list of the final coarse skills ({name, description})
-  X:map:{b}            hash    row -> coarse skill; "" = reported unlabelled in the map phase
-  X:freq               hash    coarse skill -> rows mapped to it
-  X:ex:{skill}         zset    exemplar text, score = row; only the lowest ``MAX_EXEMPLARS`` rows kept
-  X:unlabelled:{b}     hash    seq -> UnlabelledRow JSON (seq = the job's ``rejected`` counter)
-  X:agnostic           hash    finished model-only steps: "topics", "skills:{topic}", "query_types"
-  X:notes              set     remarks for the job's final message (e.g. "3 of 10 topics")
-
-Every per-row write is a Lua script that sets the row only if unset and counts only then, so a step
-redone after a crash neither double counts nor reports a row twice.
+The key layout is in ``store.keys`` (``X = job:{id}:x``). Every per-row write is a Lua script that sets the row
+only if unset and counts only then, so a step redone after a crash neither double counts nor reports a row twice.
 """
 
 from collections import defaultdict
@@ -24,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 from redis.asyncio import Redis
 
 from schemas.extract import MAX_EXEMPLARS, UnlabelledRow
-from workers import keys
+from store import keys
 
 _LABEL = """
 local n = 0
@@ -83,24 +69,23 @@ class ExtractStore:
 
     def __init__(self, redis: Redis, job_id: str) -> None:
         self.redis, self.job_id = redis, job_id
-        self.x = f"{keys.job(job_id)}:x"
         self.counters = keys.counters(job_id)
 
     def _bucket(self, kind: str, row: int) -> str:
-        return f"{self.x}:{kind}:{row // keys.BUCKET_SIZE}"
+        return keys.extract_bucket(self.job_id, kind, row)
 
     def level(self, r: int) -> str:
-        return f"{self.x}:level:{r}"
+        return keys.extract_level(self.job_id, r)
 
     def weight(self, r: int) -> str:
-        return f"{self.x}:weight:{r}"
+        return keys.extract_weight(self.job_id, r)
 
     def done(self, r: int) -> str:
-        return f"{self.x}:done:{r}"
+        return keys.extract_done(self.job_id, r)
 
     @property
     def state_key(self) -> str:
-        return f"{self.x}:state"
+        return keys.extract_state(self.job_id)
 
     # --- job state ------------------------------------------------------------------------------
 
@@ -112,10 +97,10 @@ class ExtractStore:
         await self.redis.hset(self.state_key, mapping={k: str(v) for k, v in fields.items()})
 
     async def add_note(self, note: str) -> None:
-        await self.redis.sadd(f"{self.x}:notes", note)
+        await self.redis.sadd(keys.extract_notes(self.job_id), note)
 
     async def notes(self) -> list[str]:
-        return sorted(n.decode() for n in await self.redis.smembers(f"{self.x}:notes"))
+        return sorted(n.decode() for n in await self.redis.smembers(keys.extract_notes(self.job_id)))
 
     async def count(self, name: str, value: int = 1) -> None:
         await self.redis.hincrby(self.counters, name, value)
@@ -149,13 +134,10 @@ class ExtractStore:
         grouped: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
         for row, skill, text in mapped:
             grouped[self._bucket("map", row)].append((row, skill, text))
+        freq, exemplars = keys.extract_freq(self.job_id), keys.extract_exemplars_prefix(self.job_id)
         for bucket, triples in grouped.items():
             args = [x for triple in triples for x in triple]
-            done += int(
-                await self.redis.eval(
-                    _MAP, 3, bucket, self.counters, f"{self.x}:freq", f"{self.x}:ex:", MAX_EXEMPLARS, *args
-                )
-            )
+            done += int(await self.redis.eval(_MAP, 3, bucket, self.counters, freq, exemplars, MAX_EXEMPLARS, *args))
         return done
 
     async def report(self, kind: str, unlabelled: Iterable[UnlabelledRow]) -> int:
@@ -166,7 +148,7 @@ class ExtractStore:
             grouped[self._bucket(kind, entry.row)].append(entry)
         for bucket, entries in grouped.items():
             args = [x for e in entries for x in (e.row, e.reason, e.model_dump_json())]
-            prefix = f"{self.x}:unlabelled:"
+            prefix = keys.extract_unlabelled_prefix(self.job_id)
             processed = "1" if kind == "fine" else "0"
             done += int(
                 await self.redis.eval(_REPORT, 2, bucket, self.counters, prefix, keys.BUCKET_SIZE, processed, *args)
@@ -176,7 +158,7 @@ class ExtractStore:
     async def iter_unlabelled(self) -> AsyncIterator[bytes]:
         total = int(await self.redis.hget(self.counters, "rejected") or 0)
         for b in range((total + keys.BUCKET_SIZE - 1) // keys.BUCKET_SIZE):
-            bucket = await self.redis.hgetall(f"{self.x}:unlabelled:{b}")
+            bucket = await self.redis.hgetall(keys.extract_unlabelled_prefix(self.job_id) + str(b))
             for seq in sorted(bucket, key=int):
                 yield bucket[seq]
 
@@ -203,22 +185,23 @@ class ExtractStore:
     # --- results --------------------------------------------------------------------------------
 
     async def set_coarse(self, body: bytes) -> None:
-        await self.redis.set(f"{self.x}:coarse", body, nx=True)
+        await self.redis.set(keys.extract_coarse(self.job_id), body, nx=True)
 
     async def coarse(self) -> bytes | None:
-        raw: bytes | None = await self.redis.get(f"{self.x}:coarse")
+        raw: bytes | None = await self.redis.get(keys.extract_coarse(self.job_id))
         return raw
 
     async def frequencies(self) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in (await self.redis.hgetall(f"{self.x}:freq")).items()}
+        return {k.decode(): int(v) for k, v in (await self.redis.hgetall(keys.extract_freq(self.job_id))).items()}
 
     async def exemplars(self, skill: str) -> list[str]:
-        return [e.decode() for e in await self.redis.zrange(f"{self.x}:ex:{skill}", 0, MAX_EXEMPLARS - 1)]
+        key = keys.extract_exemplars_prefix(self.job_id) + skill
+        return [e.decode() for e in await self.redis.zrange(key, 0, MAX_EXEMPLARS - 1)]
 
     async def agnostic_get(self, field: str) -> bytes | None:
-        raw: bytes | None = await self.redis.hget(f"{self.x}:agnostic", field)
+        raw: bytes | None = await self.redis.hget(keys.extract_agnostic(self.job_id), field)
         return raw
 
     async def agnostic_put(self, field: str, body: bytes) -> bool:
         """True the first time a step's answer is stored (so its progress is counted once)."""
-        return bool(await self.redis.hsetnx(f"{self.x}:agnostic", field, body))
+        return bool(await self.redis.hsetnx(keys.extract_agnostic(self.job_id), field, body))

@@ -11,9 +11,7 @@ from redis.asyncio import Redis
 
 from schemas.errors import BadInput
 from schemas.settings import EndpointSettings, Settings
-from workers.keys import PREFIX
-
-REGISTRY_KEY = f"{PREFIX}:endpoints"
+from store import keys
 
 
 class UnknownEndpoint(BadInput, LookupError):
@@ -21,17 +19,22 @@ class UnknownEndpoint(BadInput, LookupError):
 
 
 async def register(redis: Redis, name: str, endpoint: EndpointSettings) -> None:
-    await redis.hset(REGISTRY_KEY, name, endpoint.model_dump_json())
+    await redis.hset(keys.ENDPOINTS, name, endpoint.model_dump_json())
 
 
 async def unregister(redis: Redis, name: str) -> None:
-    await redis.hdel(REGISTRY_KEY, name)
+    await redis.hdel(keys.ENDPOINTS, name)
+
+
+async def registered(redis: Redis) -> set[str]:
+    """Names of the endpoints registered at run time (the settings' own are in ``settings.endpoints``)."""
+    return {k.decode() for k in await redis.hkeys(keys.ENDPOINTS)}
 
 
 async def find(redis: Redis, settings: Settings, name: str) -> EndpointSettings | None:
     if name in settings.endpoints:
         return settings.endpoints[name]
-    raw = await redis.hget(REGISTRY_KEY, name)
+    raw = await redis.hget(keys.ENDPOINTS, name)
     return None if raw is None else EndpointSettings.model_validate_json(raw)
 
 
@@ -39,7 +42,7 @@ async def resolve(redis: Redis, settings: Settings, name: str, field: str = "end
     """The endpoint called ``name``; ``UnknownEndpoint`` naming ``field`` (where the name came from) if none."""
     found = await find(redis, settings, name)
     if found is None:
-        known = sorted(set(settings.endpoints) | {k.decode() for k in await redis.hkeys(REGISTRY_KEY)})
+        known = sorted(set(settings.endpoints) | await registered(redis))
         raise UnknownEndpoint(
             f"unknown endpoint {name!r}; known: {', '.join(known) or 'none'}. Configure it with "
             f"SKILLMIX_ENDPOINTS__{name.upper()}__BASE_URL and __MODEL, or start `skillmix local-llm`.",

@@ -11,7 +11,7 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from schemas.examples import Example
-from workers import keys
+from store import keys
 
 Kind = Literal["accepted", "rejected"]
 COUNTER_FOR: dict[Kind, str] = {"accepted": "accepted", "rejected": "rejected"}

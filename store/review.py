@@ -22,8 +22,7 @@ from schemas.examples import Example, extras_of
 from schemas.jobs import MathExtras
 from schemas.recipes import has_review_queue
 from schemas.review import FieldChange, ReviewConflict, ReviewItem, ReviewState, ReviewVersion
-from workers import jobstore, keys
-from workers.curate import store
+from store import examples, keys, records
 
 # KEYS: review hash, order zset, log list. ARGV: item id, index, item JSON, log entry JSON.
 _CREATE = """
@@ -83,7 +82,7 @@ async def recipe_of(redis: Redis, job_id: str) -> str | None:
     cached = await redis.hget(keys.REVIEW_RECIPES, job_id)
     if cached is not None:
         return cached.decode() if isinstance(cached, bytes) else str(cached)
-    record = await jobstore.load_record(redis, job_id)
+    record = await records.load_record(redis, job_id)
     if record is None:
         return None
     await redis.hset(keys.REVIEW_RECIPES, job_id, record.spec.recipe)
@@ -115,7 +114,7 @@ async def seed(redis: Redis, job_id: str) -> int:
     """Give every accepted example not yet in the queue a ``needs_review`` item; returns how many are new.
     Idempotent and safe to run from many API processes at once (an item is created only if absent)."""
     seeded = int(await redis.get(keys.review_seeded(job_id)) or 0)
-    total = await store.count(redis, job_id, "accepted")
+    total = await examples.count(redis, job_id, "accepted")
     if seeded >= total:
         return 0
     created = 0
@@ -296,7 +295,7 @@ async def iter_reviewed(redis: Redis, job_id: str, states: frozenset[str] | None
                 out.append(e if item is None else reviewed(e, item))
         return out
 
-    async for e in store.iter_examples(redis, job_id, "accepted"):
+    async for e in examples.iter_examples(redis, job_id, "accepted"):
         batch.append(e)
         if len(batch) >= keys.BUCKET_SIZE:
             for kept in await flush():
@@ -310,5 +309,5 @@ async def iter_reviewed(redis: Redis, job_id: str, states: frozenset[str] | None
 async def count_reviewed(redis: Redis, job_id: str, states: frozenset[str] | None) -> int:
     await seed(redis, job_id)
     if states is None:
-        return await store.count(redis, job_id, "accepted")
+        return await examples.count(redis, job_id, "accepted")
     return sum(ReviewItem.model_validate_json(v).state in states for v in await redis.hvals(keys.review(job_id)))

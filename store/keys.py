@@ -4,13 +4,13 @@ Per job (``{id}`` is the job id):
   job:{id}                 string  JobRecord JSON (immutable after submit)
   job:{id}:meta            hash    state, message, updated_at
   job:{id}:counters        hash    JobCounters fields plus ``rejected:<reason>`` fields
-  job:{id}:budget          hash    max_cost_micro_usd, max_tokens: the spending cap in force (``workers.budget``)
+  job:{id}:budget          hash    max_cost_micro_usd, max_tokens: the spending cap in force (``store.budget``)
   job:{id}:items           stream  GeneratedItem JSON, consumed by the ``curate`` group
   job:{id}:generated       set     item indexes already generated (a retried chunk skips them)
   job:{id}:plans           hash    "start-stop" -> ms: item ranges planned but not yet enqueued
   job:{id}:ranges          list    "start-stop" of every range ever planned (the watchdog's map of chunks)
   job:{id}:redrives        hash    arq chunk id -> "times:generated" (chunks the watchdog enqueued again)
-  job:{id}:vtime           string  queue score (ms) of the job's last enqueued chunk (fair share, ``jobstore``)
+  job:{id}:vtime           string  queue score (ms) of the job's last enqueued chunk (fair share, ``store.records``)
   job:{id}:decisions       hash    item index -> "a:<seq>" / "r:<seq>:<reason>[:<dup_of>]" (idempotent curation)
   job:{id}:exact           hash    normalised-text hash -> example id of kept instructions
   job:{id}:lsh:{band}      hash    band hash -> example id (MinHash LSH buckets)
@@ -19,7 +19,7 @@ Per job (``{id}`` is the job id):
   job:{id}:emb:log         list    example ids of ``emb`` in the order they were kept
   job:{id}:accepted:{b}    hash    seq -> Example JSON, 1,000 per bucket (no giant key)
   job:{id}:rejected:{b}    hash    seq -> Example JSON
-  job:{id}:review          hash    example id -> ReviewItem JSON (math review queue; ``workers.review.store``)
+  job:{id}:review          hash    example id -> ReviewItem JSON (math review queue; ``store.review``)
   job:{id}:review:order    zset    example id by example index (the queue's stable order)
   job:{id}:review:seeded   string  accepted examples (by seq) already given a review item
   job:{id}:review:{ex}:log list    ReviewVersion JSON, one per change of item ``ex``
@@ -28,14 +28,42 @@ Per job (``{id}`` is the job id):
                                    TTL, dropped when the unit or the job ends)
   job:{id}:replay          hash    bytes / refused / "chunk:{start}" -> bytes: the job's replay cache size
 
+Per extraction job (``X`` = ``job:{id}:x``; ``store.extraction``); per-row hashes are bucketed like ``bucket``:
+  X:state                  hash    phase, resume position, merge round (what the next step continues from)
+  X:fine:{b}               hash    row -> fine label; "" = reported unlabelled in the label phase
+  X:level:{r}              zset    labels entering merge round r, all score 0 so batches come in name order
+  X:weight:{r}             hash    label -> rows behind it (shown to the merger)
+  X:done:{r}               set     merge batches of round r already applied
+  X:coarse                 string  JSON list of the final coarse skills ({name, description})
+  X:map:{b}                hash    row -> coarse skill; "" = reported unlabelled in the map phase
+  X:freq                   hash    coarse skill -> rows mapped to it
+  X:ex:{skill}             zset    exemplar text, score = row; only the lowest ``MAX_EXEMPLARS`` rows kept
+  X:unlabelled:{b}         hash    seq -> UnlabelledRow JSON (seq = the job's ``rejected`` counter)
+  X:agnostic               hash    finished model-only steps: "topics", "skills:{topic}", "query_types"
+  X:notes                  set     remarks for the job's final message (e.g. "3 of 10 topics")
+
 Fleet-wide (see ``workers.liveness``):
+  jobs                     zset    job id -> created timestamp
+  jobs:active              set     job ids whose stream may hold work
+  queue                    zset    arq's queue: arq job id -> score (ms; fair share, ``store.queue``)
+  endpoints                hash    name -> EndpointSettings JSON: endpoints registered at run time
+  skillset:{name}          hash    version -> SkillSet JSON; ``skillsets`` is the set of names
+  skillset:{ref}:invalid-pairs  set  "a|b" pairs the math recipe found invalid in that skill set version
+  limit:{ep}:tat|cool|set|learned  the fleet limiter's state and limits of endpoint ep (``store.limits``)
+  review:recipes           hash    job id -> recipe (which jobs have a review queue)
   worker:{wid}             string  a worker process's heartbeat; expires when it stops beating
   running                  hash    arq job id -> id of the worker running it
   watchdog                 hash    job id -> "progress fingerprint|since ms" (see ``workers.watchdog``)
-  stats                    hash    "<metric>|<endpoint>" -> ever-growing number (HINCRBYFLOAT; ``workers.stats``)
-  gauges                   hash    "<metric>|<endpoint>" -> current value (``workers.stats``); both go to /metrics
+  stats                    hash    "<metric>|<endpoint>" -> ever-growing number (HINCRBYFLOAT; ``store.stats``)
+  gauges                   hash    "<metric>|<endpoint>" -> current value (``store.stats``); both go to /metrics
   adaptive:{ep}:state      hash    limit (float), baseline, recent (s), baseline_ms, cut_ms: AIMD state of endpoint ep
   adaptive:{ep}:leases     zset    lease id -> expiry ms (Redis TIME): attempts in flight (``workers.llm.adaptive``)
+
+arq job ids, one per ``Step`` of the one arq function ``STEP_FUNCTION`` (arq keeps ``arq:job:<id>``,
+``arq:in-progress:<id>`` ... under them):
+  chunk:{id}:{start}-{stop}   a chunk of a job's items (``schemas.jobs.ChunkTask.arq_id``; ``chunk_id`` here)
+  extract:{id}:{step}         a step of an extraction job (``schemas.extract.ExtractTask.arq_id``)
+  help:{id}:{suggestion}      a review-help request on a job's item (``schemas.review.HelpTask.arq_id``)
 """
 
 PREFIX = "skillmix"
@@ -45,6 +73,7 @@ CURATE_GROUP = "curate"
 JOBS_INDEX = f"{PREFIX}:jobs"  # zset: job id -> created timestamp
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids whose stream may hold work
 SKILL_SETS_INDEX = f"{PREFIX}:skillsets"  # set of skill set names
+ENDPOINTS = f"{PREFIX}:endpoints"  # hash: name -> EndpointSettings JSON (``store.endpoints``, run-time registry)
 RUNNING = f"{PREFIX}:running"  # hash: arq job id -> worker id
 REDRIVE_LOCK = f"{PREFIX}:redrive-lock"  # string: the worker re-enqueueing stale plans this interval
 WATCHDOG = f"{PREFIX}:watchdog"  # hash: job id -> "fingerprint|since_ms"
@@ -126,7 +155,10 @@ def bucket(job_id: str, kind: str, seq: int) -> str:
     return f"{bucket_prefix(job_id, kind)}{seq // BUCKET_SIZE}"
 
 
-LIMITER_CHANNEL = f"{PREFIX}:limit:signals"  # pub/sub: "<endpoint> <ms>" (429 cool-down), "<endpoint> limits"
+def limiter_channel(db: int) -> str:
+    """pub/sub: "<endpoint> <ms>" (429 cool-down), "<endpoint> limits". Channels are server-wide while keys are
+    per database, so the name carries the database: two fleets (or test runs) on one server never pause each other."""
+    return f"{PREFIX}:limit:signals:{db}"
 
 
 def limiter_tat(endpoint: str) -> str:
@@ -198,3 +230,81 @@ def adaptive_state(endpoint: str) -> str:
 def adaptive_leases(endpoint: str) -> str:
     """zset: one member per HTTP attempt in flight, scored by its expiry (ms), so a killed worker's expire."""
     return f"{PREFIX}:adaptive:{endpoint}:leases"
+
+
+def chunk_id(job_id: str, start: int, stop: int) -> str:
+    """The arq job id of the chunk ``[start, stop)``: deterministic, so enqueueing it twice runs it once."""
+    return f"{chunk_id_prefix(job_id)}{start}-{stop}"
+
+
+def chunk_id_prefix(job_id: str) -> str:
+    """What every arq id of the job's chunks starts with (the watchdog finds a job's running chunks by it)."""
+    return f"{PREFIX}:chunk:{job_id}:"
+
+
+def extract_step_id(job_id: str, step: int) -> str:
+    """The arq job id of an extraction job's step ``step``."""
+    return f"{PREFIX}:extract:{job_id}:{step}"
+
+
+def help_id(job_id: str, suggestion_id: str) -> str:
+    """The arq job id of a review-help request on one of the job's items."""
+    return f"{PREFIX}:help:{job_id}:{suggestion_id}"
+
+
+def job_of_step(arq_id: str) -> str | None:
+    """The job id in a step's arq id (``skillmix:{kind}:{job}:...``, the three above), None for another id."""
+    parts = arq_id.split(":")
+    return parts[2] if len(parts) > 3 and parts[0] == PREFIX else None
+
+
+def extract(job_id: str) -> str:
+    """The prefix of an extraction job's keys (``X`` in the layout above)."""
+    return f"{job(job_id)}:x"
+
+
+def extract_bucket(job_id: str, kind: str, row: int) -> str:
+    """hash of ``kind`` ("fine", "map") holding ``row``, bucketed like ``bucket``."""
+    return f"{extract(job_id)}:{kind}:{row // BUCKET_SIZE}"
+
+
+def extract_state(job_id: str) -> str:
+    return f"{extract(job_id)}:state"
+
+
+def extract_level(job_id: str, r: int) -> str:
+    return f"{extract(job_id)}:level:{r}"
+
+
+def extract_weight(job_id: str, r: int) -> str:
+    return f"{extract(job_id)}:weight:{r}"
+
+
+def extract_done(job_id: str, r: int) -> str:
+    return f"{extract(job_id)}:done:{r}"
+
+
+def extract_coarse(job_id: str) -> str:
+    return f"{extract(job_id)}:coarse"
+
+
+def extract_freq(job_id: str) -> str:
+    return f"{extract(job_id)}:freq"
+
+
+def extract_exemplars_prefix(job_id: str) -> str:
+    """``+ skill``: the zset of a coarse skill's exemplars (the map script appends the skill itself)."""
+    return f"{extract(job_id)}:ex:"
+
+
+def extract_unlabelled_prefix(job_id: str) -> str:
+    """``+ bucket``: a hash of unlabelled-row reports (the report script appends the bucket itself)."""
+    return f"{extract(job_id)}:unlabelled:"
+
+
+def extract_agnostic(job_id: str) -> str:
+    return f"{extract(job_id)}:agnostic"
+
+
+def extract_notes(job_id: str) -> str:
+    return f"{extract(job_id)}:notes"

@@ -15,7 +15,7 @@ from workers.budget import prices_for
 from workers.generate import metered
 from workers.llm.client import ChatClient
 from workers.llm.replay import Recorder, ReplayCache, ReplayClient
-from workers.runner.resources import Resources
+from workers.unit import Resources
 
 
 async def job_llm(

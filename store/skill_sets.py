@@ -4,7 +4,7 @@ import orjson
 from redis.asyncio import Redis
 
 from schemas.skills import SkillSet, SkillSetCreate
-from workers import keys
+from store import keys
 
 # Next version = HLEN + 1, taken and written in one step so concurrent saves get distinct versions.
 _SAVE = """

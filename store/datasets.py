@@ -1,9 +1,10 @@
 """The one dataset file reader: JSONL line by line, a JSON array element by element, Parquet batch by batch;
 never the whole file in memory.
 
-Extraction's seed rows (``workers.extract.reader``) and a curate job's rows (``workers.curate.source``) read
-their files here; each adds only what its rows mean (seed text and MATH fields; Alpaca and chat pairs) and
-its submit-time check (``inspect``, ``survey``). A resumed read seeks to where its first row starts: a
+The data dir's files are the store's, like its Redis keys. Extraction's seed rows (``workers.extract.reader``)
+and a curate job's rows (``workers.curate.source``) read their files here; each adds only what its rows mean
+(seed text and MATH fields; Alpaca and chat pairs), and the API's submit-time checks (``store.survey``:
+``inspect``, ``survey``) read them here too. A resumed read seeks to where its first row starts: a
 byte offset for JSONL and JSON, a row index for Parquet.
 """
 

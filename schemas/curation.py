@@ -1,0 +1,119 @@
+"""How a job's output is curated: dedup, the quality checks and the optional LLM judge (``workers.curate``).
+
+Its own module so ``schemas.jobs`` and ``schemas.extract`` both use it without importing each other.
+"""
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from schemas.base import StrictModel
+
+
+class DedupSettings(StrictModel):
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(default=0.7, ge=0.1, le=1.0, description="Jaccard similarity of instructions")
+    num_perm: int = Field(default=128, ge=16, le=512)
+    semantic: bool = Field(
+        default=False,
+        description="also reject paraphrases (embedding similarity); workers need the [embed] extra, else skipped",
+    )
+    semantic_threshold: float = Field(
+        default=0.85, ge=0.5, le=1.0, description="cosine similarity of instruction embeddings (all-MiniLM-L6-v2)"
+    )
+
+
+class JudgeSettings(StrictModel):
+    """An LLM judge (``workers/curate/judge.py``) grading each generated pair against the rubric of the
+    paper's critique turn (papers.md §A): specific, uses all its skills, answers what was asked, correct,
+    complete without padding, not unjustifiably brief. Its calls count in the job's usage."""
+
+    endpoint: str | None = Field(
+        default=None, description="endpoint name of the judge; the job's own endpoint when absent"
+    )
+    min_score: int = Field(
+        default=3, ge=1, le=5, description="every criterion must score at least this (1-5), and the verdict pass"
+    )
+    max_tokens: int = Field(default=512, ge=64, le=8192, description="of the judge's answer")
+
+
+class QualitySettings(StrictModel):
+    """Which checks run (``checks``, in order; the error and cut-off checks always run) and their
+    thresholds. ``enabled: false`` turns every optional check off."""
+
+    enabled: bool = True
+    # Optional checks to run, in this order: the first reason found is the primary one.
+    checks: list[
+        Literal[
+            "empty_response",
+            "refusal",
+            "placeholder",
+            "incomplete",
+            "restates_instruction",
+            "low_novelty",
+            "repetitive",
+            "too_short",
+            "generic_filler",
+            "off_topic",
+            "vague",
+            "one_paragraph",
+            "too_brief",
+            "ignores_skills",
+            "judge",
+        ]
+    ] = Field(
+        default=[
+            "empty_response",
+            "refusal",
+            "restates_instruction",
+            "repetitive",
+            "placeholder",
+            "incomplete",
+            "low_novelty",
+            "too_short",
+            "generic_filler",
+            "off_topic",
+            "vague",
+            "one_paragraph",
+            "too_brief",
+            "ignores_skills",
+        ],
+        description="optional checks to run, in order (the first reason found is the primary one)",
+    )
+    min_response_words: int = Field(default=40, ge=0)
+    min_instruction_words: int = Field(default=5, ge=0)
+    max_restate_similarity: float = Field(default=0.8, gt=0, le=1.0)
+    min_topic_overlap: float = Field(
+        default=0.25, ge=0, le=1.0, description="off_topic: share of the instruction's content words the response uses"
+    )
+    min_novelty: float = Field(
+        default=0.35, ge=0, le=1.0, description="low_novelty: share of the response's content words not in the request"
+    )
+    max_vagueness: float = Field(
+        default=2.5, gt=0, description="vague: filler-to-specifics score above which a response is vague"
+    )
+    brevity_ratio: float = Field(
+        default=0.35, ge=0, le=1.0, description="too_brief: below this share of the job's median response length"
+    )
+    brevity_min_items: int = Field(
+        default=20, ge=1, description="too_brief: responses seen before the job's median is trusted"
+    )
+    paragraph_max_words: int = Field(
+        default=200, ge=0, description="one_paragraph: a single unstructured paragraph shorter than this"
+    )
+    substantial_instruction_words: int = Field(
+        default=20, ge=0, description="one_paragraph, too_brief, off_topic: only for instructions this long"
+    )
+    judge: JudgeSettings | None = Field(
+        default=None,
+        description="LLM judge (off by default); its verdict is checked after the listed checks unless "
+        "'judge' is placed in checks",
+    )
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, checks: list[str]) -> list[str]:
+        if len(set(checks)) != len(checks):
+            raise ValueError("each check may be listed once")
+        return checks

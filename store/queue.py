@@ -1,0 +1,172 @@
+"""Planning a job's chunks, enqueueing every unit of work (``Step``) for the runner's one arq function
+(``keys.STEP_FUNCTION``), and the fair-share scores that interleave jobs in the one queue."""
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
+
+from schemas.jobs import ChunkTask, JobCounters, JobRecord, Step
+from store import keys
+from store.clock import redis_now_ms
+from store.records import load_record
+
+# Raise ``planned`` from an expected value; only one of many racing workers wins a top-up. The new range is
+# recorded as pending until its chunks are enqueued, so a process that dies in between loses nothing.
+_PLAN = """
+local cur = redis.call('HGET', KEYS[2], 'state')
+if cur ~= 'queued' and cur ~= 'running' then return -1 end
+local planned = tonumber(redis.call('HGET', KEYS[1], 'planned') or '0')
+if planned ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'planned', ARGV[2])
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[3], ARGV[1] .. '-' .. ARGV[2], t[1] * 1000 + math.floor(t[2] / 1000))
+redis.call('RPUSH', KEYS[4], ARGV[1] .. '-' .. ARGV[2])
+return planned
+"""
+
+
+def top_up_size(record: JobRecord, counters: JobCounters) -> int:
+    """How many more items to plan so the expected accepted count reaches the target.
+
+    Waits for the in-flight items unless enough have been curated to trust the acceptance rate, so a job
+    overshoots its count by little and pays for few surplus calls.
+    """
+    spec = record.spec
+    outstanding = counters.planned - counters.processed
+    missing = spec.count - counters.accepted
+    if missing <= 0 or counters.planned >= spec.item_budget:
+        return 0
+    if counters.processed < 16 and outstanding > 0:
+        return 0
+    rate = counters.accepted / counters.processed if counters.processed else 1.0
+    rate = max(rate, 0.05)
+    expected = outstanding * rate
+    if outstanding > 0 and expected >= missing:
+        return 0
+    want = min(math.ceil((missing - expected) / rate * 1.1), spec.item_budget - counters.planned)
+    if outstanding > 0 and want < record.chunk_size // 2:
+        return 0  # wait and top up in chunk-sized steps rather than item by item
+    return max(1, want)
+
+
+async def plan(redis: ArqRedis, record: JobRecord, expected_planned: int, new_planned: int) -> bool:
+    """Atomically move ``planned`` and enqueue the new items' chunks; False if another worker won."""
+    start = await redis.eval(
+        _PLAN,
+        4,
+        keys.counters(record.id),
+        keys.meta(record.id),
+        keys.pending_plans(record.id),
+        keys.ranges(record.id),
+        expected_planned,
+        new_planned,
+    )
+    if int(start) < 0:
+        return False
+    await enqueue_planned(redis, record, expected_planned, new_planned)
+    return True
+
+
+async def enqueue_planned(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:
+    """Enqueue a pending range's chunks, then mark the range done (repeating this is harmless)."""
+    await enqueue_range(redis, record, start, stop)
+    await redis.hdel(keys.pending_plans(record.id), f"{start}-{stop}")
+
+
+async def redrive(redis: ArqRedis, stale_ms: int) -> int:
+    """Enqueue ranges left pending longer than ``stale_ms`` by a process that died; returns how many."""
+    now_ms = await redis_now_ms(redis)
+    redriven = 0
+    for raw_id in await redis.smembers(keys.ACTIVE_JOBS):
+        job_id = raw_id.decode()
+        pending = await redis.hgetall(keys.pending_plans(job_id))
+        stale = [field.decode() for field, at in pending.items() if now_ms - int(at) >= stale_ms]
+        record = await load_record(redis, job_id) if stale else None
+        if record is None:
+            continue
+        for field in stale:
+            start, stop = (int(n) for n in field.split("-"))
+            await enqueue_planned(redis, record, start, stop)
+            redriven += 1
+    return redriven
+
+
+def chunks(record: JobRecord, start: int, stop: int) -> list[ChunkTask]:
+    """The chunks a planned range is cut into: the same on every process, so their arq ids are too."""
+    size = record.chunk_size
+    return [ChunkTask(job_id=record.id, start=lo, stop=min(lo + size, stop)) for lo in range(start, stop, size)]
+
+
+async def planned_ranges(redis: Redis, job_id: str) -> list[tuple[int, int]]:
+    """Every item range ever planned for the job, in order (they tile ``[0, planned)``)."""
+    return [_range(raw.decode()) for raw in await redis.lrange(keys.ranges(job_id), 0, -1)]
+
+
+def _range(field: str) -> tuple[int, int]:
+    start, stop = field.split("-")
+    return int(start), int(stop)
+
+
+async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: int) -> None:
+    """Chunks get deterministic arq ids, so enqueueing the same range twice runs it once."""
+    await enqueue_steps(redis, record.id, chunks(record, start, stop))
+
+
+async def enqueue_steps(redis: ArqRedis, job_id: str, steps: Sequence[Step]) -> None:
+    """The one way a unit of work enters the queue: as a ``Step`` for the runner's one arq function, under its
+    deterministic id. Queue scores come from ``fair_start``, so jobs interleave instead of queueing behind
+    each other, whatever their kind."""
+    first = await fair_start(redis, job_id, len(steps))
+    expires = timedelta(milliseconds=redis.expires_extra_ms)  # from now, whatever the (past) score
+    for k, step in enumerate(steps):
+        await redis.enqueue_job(
+            keys.STEP_FUNCTION,
+            step.model_dump(),
+            _job_id=step.arq_id,
+            _queue_name=keys.QUEUE_NAME,
+            _defer_until=datetime.fromtimestamp((first + k) / 1000, UTC),
+            _expires=expires,
+        )
+
+
+# Reserve ``n`` consecutive scores for a job's new chunks: from the queue's head (ARGV[1]) or right after the
+# job's own last chunk, whichever is later, so a job's top-ups queue behind its own backlog.
+_FAIR_RESERVE = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local first = math.max(tonumber(ARGV[1]), last + 1)
+redis.call('SET', KEYS[1], string.format('%.0f', first + tonumber(ARGV[2]) - 1))
+return string.format('%.0f', first)
+"""
+
+
+FAIR_SCAN = 256  # queue entries looked at for the head (more than the fleet runs at once is plenty)
+
+
+async def fair_start(redis: Redis, job_id: str, n: int) -> int:
+    """The queue score (ms) of the first of a job's ``n`` new chunks; chunk k gets this + k.
+
+    arq runs the lowest ready score first, and a score in the past is ready at once. A new job starts at the
+    queue's head (the lowest score of a chunk no worker runs yet; now if none is waiting), so its chunks
+    interleave 1:1 with every other job's backlog instead of waiting behind all of it: a small job submitted
+    during an overnight run starts within a chunk or two, and three jobs share 1:1:1.
+    """
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)  # arq's own clock for readiness: this process's
+    head = now_ms
+    entries = await redis.zrange(keys.QUEUE_NAME, 0, FAIR_SCAN - 1, withscores=True)
+    waiting = [(member, int(score)) for member, score in entries if score < now_ms]
+    if waiting:  # arq keeps a chunk in its queue while a worker runs it: skip those
+        async with redis.pipeline(transaction=False) as pipe:
+            for member, _ in waiting:
+                pipe.exists(in_progress_key_prefix + member.decode())
+            running = await pipe.execute()
+        idle = [score for (_, score), busy in zip(waiting, running, strict=True) if not busy]
+        if idle:
+            head = idle[0]
+        elif len(waiting) == FAIR_SCAN:  # the fleet runs more than we looked at: the head is further on
+            head = waiting[-1][1]
+    return int(await redis.eval(_FAIR_RESERVE, 1, keys.vtime(job_id), head, n))
+
