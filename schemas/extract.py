@@ -134,18 +134,6 @@ class ExtractDatasetSpec(_ExtractSpecBase):
         return self.rows
 
 
-class ExtractTask(StrictModel):
-    """Step unit of an extraction job: one time-boxed step; each step enqueues the next."""
-
-    kind: Literal["extract"] = "extract"
-    job_id: str
-    step: int = Field(ge=0)
-
-    @property
-    def arq_id(self) -> str:
-        return f"skillmix:extract:{self.job_id}:{self.step}"
-
-
 class UnlabelledRow(StrictModel):
     """A seed row that ended without a coarse skill, and why (never silently dropped)."""
 

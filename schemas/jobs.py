@@ -13,7 +13,7 @@ from schemas.curation import DedupSettings, QualitySettings
 from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.evaluation import EvalQuestion, EvalResult
 from schemas.examples import RawKey
-from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
+from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.llm import ChatMessage
 from schemas.math import MathHistory
 from schemas.params import GenerationParams as GenerationParams  # re-exported: specs name them here
@@ -438,6 +438,19 @@ class ChunkTask(StrictModel):
         return f"skillmix:chunk:{self.job_id}:{self.start}-{self.stop}"
 
 
+class PhaseTask(StrictModel):
+    """Step unit of a stepped job (``RecipeSpec.stepped``): one time-boxed phase step, run by the job's recipe
+    (``workers.unit.register_units``); each step enqueues the next."""
+
+    kind: Literal["phase"] = "phase"
+    job_id: str
+    step: int = Field(ge=0)
+
+    @property
+    def arq_id(self) -> str:
+        return f"skillmix:phase:{self.job_id}:{self.step}"
+
+
 def needs_endpoint(record: JobRecord) -> bool:
     """Whether the job calls an LLM: a curate job without a judge reads its rows and calls nothing, so it runs
     with no endpoint configured (``workers.recipes.NO_ENDPOINT``, ``NoLLM``)."""
@@ -445,7 +458,7 @@ def needs_endpoint(record: JobRecord) -> bool:
     return not (isinstance(spec, CurateJobSpec) and (spec.quality.judge is None or not spec.quality.enabled))
 
 
-Step = Annotated[ChunkTask | ExtractTask | HelpTask, Field(discriminator="kind")]
+Step = Annotated[ChunkTask | PhaseTask | HelpTask, Field(discriminator="kind")]
 """The one queue payload (``workers.runner``): one unit of a job, whatever its recipe. Its ``arq_id`` is
 deterministic and under the ``skillmix:`` prefix, so enqueueing the same unit twice runs it once."""
-STEP: TypeAdapter[ChunkTask | ExtractTask | HelpTask] = TypeAdapter(Step)
+STEP: TypeAdapter[ChunkTask | PhaseTask | HelpTask] = TypeAdapter(Step)

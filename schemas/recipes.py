@@ -70,7 +70,7 @@ class RecipeSpec(StrictModel):
     counts_shortfall: ClassVar[bool] = True
     # Accepted examples wait in a review queue; exports read the reviewed versions.
     has_review_queue: ClassVar[bool] = False
-    # Run as a chain of phase steps (``workers.runner.stepped``) instead of item chunks.
+    # Run as a chain of phase steps (``store.stepped``, ``schemas.jobs.PhaseTask``) instead of item chunks.
     stepped: ClassVar[bool] = False
     # Items come from rows already at hand and go through the batched curate path (no per-item model calls).
     batched_curation: ClassVar[bool] = False

@@ -11,8 +11,7 @@ import contextlib
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
-from schemas.jobs import JobBudget, JobRecord, JobState, JobStatus
+from schemas.jobs import JobBudget, JobRecord, JobState, JobStatus, PhaseTask
 from schemas.llm import Usage
 from schemas.review import HelpKind, HelpTask
 from store import budget, keys, lifecycle, queue, records, stepped
@@ -22,10 +21,10 @@ __all__ = ["BudgetExhausted", "NotPaused", "ask_for_help", "cancel", "create", "
 
 
 async def create(redis: Redis, record: JobRecord) -> int:
-    """Store the job with its first items planned; returns how many (an extraction plans all its rows, or
-    model-only steps, up front and is queued step by step instead)."""
+    """Store the job with its first items planned; returns how many (a stepped job, e.g. an extraction, plans
+    all its items up front and is queued step by step instead)."""
     spec = record.spec
-    if isinstance(spec, ExtractDatasetSpec | ExtractAgnosticSpec):
+    if spec.stepped:
         await records.create_job(redis, record)
         await redis.hset(keys.counters(record.id), "planned", spec.count)
         return 0
@@ -35,10 +34,10 @@ async def create(redis: Redis, record: JobRecord) -> int:
 
 
 async def submit(redis: ArqRedis, record: JobRecord) -> JobStatus:
-    """Store the job and queue its first work: its first chunks, or an extraction's first step."""
+    """Store the job and queue its first work: its first chunks, or a stepped job's first phase step."""
     first = await create(redis, record)
     if stepped.is_stepped(record):
-        await queue.enqueue_steps(redis, record.id, [ExtractTask(job_id=record.id, step=0)])
+        await queue.enqueue_steps(redis, record.id, [PhaseTask(job_id=record.id, step=0)])
     else:
         await queue.enqueue_planned(redis, record, 0, first)
     status = await records.get_status(redis, record.id)

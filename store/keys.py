@@ -27,6 +27,7 @@ Per job (``{id}`` is the job id):
                                    or for a unit ``extract`` / ``help-{suggestion}`` (``workers.llm.replay``;
                                    TTL, dropped when the unit or the job ends)
   job:{id}:replay          hash    bytes / refused / "chunk:{start}" -> bytes: the job's replay cache size
+  job:{id}:step            string  a stepped job's last started phase step (``store.stepped``; the runner sets it)
 
 Per extraction job (``X`` = ``job:{id}:x``; ``store.extraction``); per-row hashes are bucketed like ``bucket``:
   X:state                  hash    phase, resume position, merge round (what the next step continues from)
@@ -62,7 +63,7 @@ Fleet-wide (see ``workers.liveness``):
 arq job ids, one per ``Step`` of the one arq function ``STEP_FUNCTION`` (arq keeps ``arq:job:<id>``,
 ``arq:in-progress:<id>`` ... under them):
   chunk:{id}:{start}-{stop}   a chunk of a job's items (``schemas.jobs.ChunkTask.arq_id``; ``chunk_id`` here)
-  extract:{id}:{step}         a step of an extraction job (``schemas.extract.ExtractTask.arq_id``)
+  phase:{id}:{step}           a phase step of a stepped job, e.g. extraction (``schemas.jobs.PhaseTask.arq_id``)
   help:{id}:{suggestion}      a review-help request on a job's item (``schemas.review.HelpTask.arq_id``)
 """
 
@@ -191,6 +192,11 @@ def invalid_pairs(skill_set_ref: str) -> str:
     return f"{PREFIX}:skillset:{skill_set_ref}:invalid-pairs"
 
 
+def step(job_id: str) -> str:
+    """string: a stepped job's last started phase step (``store.stepped``)."""
+    return f"{job(job_id)}:step"
+
+
 def replay(job_id: str, start: int | str) -> str:
     return f"{job(job_id)}:replay:{start}"
 
@@ -242,9 +248,9 @@ def chunk_id_prefix(job_id: str) -> str:
     return f"{PREFIX}:chunk:{job_id}:"
 
 
-def extract_step_id(job_id: str, step: int) -> str:
-    """The arq job id of an extraction job's step ``step``."""
-    return f"{PREFIX}:extract:{job_id}:{step}"
+def phase_id(job_id: str, step: int) -> str:
+    """The arq job id of a stepped job's phase step ``step``."""
+    return f"{PREFIX}:phase:{job_id}:{step}"
 
 
 def help_id(job_id: str, suggestion_id: str) -> str:

@@ -14,9 +14,8 @@ import httpx
 import redis as sync_redis
 from arq.connections import ArqRedis
 
-from schemas.jobs import JobState
-from store import keys, records
-from store.extraction import ExtractStore
+from schemas.jobs import JobState, PhaseTask
+from store import keys, records, stepped
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.extract.helpers import settings_for, start_job, write_jsonl
 from tests.test_end_to_end import finished, submit, wait_for
@@ -205,8 +204,8 @@ async def test_the_watchdog_reruns_a_lost_extraction_step_and_fails_the_job_afte
     write_jsonl(tmp_path / "seed.jsonl", 20)
     settings = settings_for(tmp_path, await fake_llm.astart())
     record = await start_job(redis, settings, {"recipe": "extract-from-dataset", "skill_set_name": "w"} | SOURCE)
-    await ExtractStore(redis, record.id).set_state(step=3)  # step 3 started, then arq lost it
-    step = f"skillmix:extract:{record.id}:3"
+    await stepped.mark_started(redis, PhaseTask(job_id=record.id, step=3))  # step 3 started, then arq lost it
+    step = f"skillmix:phase:{record.id}:3"
     watchdog = Watchdog(redis, stall_ms=0)
     await watchdog.run_once()  # the first look only starts the stall clock
     for _ in range(MAX_REDRIVES):
@@ -218,4 +217,4 @@ async def test_the_watchdog_reruns_a_lost_extraction_step_and_fails_the_job_afte
     assert report.failed == 1, report
     status = await records.get_status(redis, record.id)
     assert status is not None and status.state == JobState.FAILED
-    assert f"extract {step} made no progress in {MAX_REDRIVES} reruns" in status.message
+    assert f"phase {step} made no progress in {MAX_REDRIVES} reruns" in status.message

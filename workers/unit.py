@@ -1,12 +1,14 @@
-"""The runner's contract with a unit of work (a chunk, an extraction step, a review-help request): what a unit
-finds in arq's ``ctx["resources"]``, and what it may tell the runner (``workers.runner.step`` maps each to one
-outcome for every kind).
+"""The runner's contract with a unit of work (a chunk, a phase step, a help request): what a unit finds in arq's
+``ctx["resources"]``, what it may tell the runner (``workers.runner.step`` maps each to one outcome for every
+kind), and the registry of the units a recipe implements itself (``register_units``).
 
-It sits below both: the runner imports the units, and the units import this (and ``workers.meter``), never
-the runner, so the layering has no cycle (the import-linter contracts in ``pyproject.toml``).
+It sits below both: the runner imports this and the item-chunk unit; a recipe's module registers its phase
+and help units here when imported (the worker imports the built-ins), and never imports the runner, so the
+runner names no recipe and the layering has no cycle (the import-linter contracts in ``pyproject.toml``).
 """
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
 
 from arq.connections import ArqRedis
 
@@ -47,3 +49,28 @@ class JobResumed(Interrupted):
 
 class UnitFailed(JobFailed):
     """The job cannot go on; the message says why (it becomes the job's message)."""
+
+
+Unit = Callable[[dict[str, Any], Any, bool], Awaitable[dict[str, Any]]]
+"""Runs one unit: (arq ctx, the step, whether this is the last try) -> a small result for arq's record."""
+
+RecipeUnitKind = Literal["phase", "help"]
+RECIPE_UNITS: dict[tuple[str, RecipeUnitKind], Unit] = {}
+"""(recipe name, unit kind) -> the recipe's implementation of that kind of ``schemas.jobs.Step``."""
+
+
+def register_units(recipe: str, *, phase: Unit | None = None, help: Unit | None = None) -> None:
+    """Register the units recipe ``recipe`` runs itself: ``phase`` for its ``PhaseTask`` steps (a ``stepped``
+    recipe), ``help`` for its ``HelpTask`` requests (a recipe with a review queue)."""
+    if phase is not None:
+        RECIPE_UNITS[(recipe, "phase")] = phase
+    if help is not None:
+        RECIPE_UNITS[(recipe, "help")] = help
+
+
+def recipe_unit(recipe: str, kind: RecipeUnitKind) -> Unit:
+    """The recipe's unit of ``kind``; a kind the recipe does not implement fails the job, saying which."""
+    try:
+        return RECIPE_UNITS[(recipe, kind)]
+    except KeyError:
+        raise UnitFailed(f"recipe {recipe!r} has no {kind} unit (workers.unit.register_units)") from None

@@ -2,7 +2,7 @@
 
 One worker of the fleet per interval (``Liveness.run`` takes a lock) looks at every active job:
 
-- Every kind of job is watched: chunked jobs as below; a stepped job (extraction, ``store.stepped``)
+- Every kind of job is watched: chunked jobs as below; a stepped job (e.g. extraction, ``store.stepped``)
   whose live step is neither queued nor running has that step enqueued again, and fails after
   ``MAX_REDRIVES`` such reruns without progress.
 - A job with work outstanding whose progress (planned, generated, processed, calls, stream length) has
@@ -29,8 +29,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import Job
 
-from schemas.extract import ExtractTask
-from schemas.jobs import ChunkTask, JobRecord, JobState, Step
+from schemas.jobs import ChunkTask, JobRecord, JobState, PhaseTask, Step
 from store import clock, keys, queue, records, stepped
 from store.lifecycle import advance
 from workers.llm.replay import drop_job as drop_replay
@@ -129,11 +128,11 @@ class Watchdog:
                     return
 
     async def _revive_stepped(self, record: JobRecord, report: WatchReport) -> None:
-        """A stepped job (extraction) whose live step is neither queued nor running: enqueue that step again
+        """A stepped job (e.g. extraction) whose live step is neither queued nor running: enqueue that step again
         (it resumes from the saved place and replays what it was answered)."""
         task = await stepped.current_step(self.redis, record.id)
         if await stepped.live(self.redis, task) or await stepped.live(
-            self.redis, ExtractTask(job_id=record.id, step=task.step + 1)
+            self.redis, PhaseTask(job_id=record.id, step=task.step + 1)
         ):
             return
         counters = await records.read_counters(self.redis, record)

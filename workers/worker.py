@@ -21,8 +21,10 @@ from store import keys
 from store.connection import REDIS_DOWN, open_redis, redis_settings
 from workers import drain, recipes
 from workers.curate.consumer import CurateConsumer
+from workers.extract import runner as _extraction_units  # noqa: F401  (registers the extraction's phase unit)
 from workers.liveness import Liveness
 from workers.metrics import serve as serve_metrics
+from workers.review import help as _review_help_units  # noqa: F401  (registers the math recipe's help unit)
 from workers.runner.resources import Resources
 from workers.runner.step import MAX_TRIES, run_step
 from workers.watchdog import ARQ_TIMEOUT_MARGIN_S
@@ -239,7 +241,7 @@ async def _release(settings: Settings, job_ids: list[str]) -> bool:
 class WorkerSettings:
     """For ``arq workers.worker.WorkerSettings``; ``skillmix worker`` uses ``make_worker`` instead."""
 
-    functions: ClassVar[list[Any]] = [run_step]  # every kind of work: chunks, extraction steps, review help
+    functions: ClassVar[list[Any]] = [run_step]  # every kind of work: chunks, phase steps, help requests
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = job_started

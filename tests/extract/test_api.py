@@ -217,7 +217,7 @@ async def test_submit_resolves_the_dataset_and_queues_a_step(
     uploaded = tmp_path / "uploads" / status["id"] / "seed.jsonl"
     assert uploaded.read_bytes() == (tmp_path / "seed.jsonl").read_bytes()
     queued = await redis.zrange(keys.QUEUE_NAME, 0, -1)
-    assert f"skillmix:extract:{status['id']}:0".encode() in queued
+    assert f"skillmix:phase:{status['id']}:0".encode() in queued
     assert (await client.get(f"/v1/skill-sets/extract/{status['id']}/unlabelled")).text == ""
     assert (await client.get("/v1/skill-sets/extract/nope/unlabelled")).status_code == 404
 

@@ -3,8 +3,7 @@ starts with the job's own prefix (the watchdog and the exports find a job's keys
 
 import inspect
 
-from schemas.extract import ExtractTask
-from schemas.jobs import ChunkTask
+from schemas.jobs import ChunkTask, PhaseTask
 from schemas.review import HelpTask
 from store import keys
 
@@ -14,10 +13,10 @@ def test_arq_ids_match_the_key_module() -> None:
     assert chunk.arq_id == keys.chunk_id("j1", 8, 16)
     assert chunk.arq_id.startswith(keys.chunk_id_prefix("j1"))
     assert not ChunkTask(job_id="j10", start=0, stop=8).arq_id.startswith(keys.chunk_id_prefix("j1"))
-    assert ExtractTask(job_id="j1", step=3).arq_id == keys.extract_step_id("j1", 3)
+    assert PhaseTask(job_id="j1", step=3).arq_id == keys.phase_id("j1", 3)
     help_task = HelpTask(job_id="j1", item_id="i", suggestion_id="s1", help="resolve", by="ann")
     assert help_task.arq_id == keys.help_id("j1", "s1")
-    for arq_id in (chunk.arq_id, keys.extract_step_id("j1", 3), help_task.arq_id):
+    for arq_id in (chunk.arq_id, keys.phase_id("j1", 3), help_task.arq_id):
         assert arq_id.startswith(f"{keys.PREFIX}:")  # every unit of the one function is under the prefix
 
 
@@ -26,7 +25,7 @@ def test_every_per_job_key_is_under_the_job() -> None:
         name
         for name, fn in vars(keys).items()
         if inspect.isfunction(fn) and list(inspect.signature(fn).parameters)[:1] == ["job_id"]
-        and not name.startswith(("chunk_id", "extract_step_id", "help_id"))
+        and not name.startswith(("chunk_id", "phase_id", "help_id"))
     ]
     assert len(job_keys) > 30
     for name in job_keys:

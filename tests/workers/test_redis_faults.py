@@ -8,8 +8,7 @@ from arq import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from schemas.extract import ExtractTask
-from schemas.jobs import ChunkTask
+from schemas.jobs import ChunkTask, PhaseTask
 from schemas.settings import Settings
 from store.connection import open_redis
 from tests.conftest import REDIS_URL
@@ -67,8 +66,8 @@ class _RedisAway:
         return fail
 
 
-async def test_an_extraction_step_hit_by_redis_trouble_is_retried() -> None:
-    task = ExtractTask(job_id="j1", step=3)
+async def test_a_phase_step_hit_by_redis_trouble_is_retried() -> None:
+    task = PhaseTask(job_id="j1", step=3)
     ctx = {"redis": _RedisAway(), "resources": None, "job_try": 1}
     with pytest.raises(Retry):
         await run_step(ctx, task.model_dump())

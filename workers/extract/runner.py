@@ -1,6 +1,7 @@
 """Extraction jobs on the spine's queue: one time-boxed arq step at a time, each enqueueing the next.
 
-A step is one unit on the job runner (``workers.runner``): it works until its slice of time is spent (well
+A step is one phase unit (``PhaseTask``) on the job runner (``workers.runner``), registered below for both
+extraction recipes: it works until its slice of time is spent (well
 inside the worker's job timeout), saving its place in Redis, then enqueues the next step under a
 deterministic id with a fair-share score. A killed worker's step is retried like any chunk and resumes from
 the saved place, replaying the answers it already got; calls that fail even after the client's retries make
@@ -20,8 +21,8 @@ import orjson
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec, ExtractTask
-from schemas.jobs import JobRecord, JobState
+from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetSpec
+from schemas.jobs import JobRecord, JobState, PhaseTask
 from schemas.settings import EndpointSettings, Settings
 from schemas.skills import Exemplar, Skill, SkillSet, SkillSetCreate
 from store import keys, queue, records
@@ -39,7 +40,7 @@ from workers.llm.client import ChatClient
 from workers.llm.errors import JobStopped, LLMFatal
 from workers.llm.replay import item_scope
 from workers.meter import job_llm, replay_cache
-from workers.unit import Resources, UnitFailed
+from workers.unit import Resources, UnitFailed, register_units
 
 SLICE_MAX_S = 60.0  # a step hands over after this long (or a quarter of the job timeout, if shorter)
 HARD_LIMIT_FRACTION = 0.8  # of the job timeout: past it the step is cut and its window redone next step
@@ -47,11 +48,12 @@ REPLAY_SCOPE = "extract"  # the job's kept answers (``keys.replay``): dropped wh
 
 
 async def enqueue_step(redis: ArqRedis, job_id: str, step: int) -> None:
-    await queue.enqueue_steps(redis, job_id, [ExtractTask(job_id=job_id, step=step)])
+    await queue.enqueue_steps(redis, job_id, [PhaseTask(job_id=job_id, step=step)])
 
 
-async def run_unit(ctx: dict[str, Any], task: ExtractTask, final_try: bool) -> dict[str, Any]:
-    """One step of an extraction job (the runner maps what it raises); enqueues the next unless finished."""
+async def run_unit(ctx: dict[str, Any], task: PhaseTask, final_try: bool) -> dict[str, Any]:
+    """One step of an extraction job (the runner records it as started and maps what it raises); enqueues the
+    next unless finished."""
     res: Resources = ctx["resources"]
     redis: ArqRedis = ctx["redis"]
     record = await records.load_record(redis, task.job_id)
@@ -59,7 +61,6 @@ async def run_unit(ctx: dict[str, Any], task: ExtractTask, final_try: bool) -> d
     if record is None or state is None or state.finished or state is JobState.PAUSED:
         return {"step": task.step, "skipped": True}  # (resuming a paused job enqueues its next step)
     await records.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
-    await ExtractStore(redis, record.id).set_state(step=task.step)
     try:
         finished = await advance(res, redis, record, final_try)
     except JobStopped:  # a call was refused: the job was cancelled or paused at its budget
@@ -212,3 +213,7 @@ async def finish(phase: Phase, create: SkillSetCreate) -> bool:
         message += "; " + "; ".join(notes)
     await records.set_state(phase.redis, phase.record.id, JobState.COMPLETED, message)
     return True
+
+
+for _spec in (ExtractAgnosticSpec, ExtractDatasetSpec):  # the runner finds the extraction's steps here
+    register_units(_spec.model_fields["recipe"].default, phase=run_unit)

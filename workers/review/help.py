@@ -1,5 +1,6 @@
 """LLM help on a review item (papers.md §B step 6: "make the second skill necessary", "re-solve after my
-edit"), run as a unit of its job (``HelpTask``) on the job runner (``workers.runner``).
+edit"), run as the math recipe's help unit (``HelpTask``, registered below) on the job runner
+(``workers.runner``).
 
 The calls take the runner's metered path (``workers.meter``), so they land in the job's
 ``llm_calls``, tokens and cost like the generation calls did, and each answer is kept: a rerun of the request
@@ -28,7 +29,7 @@ from workers.llm.errors import LLMError
 from workers.llm.replay import item_scope
 from workers.meter import job_llm, replay_cache
 from workers.recipes.math import SCHEMAS, MathRecipe, clean_answer, equivalence, read_fields, text, yes
-from workers.unit import Resources
+from workers.unit import Resources, register_units
 
 log = logging.getLogger(__name__)
 MAX_WRITE_TRIES = 50
@@ -166,3 +167,6 @@ async def run_unit(ctx: dict[str, Any], task: HelpTask, final_try: bool) -> dict
     if replay is not None:
         replay.drop()  # the answer is on the item: nothing of this request is asked again
     return {"stored": stored}
+
+
+register_units(MathRecipe.name, help=run_unit)  # the runner finds the math recipe's help requests here

@@ -1,46 +1,52 @@
-"""The one arq function: ``run_step`` runs one ``Step`` (a chunk, an extraction step, a review-help request).
+"""The one arq function: ``run_step`` runs one ``Step`` (a chunk, a phase step, a help request).
 
-Each kind's unit runs in ``UNITS``; what every kind gets the same way lives here: the duplicate-run guard,
-the step timeout, one retry policy, the hand-back on SIGTERM and the mapping of failures to job states.
+A chunk runs the item-chunk unit; a phase step or a help request runs the job's recipe's own unit
+(``workers.unit.register_units``), so the runner names no recipe. What every kind gets the same way lives
+here: the duplicate-run guard, the step timeout, one retry policy, the hand-back on SIGTERM and the mapping
+of failures to job states.
 """
 
 import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Retry
 from arq.constants import retry_key_prefix
 
-from schemas.jobs import STEP, JobState, Step
+from schemas.jobs import STEP, ChunkTask, JobState, PhaseTask, Step
 from schemas.settings import Settings, get_settings
-from store import records
+from store import records, stepped
 from store.connection import REDIS_DOWN, rerun_on_redis_trouble
 from store.endpoints import UnknownEndpoint
 from workers.drain import WorkerDraining
-from workers.extract import runner as extract_runner
 from workers.llm.errors import LLMFatal, LLMMissingKey
 from workers.logs import JOB_ID
-from workers.review import help as review_help
 from workers.runner import chunk
-from workers.unit import EndpointDown, JobResumed, UnitFailed
+from workers.unit import EndpointDown, JobResumed, UnitFailed, recipe_unit
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
 BACKOFF_STEP_S, BACKOFF_CAP_S = 5, 60  # an unreachable endpoint: retry after 5 s, 10 s, ... at most a minute
-
-Unit = Callable[[dict[str, Any], Any, bool], Awaitable[dict[str, Any]]]
-"""Runs one unit: (arq ctx, the step, whether this is the last try) -> a small result for arq's record."""
-
 
 def retry_delay(job_try: int) -> float:
     """The one backoff for a step whose endpoint could not be reached."""
     return float(min(BACKOFF_STEP_S * job_try, BACKOFF_CAP_S))
 
 
-UNITS: dict[str, Unit] = {"chunk": chunk.run_unit, "extract": extract_runner.run_unit, "help": review_help.run_unit}
+async def run_unit(ctx: dict[str, Any], step: Step, final_try: bool) -> dict[str, Any]:
+    """Dispatch by unit kind and recipe: a chunk to the item-chunk unit, a phase step or a help request to the
+    job's recipe (a kind it does not implement fails the job, naming both)."""
+    if isinstance(step, ChunkTask):
+        return await chunk.run_unit(ctx, step, final_try)
+    record = await records.load_record(ctx["redis"], step.job_id)
+    if record is None:
+        return {"skipped": True}  # an unknown job: nothing to run it for
+    unit = recipe_unit(record.spec.recipe, step.kind)
+    if isinstance(step, PhaseTask):
+        await stepped.mark_started(ctx["redis"], step)  # where the chain stands, for resume and the watchdog
+    return await unit(ctx, step, final_try)
 
 
 async def run_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +61,7 @@ async def run_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     here.add(step.arq_id)
     try:
         async with asyncio.timeout(settings.chunk_timeout_s):
-            return await UNITS[step.kind](ctx, step, ctx["job_try"] >= MAX_TRIES)
+            return await run_unit(ctx, step, ctx["job_try"] >= MAX_TRIES)
     except TimeoutError as exc:  # ours, not arq's: arq records its own timeout as a failure, never retried
         log.warning("%s ran past %ss; retry %d", step.arq_id, settings.chunk_timeout_s, ctx["job_try"])
         raise Retry(defer=1) from exc
