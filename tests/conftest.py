@@ -2,10 +2,13 @@
 worker processes; the ``slow`` marker and the ``xdist`` database map."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -165,3 +168,20 @@ def pytest_runtest_makereport(
 
 
 StartFn = Callable[..., object]
+
+
+TRANSIT_S = 0.25  # an answer the fake sent this long before the kill has surely reached the worker
+
+
+def kill_mid_call(worker: subprocess.Popen[bytes], fake: Any) -> tuple[int, dict[str, Any]]:
+    """SIGKILL a worker with calls in flight, frozen first so it sends and records nothing more in between.
+
+    Returns the answers it may not have kept (in flight at the kill, or answered just before it) and the
+    fake's stats at the kill; ``fake`` is a ``tests.plugins.fake_llm.FakeLLM``."""
+    before = fake.stats()
+    time.sleep(TRANSIT_S)
+    os.kill(worker.pid, signal.SIGSTOP)
+    at_kill: dict[str, Any] = fake.stats()
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    return at_kill["in_flight"] + at_kill["ok"] - before["ok"], at_kill

@@ -4,8 +4,6 @@ the job and raising it finishes the job, a rerun pays no answered call twice, an
 """
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +14,12 @@ from arq.connections import ArqRedis
 
 from schemas.jobs import JobState, PhaseTask
 from store import keys, records, stepped
-from tests.conftest import REDIS_URL, Processes, service_env
+from tests.conftest import REDIS_URL, Processes, kill_mid_call, service_env
 from tests.extract.helpers import settings_for, start_job, write_jsonl
 from tests.test_end_to_end import finished, submit, wait_for
 from workers.watchdog import MAX_REDRIVES, Watchdog
 
 FAST = {"SKILLMIX_HEARTBEAT_S": "0.5", "SKILLMIX_STALL_S": "1", "SKILLMIX_CLAIM_IDLE_MS": "2000"}
-TRANSIT_S = 0.25  # an answer the fake sent this long before the kill has surely reached the worker
 SOURCE = {"source": {"path": "seed.jsonl"}}
 PRICED = {"usd_per_mtok_prompt": 1.0, "usd_per_mtok_completion": 2.0}  # micro-dollars = tokens x price, exactly
 
@@ -82,13 +79,7 @@ def test_sigkill_mid_labelling_then_rerun_counts_every_call_and_pays_none_twice(
     worker = processes.procs[-1]
     job_id = _extract(api, write_jsonl(tmp_path / "seed.jsonl", 600), rows_per_call=5)
     _wait_requests(fake, 20)  # well into labelling (120 label calls)
-    before = fake.stats()
-    time.sleep(TRANSIT_S)
-    os.kill(worker.pid, signal.SIGSTOP)  # frozen: sends nothing more, records nothing more
-    at_kill = fake.stats()
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    in_flight = at_kill["in_flight"] + at_kill["ok"] - before["ok"]  # answers the worker may not have kept
+    in_flight, at_kill = kill_mid_call(worker, fake)  # answers the worker may not have kept
     assert at_kill["in_flight"] > 0
     while (drained := fake.stats())["in_flight"]:  # the fake finishes what the dead worker sent
         time.sleep(0.05)

@@ -6,8 +6,6 @@ count (requests it had already answered) proves no answered turn was paid twice.
 """
 
 import asyncio
-import os
-import signal
 import time
 from datetime import UTC, datetime
 from typing import Any, Unpack
@@ -20,7 +18,7 @@ from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import Settings
 from store import keys, records
-from tests.conftest import REDIS_URL, Processes, service_env
+from tests.conftest import REDIS_URL, Processes, kill_mid_call, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
 from workers.generate import run_chunk
@@ -30,7 +28,6 @@ from workers.recipes import recipe_for
 from workers.tally import Tally
 from workers.watchdog import Watchdog
 
-TRANSIT_S = 0.25  # an answer the fake sent this long before the kill has surely reached the worker
 FAST = {"SKILLMIX_HEARTBEAT_S": "0.5", "SKILLMIX_STALL_S": "1", "SKILLMIX_CLAIM_IDLE_MS": "2000"}
 QUESTION = [ChatMessage(role="user", content="Pick a number.")]
 
@@ -177,14 +174,7 @@ def test_sigkill_mid_conversation_then_rerun_replays_finished_turns(
     while fake.stats()["ok"] < count + 4:  # every item past its first turn, some past the second
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    before = fake.stats()
-    time.sleep(TRANSIT_S)
-    os.kill(worker.pid, signal.SIGSTOP)  # frozen: sends nothing more, records nothing more
-    at_kill = fake.stats()
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    # calls whose answer the worker may not have kept: in flight at the kill, or answered just before it
-    in_flight = at_kill["in_flight"] + at_kill["ok"] - before["ok"]
+    in_flight, at_kill = kill_mid_call(worker, fake)  # answers the worker may not have kept
     assert at_kill["in_flight"] > 0
     assert httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["generated"] < count  # mid-conversation
     while (drained := fake.stats())["in_flight"]:  # the fake finishes what the dead worker sent
