@@ -451,13 +451,6 @@ class PhaseTask(StrictModel):
         return f"skillmix:phase:{self.job_id}:{self.step}"
 
 
-def needs_endpoint(record: JobRecord) -> bool:
-    """Whether the job calls an LLM: a curate job without a judge reads its rows and calls nothing, so it runs
-    with no endpoint configured (``workers.recipes.NO_ENDPOINT``, ``NoLLM``)."""
-    spec = record.spec
-    return not (isinstance(spec, CurateJobSpec) and (spec.quality.judge is None or not spec.quality.enabled))
-
-
 Step = Annotated[ChunkTask | PhaseTask | HelpTask, Field(discriminator="kind")]
 """The one queue payload (``workers.runner``): one unit of a job, whatever its recipe. Its ``arq_id`` is
 deterministic and under the ``skillmix:`` prefix, so enqueueing the same unit twice runs it once."""

@@ -51,12 +51,6 @@ def recipe_for(record: JobRecord, endpoint_name: str, endpoint: EndpointSettings
     return REGISTRY[record.spec.recipe](record, endpoint_name, endpoint)
 
 
-def needs_endpoint(record: JobRecord) -> bool:
-    """Whether the job calls an LLM: one that calls none (a curate job without a judge) runs with no endpoint
-    configured (``NO_ENDPOINT``, ``NoLLM``)."""
-    return record.spec.needs_endpoint()
-
-
 __all__ = [
     "NO_ENDPOINT",
     "REGISTRY",
@@ -65,7 +59,6 @@ __all__ = [
     "Recipe",
     "close_process",
     "load",
-    "needs_endpoint",
     "recipe_for",
     "register_recipe",
 ]

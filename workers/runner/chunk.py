@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from schemas.jobs import ChunkTask, needs_endpoint
+from schemas.jobs import ChunkTask
 from store import records
 from workers.generate import run_chunk
 from workers.recipes import NoLLM
@@ -18,7 +18,7 @@ async def run_unit(ctx: dict[str, Any], task: ChunkTask, final_try: bool) -> dic
     state = await records.get_state(ctx["redis"], task.job_id)
     if state is None or state.finished:  # before any endpoint lookup: a finished job needs none
         return {"emitted": 0, "skipped": task.stop - task.start}
-    llm = await res.client(record.endpoint) if needs_endpoint(record) else NoLLM()
+    llm = await res.client(record.endpoint) if record.spec.needs_endpoint() else NoLLM()
     quality = getattr(record.spec, "quality", None)
     judge = quality.judge if quality is not None and quality.enabled else None
     judge_llm = await res.client(judge.endpoint) if judge is not None and judge.endpoint else None

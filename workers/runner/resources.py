@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
-from schemas.jobs import JobRecord, needs_endpoint
+from schemas.jobs import JobRecord
 from schemas.settings import Settings
 from store import endpoints, records
 from workers.llm.adaptive import AdaptiveConcurrency
@@ -85,7 +85,7 @@ class Resources:
                 return None
             endpoint = (
                 await endpoints.resolve(self.redis, self.settings, record.endpoint)
-                if needs_endpoint(record)
+                if record.spec.needs_endpoint()
                 else NO_ENDPOINT  # a job that calls no LLM (curate without a judge) needs none configured
             )
             if len(self.recipes) >= RECIPE_CACHE:  # oldest first: dicts keep insertion order
