@@ -5,12 +5,15 @@
      │    ├── TooLarge       413  an upload over the server's cap               (service.routes.extract)
      │    ├── UnknownEndpoint     an endpoint name nobody configured            (store.endpoints)
      │    └── DatasetError        the dataset cannot be used as given          (store.datasets)
-     ├── NotFound            404  no such id or name
+     ├── Unauthorized        401  no key, a malformed header, an unknown or revoked key  (service.auth)
+     ├── Forbidden           403  the key's role may not do this                 (service.auth)
+     ├── NotFound            404  no such id or name (or another team's: the same answer)
      │    └── NoItem              a review item gone while it was written       (store.review)
      ├── Conflict            409  not possible in the current state; the message says why
      │    ├── Stale               a review write against an old version; carries the current item (store.review)
      │    ├── NotPaused           resume of a job that is not paused           (store.budget)
      │    └── BudgetExhausted     resume of a job still at its budget           (store.budget)
+     ├── OverQuota           429  a team quota or the failed-authentication throttle; ``Retry-After``
      ├── Transient           503  retry later: the job store or an endpoint is away
      │    └── EndpointDown        the endpoint stopped answering               (workers.unit)
      ├── JobFailed           500  the job cannot go on; it ends failed with this message
@@ -52,6 +55,10 @@ class SkillmixError(Exception):
         """What the API answers: ``{"detail": message, "code": code}`` (not ``body``: LLMStatusError has one)."""
         return {"detail": str(self), "code": self.code}
 
+    def headers(self) -> dict[str, str] | None:
+        """Response headers the branch needs (``Retry-After``, ``WWW-Authenticate``)."""
+        return None
+
 
 class BadInput(SkillmixError):
     """Answered in FastAPI's own 422 shape, so a client reads one kind of validation error: the item's ``loc``
@@ -75,6 +82,38 @@ class TooLarge(BadInput):
     code = "too_large"
 
 
+class Unauthorized(SkillmixError):
+    """The request carries no usable key. The message says what is wrong with the header, never echoes it."""
+
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": 'Bearer realm="skillmix"'}
+
+
+class Forbidden(SkillmixError):
+    status = 403
+    code = "forbidden"
+
+
+class OverQuota(SkillmixError):
+    """Over a limit that frees up with time: the body names the quota, its limit and the current use."""
+
+    status = 429
+    code = "over_quota"
+
+    def __init__(self, message: str, *, quota: str, limit: float, used: float, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.quota, self.limit, self.used, self.retry_after_s = quota, limit, used, retry_after_s
+
+    def json_body(self) -> dict[str, Any]:
+        return {**super().json_body(), "quota": self.quota, "limit": self.limit, "used": self.used}
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class NotFound(SkillmixError):
     status = 404
     code = "not_found"
@@ -91,6 +130,9 @@ class Transient(SkillmixError):
     status = 503
     code = "unavailable"
     retry_after_s: ClassVar[int] = 2
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class JobFailed(SkillmixError):

@@ -385,6 +385,7 @@ class JobRecord(StrictModel):
 
     id: str
     spec: JobSpec
+    team: str = Field(default="", description="the team that owns it ('' for a job from before teams: admins only)")
     skill_set: SkillSet | None = None
     endpoint: str
     model: str
@@ -397,6 +398,7 @@ class JobRecord(StrictModel):
 class JobStatus(StrictModel):
     id: str
     recipe: str
+    team: str = ""
     state: JobState
     settled: bool = Field(
         default=False,

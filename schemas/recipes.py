@@ -249,4 +249,3 @@ else:  # validated by the dispatcher, written as the spec's own class (``Any``: 
     GenerationSpec = Annotated[Any, WrapValidator(_dispatcher(True)), _RegistrySchema(True)]
 # ``JobSpec``: every kind of stored job, any registered recipe's spec. ``GenerationSpec``: what ``POST /v1/jobs``
 # accepts, the specs with ``via_jobs`` (extraction specs have their own route).
-

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, HttpUrl, field_validator, model_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.base import StrictModel
@@ -73,6 +73,21 @@ class Settings(BaseSettings):
     )
     max_upload_mb: float = Field(
         default=200, gt=0, description="largest seed dataset accepted as an upload (MiB); larger ones are a 413"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="the key the CLI's client commands (submit, export, curate, ...) send to the API"
+    )
+    auth_fail_burst: int = Field(
+        default=20,
+        ge=1,
+        description="failed authentications one client address may make per auth_fail_window_s; "
+        "past it every request from there is a 429 until the window ends",
+    )
+    auth_fail_window_s: int = Field(default=60, ge=1)
+    max_body_kb: int = Field(
+        default=4096,
+        ge=1,
+        description="largest JSON request body (KiB); larger is a 413 (uploads: max_upload_mb)",
     )
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
     default_endpoint: str = "local"

@@ -56,6 +56,9 @@ class SkillSetCreate(StrictModel):
     description: str = ""
     skills: list[Skill] = Field(min_length=1)
     query_types: list[QueryType] = Field(min_length=1)
+    published: bool = Field(
+        default=False, description="visible to every team, read-only (admin keys only); otherwise the team's own"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "SkillSetCreate":

@@ -4,19 +4,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from schemas.errors import SkillmixError
 from schemas.recipes import load_plugins
 from schemas.settings import Settings, get_settings
+from schemas.skills import SkillSetCreate
+from service.auth import authenticate
 from service.errors import UNAVAILABLE, redis_unavailable, skillmix_error
 from service.routes import curate, endpoints, extract, jobs, review, skill_sets
 from service.routes.metrics import router as metrics_router
 from store.connection import REDIS_ERRORS, open_redis
+from store.skill_sets import publish_once
 
 STATIC = Path(__file__).parent / "static"
+STARTER = Path(__file__).parent / "data" / "starter-skills.json"  # published to every team at the API's start
 # The review page shows model text, which is untrusted: the page builds its DOM with textContent only, and as
 # defence in depth no script but the page's own files may run (no inline script, no eval, no plugins).
 # KaTeX sets inline style attributes, hence 'unsafe-inline' for styles only.
@@ -39,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.redis = await open_redis(settings)
+        await publish_once(app.state.redis, SkillSetCreate.model_validate_json(STARTER.read_bytes()))
         yield
         await app.state.redis.aclose()
 
@@ -52,13 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(SkillmixError, skillmix_error)  # every domain error, by its branch
     for error in REDIS_ERRORS:
         app.add_exception_handler(error, redis_unavailable)
-    app.include_router(jobs.router)
-    app.include_router(extract.router)  # /v1/skill-sets/extract..., none of which clash with /{name}
-    app.include_router(skill_sets.router)
-    app.include_router(curate.router)  # POST /v1/curate: curate a dataset a team brings
-    app.include_router(review.router)  # /v1/review: the math review queue
-    app.include_router(endpoints.router)  # /v1/endpoints: fleet-wide rate limits, changeable at run time
-    app.include_router(metrics_router)  # /metrics: fleet-wide Prometheus metrics, read from Redis
+    keyed = [Depends(authenticate)]  # every route below answers 401 without a live key (``service.auth``)
+    app.include_router(jobs.router, dependencies=keyed)
+    app.include_router(extract.router, dependencies=keyed)  # /v1/skill-sets/extract..., no clash with /{name}
+    app.include_router(skill_sets.router, dependencies=keyed)
+    app.include_router(curate.router, dependencies=keyed)  # POST /v1/curate: curate a dataset a team brings
+    app.include_router(review.router, dependencies=keyed)  # /v1/review: the math review queue
+    app.include_router(endpoints.router, dependencies=keyed)  # /v1/endpoints: fleet-wide rate limits
+    app.include_router(metrics_router, dependencies=keyed)  # /metrics: fleet-wide Prometheus metrics (admins)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

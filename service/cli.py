@@ -16,6 +16,7 @@ from schemas.settings import get_settings
 from service.cli_common import (
     API_OPTION,
     ShowErrors,
+    api_client,
     api_url,
     console,
     fail,
@@ -69,7 +70,7 @@ def worker(burst: bool = typer.Option(False, help="exit when the queue is empty"
 
 
 async def _submit(api: str, body: dict[str, object], wait: bool) -> int:
-    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+    async with api_client(api, 30) as client:
         return (await submit_and_follow(client, api, lambda: client.post("/v1/jobs", json=body), "job", wait)).code
 
 
@@ -137,7 +138,7 @@ async def _download(
 async def _export(api: str, job_id: str, fmt: OutputFormat, out: Path, split: dict[str, str] | None = None) -> int:
     """Download the export; ``hf`` downloads Parquet beside the target and rewrites it as a datasets directory,
     batch by batch."""
-    async with httpx.AsyncClient(base_url=api, timeout=60) as client:
+    async with api_client(api, 60) as client:
         if fmt is not OutputFormat.HF:
             await _download(client, api, job_id, ExportFormat(fmt.value), out, split)
             return 0
@@ -184,7 +185,7 @@ def export(
 
 async def _change_job(api: str, method: str, path: str, body: dict[str, object] | None) -> None:
     """One call that changes a job (resume, budget), its refusals shown as one line each."""
-    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+    async with api_client(api, 30) as client:
         try:
             response = await client.request(method, path, json=body)
         except httpx.ConnectError:

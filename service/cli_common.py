@@ -28,6 +28,13 @@ def api_url(url: str | None) -> str:
     return url or f"http://{settings.api_host}:{settings.api_port}"
 
 
+def api_client(api: str, timeout: float) -> httpx.AsyncClient:
+    """A client of the API that sends ``SKILLMIX_API_KEY`` (every ``/v1`` route needs a key)."""
+    key = get_settings().api_key
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    return httpx.AsyncClient(base_url=api, timeout=timeout, headers=headers)
+
+
 def fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from schemas.curation import QualitySettings
 from schemas.jobs import JobStatus
-from service.cli_common import API_OPTION, api_errors, api_url, console, fail, post_spec, submit_and_follow
+from service.cli_common import API_OPTION, api_client, api_errors, api_url, console, fail, post_spec, submit_and_follow
 
 OUTPUTS = ("accepted", "rejected")
 
@@ -88,7 +88,7 @@ def report(status: JobStatus, written: dict[str, int], out: Path) -> Table:
 
 
 async def run(api: str, spec: dict[str, Any], upload: Path | None, out: Path) -> int:
-    async with httpx.AsyncClient(base_url=api, timeout=60) as client:
+    async with api_client(api, 60) as client:
         run = await submit_and_follow(
             client,
             api,

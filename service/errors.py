@@ -48,7 +48,7 @@ def conflict(message: str) -> NoReturn:
 async def skillmix_error(request: Request, exc: Exception) -> JSONResponse:
     """The one place a domain error becomes a response: its branch's status, its own body."""
     assert isinstance(exc, SkillmixError)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Transient) else None
+    headers = exc.headers()
     if exc.status >= 500 and not isinstance(exc, Transient):  # a bug on our side: keep the traceback
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
     return JSONResponse(status_code=exc.status, content=exc.json_body(), headers=headers)

@@ -25,7 +25,7 @@ from schemas.answers import reference_answer
 from schemas.evaluation import EvalQuestion
 from schemas.examples import Example, extras_of
 from schemas.jobs import EvalExtras
-from service.cli_common import API_OPTION, api_errors, api_url, console, fail, submit_and_follow
+from service.cli_common import API_OPTION, api_client, api_errors, api_url, console, fail, submit_and_follow
 from service.square_law import ModelPoint, fit_power_law, plot
 
 MAX_REASONS = 200  # judge reasons kept in summary.json (all of them are in results.jsonl)
@@ -181,7 +181,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
 async def run_eval(
     api: str, spec: dict[str, Any], questions: list[EvalQuestion], out: Path, meta: dict[str, Any]
 ) -> int:
-    async with httpx.AsyncClient(base_url=api, timeout=120) as client:
+    async with api_client(api, 120) as client:
         run = await submit_and_follow(
             client,
             api,

@@ -166,10 +166,7 @@ BASE_COLUMNS: list[tuple[str, pa.DataType]] = [
     (
         "usage",
         pa.struct(
-            [
-                (name, pa.int64())
-                for name in ("prompt_tokens", "completion_tokens", "calls", "retries", "rate_limited")
-            ]
+            [(name, pa.int64()) for name in ("prompt_tokens", "completion_tokens", "calls", "retries", "rate_limited")]
         ),
     ),
     ("verdict", pa.struct([("accepted", pa.bool_()), ("reasons", pa.list_(pa.string())), ("detail", pa.string())])),

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 
 from service.cli_common import (
     API_OPTION,
+    api_client,
     api_url,
     console,
     post_spec,
@@ -24,7 +24,7 @@ NAME_OPTION = typer.Option(..., "--name", "-n", help="skill set name; the result
 
 
 async def _run(api: str, spec: dict[str, Any], upload: Path | None, wait: bool, output: Path | None) -> int:
-    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+    async with api_client(api, 30) as client:
         url = "/v1/skill-sets/extract"
         run = await submit_and_follow(client, api, lambda: post_spec(client, url, spec, upload), "extraction job", wait)
         if run.code or run.job_id is None or run.status is None:

@@ -15,13 +15,13 @@ from store import endpoints, records
 from store.examples import count as count_examples
 from store.skill_sets import get_skill_set, save_skill_set, versions
 
-Submitter = Callable[[RecipeSpec, str, Redis, Settings], Awaitable[JobStatus]]
+Submitter = Callable[[RecipeSpec, str, Redis, Settings, str], Awaitable[JobStatus]]
 SUBMITTERS: dict[type[RecipeSpec], Submitter] = {}
 """Specs that ``POST /v1/jobs`` hands to their recipe's own submit path (the same as its own route's)."""
 
 
 def own_submit(spec: type[RecipeSpec]) -> Callable[[Submitter], Submitter]:
-    """Register ``submit(spec, job_id, redis, settings)`` as the way jobs of ``spec`` are submitted."""
+    """Register ``submit(spec, job_id, redis, settings, team)`` as the way jobs of ``spec`` are submitted."""
 
     def register(submit: Submitter) -> Submitter:
         SUBMITTERS[spec] = submit
@@ -31,19 +31,20 @@ def own_submit(spec: type[RecipeSpec]) -> Callable[[Submitter], Submitter]:
 
 
 class RouteContext(SubmitContext):
-    """``SubmitContext`` over the request's Redis and settings."""
+    """``SubmitContext`` over the request's Redis and settings, seen as ``team`` (the caller's): its skill sets
+    and published ones, its own jobs only."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis, self.settings = redis, settings
+    def __init__(self, redis: Redis, settings: Settings, team: str) -> None:
+        self.redis, self.settings, self.team = redis, settings, team
         self.data_dir: Path = settings.data_dir
 
     async def skill_set(self, ref: str | SkillSetCreate, k: int) -> SkillSet:
         if not isinstance(ref, str):
-            return await save_skill_set(self.redis, ref)
+            return await save_skill_set(self.redis, self.team, ref.model_copy(update={"published": False}))
         name, version = parse_skill_set_ref(ref)
-        found = await get_skill_set(self.redis, name, version)
+        found = await get_skill_set(self.redis, self.team, name, version)
         if found is None:
-            have = await versions(self.redis, name)
+            have = await versions(self.redis, self.team, name)
             hint = f"versions of {name!r}: {have}" if have else "create it with POST /v1/skill-sets"
             unprocessable("skill_set", f"unknown skill set {ref!r}; {hint}")
         if len(found.skills) < k:
@@ -52,7 +53,7 @@ class RouteContext(SubmitContext):
 
     async def finished_source(self, field: str, job_id: str, verb: str) -> int:
         source = await records.get_status(self.redis, job_id)
-        if source is None:
+        if source is None or source.team != self.team:  # another team's job reads as an unknown one
             unprocessable(field, f"unknown job {job_id!r}")
         record = await records.load_record(self.redis, job_id)
         if record is not None and not record.spec.has_examples:

@@ -62,6 +62,7 @@ redis.call('HSET', KEYS[2], 'state', 'running', 'message', 'resumed', 'updated_a
 return 'ok'
 """
 
+
 @dataclass(frozen=True)
 class Prices:
     """USD per million tokens of one endpoint: what its calls cost."""
@@ -94,6 +95,7 @@ async def read_budget(redis: Redis, job_id: str) -> JobBudget | None:
         return None
     cost = raw.get("max_cost_micro_usd")
     return JobBudget(max_cost_usd=None if cost is None else cost / 1e6, max_tokens=raw.get("max_tokens"))
+
 
 async def set_budget(redis: Redis, job_id: str, budget: JobBudget) -> None:
     """Replace the limits given in ``budget`` (explicit nulls remove one); the others stay as they are."""
@@ -134,4 +136,3 @@ class NotPaused(Conflict):
 
 class BudgetExhausted(Conflict):
     """The job is paused and its cap still has no room: raise it first (the message says how)."""
-

@@ -43,13 +43,23 @@ Per extraction job (``X`` = ``job:{id}:x``; ``store.extraction``); per-row hashe
   X:agnostic               hash    finished model-only steps: "topics", "skills:{topic}", "query_types"
   X:notes                  set     remarks for the job's final message (e.g. "3 of 10 topics")
 
+Teams and keys (``store.teams``):
+  teams                    set     team names
+  team:{t}                 hash    name, created_at, max_running_jobs, max_usd_per_day, max_tokens_per_day
+  team:{t}:jobs            zset    job id -> created timestamp: the team's jobs (its listing)
+  apikeys                  zset    key id -> created timestamp
+  apikey:{kid}             hash    ApiKey fields (id, prefix, team, role, name, created_at, created_by, revoked_at)
+  apikey:sha:{sha256}      string  Caller JSON of a live key, found by the key's SHA-256; deleted at revocation
+  authfail:{address}       string  failed authentications from a client address this window (``service.auth``)
+
 Fleet-wide (see ``workers.liveness``):
   jobs                     zset    job id -> created timestamp
   jobs:active              set     job ids whose stream may hold work
   queue                    zset    arq's queue: arq job id -> score (ms; fair share, ``store.queue``)
   endpoints                hash    name -> EndpointSettings JSON: endpoints registered at run time
-  skillset:{name}          hash    version -> SkillSet JSON; ``skillsets`` is the set of names
-  skillset:{ref}:invalid-pairs  set  "a|b" pairs the math recipe found invalid in that skill set version
+  skillset:{ns}:{name}     hash    version -> SkillSet JSON; ns = the owning team, or ``_public`` for a published
+                                   set; ``skillsets:{ns}`` is the set of names (``store.skill_sets``)
+  skillset:{team}:{ref}:invalid-pairs  set  "a|b" pairs the math recipe found invalid in that skill set version
   limit:{ep}:tat|cool|set|learned  the fleet limiter's state and limits of endpoint ep (``store.limits``)
   review:recipes           hash    job id -> recipe (which jobs have a review queue)
   worker:{wid}             string  a worker process's heartbeat; expires when it stops beating
@@ -73,7 +83,6 @@ STEP_FUNCTION = "run_step"  # the one arq function (``workers.runner.step``); it
 CURATE_GROUP = "curate"
 JOBS_INDEX = f"{PREFIX}:jobs"  # zset: job id -> created timestamp
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"  # set of job ids whose stream may hold work
-SKILL_SETS_INDEX = f"{PREFIX}:skillsets"  # set of skill set names
 ENDPOINTS = f"{PREFIX}:endpoints"  # hash: name -> EndpointSettings JSON (``store.endpoints``, run-time registry)
 RUNNING = f"{PREFIX}:running"  # hash: arq job id -> worker id
 REDRIVE_LOCK = f"{PREFIX}:redrive-lock"  # string: the worker re-enqueueing stale plans this interval
@@ -81,7 +90,30 @@ WATCHDOG = f"{PREFIX}:watchdog"  # hash: job id -> "fingerprint|since_ms"
 WATCHDOG_LOCK = f"{PREFIX}:watchdog-lock"  # string: the worker watching jobs this interval
 STATS = f"{PREFIX}:stats"  # hash: "<metric>|<endpoint>" -> monotonic total, exported as skillmix_<metric>_total
 GAUGES = f"{PREFIX}:gauges"  # hash: "<metric>|<endpoint>" -> current value, exported as gauge skillmix_<metric>
+TEAMS = f"{PREFIX}:teams"  # set: team names
+API_KEYS = f"{PREFIX}:apikeys"  # zset: key id -> created timestamp
 BUCKET_SIZE = 1000
+
+
+def team(name: str) -> str:
+    return f"{PREFIX}:team:{name}"
+
+
+def team_jobs(name: str) -> str:
+    return f"{team(name)}:jobs"
+
+
+def auth_failures(address: str) -> str:
+    """string: failed authentications from a client address in the current window (expires with it)."""
+    return f"{PREFIX}:authfail:{address}"
+
+
+def api_key(key_id: str) -> str:
+    return f"{PREFIX}:apikey:{key_id}"
+
+
+def api_key_by_hash(sha256_hex: str) -> str:
+    return f"{PREFIX}:apikey:sha:{sha256_hex}"
 
 
 def job(job_id: str) -> str:
@@ -182,14 +214,20 @@ def limiter_learned(endpoint: str) -> str:
     return f"{PREFIX}:limit:{endpoint}:learned"
 
 
-def skill_set(name: str) -> str:
-    return f"{PREFIX}:skillset:{name}"
+def skill_set(namespace: str, name: str) -> str:
+    """hash version -> SkillSet JSON of a team's set (``namespace`` = the team) or a published one."""
+    return f"{PREFIX}:skillset:{namespace}:{name}"
 
 
-def invalid_pairs(skill_set_ref: str) -> str:
+def skill_sets_index(namespace: str) -> str:
+    """set: the names of a team's (or the published) skill sets."""
+    return f"{PREFIX}:skillsets:{namespace}"
+
+
+def invalid_pairs(team: str, skill_set_ref: str) -> str:
     """set: "a|b" (sorted skill names) of pairs the math recipe found invalid in this skill set version;
-    shared by every worker and later job, consulted before a pair-validation call."""
-    return f"{PREFIX}:skillset:{skill_set_ref}:invalid-pairs"
+    shared by every worker and the team's later jobs, consulted before a pair-validation call."""
+    return f"{PREFIX}:skillset:{team}:{skill_set_ref}:invalid-pairs"
 
 
 def step(job_id: str) -> str:

@@ -42,4 +42,3 @@ def cost_usd(record: Priced, prompt_tokens: int, completion_tokens: int) -> floa
         prompt_tokens * record.usd_per_mtok_prompt / 1e6 + completion_tokens * record.usd_per_mtok_completion / 1e6,
         6,
     )
-

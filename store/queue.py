@@ -169,4 +169,3 @@ async def fair_start(redis: Redis, job_id: str, n: int) -> int:
         elif len(waiting) == FAIR_SCAN:  # the fleet runs more than we looked at: the head is further on
             head = waiting[-1][1]
     return int(await redis.eval(_FAIR_RESERVE, 1, keys.vtime(job_id), head, n))
-

@@ -40,8 +40,6 @@ return 1
 """
 
 
-
-
 async def create_job(redis: Redis, record: JobRecord, planned: int = 0) -> None:
     """Store a job with its first ``planned`` items recorded as pending, in one transaction.
 
@@ -64,6 +62,8 @@ async def create_job(redis: Redis, record: JobRecord, planned: int = 0) -> None:
             pipe.hset(keys.pending_plans(record.id), f"0-{planned}", planned_at)
             pipe.rpush(keys.ranges(record.id), f"0-{planned}")
         pipe.zadd(keys.JOBS_INDEX, {record.id: record.created_at.timestamp()})
+        if record.team:
+            pipe.zadd(keys.team_jobs(record.team), {record.id: record.created_at.timestamp()})
         pipe.sadd(keys.ACTIVE_JOBS, record.id)
         await pipe.execute()
 
@@ -121,6 +121,7 @@ async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
     return JobStatus(
         id=record.id,
         recipe=record.spec.recipe,
+        team=record.team,
         state=state,
         settled=settled,
         count=record.spec.count,
@@ -136,7 +137,8 @@ async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
     )
 
 
-async def list_job_ids(redis: Redis, offset: int, limit: int) -> tuple[list[str], int]:
-    ids = await redis.zrevrange(keys.JOBS_INDEX, offset, offset + limit - 1)
-    return [i.decode() for i in ids], await redis.zcard(keys.JOBS_INDEX)
-
+async def list_job_ids(redis: Redis, offset: int, limit: int, team: str | None = None) -> tuple[list[str], int]:
+    """Newest first: every job's ids, or only ``team``'s."""
+    index = keys.JOBS_INDEX if team is None else keys.team_jobs(team)
+    ids = await redis.zrevrange(index, offset, offset + limit - 1)
+    return [i.decode() for i in ids], await redis.zcard(index)

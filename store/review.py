@@ -89,9 +89,10 @@ async def recipe_of(redis: Redis, job_id: str) -> str | None:
     return record.spec.recipe
 
 
-async def math_job_ids(redis: Redis) -> list[str]:
-    """Every math job, sorted by id (the queue's order across jobs)."""
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await redis.zrange(keys.JOBS_INDEX, 0, -1)]
+async def math_job_ids(redis: Redis, team: str | None = None) -> list[str]:
+    """Every math job (only ``team``'s when given), sorted by id (the queue's order across jobs)."""
+    index = keys.JOBS_INDEX if team is None else keys.team_jobs(team)
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await redis.zrange(index, 0, -1)]
     found = [i for i in ids if has_review_queue(await recipe_of(redis, i))]
     return sorted(found)
 

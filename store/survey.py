@@ -150,7 +150,6 @@ def _survey_parquet(path: Path, source: CurateSource, max_rows: int) -> Survey:
     return Survey(total, row_format, column, [])
 
 
-
 # An extraction job's seed rows.
 
 

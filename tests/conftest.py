@@ -17,6 +17,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from pydantic import BaseModel
 
 from service.ports import free_port, wait_http
+from tests import keyed
 
 pytest_plugins = ["tests.plugins.fake_llm"]
 
@@ -53,7 +54,9 @@ TIMING = pytest.mark.xdist_group("timing")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse more xdist workers than databases before any starts (the controller knows the count)."""
+    """Refuse more xdist workers than databases before any starts (the controller knows the count). CLI
+    commands the tests start send the test team's member key, as a user's shell would."""
+    os.environ["SKILLMIX_API_KEY"] = keyed.MEMBER
     workers = getattr(config.option, "numprocesses", None)
     if isinstance(workers, int) and workers > len(XDIST_DBS):
         raise pytest.UsageError(too_many_workers(workers))
@@ -77,6 +80,7 @@ def _flush() -> None:
     client = sync_redis.Redis.from_url(REDIS_URL)
     try:
         client.flushdb()
+        keyed.install(client)  # the test team and its keys: every test database starts with them
     except sync_redis.ConnectionError:
         pytest.exit(f"tests need Redis at {REDIS_URL}; start it with: redis-server --daemonize yes", 2)
     except sync_redis.ResponseError as exc:  # e.g. "DB index is out of range": fewer databases than workers
@@ -100,6 +104,7 @@ def service_env(endpoints: Mapping[str, object] | None = None, **extra: str) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLMIX_")}
     # a worker stopped at teardown drains its calls in flight for at most this long (default 30 s)
     env.update({"SKILLMIX_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1", "SKILLMIX_STOP_GRACE_S": "3"})
+    env["SKILLMIX_API_KEY"] = keyed.MEMBER  # what the CLI's client commands send
     if endpoints:
         env["SKILLMIX_ENDPOINTS"] = json.dumps(
             {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in endpoints.items()}

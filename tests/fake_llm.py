@@ -50,8 +50,10 @@ class FakeConfig(BaseModel):
     latency_ms: float = Field(0.0, ge=0, description="delay before every admitted answer")
     latency_jitter_ms: float = Field(0.0, ge=0, description="extra uniform random delay")
     capacity: int = Field(
-        0, ge=0, description="requests served at once, the rest wait in a queue as on vLLM (latency = queueing + "
-        "latency_ms); 0 = no limit"
+        0,
+        ge=0,
+        description="requests served at once, the rest wait in a queue as on vLLM (latency = queueing + "
+        "latency_ms); 0 = no limit",
     )
     prose_words: int = Field(80, ge=1, description="length of non-pair answers")
     exact_dup_rate: float = Field(0.0, ge=0, le=1, description="pair copied from a canned pair")

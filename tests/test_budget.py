@@ -6,7 +6,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from arq.connections import ArqRedis
 
@@ -15,6 +14,7 @@ from schemas.llm import Usage
 from store import budget as caps
 from store import keys, lifecycle, records
 from store.budget import Prices
+from tests import keyed
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, submit, wait_for
@@ -169,9 +169,9 @@ def test_budget_pause_and_resume_lose_and_duplicate_nothing(
 
     time.sleep(0.5)
     wait_for(api, job_id, settled, timeout=30)
-    before, seen = httpx.get(f"{api}/v1/jobs/{job_id}").json(), fake.stats()["requests"]
+    before, seen = keyed.get(f"{api}/v1/jobs/{job_id}").json(), fake.stats()["requests"]
     time.sleep(2.0)
-    after, seen_after = httpx.get(f"{api}/v1/jobs/{job_id}").json(), fake.stats()["requests"]
+    after, seen_after = keyed.get(f"{api}/v1/jobs/{job_id}").json(), fake.stats()["requests"]
     assert seen_after == seen, "calls reached the endpoint while the job was paused"
     assert after["counters"] == before["counters"] and after["state"] == "paused", (before, after)
     c = after["counters"]
@@ -181,14 +181,14 @@ def test_budget_pause_and_resume_lose_and_duplicate_nothing(
     assert after["budget"] == {"max_cost_usd": cap, "max_tokens": None}
     assert after["budget_left"] == {"cost_usd": 0.0, "tokens": None}
 
-    refused = httpx.post(f"{api}/v1/jobs/{job_id}/resume")
+    refused = keyed.post(f"{api}/v1/jobs/{job_id}/resume")
     assert refused.status_code == 409 and "still at its budget" in refused.json()["detail"], refused.text
-    bad = httpx.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": -1}})
+    bad = keyed.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": -1}})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "budget", "max_cost_usd"], bad.text
-    assert httpx.patch(f"{api}/v1/jobs/nope", json={"budget": {"max_cost_usd": 1}}).status_code == 404
-    assert httpx.post(f"{api}/v1/jobs/nope/resume").status_code == 404
+    assert keyed.patch(f"{api}/v1/jobs/nope", json={"budget": {"max_cost_usd": 1}}).status_code == 404
+    assert keyed.post(f"{api}/v1/jobs/nope/resume").status_code == 404
 
-    raised = httpx.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": 100.0}})
+    raised = keyed.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": 100.0}})
     assert raised.status_code == 200, raised.text
     assert raised.json()["state"] == "running" and raised.json()["budget"]["max_cost_usd"] == 100.0
     status = wait_for(api, job_id, finished, timeout=90)
@@ -202,9 +202,9 @@ def test_budget_pause_and_resume_lose_and_duplicate_nothing(
     assert c["llm_calls"] == fake.stats()["requests"], (c, fake.stats())
     assert status["budget_left"]["cost_usd"] == round(100.0 - c["cost_usd"], 6)
 
-    late = httpx.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": 200.0}})
+    late = keyed.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": 200.0}})
     assert late.status_code == 409 and "completed" in late.json()["detail"], late.text
-    assert httpx.post(f"{api}/v1/jobs/{job_id}/resume").status_code == 409
+    assert keyed.post(f"{api}/v1/jobs/{job_id}/resume").status_code == 409
 
 
 def test_a_token_capped_job_pauses_and_can_be_cancelled(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
@@ -216,12 +216,12 @@ def test_a_token_capped_job_pauses_and_can_be_cancelled(processes: Processes, re
                     budget={"max_tokens": 1000})  # fmt: skip
     status = wait_for(api, job_id, lambda s: s["state"] == "paused" or finished(s), timeout=60)
     assert status["state"] == "paused" and "token budget reached" in status["message"], status
-    lowered = httpx.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_tokens": 1001}})
+    lowered = keyed.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_tokens": 1001}})
     assert lowered.json()["state"] == "paused"  # still no room: stays paused
-    assert httpx.post(f"{api}/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+    assert keyed.post(f"{api}/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
     time.sleep(1.0)
     seen = fake.stats()["requests"]
     time.sleep(1.5)
     assert fake.stats()["requests"] == seen
-    final = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+    final = keyed.get(f"{api}/v1/jobs/{job_id}").json()
     assert final["state"] == "cancelled" and final["counters"]["llm_calls"] == seen, final

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis as sync_redis
 from arq.connections import ArqRedis
 
 from schemas.jobs import JobRecord, PromptsJobSpec
 from store import keys, records
+from tests import keyed
 from tests.conftest import REDIS_URL, Processes, service_env
 from workers.curate.dedup import jaccard
 from workers.curate.quality import normalise_text
@@ -26,7 +26,7 @@ def wait_for(api: str, job_id: str, done: Callable[[dict[str, Any]], bool], time
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+        status = keyed.get(f"{api}/v1/jobs/{job_id}").json()
         if done(status):
             return status
         time.sleep(0.2)
@@ -43,7 +43,7 @@ def settled(status: dict[str, Any]) -> bool:
 
 
 def examples(api: str, job_id: str, status: str = "accepted") -> list[dict[str, Any]]:
-    response = httpx.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": status}, timeout=30)
+    response = keyed.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": status}, timeout=30)
     response.raise_for_status()
     return [json.loads(line) for line in response.text.splitlines() if line]
 
@@ -53,12 +53,12 @@ def start_stack(processes: Processes, fake: Any, workers: int = 1, **env: str) -
     api = processes.api(settings)
     for _ in range(workers):
         processes.worker(settings)
-    httpx.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
+    keyed.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
     return api
 
 
 def submit(api: str, **spec: Any) -> str:
-    response = httpx.post(f"{api}/v1/jobs", json=spec)
+    response = keyed.post(f"{api}/v1/jobs", json=spec)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -95,11 +95,11 @@ def test_instruct_job_end_to_end_dedups_and_filters(processes: Processes, redis:
     assert len(rejected) == c["rejected"] and all(r["verdict"]["reasons"] for r in rejected)
     assert any(r["duplicate_of"] for r in rejected)
 
-    alpaca = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "alpaca"}).json()
+    alpaca = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "alpaca"}).json()
     assert len(alpaca) == 200 and set(alpaca[0]) == {"instruction", "input", "output"}
-    sharegpt = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "sharegpt"}).json()
+    sharegpt = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "sharegpt"}).json()
     assert sharegpt[0]["conversations"][0]["from"] == "human"
-    coverage = httpx.get(f"{api}/v1/jobs/{job_id}/coverage").json()
+    coverage = keyed.get(f"{api}/v1/jobs/{job_id}/coverage").json()
     assert coverage["items"] == 200 and coverage["skills_covered"] >= 35
 
 
@@ -133,11 +133,11 @@ def test_cancel_stops_the_job(processes: Processes, redis: ArqRedis, fake_llm: A
     api = start_stack(processes, fake)
     job_id = submit(api, recipe="instruct", skill_set="starter@1", count=500, refine=False)
     wait_for(api, job_id, lambda s: s["counters"]["accepted"] >= 3, timeout=60)
-    assert httpx.post(f"{api}/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+    assert keyed.post(f"{api}/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
     time.sleep(1.0)
     calls = fake.stats()["requests"]
     time.sleep(3.0)
-    status = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+    status = keyed.get(f"{api}/v1/jobs/{job_id}").json()
     assert status["state"] == "cancelled" and status["counters"]["accepted"] < 500
     assert fake.stats()["requests"] - calls <= 2  # no new work is started after the cancel
     # every request the endpoint saw is in the job's usage, the ones cut short by the cancel included
@@ -202,7 +202,7 @@ def test_endpoint_down_then_back_loses_nothing(processes: Processes, redis: ArqR
     processes.worker(settings)
     job_id = submit(api, recipe="prompts", prompts=[f"Say {i}." for i in range(40)])
     wait_for(api, job_id, lambda s: s["counters"]["retries"] >= 40, timeout=30)
-    assert httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["processed"] == 0
+    assert keyed.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["processed"] == 0
     fake.configure(error_rate=0.0)
     status = wait_for(api, job_id, finished, timeout=60)
     assert status["state"] == "completed" and status["counters"]["accepted"] == 40, status

@@ -17,6 +17,7 @@ from schemas.settings import Settings
 from service.app import create_app
 from service.cli import app as cli_app
 from store.review import NoItem
+from tests import keyed
 from tests.conftest import REDIS_URL
 from workers.llm.errors import LLMFatal
 
@@ -71,7 +72,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     async def raising(name: str) -> None:
         await _raise(ERRORS[name])
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api", headers=keyed.auth()
+    ) as c:
         yield c
 
 
@@ -108,7 +111,9 @@ async def test_an_unknown_endpoint_is_a_422_where_it_was_named_and_a_404_in_the_
     settings = Settings(redis_url=REDIS_URL, data_dir=tmp_path, endpoints={"fake": fake}, default_endpoint="fake")
     app = create_app(settings)
     app.state.settings, app.state.redis = settings, redis
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api", headers=keyed.auth()
+    ) as c:
         spec: dict[str, object] = {"recipe": "instruct", "skill_set": "starter", "count": 5}
         cases: list[tuple[dict[str, object], str]] = [
             ({"endpoint": "gpt9"}, "endpoint"),

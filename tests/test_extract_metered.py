@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis as sync_redis
 from arq.connections import ArqRedis
 
 from schemas.jobs import JobState, PhaseTask
 from store import keys, records, stepped
+from tests import keyed
 from tests.conftest import REDIS_URL, Processes, kill_mid_call, service_env
 from tests.extract.helpers import settings_for, start_job, write_jsonl
 from tests.test_end_to_end import finished, submit, wait_for
@@ -34,7 +34,7 @@ def _stack(processes: Processes, fake: Any, data_dir: Path, **env: str) -> tuple
 def _extract(api: str, seed: Path, **spec: Any) -> str:
     body = {"recipe": "extract-from-dataset", "skill_set_name": "metered", "max_skills": 20} | spec
     with seed.open("rb") as fh:
-        response = httpx.post(
+        response = keyed.post(
             f"{api}/v1/skill-sets/extract", files={"file": (seed.name, fh), "spec": (None, json.dumps(body))}
         )
     assert response.status_code == 201, response.text
@@ -42,7 +42,7 @@ def _extract(api: str, seed: Path, **spec: Any) -> str:
 
 
 def _status(api: str, job_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+    body: dict[str, Any] = keyed.get(f"{api}/v1/jobs/{job_id}").json()
     return body
 
 
@@ -120,7 +120,7 @@ def test_a_cancel_mid_labelling_stops_the_calls_within_max_concurrency(
     processes.worker(settings)
     job_id = _extract(api, write_jsonl(tmp_path / "seed.jsonl", 2000), rows_per_call=5)  # 400 label calls
     _wait_requests(fake, 30)
-    response = httpx.post(f"{api}/v1/jobs/{job_id}/cancel")
+    response = keyed.post(f"{api}/v1/jobs/{job_id}/cancel")
     assert response.status_code == 200 and response.json()["state"] == "cancelled", response.text
     at_cancel = fake.stats()["requests"]
     time.sleep(3)  # at 300 ms a call, ~80 more calls would have left by now
@@ -141,7 +141,7 @@ def test_a_budget_capped_extraction_pauses_at_its_cap_and_completes_once_raised(
     api = processes.api(settings)
     processes.worker(settings)
     job_id = _extract(api, write_jsonl(tmp_path / "seed.jsonl", 400), rows_per_call=5)
-    capped = httpx.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": 0.005}})
+    capped = keyed.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": 0.005}})
     assert capped.status_code == 200, capped.text  # an extraction job has a budget like any job
     paused = wait_for(api, job_id, lambda s: s["state"] in ("paused", "completed", "failed"), timeout=60)
     assert paused["state"] == "paused" and "budget reached" in paused["message"], paused
@@ -153,7 +153,7 @@ def test_a_budget_capped_extraction_pauses_at_its_cap_and_completes_once_raised(
     time.sleep(1.5)
     assert fake.stats()["requests"] == requests  # paused: nothing leaves
 
-    raised = httpx.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": None}})
+    raised = keyed.patch(f"{api}/v1/jobs/{job_id}", json={"budget": {"max_cost_usd": None}})
     assert raised.status_code == 200 and raised.json()["state"] == "running", raised.text
     done = wait_for(api, job_id, finished, timeout=120)
     assert done["state"] == "completed" and done["result"] == "metered@1", done

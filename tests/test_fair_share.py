@@ -8,12 +8,12 @@ time, so the queue is FIFO and a small job waits behind every chunk of a big job
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from schemas.jobs import JobRecord, PromptsJobSpec
 from store import keys, queue, records
+from tests import keyed
 from tests.conftest import Processes, service_env
 from tests.test_end_to_end import finished, wait_for
 
@@ -25,7 +25,7 @@ def record_for(job_id: str, n: int, chunk_size: int = 4) -> JobRecord:
 
 
 def submit(api: str, **spec: Any) -> str:
-    response = httpx.post(f"{api}/v1/jobs", json=spec, timeout=60)  # 400 prompts on a busy machine
+    response = keyed.post(f"{api}/v1/jobs", json=spec, timeout=60)  # 400 prompts on a busy machine
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 

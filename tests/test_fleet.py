@@ -3,12 +3,12 @@
 import time
 from typing import Any
 
-import httpx
 import redis as sync_redis
 from arq.connections import ArqRedis
 
 from store import keys
 from store.stats import stat_field
+from tests import keyed
 from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.test_end_to_end import finished, submit, wait_for
 
@@ -78,7 +78,7 @@ def test_a_limit_learned_from_headers_applies_to_every_worker(
     api = stack(processes, fake, workers=2, rpm=6000)
     warm = run_prompts(api, 10, "warm")
     assert wait_for(api, warm, finished, timeout=60)["state"] == "completed"
-    limits = httpx.get(f"{api}/v1/endpoints/fake").json()
+    limits = keyed.get(f"{api}/v1/endpoints/fake").json()
     assert limits["learned"]["rpm"] == 600 and limits["effective"]["rpm"] == 600, limits
     before = fake.stats()["rate_limited"]
     start = time.monotonic()
@@ -89,17 +89,15 @@ def test_a_limit_learned_from_headers_applies_to_every_worker(
     assert time.monotonic() - start >= (100 - 10) / 10 * 0.85  # paced at 10/s, not at the configured 100/s
 
 
-def test_limits_changed_at_run_time_apply_within_a_second(
-    processes: Processes, redis: ArqRedis, fake_llm: Any
-) -> None:
+def test_limits_changed_at_run_time_apply_within_a_second(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
     fake = fake_llm(rpm=0, latency_ms=20)
     api = stack(processes, fake, workers=2, rpm=3000)
-    assert httpx.patch(f"{api}/v1/endpoints/nope", json={"rpm": 10}).status_code == 404
-    bad = httpx.patch(f"{api}/v1/endpoints/fake", json={"rpm": 0})
+    assert keyed.patch(f"{api}/v1/endpoints/nope", json={"rpm": 10}).status_code == 404
+    bad = keyed.patch(f"{api}/v1/endpoints/fake", json={"rpm": 0})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "rpm"
     job_id = run_prompts(api, 3000)
     wait_for(api, job_id, lambda s: s["counters"]["llm_calls"] >= 100, timeout=60)
-    response = httpx.patch(f"{api}/v1/endpoints/fake", json={"rpm": 300})
+    response = keyed.patch(f"{api}/v1/endpoints/fake", json={"rpm": 300})
     assert response.status_code == 200, response.text
     assert response.json()["runtime"]["rpm"] == 300 and response.json()["effective"]["rpm"] == 300
     time.sleep(1.0)  # within a second every worker paces at 5/s
@@ -107,9 +105,9 @@ def test_limits_changed_at_run_time_apply_within_a_second(
     time.sleep(3.0)
     sent = fake.stats()["requests"] - r1
     assert sent <= 5 * 3 + 5 + 2, sent  # 3 s at 5/s plus at most the 1 s burst; 3,000 rpm would be 150
-    restored = httpx.patch(f"{api}/v1/endpoints/fake", json={"reset": True}).json()
+    restored = keyed.patch(f"{api}/v1/endpoints/fake", json={"reset": True}).json()
     assert restored["runtime"] == {"rpm": None, "tpm": None} and restored["effective"]["rpm"] == 3000
-    httpx.post(f"{api}/v1/jobs/{job_id}/cancel")
+    keyed.post(f"{api}/v1/jobs/{job_id}/cancel")
 
 
 def test_adaptive_concurrency_keeps_a_queueing_server_near_its_capacity(
@@ -125,4 +123,3 @@ def test_adaptive_concurrency_keeps_a_queueing_server_near_its_capacity(
     assert fake.stats()["max_in_flight"] <= 16, fake.stats()  # fixed concurrency would put up to 64 in flight
     gauge = sync_redis.Redis.from_url(REDIS_URL).hget(keys.GAUGES, stat_field("adaptive_concurrency", "fake"))
     assert gauge is not None and 1 <= float(gauge) <= 16, gauge  # what /metrics exports
-

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 import redis as sync_redis
 from arq.connections import ArqRedis
@@ -21,6 +20,7 @@ from arq.constants import in_progress_key_prefix
 
 from schemas.jobs import ChunkTask, JobRecord, PromptsJobSpec
 from store import keys, records
+from tests import keyed
 from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, wait_for
@@ -39,7 +39,7 @@ SLOW = {"SKILLMIX_HEARTBEAT_S": str(HEARTBEAT_S), "SKILLMIX_STALL_S": "600", "SK
 def submit(api: str, n: int, chunk_size: int) -> str:
     prompts = [f"Write one line about lighthouse number {i}." for i in range(n)]
     body = {"recipe": "prompts", "prompts": prompts, "chunk_size": chunk_size, "dedup": {"exact": False}}
-    response = httpx.post(f"{api}/v1/jobs", json=body, timeout=60)
+    response = keyed.post(f"{api}/v1/jobs", json=body, timeout=60)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 

@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from arq.connections import ArqRedis
@@ -23,6 +22,7 @@ from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage
 from schemas.settings import Settings
 from store import endpoints, keys, queue, records
+from tests import keyed
 from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, settled, start_stack, submit, wait_for
@@ -62,11 +62,11 @@ def test_a_cancelled_job_makes_no_call_after_the_cancel(processes: Processes, re
     job_id = submit(api, recipe="prompts", prompts=prompts(4000), dedup={"exact": False})
     wait_for(api, job_id, lambda s: s["counters"]["accepted"] >= 50, timeout=60)
     at_cancel = fake.stats()["requests"]
-    assert httpx.post(f"{api}/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+    assert keyed.post(f"{api}/v1/jobs/{job_id}/cancel").json()["state"] == "cancelled"
     time.sleep(3.0)
     after = fake.stats()["requests"]
     assert after - at_cancel <= concurrency, (at_cancel, after)
-    status = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+    status = keyed.get(f"{api}/v1/jobs/{job_id}").json()
     assert status["state"] == "cancelled"
     assert status["counters"]["llm_calls"] == after, (status["counters"], fake.stats())
 
@@ -247,7 +247,6 @@ def test_chunks_arq_dropped_are_enqueued_again(processes: Processes, redis: ArqR
         assert {k.decode() for k in plain.hkeys(keys.redrives(job_id))} == {first.arq_id, second.arq_id}
 
 
-
 async def test_a_chunk_picked_up_by_a_worker_that_died_at_once_is_handed_out_again(redis: ArqRedis) -> None:
     """Killed between arq's pickup and its on_job_start hook: an in-progress mark with no recorded owner."""
     record = record_for("unowned", 24)
@@ -267,6 +266,7 @@ async def test_a_chunk_picked_up_by_a_worker_that_died_at_once_is_handed_out_aga
     assert not await redis.exists(in_progress_key_prefix + old)
     assert await redis.exists(in_progress_key_prefix + fresh) and await redis.exists(in_progress_key_prefix + owned)
     assert await redis.zscore(keys.QUEUE_NAME, old) is not None  # still queued: the next worker takes it
+
 
 async def _load(job_id: str) -> JobRecord:
     from arq.connections import RedisSettings, create_pool
@@ -317,7 +317,7 @@ def run_chaos(processes: Processes, fake: Any, count: int, kills: int, seed: int
     done = 0
     for _ in range(kills):
         time.sleep(rng.uniform(0.5, 2.0))
-        if finished(httpx.get(f"{api}/v1/jobs/{job_id}").json()):
+        if finished(keyed.get(f"{api}/v1/jobs/{job_id}").json()):
             break
         victim = workers.pop(rng.randrange(len(workers)))
         os.kill(victim.pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ import redis as sync_redis
 from arq.connections import ArqRedis
 
 from store import keys
+from tests import keyed
 from tests.conftest import REDIS_URL, REPO, Processes, service_env
 from tests.test_local_llm import needs_model
 
@@ -34,18 +35,18 @@ def test_local_llm_registers_serves_a_job_and_cleans_up(processes: Processes, re
             time.sleep(0.2)
         api = processes.api(env)  # no endpoint configured: the default `local` comes from the registry
         processes.worker(env)
-        job = httpx.post(
+        job = keyed.post(
             f"{api}/v1/jobs",
             json={"recipe": "prompts", "prompts": ["Name three colours."], "params": {"max_tokens": 32}},
         )
         assert job.status_code == 201, job.text
         job_id = job.json()["id"]
         deadline = time.monotonic() + 120
-        while (status := httpx.get(f"{api}/v1/jobs/{job_id}").json())["state"] not in ("completed", "failed"):
+        while (status := keyed.get(f"{api}/v1/jobs/{job_id}").json())["state"] not in ("completed", "failed"):
             assert time.monotonic() < deadline, status
             time.sleep(0.5)
         assert status["state"] == "completed" and status["counters"]["llm_calls"] >= 1, status
-        row = httpx.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": "accepted"}).json()
+        row = keyed.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": "accepted"}).json()
         assert row["model"].startswith("SmolLM2") and row["output"].strip()
     finally:
         server.send_signal(signal.SIGTERM)  # as docker or systemd stop it; Ctrl-C takes the same path
@@ -60,5 +61,5 @@ def test_local_llm_registers_serves_a_job_and_cleans_up(processes: Processes, re
     served = re.search(r"at (http://\S+) as endpoint", out)
     assert served is not None, out
     with pytest.raises(httpx.ConnectError):  # the model server it started is gone too
-        httpx.get(f"{served.group(1)}/models", timeout=5)
+        keyed.get(f"{served.group(1)}/models", timeout=5)
     assert not registry.hexists(keys.ENDPOINTS, "local")

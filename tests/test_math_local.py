@@ -14,12 +14,12 @@ import time
 from collections import Counter
 from typing import Any
 
-import httpx
 import pytest
 import redis as sync_redis
 from arq.connections import ArqRedis
 
 from store import keys
+from tests import keyed
 from tests.conftest import REDIS_URL, REPO, Processes, service_env
 from tests.test_local_llm import needs_model
 from workers.recipes.math import read_fields
@@ -73,11 +73,11 @@ def test_math_job_on_the_local_model_ends_within_budget_and_says_why(processes: 
             time.sleep(0.2)
         api = processes.api(env)
         processes.worker(env)
-        job = httpx.post(f"{api}/v1/jobs", json=math_spec())
+        job = keyed.post(f"{api}/v1/jobs", json=math_spec())
         assert job.status_code == 201, job.text
         job_id = job.json()["id"]
         deadline = time.monotonic() + JOB_DEADLINE_S
-        while not (status := httpx.get(f"{api}/v1/jobs/{job_id}").json())["settled"]:  # counters final
+        while not (status := keyed.get(f"{api}/v1/jobs/{job_id}").json())["settled"]:  # counters final
             assert time.monotonic() < deadline, f"math job still {status['state']} after {JOB_DEADLINE_S:.0f}s"
             time.sleep(1)
         elapsed = time.monotonic() - started
@@ -95,7 +95,7 @@ def test_math_job_on_the_local_model_ends_within_budget_and_says_why(processes: 
             assert re.search(rf"\b{top[0]} {top[1]}\b", message), message
         decided = []
         for which in ("accepted", "rejected"):
-            body = httpx.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": which}).text
+            body = keyed.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": which}).text
             decided += [json.loads(line) for line in body.splitlines() if line.strip()]
         assert len(decided) == c["processed"]
         assert all(item["math"] is not None for item in decided)  # every decided item keeps its history

@@ -6,10 +6,10 @@ import io
 import json
 from typing import Any
 
-import httpx
 import pyarrow.parquet as pq
 from arq.connections import ArqRedis
 
+from tests import keyed
 from tests.conftest import Processes
 from tests.test_end_to_end import examples, finished, settled, start_stack, submit, wait_for
 
@@ -21,9 +21,9 @@ def test_a_recipe_registered_from_the_test_runs_end_to_end(
 ) -> None:
     fake = fake_llm(rpm=6000, latency_ms=5)
     api = start_stack(processes, fake, SKILLMIX_RECIPES=PLUGIN)
-    body = httpx.get(f"{api}/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"]
+    body = keyed.get(f"{api}/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"]
     assert "echo" in json.dumps(body)  # documented with the built-ins
-    bad = httpx.post(f"{api}/v1/jobs", json={"recipe": "echo", "count": 2, "topic": ""})
+    bad = keyed.post(f"{api}/v1/jobs", json={"recipe": "echo", "count": 2, "topic": ""})
     assert bad.status_code == 422 and ["body", "topic"] in [e["loc"] for e in bad.json()["detail"]], bad.text
 
     job_id = submit(
@@ -44,9 +44,9 @@ def test_a_recipe_registered_from_the_test_runs_end_to_end(
     stored = examples(api, job_id)
     assert len(stored) == 12 and all(e["echo_len"] == len(e["output"]) > 0 for e in stored), stored[:2]
     assert all("tide pools" in e["instruction"] and "extras" not in e for e in stored)
-    lines = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "jsonl"}).text.splitlines()
+    lines = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "jsonl"}).text.splitlines()
     assert sorted(json.loads(line)["echo_len"] for line in lines) == sorted(e["echo_len"] for e in stored)
-    parquet = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "parquet"}, timeout=30)
+    parquet = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "parquet"}, timeout=30)
     table = pq.read_table(io.BytesIO(parquet.content))
     assert str(table.schema.field("echo_len").type) == "int64"
     assert sorted(table.column("echo_len").to_pylist()) == sorted(e["echo_len"] for e in stored)
@@ -55,5 +55,5 @@ def test_a_recipe_registered_from_the_test_runs_end_to_end(
 def test_without_the_plug_in_the_recipe_is_unknown(processes: Processes, fake_llm: Any) -> None:
     """The registry is what the processes loaded: the same spec is a 422 naming the known recipes."""
     api = start_stack(processes, fake_llm(rpm=6000))
-    response = httpx.post(f"{api}/v1/jobs", json={"recipe": "echo", "count": 2, "topic": "x"})
+    response = keyed.post(f"{api}/v1/jobs", json={"recipe": "echo", "count": 2, "topic": "x"})
     assert response.status_code == 422 and "'instruct'" in response.text and "echo" in response.text, response.text

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from service.ports import free_port
+from tests import keyed
 from tests.conftest import Processes, service_env
 
 
@@ -56,15 +57,15 @@ def test_redis_restart_mid_job(processes: Processes, aof_redis: AofRedis, fake_l
     env = service_env({"fake": fake.endpoint_settings()}, SKILLMIX_REDIS_URL=aof_redis.url)
     api = processes.api(env)
     processes.worker(env)
-    job_id = httpx.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": [f"Say {i}." for i in range(120)]}
+    job_id = keyed.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": [f"Say {i}." for i in range(120)]}
                         ).json()["id"]  # fmt: skip
     deadline = time.monotonic() + 30
-    while httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["accepted"] < 20:
+    while keyed.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["accepted"] < 20:
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
     aof_redis.stop()  # everything acknowledged so far is in the append-only file
-    down = httpx.get(f"{api}/v1/jobs/{job_id}", timeout=30)
+    down = keyed.get(f"{api}/v1/jobs/{job_id}", timeout=30)
     assert down.status_code == 503 and "Redis" in down.json()["detail"], down.text
     assert down.headers["retry-after"] == "2"
     time.sleep(1.0)
@@ -73,7 +74,7 @@ def test_redis_restart_mid_job(processes: Processes, aof_redis: AofRedis, fake_l
     deadline = time.monotonic() + 90
     while True:
         try:
-            status = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+            status = keyed.get(f"{api}/v1/jobs/{job_id}").json()
         except (httpx.HTTPError, json.JSONDecodeError):
             status = {"state": "unreachable"}
         if status["state"] == "completed":
@@ -81,6 +82,6 @@ def test_redis_restart_mid_job(processes: Processes, aof_redis: AofRedis, fake_l
         assert time.monotonic() < deadline, status
         time.sleep(0.3)
     assert status["counters"]["accepted"] == 120
-    lines = httpx.get(f"{api}/v1/jobs/{job_id}/examples", timeout=30).text.splitlines()
+    lines = keyed.get(f"{api}/v1/jobs/{job_id}/examples", timeout=30).text.splitlines()
     assert sorted(json.loads(line)["index"] for line in lines) == list(range(120))
     assert all(p.poll() is None for p in processes.procs), "API and worker survive the restart"

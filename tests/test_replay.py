@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Unpack
 
-import httpx
 import redis as sync_redis
 from arq.connections import ArqRedis
 
@@ -18,6 +17,7 @@ from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import Settings
 from store import keys, records
+from tests import keyed
 from tests.conftest import REDIS_URL, Processes, kill_mid_call, service_env
 from tests.raw_client import raw_client
 from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
@@ -176,7 +176,7 @@ def test_sigkill_mid_conversation_then_rerun_replays_finished_turns(
         time.sleep(0.02)
     in_flight, at_kill = kill_mid_call(worker, fake)  # answers the worker may not have kept
     assert at_kill["in_flight"] > 0
-    assert httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["generated"] < count  # mid-conversation
+    assert keyed.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["generated"] < count  # mid-conversation
     while (drained := fake.stats())["in_flight"]:  # the fake finishes what the dead worker sent
         time.sleep(0.05)
     with sync_redis.Redis.from_url(REDIS_URL) as plain:

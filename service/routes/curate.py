@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from schemas.jobs import CurateJobSpec, JobRecord, JobStatus
 from schemas.recipes import RecipeSpec
 from schemas.settings import Settings
+from service.auth import OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
 from service.recipes import own_submit
@@ -45,7 +46,6 @@ from service.uploads import (
 )
 from store import endpoints, jobs, keys
 from store.datasets import resolve_path
-from store.records import load_record
 from store.survey import survey
 
 router = APIRouter(prefix="/v1/curate", tags=["curate"])
@@ -86,7 +86,7 @@ async def _surveyed(spec: CurateJobSpec, data_dir: Path, block: int) -> CurateJo
 
 
 async def submit_curate(
-    spec: CurateJobSpec, job_id: str, redis: RedisDep, settings: Settings, uploaded: bool = False
+    spec: CurateJobSpec, job_id: str, redis: RedisDep, settings: Settings, team: str, uploaded: bool = False
 ) -> JobStatus:
     """Survey the dataset, store the job and enqueue all its rows (also used by ``POST /v1/jobs``)."""
     if not uploaded:
@@ -100,6 +100,7 @@ async def submit_curate(
     record = JobRecord(
         id=job_id,
         spec=spec,
+        team=team,
         endpoint=endpoint_name,
         model=model,
         chunk_size=chunk_size,
@@ -121,10 +122,10 @@ async def submit_curate(
 
 
 @own_submit(CurateJobSpec)
-async def _submit_via_jobs(spec: RecipeSpec, job_id: str, redis: Redis, settings: Settings) -> JobStatus:
+async def _submit_via_jobs(spec: RecipeSpec, job_id: str, redis: Redis, settings: Settings, team: str) -> JobStatus:
     """``POST /v1/jobs`` with ``recipe: curate``: the dataset is surveyed first, as here."""
     assert isinstance(spec, CurateJobSpec)
-    return await submit_curate(spec, job_id, redis, settings)
+    return await submit_curate(spec, job_id, redis, settings, team)
 
 
 @router.post(
@@ -134,13 +135,13 @@ async def _submit_via_jobs(spec: RecipeSpec, job_id: str, redis: Redis, settings
     responses=TOO_LARGE,
     openapi_extra=UPLOAD.openapi(inlined(CurateJobSpec.model_json_schema())),
 )
-async def curate(request: Request, redis: RedisDep, settings: SettingsDep) -> JobStatus:
+async def curate(request: Request, redis: RedisDep, settings: SettingsDep, caller: WriterDep) -> JobStatus:
     """Queue a curate job on a dataset; follow it at ``GET /v1/jobs/{id}``, read it at ``.../records``."""
     job_id = uuid.uuid4().hex
     try:
         multipart = is_multipart(request)
         spec = await _read_spec(request, job_id, settings)
-        return await submit_curate(spec, job_id, redis, settings, uploaded=multipart)
+        return await submit_curate(spec, job_id, redis, settings, caller.team, uploaded=multipart)
     except BaseException:  # refused, failed or cancelled (client gone): the upload, if any, goes too
         shutil.rmtree(upload_dir(settings.data_dir, job_id), ignore_errors=True)
         raise
@@ -184,11 +185,10 @@ async def iter_records(redis: RedisDep, job_id: str, rows: int, kind: str) -> As
 
 @router.get("/{job_id}/records", responses=NOT_FOUND, response_class=StreamingResponse)
 async def records(
-    job_id: str, redis: RedisDep, status: Literal["accepted", "rejected"] = "accepted"
+    job_id: str, record: OwnedJob, redis: RedisDep, status: Literal["accepted", "rejected"] = "accepted"
 ) -> StreamingResponse:
     """NDJSON of the job's rows as they were given, in input order: accepted ones, or rejected ones with
     ``reasons`` (the first is the one counted in ``rejected_by_reason``)."""
-    record = await load_record(redis, job_id)
-    if record is None or not isinstance(record.spec, CurateJobSpec):
+    if not isinstance(record.spec, CurateJobSpec):
         not_found("curate job", job_id)
     return StreamingResponse(iter_records(redis, job_id, record.spec.count, status), media_type="application/x-ndjson")

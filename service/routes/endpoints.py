@@ -7,6 +7,7 @@ at once, without a restart (``store.limits``).
 from fastapi import APIRouter
 
 from schemas.llm import EndpointLimits, EndpointLimitsPatch
+from service.auth import AdminDep
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
 from store import endpoints, limits
@@ -35,9 +36,10 @@ async def get_endpoint(name: str, redis: RedisDep, settings: SettingsDep) -> End
 
 @router.patch("/{name}", responses=NOT_FOUND, response_model=EndpointLimits)
 async def patch_endpoint(
-    name: str, body: EndpointLimitsPatch, redis: RedisDep, settings: SettingsDep
+    name: str, body: EndpointLimitsPatch, redis: RedisDep, settings: SettingsDep, caller: AdminDep
 ) -> EndpointLimits:
-    """Set the endpoint's rpm/tpm for every worker; effective on each worker's next call."""
+    """Set the endpoint's rpm/tpm for every worker; effective on each worker's next call (admin keys only:
+    it changes every team's runs)."""
     await _limits(redis, settings, name)  # 404 before anything is written
     await limits.set_limits(redis, name, body.rpm, body.tpm, reset=body.reset)
     return await _limits(redis, settings, name)

@@ -25,6 +25,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
 from schemas.jobs import JobRecord, JobStatus
 from schemas.settings import Settings
+from service.auth import OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
 from service.uploads import (
@@ -96,7 +97,7 @@ async def _check_dataset(spec: ExtractDatasetSpec, data_dir: Path) -> ExtractDat
     responses=TOO_LARGE,
     openapi_extra=UPLOAD.openapi(_inlined_schema()),
 )
-async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> JobStatus:
+async def extract(request: Request, redis: RedisDep, settings: SettingsDep, caller: WriterDep) -> JobStatus:
     """Queue an extraction job; follow it at ``GET /v1/jobs/{id}``."""
     job_id = uuid.uuid4().hex
     try:
@@ -108,6 +109,7 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
         record = JobRecord(
             id=job_id,
             spec=spec,
+            team=caller.team,
             endpoint=endpoint_name,
             model=endpoint.model,
             chunk_size=settings.chunk_size,
@@ -125,10 +127,9 @@ async def extract(request: Request, redis: RedisDep, settings: SettingsDep) -> J
 
 
 @router.get("/{job_id}/unlabelled", responses=NOT_FOUND, response_class=StreamingResponse)
-async def unlabelled_rows(job_id: str, redis: RedisDep) -> StreamingResponse:
+async def unlabelled_rows(job_id: str, record: OwnedJob, redis: RedisDep) -> StreamingResponse:
     """NDJSON, one ``UnlabelledRow`` per line: every seed row that ended without a coarse skill, and why."""
-    record = await records.load_record(redis, job_id)
-    if record is None or not isinstance(record.spec, ExtractDatasetSpec):
+    if not isinstance(record.spec, ExtractDatasetSpec):
         not_found("dataset extraction job", job_id)
     store = ExtractStore(redis, job_id)
 

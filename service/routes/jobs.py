@@ -12,6 +12,7 @@ from starlette.background import BackgroundTask
 from schemas.jobs import MAX_COUNT, GenerationSpec, JobPatch, JobRecord, JobsPublic, JobStatus
 from schemas.recipes import has_review_queue
 from schemas.sampling import Coverage, coverage
+from service.auth import CallerDep, OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
 from service.errors import CONFLICT, NOT_FOUND, conflict, not_found
 from service.export import (
@@ -38,20 +39,24 @@ MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus)
-async def submit_job(spec: Annotated[GenerationSpec, Body()], redis: RedisDep, settings: SettingsDep) -> JobStatus:
-    """Any recipe registered as submit-able here; what it needs resolved at submit, its spec resolves."""
+async def submit_job(
+    spec: Annotated[GenerationSpec, Body()], redis: RedisDep, settings: SettingsDep, caller: WriterDep
+) -> JobStatus:
+    """Any recipe registered as submit-able here; what it needs resolved at submit, its spec resolves. The job
+    belongs to the key's team."""
     own = SUBMITTERS.get(type(spec))
     if own is not None:  # e.g. a dataset surveyed first: the same path as its own route
-        return await own(spec, uuid.uuid4().hex, redis, settings)
+        return await own(spec, uuid.uuid4().hex, redis, settings, caller.team)
     endpoint_name = spec.endpoint or settings.default_endpoint
     endpoint = await endpoints.resolve(redis, settings, endpoint_name)  # UnknownEndpoint: a 422 naming the field
     for field, name in spec.extra_endpoints().items():  # a judge, a step checker: fail at submit, not in the worker
         await endpoints.resolve(redis, settings, name, field)
-    prepared = await spec.prepare_submit(RouteContext(redis, settings))
+    prepared = await spec.prepare_submit(RouteContext(redis, settings, caller.team))
     spec = prepared.spec
     record = JobRecord(
         id=uuid.uuid4().hex,
         spec=spec,
+        team=caller.team,
         skill_set=prepared.skill_set,
         endpoint=endpoint_name,
         model=endpoint.model,
@@ -73,40 +78,34 @@ async def _status(redis: RedisDep, job_id: str) -> JobStatus:
 @router.get("", response_model=JobsPublic)
 async def list_jobs(
     redis: RedisDep,
+    caller: CallerDep,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobsPublic:
-    ids, total = await records.list_job_ids(redis, offset, limit)
+    """The caller's team's jobs, newest first (an admin key: every team's)."""
+    ids, total = await records.list_job_ids(redis, offset, limit, None if caller.is_admin else caller.team)
     found = [await records.get_status(redis, i) for i in ids]
     return JobsPublic(data=[s for s in found if s is not None], count=total)
 
 
 @router.get("/{job_id}", responses=NOT_FOUND, response_model=JobStatus)
-async def get_job(job_id: str, redis: RedisDep) -> JobStatus:
+async def get_job(job_id: str, record: OwnedJob, redis: RedisDep) -> JobStatus:
     return await _status(redis, job_id)
 
 
 @router.post("/{job_id}/cancel", responses=NOT_FOUND, response_model=JobStatus)
-async def cancel_job(job_id: str, redis: RedisDep) -> JobStatus:
+async def cancel_job(job_id: str, record: OwnedJob, redis: RedisDep, caller: WriterDep) -> JobStatus:
     current = await _status(redis, job_id)
     if not current.state.finished:
         await jobs.cancel(redis, job_id)
     return await _status(redis, job_id)
 
 
-async def _generation_record(redis: RedisDep, job_id: str) -> JobRecord:
-    record = await records.load_record(redis, job_id)
-    if record is None:
-        not_found("job", job_id)
-    return record
-
-
 @router.patch("/{job_id}", responses={**NOT_FOUND, **CONFLICT}, response_model=JobStatus)
-async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
+async def patch_job(job_id: str, record: OwnedJob, patch: JobPatch, redis: RedisDep, caller: WriterDep) -> JobStatus:
     """Change a job's spending budget while it runs: the limits given replace the job's (``null`` removes
     one), the others stay. Raising the budget of a job paused at it resumes it; lowering it below what was
     already spent pauses it now."""
-    record = await _generation_record(redis, job_id)
     state = await records.get_state(redis, job_id)
     if state is None or state.finished:
         conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")
@@ -115,17 +114,16 @@ async def patch_job(job_id: str, patch: JobPatch, redis: RedisDep) -> JobStatus:
 
 
 @router.post("/{job_id}/resume", responses={**NOT_FOUND, **CONFLICT}, response_model=JobStatus)
-async def resume_job(job_id: str, redis: RedisDep) -> JobStatus:
+async def resume_job(job_id: str, record: OwnedJob, redis: RedisDep, caller: WriterDep) -> JobStatus:
     """Carry on with a job paused at its budget (once the budget has room again): every planned chunk with
     items still to generate is enqueued again."""
-    record = await _generation_record(redis, job_id)
     await jobs.resume(redis, record)  # NotPaused, BudgetExhausted: 409s that say why
     return await _status(redis, job_id)
 
 
 @router.get("/{job_id}/examples", responses=NOT_FOUND, response_class=StreamingResponse)
 async def stream_examples(
-    job_id: str, redis: RedisDep, status: Literal["accepted", "rejected"] = "accepted"
+    job_id: str, record: OwnedJob, redis: RedisDep, status: Literal["accepted", "rejected"] = "accepted"
 ) -> StreamingResponse:
     """NDJSON, one stored example per line, streamed bucket by bucket."""
     await _status(redis, job_id)
@@ -140,6 +138,7 @@ async def stream_examples(
 @router.get("/{job_id}/export", responses=NOT_FOUND, response_class=StreamingResponse)
 async def export_job(
     job_id: str,
+    record: OwnedJob,
     redis: RedisDep,
     format: ExportFormat = ExportFormat.JSONL,
     split: Split | None = None,
@@ -179,11 +178,8 @@ async def export_job(
 
 
 @router.get("/{job_id}/coverage", responses=NOT_FOUND, response_model=Coverage)
-async def job_coverage(job_id: str, redis: RedisDep) -> Coverage:
+async def job_coverage(job_id: str, record: OwnedJob, redis: RedisDep) -> Coverage:
     """Skill and skill-pair coverage of the accepted examples."""
-    record = await records.load_record(redis, job_id)
-    if record is None:
-        not_found("job", job_id)
     all_skills = [s.name for s in record.skill_set.skills] if record.skill_set else []
     draws = [(e.skills, e.query_type) async for e in iter_examples(redis, job_id, "accepted")]
     return coverage(draws, all_skills)

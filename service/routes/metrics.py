@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from redis.asyncio import Redis
 
 from schemas.jobs import JobState
+from service.auth import AdminDep
 from service.deps import RedisDep
 from store.stats import FleetSnapshot
 from store.stats import read_fleet as read_snapshot
@@ -91,6 +92,7 @@ def render(snapshot: FleetSnapshot) -> bytes:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(redis: RedisDep) -> Response:
-    """Fleet-wide jobs, queue, items, LLM calls, tokens, cost and ``skillmix:stats`` / ``skillmix:gauges``."""
+async def metrics(redis: RedisDep, caller: AdminDep) -> Response:
+    """Fleet-wide jobs, queue, items, LLM calls, tokens, cost and ``skillmix:stats`` / ``skillmix:gauges``
+    (an admin key: the numbers are every team's)."""
     return Response(render(await read_fleet(redis)), media_type=CONTENT_TYPE)

@@ -1,13 +1,14 @@
 """The MATH^2 review queue: list, inspect, accept, edit, reject, and ask the LLM for help.
 
-Writes name the reviewer in the ``X-Reviewer`` header and the version they saw in ``expected_version``; a
-write against a stale version is a 409 carrying the current item, and changes nothing.
+Writes are recorded under the key's name and team (``reviewer``), never a client-written string, with the version
+the reviewer saw in ``expected_version``; a write against a stale version is a 409 carrying the current item,
+and changes nothing. Another team's job and items answer 404, as missing ones do.
 """
 
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Query, status
 
 from schemas.recipes import has_review_queue
 from schemas.review import (
@@ -21,13 +22,14 @@ from schemas.review import (
     ReviewItemsPublic,
     ReviewState,
 )
+from schemas.teams import Caller
+from service.auth import CallerDep, OwnedJob, WriterDep, job_not_found
 from service.deps import RedisDep
 from service.errors import NOT_FOUND, not_found, unprocessable
-from store import jobs
+from store import jobs, records
 from store import review as review_store
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
-Reviewer = Annotated[str, Header(alias="X-Reviewer", min_length=1, max_length=200, description="who makes the change")]
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ReviewConflict, "description": "the item changed since expected_version"}
 }
@@ -51,25 +53,37 @@ async def _item(redis: RedisDep, job_id: str, item_id: str) -> ReviewItem:
     return item
 
 
-@router.get("", response_model=ReviewItemsPublic)
+def reviewer(caller: Caller) -> str:
+    """Who a change is recorded under: the key's name (its id if unnamed) and team."""
+    return f"{caller.name or caller.key_id} (team {caller.team})"
+
+
+@router.get("", response_model=ReviewItemsPublic, responses=NOT_FOUND)
 async def list_items(
     redis: RedisDep,
+    caller: CallerDep,
     job: str | None = None,
     skill: str | None = None,
     state: ReviewState | None = None,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ReviewItemsPublic:
-    """Questions to review, ordered by job id then example index; pass ``next_cursor`` back for the next page."""
+    """The team's questions to review, ordered by job id then example index; pass ``next_cursor`` back for the
+    next page."""
     if job is not None:
+        record = await records.load_record(redis, job)
+        if record is None or not caller.sees(record.team):
+            raise job_not_found(job)
         await _math_job(redis, job)
-    job_ids = [job] if job is not None else await review_store.math_job_ids(redis)
+    job_ids = (
+        [job] if job is not None else await review_store.math_job_ids(redis, None if caller.is_admin else caller.team)
+    )
     items, next_cursor = await review_store.page(redis, job_ids, skill, state, cursor, limit)
     return ReviewItemsPublic(data=items, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}/{item_id}", responses=NOT_FOUND, response_model=ReviewItemDetail)
-async def get_item(job_id: str, item_id: str, redis: RedisDep) -> ReviewItemDetail:
+async def get_item(job_id: str, item_id: str, record: OwnedJob, redis: RedisDep) -> ReviewItemDetail:
     """The item, its stored example (the whole MATH^2 stage history in ``example.math``) and every version."""
     item = await _item(redis, job_id, item_id)
     example = await review_store.example(redis, item)
@@ -95,30 +109,33 @@ async def _change(
 
 @router.post("/{job_id}/{item_id}/accept", responses=WRITE_RESPONSES, response_model=ReviewItem)
 async def accept_item(
-    job_id: str, item_id: str, decision: ReviewDecision, redis: RedisDep, reviewer: Reviewer
+    job_id: str, item_id: str, record: OwnedJob, decision: ReviewDecision, redis: RedisDep, caller: WriterDep
 ) -> ReviewItem:
     fields: dict[str, object] = {"state": "accepted", "reject_reason": None}
     return await _change(
-        redis, job_id, item_id, decision.expected_version, reviewer, "accept", fields, decision.reason or None
+        redis, job_id, item_id, decision.expected_version, reviewer(caller), "accept", fields, decision.reason or None
     )
 
 
 @router.post("/{job_id}/{item_id}/reject", responses=WRITE_RESPONSES, response_model=ReviewItem)
 async def reject_item(
-    job_id: str, item_id: str, decision: ReviewDecision, redis: RedisDep, reviewer: Reviewer
+    job_id: str, item_id: str, record: OwnedJob, decision: ReviewDecision, redis: RedisDep, caller: WriterDep
 ) -> ReviewItem:
     """Reject with a reason (required)."""
     if not decision.reason:
         unprocessable("reason", "a rejection needs a reason")
     fields: dict[str, object] = {"state": "rejected", "reject_reason": decision.reason}
-    return await _change(redis, job_id, item_id, decision.expected_version, reviewer, "reject", fields, decision.reason)
+    by = reviewer(caller)
+    return await _change(redis, job_id, item_id, decision.expected_version, by, "reject", fields, decision.reason)
 
 
 @router.patch("/{job_id}/{item_id}", responses=WRITE_RESPONSES, response_model=ReviewItem)
-async def edit_item(job_id: str, item_id: str, edit: ReviewEdit, redis: RedisDep, reviewer: Reviewer) -> ReviewItem:
+async def edit_item(
+    job_id: str, item_id: str, record: OwnedJob, edit: ReviewEdit, redis: RedisDep, caller: WriterDep
+) -> ReviewItem:
     """Change the problem, solution and/or answer; the review state is kept."""
     fields: dict[str, object] = edit.model_dump(exclude_none=True, exclude={"expected_version"})
-    return await _change(redis, job_id, item_id, edit.expected_version, reviewer, "edit", fields)
+    return await _change(redis, job_id, item_id, edit.expected_version, reviewer(caller), "edit", fields)
 
 
 @router.post(
@@ -128,7 +145,7 @@ async def edit_item(job_id: str, item_id: str, edit: ReviewEdit, redis: RedisDep
     response_model=HelpAccepted,
 )
 async def ask_for_help(
-    job_id: str, item_id: str, request: HelpRequest, redis: RedisDep, reviewer: Reviewer
+    job_id: str, item_id: str, record: OwnedJob, request: HelpRequest, redis: RedisDep, caller: WriterDep
 ) -> HelpAccepted:
     """Queue an LLM helper on the item (metered to the job); its answer appears in the item's ``suggestions``
     with ``id`` = ``suggestion_id`` and is never applied by itself."""
@@ -139,6 +156,6 @@ async def ask_for_help(
         unprocessable("skill", "name the skill to make necessary")
     suggestion_id = uuid.uuid4().hex
     await jobs.ask_for_help(
-        redis, job_id, item_id, suggestion_id, request.kind, reviewer, request.skill, request.note
+        redis, job_id, item_id, suggestion_id, request.kind, reviewer(caller), request.skill, request.note
     )
     return HelpAccepted(suggestion_id=suggestion_id, job_id=job_id, item_id=item_id)

@@ -22,6 +22,7 @@ from store import jobs, records
 from store.datasets import resolve_path
 from store.skill_sets import get_skill_set
 from store.survey import inspect
+from tests import keyed
 from tests.conftest import REDIS_URL
 from tests.plugins.fake_llm import FakeLLM
 from workers.extract import runner
@@ -69,6 +70,7 @@ async def start_job(redis: ArqRedis, settings: Settings, body: dict[str, Any]) -
     record = JobRecord(
         id=uuid.uuid4().hex,
         spec=spec,
+        team=keyed.TEAM,
         endpoint="fake",
         model="fake-model",
         chunk_size=32,
@@ -108,5 +110,5 @@ async def run_job(
     found = None
     if status.result:
         name, _, version = status.result.partition("@")
-        found = await get_skill_set(redis, name, int(version))
+        found = await get_skill_set(redis, keyed.TEAM, name, int(version))
     return status, found

@@ -5,6 +5,7 @@ from pathlib import Path
 from arq.connections import ArqRedis
 
 from store.skill_sets import get_skill_set
+from tests import keyed
 from tests.extract.helpers import run_job, settings_for
 from tests.plugins.fake_llm import FakeLLMFactory
 
@@ -46,7 +47,7 @@ async def test_a_rerun_is_a_new_version(redis: ArqRedis, fake_llm: FakeLLMFactor
     _, first = await run_job(redis, settings, BODY)
     _, second = await run_job(redis, settings, BODY | {"num_topics": 2})
     assert first is not None and second is not None and (first.version, second.version) == (1, 2)
-    assert await get_skill_set(redis, "support", 1) == first  # version 1 unchanged
+    assert await get_skill_set(redis, keyed.TEAM, "support", 1) == first  # version 1 unchanged
     assert len(second.skills) == 1 + 2 * 3
 
 

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from schemas.settings import EndpointSettings, Settings
 from service.ports import free_port
 from store.skill_sets import versions
+from tests import keyed
 from tests.conftest import REPO, Processes, service_env
 from tests.extract.helpers import run_job
 from tests.plugins.fake_llm import FakeLLMFactory
@@ -173,7 +174,7 @@ async def test_the_bundled_models_placeholder_topics_fail_the_job(
     """What a new user saw: topics named [topic1] .. [topic3] must not become a saved set."""
     server = scripted(topics=lambda _: {"topics": ["[topic1]", "[topic2]", "[topic3]"]})
     status, found = await run_job(redis, settings_for(tmp_path, server), body())
-    assert status.state == "failed" and found is None and await versions(redis, "support") == []
+    assert status.state == "failed" and found is None and await versions(redis, keyed.TEAM, "support") == []
     assert status.message.startswith("the model gave no usable topics (asked for 3)"), status.message
     assert "dropped 9 topic names as placeholders: '[topic1]', '[topic2]', '[topic3]'" in status.message
     assert server.asked == ["topics"] * 3  # asked again for the missing topics, then gave up
@@ -187,7 +188,7 @@ async def test_skills_copied_from_the_prompt_fail_the_job(
         topics=topics, skills=skills("persuasive_writing", "statistical_reasoning"), query_types=query_types
     )
     status, found = await run_job(redis, settings_for(tmp_path, server), body())
-    assert status.state == "failed" and found is None and await versions(redis, "support") == []
+    assert status.state == "failed" and found is None and await versions(redis, keyed.TEAM, "support") == []
     assert (
         "asked for 12 skills over 3 topics, got 0 usable (dropped: 0 placeholders, 6 copied from the prompt's examples)"
         in status.message
@@ -208,7 +209,7 @@ async def test_a_set_far_short_fails_unless_allowed(
     settings = settings_for(tmp_path, server)
     summary = "asked for 12 skills over 3 topics, got 3 usable (dropped: 12 placeholders, 3 copied from the prompt's"
     status, found = await run_job(redis, settings, body())
-    assert status.state == "failed" and found is None and await versions(redis, "support") == []
+    assert status.state == "failed" and found is None and await versions(redis, keyed.TEAM, "support") == []
     assert status.message.startswith(summary), status.message
     assert "dropped 12 skill names as placeholders: '<skill>', 'skill_name', 'example_skill', '...'" in status.message
     assert "set allow_shortfall" in status.message

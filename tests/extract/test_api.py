@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 from schemas.settings import Settings
 from service.app import create_app
 from store import keys
+from tests import keyed
 from tests.conftest import REDIS_URL, REPO, Processes, service_env
 from tests.extract.helpers import coarse_of, write_jsonl
 from tests.plugins.fake_llm import FakeLLM, FakeLLMFactory
@@ -30,7 +31,9 @@ async def in_process(redis: ArqRedis, data_dir: Path, **extra: Any) -> AsyncIter
     settings = Settings(redis_url=REDIS_URL, data_dir=data_dir, endpoints=ENDPOINTS, default_endpoint="fake", **extra)
     app = create_app(settings)
     app.state.settings, app.state.redis = settings, redis
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api", headers=keyed.auth()
+    ) as c:
         yield c
 
 
@@ -237,7 +240,7 @@ def test_uploaded_dataset_to_a_generation_job(
     seed = write_jsonl(tmp_path / "seed.jsonl", 2000)
     spec = {"recipe": "extract-from-dataset", "skill_set_name": "tickets", "max_skills": 20}
     with seed.open("rb") as fh:
-        response = httpx.post(
+        response = keyed.post(
             f"{api}/v1/skill-sets/extract", files={"file": ("tickets.jsonl", fh), "spec": (None, json.dumps(spec))}
         )
     assert response.status_code == 201, response.text
@@ -247,14 +250,14 @@ def test_uploaded_dataset_to_a_generation_job(
     c = status["counters"]
     assert c["accepted"] + c["rejected"] == 2000 and c["accepted"] > 1800 and c["rejected"] > 0
     unlabelled = [
-        json.loads(line) for line in httpx.get(f"{api}/v1/skill-sets/extract/{job_id}/unlabelled").text.splitlines()
+        json.loads(line) for line in keyed.get(f"{api}/v1/skill-sets/extract/{job_id}/unlabelled").text.splitlines()
     ]
     assert len(unlabelled) == c["rejected"] and len({u["row"] for u in unlabelled}) == c["rejected"]
     assert sum(c["rejected_by_reason"].values()) == c["rejected"]
 
     assert status["result"] == "tickets@1"
-    latest = httpx.get(f"{api}/v1/skill-sets/tickets").json()
-    assert latest == httpx.get(f"{api}/v1/skill-sets/tickets/1").json()
+    latest = keyed.get(f"{api}/v1/skill-sets/tickets").json()
+    assert latest == keyed.get(f"{api}/v1/skill-sets/tickets/1").json()
     assert sum(s["frequency"] for s in latest["skills"]) == c["accepted"]
     assert {s["name"] for s in latest["skills"]} <= {coarse_of(i) for i in range(2000)}
     assert all(1 <= len(s["examples"]) <= 5 for s in latest["skills"])

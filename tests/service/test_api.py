@@ -9,6 +9,7 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
+from tests import keyed
 from tests.conftest import Processes, service_env
 
 STARTER = json.loads((Path(__file__).parents[2] / "service/data/starter-skills.json").read_text())
@@ -36,15 +37,15 @@ def _errors(response: httpx.Response) -> list[tuple[str, str]]:
 
 
 def test_skill_sets_are_versioned_and_immutable(api: str) -> None:
-    first = httpx.post(f"{api}/v1/skill-sets", json=STARTER)
+    first = keyed.post(f"{api}/v1/skill-sets", json=STARTER)
     assert first.status_code == 201 and first.json()["version"] == 1
     changed = {**STARTER, "skills": STARTER["skills"][:5]}
-    second = httpx.post(f"{api}/v1/skill-sets", json=changed)
+    second = keyed.post(f"{api}/v1/skill-sets", json=changed)
     assert second.json()["version"] == 2
-    assert len(httpx.get(f"{api}/v1/skill-sets/starter/1").json()["skills"]) == 40
-    assert len(httpx.get(f"{api}/v1/skill-sets/starter").json()["skills"]) == 5
-    assert httpx.get(f"{api}/v1/skill-sets").json()["count"] == 1
-    assert httpx.get(f"{api}/v1/skill-sets/starter/3").status_code == 404
+    assert len(keyed.get(f"{api}/v1/skill-sets/starter/1").json()["skills"]) == 40
+    assert len(keyed.get(f"{api}/v1/skill-sets/starter").json()["skills"]) == 5
+    assert keyed.get(f"{api}/v1/skill-sets").json()["count"] == 1
+    assert keyed.get(f"{api}/v1/skill-sets/starter/3").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -68,16 +69,16 @@ def test_skill_sets_are_versioned_and_immutable(api: str) -> None:
     ],
 )
 def test_bad_job_specs_are_422_naming_the_field(api: str, body: dict[str, object], field: str, words: str) -> None:
-    httpx.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
-    errors = _errors(httpx.post(f"{api}/v1/jobs", json=body))
+    keyed.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
+    errors = _errors(keyed.post(f"{api}/v1/jobs", json=body))
     assert any((field in loc or field in msg) and words in msg for loc, msg in errors), errors
-    assert httpx.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored
+    assert keyed.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored
 
 
 def test_k_larger_than_the_skill_set_is_422(api: str) -> None:
     small = {**STARTER, "name": "tiny", "skills": STARTER["skills"][:2]}
-    httpx.post(f"{api}/v1/skill-sets", json=small).raise_for_status()
-    errors = _errors(httpx.post(f"{api}/v1/jobs", json={"recipe": "instruct", "skill_set": "tiny", "count": 3, "k": 3}))
+    keyed.post(f"{api}/v1/skill-sets", json=small).raise_for_status()
+    errors = _errors(keyed.post(f"{api}/v1/jobs", json={"recipe": "instruct", "skill_set": "tiny", "count": 3, "k": 3}))
     assert errors == [("body.k", "k=3 but skill set tiny@1 has only 2 skills")]
 
 
@@ -95,32 +96,35 @@ def test_an_empty_prompt_is_422_naming_its_index(api: str, bad: object, index: i
     """An empty prompt used to pass validation and then fail its whole chunk in the worker."""
     prompts: list[object] = ["Name a colour.", [{"role": "user", "content": "Say hi."}], "Count to 3.", "Why?"]
     prompts[index] = bad
-    errors = _errors(httpx.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": prompts}))
+    errors = _errors(keyed.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": prompts}))
     assert any("prompts" in loc and f"prompts[{index}] is empty" in msg for loc, msg in errors), errors
-    assert httpx.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored
+    assert keyed.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored
     prompts[index] = [{"role": "system", "content": ""}, {"role": "user", "content": "Fine now."}]
-    response = httpx.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": prompts})
+    response = keyed.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": prompts})
     assert response.status_code == 201, response.text
     assert response.json()["count"] == 4
 
 
 def test_unknown_ids_are_404(api: str) -> None:
     for path in ("/v1/jobs/abc", "/v1/jobs/abc/examples", "/v1/jobs/abc/export", "/v1/skill-sets/none"):
-        assert httpx.get(api + path).status_code == 404, path
-    assert httpx.post(f"{api}/v1/jobs/abc/cancel").status_code == 404
-    assert httpx.get(f"{api}/v1/jobs/abc/export", params={"format": "csv"}).status_code == 422
+        assert keyed.get(api + path).status_code == 404, path
+    assert keyed.post(f"{api}/v1/jobs/abc/cancel").status_code == 404
+    assert keyed.get(f"{api}/v1/jobs/abc/export", params={"format": "csv"}).status_code == 404  # the id first
+    keyed.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
+    job = keyed.post(f"{api}/v1/jobs", json={"recipe": "instruct", "skill_set": "starter", "count": 5}).json()
+    assert keyed.get(f"{api}/v1/jobs/{job['id']}/export", params={"format": "csv"}).status_code == 422
 
 
 def test_submit_stores_queues_and_reports(api: str) -> None:
-    httpx.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
-    response = httpx.post(f"{api}/v1/jobs", json={"recipe": "instruct", "skill_set": "starter", "count": 70})
+    keyed.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
+    response = keyed.post(f"{api}/v1/jobs", json={"recipe": "instruct", "skill_set": "starter", "count": 70})
     assert response.status_code == 201
     job = response.json()
     assert job["state"] == "queued" and job["skill_set"] == "starter@1" and job["endpoint"] == "fake"
     assert job["counters"]["planned"] == 70
-    assert httpx.get(f"{api}/v1/jobs/{job['id']}").json()["id"] == job["id"]
-    assert [j["id"] for j in httpx.get(f"{api}/v1/jobs").json()["data"]] == [job["id"]]
-    cancelled = httpx.post(f"{api}/v1/jobs/{job['id']}/cancel").json()
+    assert keyed.get(f"{api}/v1/jobs/{job['id']}").json()["id"] == job["id"]
+    assert [j["id"] for j in keyed.get(f"{api}/v1/jobs").json()["data"]] == [job["id"]]
+    cancelled = keyed.post(f"{api}/v1/jobs/{job['id']}/cancel").json()
     assert cancelled["state"] == "cancelled"
 
 
@@ -141,7 +145,7 @@ def test_garbage_requests_get_a_clear_4xx_not_a_500(
     api: str, method: str, path: str, kwargs: dict[str, Any], status: int, detail: str
 ) -> None:
     """Inputs schemathesis found to crash the API with a 500."""
-    response = httpx.request(method, api + path, **kwargs)
+    response = keyed.request(method, api + path, **kwargs)
     assert response.status_code == status, response.text
     assert detail in response.text
-    assert httpx.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored
+    assert keyed.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing stored

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,6 +22,7 @@ from arq.connections import ArqRedis
 from schemas.examples import Example
 from schemas.jobs import CurateJobSpec, JobRecord
 from store import keys
+from tests import keyed
 from tests.conftest import REPO, Processes, service_env
 
 GOOD = [
@@ -187,9 +187,9 @@ def test_curate_each_format(fmt: str, processes: Processes, redis: ArqRedis, tmp
     assert [r["reasons"][0] for r in rejected] == list(EXPECTED_REJECTED.values())
     assert "too_short" in rejected[0]["reasons"]  # a refusal is also short: every reason is listed
     # the stored records are whole examples, readable by every other reader of the job's storage
-    job_id = httpx.get(f"{api}/v1/jobs").json()["data"][0]["id"]
+    job_id = keyed.get(f"{api}/v1/jobs").json()["data"][0]["id"]
     for kind, expected in (("accepted", EXPECTED_ACCEPTED), ("rejected", list(EXPECTED_REJECTED))):
-        stored = httpx.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": kind}).text.splitlines()
+        stored = keyed.get(f"{api}/v1/jobs/{job_id}/examples", params={"status": kind}).text.splitlines()
         examples = [Example.model_validate_json(line) for line in stored]
         assert sorted(e.index for e in examples) == expected
         assert all(e.recipe == "curate" and e.verdict.accepted == (kind == "accepted") for e in examples)
@@ -249,7 +249,7 @@ def test_bad_input_is_a_clear_message_and_exit_2(processes: Processes, redis: Ar
         assert message in " ".join(done.stdout.split()), (args, done.stdout)
         assert "Traceback" not in done.stdout + done.stderr
     assert not list((tmp_path / "out").glob("*.jsonl"))
-    assert httpx.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing was queued
+    assert keyed.get(f"{api}/v1/jobs").json()["count"] == 0  # nothing was queued
 
 
 async def test_server_path_spec_is_surveyed_and_uploads_stay_private(redis: ArqRedis, tmp_path: Path) -> None:

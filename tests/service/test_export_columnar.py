@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
@@ -20,6 +19,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from store import keys
+from tests import keyed
 from tests.conftest import Processes, service_env
 from tests.service.test_cli import skillmix
 from tests.test_end_to_end import examples, finished, submit, wait_for
@@ -58,7 +58,7 @@ def test_parquet_export_from_the_api_and_the_cli(stored_job: tuple[str, str, dic
     api, job_id, env = stored_job
     reference = examples(api, job_id)
 
-    response = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "parquet"}, timeout=60)
+    response = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "parquet"}, timeout=60)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/vnd.apache.parquet"
     assert f'filename="{job_id}.parquet"' in response.headers["content-disposition"]
@@ -76,7 +76,7 @@ def test_parquet_export_from_the_api_and_the_cli(stored_job: tuple[str, str, dic
     done = skillmix("export", job_id, "--format", "parquet", "-o", str(out), "--api", api, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert out.read_bytes() == response.content
-    assert httpx.get(f"{api}/v1/jobs/nope/export", params={"format": "parquet"}).status_code == 404
+    assert keyed.get(f"{api}/v1/jobs/nope/export", params={"format": "parquet"}).status_code == 404
 
 
 def test_hf_export_loads_with_datasets(stored_job: tuple[str, str, dict[str, str]], tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from arq.connections import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,6 +18,7 @@ from schemas.jobs import JobRecord, JobState, PromptsJobSpec
 from service.ports import free_port
 from service.routes.metrics import read_fleet, render
 from store import keys, records, stats
+from tests import keyed
 from tests.conftest import Processes
 from tests.test_end_to_end import finished, start_stack, submit, wait_for
 
@@ -27,7 +27,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def scrape(url: str) -> tuple[Samples, dict[str, str]]:
     """Every sample of a Prometheus text page, by (name, sorted labels), and each family's type."""
-    response = httpx.get(url, timeout=10)
+    response = keyed.get(url, timeout=10)
     response.raise_for_status()
     assert response.headers["content-type"].startswith("text/plain"), response.headers
     samples: Samples = {}
@@ -87,7 +87,7 @@ async def test_metrics_follow_a_real_job(processes: Processes, redis: ArqRedis, 
         """API scrape, worker scrape and job counters once they agree with the endpoint's request count."""
         fleet, _ = scrape(f"{api}/metrics")
         worker, _ = scrape(worker_metrics)
-        c = httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]
+        c = keyed.get(f"{api}/v1/jobs/{job_id}").json()["counters"]
         requests = fake.stats()["requests"]
         assert c["llm_calls"] == requests == value(fleet, "skillmix_llm_calls_total")
         assert total(worker, "skillmix_llm_request_seconds_count", endpoint="fake") == requests

@@ -17,6 +17,7 @@ from schemas.review import HelpTask, ReviewVersion, Suggestion
 from schemas.settings import Settings
 from store import keys
 from store import review as review_store
+from tests import keyed
 from tests.conftest import REDIS_URL, Processes, service_env
 from tests.fake_llm import math_notation, math_truth
 from tests.test_end_to_end import examples, finished, submit, wait_for
@@ -37,7 +38,7 @@ def _stack(processes: Processes, fake_llm: Any) -> tuple[Any, str]:
     settings = service_env({"fake": fake.endpoint_settings(**PRICED)})
     api = processes.api(settings)
     processes.worker(settings)
-    httpx.post(f"{api}/v1/skill-sets", json=MATH_SET).raise_for_status()
+    keyed.post(f"{api}/v1/skill-sets", json=MATH_SET).raise_for_status()
     return fake, api
 
 
@@ -49,14 +50,14 @@ def _math_job(api: str, count: int, seed: int) -> str:
 
 
 def _list(api: str, **params: Any) -> dict[str, Any]:
-    response = httpx.get(f"{api}/v1/review", params=params)
+    response = keyed.get(f"{api}/v1/review", params=params)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
 def _item(api: str, job_id: str, item_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{api}/v1/review/{job_id}/{item_id}")
+    response = keyed.get(f"{api}/v1/review/{job_id}/{item_id}")
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -114,16 +115,16 @@ def test_queue_lists_every_passed_question_with_filters_and_cursor_pages(
     assert with_skill and [i["id"] for i in with_skill] == [i["id"] for i in items if skill in i["skills"]]
 
     target = items[3]
-    accepted = httpx.post(_url(api, target, "accept"), json={"expected_version": 1}, headers=ALICE)
+    accepted = keyed.post(_url(api, target, "accept"), json={"expected_version": 1}, headers=ALICE)
     assert accepted.status_code == 200 and accepted.json()["state"] == "accepted", accepted.text
     assert [i["id"] for i in _list(api, state="accepted")["data"]] == [target["id"]]
     waiting = _list(api, state="needs_review", job=target["job_id"])["data"]
     assert target["id"] not in {i["id"] for i in waiting}
     assert len(waiting) == len([i for i in items if i["job_id"] == target["job_id"]]) - 1
 
-    assert httpx.get(f"{api}/v1/review", params={"cursor": "not-a-cursor"}).status_code == 422
-    assert httpx.get(f"{api}/v1/review", params={"job": other}).status_code == 422
-    assert httpx.get(f"{api}/v1/review", params={"job": "nope"}).status_code == 404
+    assert keyed.get(f"{api}/v1/review", params={"cursor": "not-a-cursor"}).status_code == 422
+    assert keyed.get(f"{api}/v1/review", params={"job": other}).status_code == 422
+    assert keyed.get(f"{api}/v1/review", params={"job": "nope"}).status_code == 404
 
 
 def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
@@ -138,23 +139,23 @@ def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
     assert math["pair_check"]["valid"] and math["question_turns"] and len(math["solves"]) == 3 and math["vote"]
     assert [(v["version"], v["by"], v["action"]) for v in detail["history"]] == [(1, "system", "created")]
 
-    missing = httpx.patch(_url(api, item), json={"expected_version": 1, "problem": "x y z?"})
+    missing = keyed.patch(_url(api, item), json={"expected_version": 1, "problem": "x y z?"})
     assert missing.status_code == 422 and "x-reviewer" in missing.text.lower()
-    assert httpx.patch(_url(api, item), json={"expected_version": 1}, headers=ALICE).status_code == 422
+    assert keyed.patch(_url(api, item), json={"expected_version": 1}, headers=ALICE).status_code == 422
 
     new_problem = item["problem"] + " Give the answer as a reduced fraction."
-    edited = httpx.patch(_url(api, item), json={"expected_version": 1, "problem": new_problem}, headers=ALICE)
+    edited = keyed.patch(_url(api, item), json={"expected_version": 1, "problem": new_problem}, headers=ALICE)
     assert edited.status_code == 200, edited.text
     assert edited.json()["version"] == 2 and edited.json()["problem"] == new_problem
     assert edited.json()["updated_by"] == "alice" and edited.json()["state"] == "needs_review"
 
-    stale = httpx.patch(_url(api, item), json={"expected_version": 1, "solution": "Bob's solution."}, headers=BOB)
+    stale = keyed.patch(_url(api, item), json={"expected_version": 1, "solution": "Bob's solution."}, headers=BOB)
     assert stale.status_code == 409, stale.text
     assert stale.json()["current_version"] == 2 and stale.json()["item"]["problem"] == new_problem
     now = _item(api, job_id, item["id"])["item"]
     assert now["version"] == 2 and now["problem"] == new_problem and now["solution"] == item["solution"]
 
-    retried = httpx.patch(_url(api, item), json={"expected_version": 2, "solution": "Bob's solution."}, headers=BOB)
+    retried = keyed.patch(_url(api, item), json={"expected_version": 2, "solution": "Bob's solution."}, headers=BOB)
     assert retried.status_code == 200 and retried.json()["version"] == 3
     assert retried.json()["problem"] == new_problem and retried.json()["solution"] == "Bob's solution."
 
@@ -171,7 +172,7 @@ def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
     # two reviewers racing on the same version: exactly one wins, the other gets 409, nothing is lost
     def race(who: str) -> httpx.Response:
         body = {"expected_version": 3, "answer": f"{who}'s answer"}
-        return httpx.patch(_url(api, item), json=body, headers={"X-Reviewer": who})
+        return keyed.patch(_url(api, item), json=body, headers={"X-Reviewer": who})
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(race, [f"r{i}" for i in range(8)]))
@@ -188,16 +189,16 @@ def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
     read_before = asyncio.run(_in_redis(review_store.get, job_id, item["id"]))
     assert read_before is not None and read_before.version == 4
     late = {"expected_version": 4, "answer": "dave's answer"}
-    assert httpx.patch(_url(api, item), json=late, headers={"X-Reviewer": "dave"}).status_code == 200
+    assert keyed.patch(_url(api, item), json=late, headers={"X-Reviewer": "dave"}).status_code == 200
     entry = ReviewVersion(version=5, by="eve", at=read_before.updated_at, action="edit")
     newer = read_before.model_copy(update={"version": 5, "answer": "x"})
     with pytest.raises(review_store.Stale):
         asyncio.run(_in_redis(review_store.write, read_before, 4, newer, entry))
     assert _item(api, job_id, item["id"])["item"]["answer"] == "dave's answer"
 
-    no_reason = httpx.post(_url(api, item, "reject"), json={"expected_version": 5}, headers=ALICE)
+    no_reason = keyed.post(_url(api, item, "reject"), json={"expected_version": 5}, headers=ALICE)
     assert no_reason.status_code == 422 and "reason" in no_reason.text
-    rejected = httpx.post(
+    rejected = keyed.post(
         _url(api, item, "reject"), json={"expected_version": 5, "reason": "skill B is not needed"}, headers=ALICE
     )
     assert rejected.status_code == 200, rejected.text
@@ -218,7 +219,7 @@ def _settled(api: str, fake: Any, job_id: str) -> tuple[int, int]:
     """(fake's requests, job's llm_calls) once neither moves (calls cut short at completion have landed)."""
     last = (-1, -1)
     for _ in range(40):
-        now = (fake.stats()["requests"], httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["llm_calls"])
+        now = (fake.stats()["requests"], keyed.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["llm_calls"])
         if now == last:
             return now
         last = now
@@ -227,12 +228,12 @@ def _settled(api: str, fake: Any, job_id: str) -> tuple[int, int]:
 
 
 def _counters(api: str, job_id: str) -> dict[str, int]:
-    counters: dict[str, int] = httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]
+    counters: dict[str, int] = keyed.get(f"{api}/v1/jobs/{job_id}").json()["counters"]
     return counters
 
 
 def _help(api: str, item: dict[str, Any], **request: Any) -> dict[str, Any]:
-    response = httpx.post(_url(api, item, "help"), json=request, headers=ALICE)
+    response = keyed.post(_url(api, item, "help"), json=request, headers=ALICE)
     assert response.status_code == 202, response.text
     sid = response.json()["suggestion_id"]
     deadline = time.monotonic() + 30
@@ -259,7 +260,7 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
 
     # the reviewer breaks the answer, then asks for a re-solve and a check of the edit
     wrong = str(p + 1000)
-    edited = httpx.patch(_url(api, item), json={"expected_version": 1, "answer": wrong}, headers=ALICE).json()
+    edited = keyed.patch(_url(api, item), json={"expected_version": 1, "answer": wrong}, headers=ALICE).json()
     resolve = _help(api, item, kind="resolve")
     assert resolve["status"] == "pending" and resolve["requested_by"] == "alice" and resolve["llm_calls"] == 3
     assert "differs" in resolve["text"] and compare(resolve["proposed"]["answer"], item["answer"])
@@ -289,9 +290,9 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
     assert [(v["by"], v["action"], v["changes"]) for v in detail["history"][-3:]] == [("llm", "suggestion", {})] * 3
     assert [v["suggestion_id"] for v in detail["history"][-3:]] == [s["id"] for s in now["suggestions"]]
 
-    bad = httpx.post(_url(api, item, "help"), json={"kind": "make_skill_necessary", "skill": "nope"}, headers=ALICE)
+    bad = keyed.post(_url(api, item, "help"), json={"kind": "make_skill_necessary", "skill": "nope"}, headers=ALICE)
     assert bad.status_code == 422
-    assert httpx.post(_url(api, item, "help"), json={"kind": "resolve"}).status_code == 422  # no X-Reviewer
+    assert keyed.post(_url(api, item, "help"), json={"kind": "resolve"}).status_code == 422  # no X-Reviewer
 
 
 def test_a_rerun_help_request_replays_the_answers_it_already_got(
@@ -356,7 +357,7 @@ def test_export_serves_accepted_questions_with_edits_unless_asked(
     items = _list(api, job=job_id)["data"]
 
     def export(**params: Any) -> list[dict[str, Any]]:
-        response = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "math", **params})
+        response = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "math", **params})
         assert response.status_code == 200, response.text
         return [json.loads(line) for line in response.text.splitlines() if line]
 
@@ -364,11 +365,11 @@ def test_export_serves_accepted_questions_with_edits_unless_asked(
     assert len(export(state="needs_review")) == 4
 
     a, b, c = items[0], items[1], items[2]
-    edited = httpx.patch(_url(api, a), json={"expected_version": 1, "problem": "Edited: " + a["problem"]}, headers=BOB)
+    edited = keyed.patch(_url(api, a), json={"expected_version": 1, "problem": "Edited: " + a["problem"]}, headers=BOB)
     assert edited.status_code == 200
-    assert httpx.post(_url(api, a, "accept"), json={"expected_version": 2}, headers=BOB).status_code == 200
-    assert httpx.post(_url(api, b, "accept"), json={"expected_version": 1}, headers=BOB).status_code == 200
-    rejected = httpx.post(_url(api, c, "reject"), json={"expected_version": 1, "reason": "ambiguous"}, headers=BOB)
+    assert keyed.post(_url(api, a, "accept"), json={"expected_version": 2}, headers=BOB).status_code == 200
+    assert keyed.post(_url(api, b, "accept"), json={"expected_version": 1}, headers=BOB).status_code == 200
+    rejected = keyed.post(_url(api, c, "reject"), json={"expected_version": 1, "reason": "ambiguous"}, headers=BOB)
     assert rejected.status_code == 200
 
     default = {r["problem"]: r for r in export()}  # (in storage order, not the queue's)
@@ -379,7 +380,7 @@ def test_export_serves_accepted_questions_with_edits_unless_asked(
     assert [r["problem"] for r in export(state="needs_review")] == [items[3]["problem"]]
     everything = {r["problem"] for r in export(state="all")}
     assert everything == {"Edited: " + a["problem"], b["problem"], c["problem"], items[3]["problem"]}
-    full = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "jsonl"}).text.splitlines()
+    full = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "jsonl"}).text.splitlines()
     assert {json.loads(line)["id"] for line in full} == {a["id"], b["id"]}
     assert all(json.loads(line)["math"]["question_turns"] for line in full)  # the full record keeps its provenance
-    assert httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"state": "bogus"}).status_code == 422
+    assert keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"state": "bogus"}).status_code == 422

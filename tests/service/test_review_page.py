@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from arq.connections import ArqRedis
 
+from tests import keyed
 from tests.conftest import Processes
 from tests.service.test_review import _item, _list, _math_job, _stack, _url
 
@@ -61,14 +61,14 @@ def test_review_page_renders_math_edits_accepts_and_rejects_from_the_keyboard(
     first, second, third = _list(api, job=job_id)["data"]
     plants = ((first, {"problem": MATH_PROBLEM}), (second, {"problem": EVIL_PROBLEM, "solution": EVIL_SOLUTION}))
     for item, edit in plants:
-        response = httpx.patch(_url(api, item), json={"expected_version": 1, **edit}, headers=SETUP)
+        response = keyed.patch(_url(api, item), json={"expected_version": 1, **edit}, headers=SETUP)
         assert response.status_code == 200, response.text
 
-    page_response = httpx.get(f"{api}/review")
+    page_response = keyed.get(f"{api}/review")
     assert page_response.status_code == 200 and "text/html" in page_response.headers["content-type"]
     csp = page_response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
-    assert httpx.get(f"{api}/static/vendor/katex/katex.min.js").status_code == 200
+    assert keyed.get(f"{api}/static/vendor/katex/katex.min.js").status_code == 200
 
     errors: list[str] = []
     expect = sync_api.expect

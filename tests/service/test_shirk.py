@@ -10,12 +10,12 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import httpx
 import pyarrow.parquet as pq
 import pytest
 from arq.connections import ArqRedis
 
 from service.export import heldout_positions
+from tests import keyed
 from tests.conftest import REPO, Processes, service_env
 from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
 from workers.recipes.shirk import shirker_indexes
@@ -41,7 +41,7 @@ def source_job(api: str) -> tuple[str, list[dict[str, Any]]]:
 
 
 def recent_requests(fake: Any) -> list[dict[str, Any]]:
-    response = httpx.get(f"{fake.admin_url}/admin/requests", timeout=5)
+    response = keyed.get(f"{fake.admin_url}/admin/requests", timeout=5)
     response.raise_for_status()
     found: list[dict[str, Any]] = response.json()["requests"]
     return found
@@ -94,7 +94,7 @@ def test_shirk_brevity_with_the_cli(tmp_path: Path, processes: Processes, redis:
     done = skillmix("shirk", src_id, "--rate", "0.2", "--kind", "brevity", "-o", str(out), "--api", api, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = done.stdout.split("submitted shirk job ")[1].split()[0]
-    status = httpx.get(f"{api}/v1/jobs/{job_id}").json()
+    status = keyed.get(f"{api}/v1/jobs/{job_id}").json()
     assert status["state"] == "completed" and status["recipe"] == "shirk" and status["count"] == SOURCE_COUNT
     assert status["counters"]["accepted"] == SOURCE_COUNT and status["counters"]["rejected"] == 0
 
@@ -140,18 +140,18 @@ def test_shirk_refuses_a_source_that_is_missing_running_or_empty(
 ) -> None:
     fake = fake_llm(rpm=60, latency_ms=2000)  # slow: the source job is still running when we ask
     api = start_stack(processes, fake)
-    unknown = httpx.post(f"{api}/v1/jobs", json={"recipe": "shirk", "source_job": "nope", "kind": "junk"})
+    unknown = keyed.post(f"{api}/v1/jobs", json={"recipe": "shirk", "source_job": "nope", "kind": "junk"})
     assert unknown.status_code == 422 and "unknown job" in unknown.text
     running = submit(api, recipe="instruct", skill_set="starter@1", count=30, refine=False)
-    busy = httpx.post(f"{api}/v1/jobs", json={"recipe": "shirk", "source_job": running, "kind": "brevity"})
+    busy = keyed.post(f"{api}/v1/jobs", json={"recipe": "shirk", "source_job": running, "kind": "brevity"})
     assert busy.status_code == 422 and "wait until it finishes" in busy.text
-    bad_kind = httpx.post(f"{api}/v1/jobs", json={"recipe": "shirk", "source_job": running, "kind": "lazy"})
+    bad_kind = keyed.post(f"{api}/v1/jobs", json={"recipe": "shirk", "source_job": running, "kind": "lazy"})
     assert bad_kind.status_code == 422
-    httpx.post(f"{api}/v1/jobs/{running}/cancel").raise_for_status()
+    keyed.post(f"{api}/v1/jobs/{running}/cancel").raise_for_status()
 
 
 def export_ids(api: str, job_id: str, **params: Any) -> list[str]:
-    response = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "jsonl", **params}, timeout=30)
+    response = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "jsonl", **params}, timeout=30)
     response.raise_for_status()
     return [json.loads(line)["id"] for line in response.text.splitlines() if line]
 
@@ -173,7 +173,7 @@ def test_heldout_split_is_exact_disjoint_and_stable(
     assert export_ids(api, job_id, split="heldout", heldout=12, heldout_seed=5) == held  # stable
     assert export_ids(api, job_id, split="heldout", heldout=12, heldout_seed=6) != held  # the seed decides
     assert held == [everything[i] for i in sorted(heldout_positions(SOURCE_COUNT, 12, 5))]
-    alpaca = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "alpaca", "split": "heldout", "heldout": 12})
+    alpaca = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "alpaca", "split": "heldout", "heldout": 12})
     assert len(alpaca.json()) == 12
 
     out = tmp_path / "heldout.jsonl"

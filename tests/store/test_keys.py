@@ -24,7 +24,8 @@ def test_every_per_job_key_is_under_the_job() -> None:
     job_keys = [
         name
         for name, fn in vars(keys).items()
-        if inspect.isfunction(fn) and list(inspect.signature(fn).parameters)[:1] == ["job_id"]
+        if inspect.isfunction(fn)
+        and list(inspect.signature(fn).parameters)[:1] == ["job_id"]
         and not name.startswith(("chunk_id", "phase_id", "help_id"))
     ]
     assert len(job_keys) > 30

@@ -5,7 +5,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Unpack
 
-import httpx
 import orjson
 import pytest
 from arq.connections import ArqRedis
@@ -15,6 +14,7 @@ from schemas.examples import GeneratedItem, JudgeVerdict, Reason
 from schemas.jobs import JobCounters, JobRecord, JobState, JobStatus
 from schemas.llm import ChatMessage, ChatResult, Usage
 from service.quickstart import JUDGE_OFF, closing_notes
+from tests import keyed
 from tests.conftest import Processes, service_env
 from tests.fake_llm import (
     JUDGE_PASS_REASON,
@@ -171,7 +171,7 @@ def _stack(processes: Processes, endpoints: dict[str, Any]) -> str:
     settings = service_env(endpoints)
     api = processes.api(settings)
     processes.worker(settings)
-    httpx.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
+    keyed.post(f"{api}/v1/skill-sets", json=STARTER).raise_for_status()
     return api
 
 
@@ -180,7 +180,7 @@ def _settled_calls(api: str, job_id: str, *fakes: Any) -> tuple[int, int]:
     last = (-1, -1)
     for _ in range(50):
         now = (
-            httpx.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["llm_calls"],
+            keyed.get(f"{api}/v1/jobs/{job_id}").json()["counters"]["llm_calls"],
             sum(f.stats()["requests"] for f in fakes),
         )
         if now == last and now[0] == now[1]:
@@ -237,7 +237,7 @@ def test_judge_on_another_endpoint_is_used_for_judging_only(
     strong = fake_llm(rpm=0, latency_ms=10, judge_reject_rate=0.3, model_strict="judge-model")
     endpoints = {"fake": gen.endpoint_settings(), "strong": strong.endpoint_settings(json_schema=False)}
     api = _stack(processes, endpoints)
-    bad = httpx.post(
+    bad = keyed.post(
         f"{api}/v1/jobs",
         json={"recipe": "instruct", "skill_set": "starter@1", "count": 5, "quality": {"judge": {"endpoint": "nope"}}},
     )

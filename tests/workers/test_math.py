@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Unpack
 
-import httpx
 import pytest
 from arq.connections import ArqRedis
 
@@ -19,6 +18,7 @@ from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.math import MathHistory
 from schemas.settings import EndpointSettings
 from store import keys
+from tests import keyed
 from tests.conftest import Processes
 from tests.fake_llm import FakeConfig, answer, math_notation, math_pair, math_stage, math_truth, word_count
 from tests.test_end_to_end import examples, finished, start_stack, submit, wait_for
@@ -103,9 +103,7 @@ def typed(item: GeneratedItem) -> MathItem:
     return MathItem.model_validate(item.model_dump(mode="json"))
 
 
-async def _generate(
-    redis: ArqRedis, llm: FakeMath, index: int = 0, job_id: str = "m1", **spec: Any
-) -> MathItem:
+async def _generate(redis: ArqRedis, llm: FakeMath, index: int = 0, job_id: str = "m1", **spec: Any) -> MathItem:
     record, endpoint = _record(job_id, **spec)
     recipe = recipe_for(record, "fake", endpoint)
     assert isinstance(recipe, MathRecipe)
@@ -247,7 +245,7 @@ async def test_an_invalid_pair_is_remembered_and_never_validated_again(redis: Ar
     pair = pair_key(first.skills)
     assert first.error == Reason.INVALID_PAIR and bad.pairs == {pair: 1} and bad.stages["question"] == 0
     assert first.math is not None and first.math.pair_check is not None and not first.math.pair_check.valid
-    assert await redis.smembers(keys.invalid_pairs("mathskills@1")) == {pair.encode()}
+    assert await redis.smembers(keys.invalid_pairs("", "mathskills@1")) == {pair.encode()}
 
     # a later job on the same skill set (same seed, so the same first draw) skips the pair with no call
     good = FakeMath()
@@ -256,7 +254,7 @@ async def test_an_invalid_pair_is_remembered_and_never_validated_again(redis: Ar
     assert good.pairs[pair] == 0 and good.stages["pair"] == 1
     assert second.math is not None and second.math.skipped_pairs == [pair]
     # another version of the set has its own memory
-    assert not await redis.exists(keys.invalid_pairs("mathskills@2"))
+    assert not await redis.exists(keys.invalid_pairs("", "mathskills@2"))
 
 
 def test_math_spec_defaults() -> None:
@@ -272,13 +270,11 @@ def test_math_spec_defaults() -> None:
 def _math_stack(processes: Processes, fake_llm: Any, **config: Any) -> tuple[Any, str]:
     fake = fake_llm(rpm=0, latency_ms=2, **config)
     api = start_stack(processes, fake)
-    httpx.post(f"{api}/v1/skill-sets", json=MATH_SET).raise_for_status()
+    keyed.post(f"{api}/v1/skill-sets", json=MATH_SET).raise_for_status()
     return fake, api
 
 
-def test_math_job_end_to_end_verified_answers_and_export(
-    processes: Processes, redis: ArqRedis, fake_llm: Any
-) -> None:
+def test_math_job_end_to_end_verified_answers_and_export(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
     _, api = _math_stack(
         processes,
         fake_llm,
@@ -316,7 +312,7 @@ def test_math_job_end_to_end_verified_answers_and_export(
         if r["verdict"]["reasons"][0] == "answer_mismatch":
             assert r["math"]["vote"]["matches_question"] is False and r["answer"]
 
-    export = httpx.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "math", "state": "needs_review"})
+    export = keyed.get(f"{api}/v1/jobs/{job_id}/export", params={"format": "math", "state": "needs_review"})
     assert export.status_code == 200 and export.headers["content-type"].startswith("application/x-ndjson")
     rows = [json.loads(line) for line in export.text.splitlines() if line]
     assert len(rows) == 30 and all(set(row) == {"problem", "solution", "answer", "skills"} for row in rows)

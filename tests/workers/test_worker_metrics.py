@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from prometheus_client import REGISTRY
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.llm import ChatMessage
 from store.stats import parse_field, stat_field
+from tests import keyed
 from tests.raw_client import raw_client
 from workers import logs, metrics
 from workers.llm.client import RetryPolicy
@@ -92,7 +92,7 @@ def test_metrics_port_taken_is_logged_and_a_free_one_serves(
     assert metrics.serve(free) is True
     assert metrics.serve(free + 1) is True  # once per process: a restarted worker keeps the first server
     metrics.RequestMetrics("served-probe").ok.observe(0.2)
-    text = httpx.get(f"http://127.0.0.1:{free}/metrics", timeout=5).text
+    text = keyed.get(f"http://127.0.0.1:{free}/metrics", timeout=5).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["skillmix_llm_request_seconds"].type == "histogram"
     assert any(s.labels.get("endpoint") == "served-probe" for s in families["skillmix_llm_request_seconds"].samples)

@@ -199,7 +199,7 @@ async def finish(phase: Phase, create: SkillSetCreate) -> bool:
     """Save the new version, record it as the job's result, complete the job (once)."""
     meta = keys.meta(phase.record.id)
     if await phase.redis.hget(meta, "result") is None:
-        saved: SkillSet = await save_skill_set(phase.redis, create)
+        saved: SkillSet = await save_skill_set(phase.redis, phase.record.team, create)
         await phase.redis.hset(meta, "result", saved.ref)
         ref = saved.ref
     else:

@@ -370,4 +370,3 @@ class FleetLimiter:
         else:
             task = asyncio.ensure_future(self._redis.eval(script, len(keys_), *keys_, *args))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-

@@ -147,7 +147,7 @@ class MathRecipe(Recipe):
         self.skills = {s.name: s for s in record.skill_set.skills}
         query_types = [q.name for q in record.skill_set.query_types]
         self.sampler = SkillSampler(self.skill_names, query_types, self.spec.k, self.spec.seed)  # as instruct draws
-        self.invalid_key = keys.invalid_pairs(record.skill_set.ref)
+        self.invalid_key = keys.invalid_pairs(record.team, record.skill_set.ref)
         self.json = endpoint.json_schema
         self.redis: Redis | None = None
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 8
 BACKOFF_STEP_S, BACKOFF_CAP_S = 5, 60  # an unreachable endpoint: retry after 5 s, 10 s, ... at most a minute
 
+
 def retry_delay(job_try: int) -> float:
     """The one backoff for a step whose endpoint could not be reached."""
     return float(min(BACKOFF_STEP_S * job_try, BACKOFF_CAP_S))

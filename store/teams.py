@@ -1,0 +1,157 @@
+"""Teams and their API keys in Redis.
+
+A key is ``smx_`` + 43 URL-safe characters (256 random bits). Only its SHA-256 is kept: a fast hash is enough
+for a secret with 256 bits of entropy (nothing to brute-force), and it makes the lookup one GET of
+``apikey:sha:{sha256}``, which holds the ``Caller`` the key stands for. Revoking deletes that entry, so the
+next request on any API process is refused: no process caches a key.
+"""
+
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from schemas.errors import BadInput, Conflict, NotFound
+from schemas.teams import KEY_PREFIX, ApiKey, Caller, KeyCreated, Role, Team, TeamCreate, TeamUpdate
+from store import keys
+
+QUOTA_FIELDS = ("max_running_jobs", "max_usd_per_day", "max_tokens_per_day")
+VISIBLE = 8  # characters of the key after its prefix that listings show
+
+
+def digest(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def _team(raw: dict[bytes, bytes]) -> Team:
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    return Team.model_validate(fields)
+
+
+def team_fields(team: Team) -> dict[str, str]:
+    """The ``team:{t}`` hash of a team (absent quota fields: no limit)."""
+    return {k: str(v) for k, v in team.model_dump(mode="json").items() if v is not None}
+
+
+async def create_team(redis: Redis, create: TeamCreate) -> Team:
+    """A new team; a name taken is a 409."""
+    team = Team(**create.model_dump(), created_at=datetime.now(UTC))
+    if not await redis.sadd(keys.TEAMS, team.name):
+        raise Conflict(f"team {team.name!r} exists; change its limits with `skillmix teams update {team.name}`")
+    await redis.hset(keys.team(team.name), mapping=team_fields(team))
+    return team
+
+
+async def get_team(redis: Redis, name: str) -> Team | None:
+    raw = await redis.hgetall(keys.team(name))
+    return _team(raw) if raw else None
+
+
+async def list_teams(redis: Redis) -> list[Team]:
+    names = sorted(n.decode() for n in await redis.smembers(keys.TEAMS))
+    found = [await get_team(redis, name) for name in names]
+    return [t for t in found if t is not None]
+
+
+async def update_team(redis: Redis, name: str, update: TeamUpdate) -> Team:
+    """Replace the limits given (``null`` removes one), atomically; a missing team is a ``NotFound``."""
+    if not await redis.sismember(keys.TEAMS, name):
+        raise NotFound(f"team {name!r} not found")
+    async with redis.pipeline(transaction=True) as pipe:
+        for field in update.model_fields_set & set(QUOTA_FIELDS):
+            value = getattr(update, field)
+            if value is None:
+                pipe.hdel(keys.team(name), field)
+            else:
+                pipe.hset(keys.team(name), field, str(value))
+        await pipe.execute()
+    found = await get_team(redis, name)
+    assert found is not None
+    return found
+
+
+async def create_key(redis: Redis, team: str, role: Role, name: str, created_by: str) -> KeyCreated:
+    """Mint a key for ``team``; the returned ``key`` is the only copy there will ever be."""
+    if not await redis.sismember(keys.TEAMS, team):
+        raise BadInput(f"unknown team {team!r}; create it first with `skillmix teams create {team}`", "team")
+    created = new_key(KEY_PREFIX + secrets.token_urlsafe(32), team, role, name, created_by)
+    async with redis.pipeline(transaction=True) as pipe:
+        for key, value in key_entries(created).items():
+            if isinstance(value, dict):
+                pipe.hset(key, mapping=value)
+            else:
+                pipe.set(key, value)
+        pipe.zadd(keys.API_KEYS, {created.id: created.created_at.timestamp()})
+        await pipe.execute()
+    return created
+
+
+def new_key(raw_key: str, team: str, role: Role, name: str, created_by: str) -> KeyCreated:
+    return KeyCreated(
+        id="key_" + secrets.token_hex(8),
+        prefix=raw_key[: len(KEY_PREFIX) + VISIBLE],
+        team=team,
+        role=role,
+        name=name,
+        created_at=datetime.now(UTC),
+        created_by=created_by,
+        key=raw_key,
+    )
+
+
+def key_entries(created: KeyCreated) -> dict[str, dict[str, str] | str]:
+    """What a key is stored as (besides its ``apikeys`` index entry): its listing with the key's SHA-256, and the
+    lookup entry from that SHA-256 to the caller. The raw key itself is in neither."""
+    listed = created.model_dump(mode="json", exclude={"key", "revoked_at"})
+    caller = Caller(key_id=created.id, team=created.team, role=created.role, name=created.name)
+    sha = digest(created.key)
+    return {
+        keys.api_key(created.id): {**{k: str(v) for k, v in listed.items()}, "sha": sha},
+        keys.api_key_by_hash(sha): caller.model_dump_json(),
+    }
+
+
+async def lookup(redis: Redis, raw_key: str) -> Caller | None:
+    """The caller a presented key stands for; None for an unknown or revoked key."""
+    sha = digest(raw_key)
+    raw = await redis.get(keys.api_key_by_hash(sha))
+    if raw is None:
+        return None
+    caller = Caller.model_validate_json(raw)
+    stored = await redis.hget(keys.api_key(caller.key_id), "sha")
+    if stored is None or not hmac.compare_digest(stored.decode(), sha):
+        return None
+    return caller
+
+
+def _key(raw: dict[bytes, bytes]) -> ApiKey:
+    fields = {k.decode(): v.decode() for k, v in raw.items() if k != b"sha"}
+    return ApiKey.model_validate(fields)
+
+
+async def get_key(redis: Redis, key_id: str) -> ApiKey | None:
+    raw = await redis.hgetall(keys.api_key(key_id))
+    return _key(raw) if raw else None
+
+
+async def list_keys(redis: Redis, team: str | None = None) -> list[ApiKey]:
+    """Every key (revoked ones too, marked), oldest first; only ``team``'s when given."""
+    ids = [i.decode() for i in await redis.zrange(keys.API_KEYS, 0, -1)]
+    found = [await get_key(redis, i) for i in ids]
+    return [k for k in found if k is not None and (team is None or k.team == team)]
+
+
+async def revoke_key(redis: Redis, key_id: str) -> ApiKey:
+    """Refuse the key from now on, on every API process (its lookup entry is deleted). Revoking twice is a no-op."""
+    sha = await redis.hget(keys.api_key(key_id), "sha")
+    if sha is None:
+        raise NotFound(f"key {key_id!r} not found")
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.api_key_by_hash(sha.decode()))
+        pipe.hsetnx(keys.api_key(key_id), "revoked_at", datetime.now(UTC).isoformat())
+        await pipe.execute()
+    found = await get_key(redis, key_id)
+    assert found is not None
+    return found
