@@ -104,3 +104,20 @@ class Caller(StrictModel):
 
 OPERATOR = Caller(key_id="cli", team="", role=Role.ADMIN, name="operator")
 """The operator CLI working on Redis directly (it needs no key, like a database's create-user)."""
+
+
+class AuditEntry(StrictModel):
+    """One write, as the audit trail keeps it: who (key id and team, never the key), what, on what, when."""
+
+    id: str = Field(description="the stream entry id: pass it back as `after` for the next page")
+    at: datetime
+    key_id: str
+    team: str
+    action: str = Field(description="e.g. job.created, job.cancelled, review.accept, key.revoked, endpoint.limits")
+    target: str = Field(description="what was changed: a job id, 'job/item', a key id, a team or endpoint name")
+    detail: str = ""
+
+
+class AuditPublic(StrictModel):
+    data: list[AuditEntry]
+    next_after: str | None = None

@@ -47,6 +47,7 @@ Teams and keys (``store.teams``):
   teams                    set     team names
   team:{t}                 hash    name, created_at, max_running_jobs, max_usd_per_day, max_tokens_per_day
   team:{t}:jobs            zset    job id -> created timestamp: the team's jobs (its listing)
+  team:{t}:audit           stream  the team's audit entries (``store.audit``); ``audit`` holds every team's
   apikeys                  zset    key id -> created timestamp
   apikey:{kid}             hash    ApiKey fields (id, prefix, team, role, name, created_at, created_by, revoked_at)
   apikey:sha:{sha256}      string  Caller JSON of a live key, found by the key's SHA-256; deleted at revocation
@@ -92,11 +93,17 @@ STATS = f"{PREFIX}:stats"  # hash: "<metric>|<endpoint>" -> monotonic total, exp
 GAUGES = f"{PREFIX}:gauges"  # hash: "<metric>|<endpoint>" -> current value, exported as gauge skillmix_<metric>
 TEAMS = f"{PREFIX}:teams"  # set: team names
 API_KEYS = f"{PREFIX}:apikeys"  # zset: key id -> created timestamp
+AUDIT = f"{PREFIX}:audit"  # stream: every write (``store.audit``), capped
 BUCKET_SIZE = 1000
 
 
 def team(name: str) -> str:
     return f"{PREFIX}:team:{name}"
+
+
+def team_audit(name: str) -> str:
+    """stream: the team's writes (``store.audit``), capped."""
+    return f"{team(name)}:audit"
 
 
 def team_jobs(name: str) -> str:
