@@ -25,8 +25,8 @@ async def _refuse(request: Request, redis: RedisDep, window_s: int, why: str) ->
     """Count the failure against the client's address; the error to raise."""
     key = keys.auth_failures(_client(request))
     async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(key, 0, ex=window_s, nx=True)  # the window starts at the first failure
         pipe.incr(key)
-        pipe.expire(key, window_s, nx=True)
         await pipe.execute()
     return Unauthorized(why)
 

@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import typer
 
-from service.cli_common import API_OPTION, api_url, console, fail, submit_and_follow
+from service.cli_common import API_OPTION, api_client, api_url, console, fail, submit_and_follow
 
 EXPORT_TIMEOUT_S = 120.0
 
 
 async def _run(api: str, spec: dict[str, Any], wait: bool, output: Path | None) -> int:
-    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+    async with api_client(api, 30) as client:
         follow = wait or output is not None
         run = await submit_and_follow(client, api, lambda: client.post("/v1/jobs", json=spec), "shirk job", follow)
         if run.code or output is None or run.job_id is None:

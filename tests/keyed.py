@@ -26,13 +26,30 @@ def install(client: "sync_redis.Redis[bytes]", team: str = TEAM, **quotas: objec
     client.sadd(keys.TEAMS, team)
     client.hset(keys.team(team), mapping=team_fields(Team(name=team, created_at=datetime.now(UTC), **quotas)))
     for raw, role in ((MEMBER, Role.MEMBER), (ADMIN, Role.ADMIN), (VIEWER, Role.VIEWER)):
-        created = new_key(raw, team, role, f"tests {role.value}", "cli")
-        for key, value in key_entries(created).items():
-            if isinstance(value, dict):
-                client.hset(key, mapping=value)
-            else:
-                client.set(key, value)
-        client.zadd(keys.API_KEYS, {created.id: created.created_at.timestamp()})
+        _add(client, raw, team, role, f"tests {role.value}")
+
+
+def _add(client: "sync_redis.Redis[bytes]", raw: str, team: str, role: Role, name: str) -> None:
+    created = new_key(raw, team, role, name, "cli")
+    for key, value in key_entries(created).items():
+        if isinstance(value, dict):
+            client.hset(key, mapping=value)
+        else:
+            client.set(key, value)
+    client.zadd(keys.API_KEYS, {created.id: created.created_at.timestamp()})
+
+
+def named_key(name: str, role: Role = Role.MEMBER, team: str = TEAM) -> str:
+    """Install a key of the test team named ``name`` (a reviewer, say) in this test's database; the raw key."""
+    from tests.conftest import REDIS_URL  # conftest imports this module: import it when called
+
+    raw = f"smx_tests-{name}-key-" + "0" * 32
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    try:
+        _add(client, raw, team, role, name)
+    finally:
+        client.close()
+    return raw
 
 
 def auth(key: str | None = MEMBER) -> dict[str, str]:

@@ -34,7 +34,7 @@ def prompts(n: int) -> list[str]:
 
 def record_for(job_id: str, n: int, **cap: Any) -> JobRecord:
     spec = PromptsJobSpec.model_validate({"prompts": prompts(n), "budget": cap or None})
-    return JobRecord(id=job_id, spec=spec, endpoint="fake", model="fake-model", chunk_size=CHUNK,
+    return JobRecord(team=keyed.TEAM, id=job_id, spec=spec, endpoint="fake", model="fake-model", chunk_size=CHUNK,
                      created_at=datetime.now(UTC))  # fmt: skip
 
 

@@ -185,7 +185,13 @@ async def test_work_planned_by_a_process_that_died_is_enqueued_again(
     processes.worker(settings)
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(40)]})
     record = JobRecord(
-        id="orphan", spec=spec, endpoint="fake", model=endpoint.model, chunk_size=8, created_at=datetime.now(UTC)
+        team=keyed.TEAM,
+        id="orphan",
+        spec=spec,
+        endpoint="fake",
+        model=endpoint.model,
+        chunk_size=8,
+        created_at=datetime.now(UTC),
     )
     await records.create_job(redis, record, planned=40)  # and the API dies here, before enqueueing
     assert await redis.zcard(keys.QUEUE_NAME) == 0

@@ -20,7 +20,7 @@ from tests.test_end_to_end import finished, wait_for
 
 def record_for(job_id: str, n: int, chunk_size: int = 4) -> JobRecord:
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {job_id} {i}." for i in range(n)]})
-    return JobRecord(id=job_id, spec=spec, endpoint="fake", model="fake-model", chunk_size=chunk_size,
+    return JobRecord(team=keyed.TEAM, id=job_id, spec=spec, endpoint="fake", model="fake-model", chunk_size=chunk_size,
                      created_at=datetime.now(UTC))  # fmt: skip
 
 

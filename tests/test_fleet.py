@@ -92,12 +92,12 @@ def test_a_limit_learned_from_headers_applies_to_every_worker(
 def test_limits_changed_at_run_time_apply_within_a_second(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
     fake = fake_llm(rpm=0, latency_ms=20)
     api = stack(processes, fake, workers=2, rpm=3000)
-    assert keyed.patch(f"{api}/v1/endpoints/nope", json={"rpm": 10}).status_code == 404
-    bad = keyed.patch(f"{api}/v1/endpoints/fake", json={"rpm": 0})
+    assert keyed.patch(f"{api}/v1/endpoints/nope", json={"rpm": 10}, key=keyed.ADMIN).status_code == 404
+    bad = keyed.patch(f"{api}/v1/endpoints/fake", json={"rpm": 0}, key=keyed.ADMIN)
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "rpm"
     job_id = run_prompts(api, 3000)
     wait_for(api, job_id, lambda s: s["counters"]["llm_calls"] >= 100, timeout=60)
-    response = keyed.patch(f"{api}/v1/endpoints/fake", json={"rpm": 300})
+    response = keyed.patch(f"{api}/v1/endpoints/fake", json={"rpm": 300}, key=keyed.ADMIN)
     assert response.status_code == 200, response.text
     assert response.json()["runtime"]["rpm"] == 300 and response.json()["effective"]["rpm"] == 300
     time.sleep(1.0)  # within a second every worker paces at 5/s
@@ -105,7 +105,7 @@ def test_limits_changed_at_run_time_apply_within_a_second(processes: Processes, 
     time.sleep(3.0)
     sent = fake.stats()["requests"] - r1
     assert sent <= 5 * 3 + 5 + 2, sent  # 3 s at 5/s plus at most the 1 s burst; 3,000 rpm would be 150
-    restored = keyed.patch(f"{api}/v1/endpoints/fake", json={"reset": True}).json()
+    restored = keyed.patch(f"{api}/v1/endpoints/fake", json={"reset": True}, key=keyed.ADMIN).json()
     assert restored["runtime"] == {"rpm": None, "tpm": None} and restored["effective"]["rpm"] == 3000
     keyed.post(f"{api}/v1/jobs/{job_id}/cancel")
 

@@ -83,7 +83,7 @@ async def test_a_draining_chunk_lets_its_calls_in_flight_finish_and_starts_no_ot
 ) -> None:
     fake = await fake_llm.astart(rpm=0, latency_ms=500)
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(8)]})
-    record = JobRecord(id="drain", spec=spec, endpoint="fake", model="fake-model", chunk_size=8,
+    record = JobRecord(team=keyed.TEAM, id="drain", spec=spec, endpoint="fake", model="fake-model", chunk_size=8,
                        created_at=datetime.now(UTC))  # fmt: skip
     await records.create_job(redis, record, planned=8)
     endpoint = fake.endpoint_settings(max_concurrency=2)  # 2 calls in flight, 6 items waiting for a place

@@ -44,8 +44,8 @@ def prompts(n: int) -> list[str]:
 
 def record_for(job_id: str, n: int, chunk_size: int = 8, **spec: Any) -> JobRecord:
     parsed = PromptsJobSpec.model_validate({"prompts": prompts(n), **spec})
-    return JobRecord(id=job_id, spec=parsed, endpoint="fake", model="fake-model", chunk_size=chunk_size,
-                     created_at=datetime.now(UTC))  # fmt: skip
+    return JobRecord(team=keyed.TEAM, id=job_id, spec=parsed, endpoint="fake", model="fake-model",
+                     chunk_size=chunk_size, created_at=datetime.now(UTC))  # fmt: skip
 
 
 # --- spending stops at once ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis as sync_redis
 
 from service.ports import free_port
 from tests import keyed
@@ -35,6 +36,11 @@ class AofRedis:
         while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).returncode:
             assert time.monotonic() < deadline, "private redis-server did not start"
             time.sleep(0.05)
+        client = sync_redis.Redis.from_url(self.url)
+        try:
+            keyed.install(client)  # the test team's keys, as in every test database (it keeps them on disk)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

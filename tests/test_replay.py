@@ -119,7 +119,13 @@ async def test_the_size_cap_stops_writes(redis: ArqRedis) -> None:
 def prompts_record(job_id: str, n: int) -> JobRecord:
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(n)]})
     return JobRecord(
-        id=job_id, spec=spec, endpoint="fake", model="fake-model", chunk_size=8, created_at=datetime.now(UTC)
+        team=keyed.TEAM,
+        id=job_id,
+        spec=spec,
+        endpoint="fake",
+        model="fake-model",
+        chunk_size=8,
+        created_at=datetime.now(UTC),
     )
 
 

@@ -27,7 +27,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def scrape(url: str) -> tuple[Samples, dict[str, str]]:
     """Every sample of a Prometheus text page, by (name, sorted labels), and each family's type."""
-    response = keyed.get(url, timeout=10)
+    response = keyed.get(url, timeout=10, key=keyed.ADMIN)  # fleet metrics: an admin key
     response.raise_for_status()
     assert response.headers["content-type"].startswith("text/plain"), response.headers
     samples: Samples = {}
@@ -138,6 +138,7 @@ async def test_cost_of_a_job_without_exact_cost_uses_its_record_prices(redis: Ar
     """A job whose counters predate ``cost_micro_usd`` is priced from its record, as GET /v1/jobs/{id} does."""
     spec = PromptsJobSpec(recipe="prompts", prompts=["a", "b"], count=2)
     record = JobRecord(
+        team=keyed.TEAM,
         id="priced",
         spec=spec,
         endpoint="fake",

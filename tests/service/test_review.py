@@ -29,7 +29,12 @@ from workers.recipes.math import MathRecipe
 from workers.review import help as review_help
 from workers.runner.resources import Resources
 
-ALICE, BOB = {"X-Reviewer": "alice"}, {"X-Reviewer": "bob"}
+
+def by(name: str) -> str:
+    """How the review history names a change made with key ``name`` of the test team."""
+    return f"{name} (team {keyed.TEAM})"
+
+
 PRICED = {"usd_per_mtok_prompt": 1.0, "usd_per_mtok_completion": 2.0}  # micro-dollars = tokens x price, exactly
 
 
@@ -115,7 +120,7 @@ def test_queue_lists_every_passed_question_with_filters_and_cursor_pages(
     assert with_skill and [i["id"] for i in with_skill] == [i["id"] for i in items if skill in i["skills"]]
 
     target = items[3]
-    accepted = keyed.post(_url(api, target, "accept"), json={"expected_version": 1}, headers=ALICE)
+    accepted = keyed.post(_url(api, target, "accept"), json={"expected_version": 1}, key=keyed.named_key("alice"))
     assert accepted.status_code == 200 and accepted.json()["state"] == "accepted", accepted.text
     assert [i["id"] for i in _list(api, state="accepted")["data"]] == [target["id"]]
     waiting = _list(api, state="needs_review", job=target["job_id"])["data"]
@@ -139,31 +144,32 @@ def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
     assert math["pair_check"]["valid"] and math["question_turns"] and len(math["solves"]) == 3 and math["vote"]
     assert [(v["version"], v["by"], v["action"]) for v in detail["history"]] == [(1, "system", "created")]
 
-    missing = keyed.patch(_url(api, item), json={"expected_version": 1, "problem": "x y z?"})
-    assert missing.status_code == 422 and "x-reviewer" in missing.text.lower()
-    assert keyed.patch(_url(api, item), json={"expected_version": 1}, headers=ALICE).status_code == 422
+    alice, bob = keyed.named_key("alice"), keyed.named_key("bob")
+    viewer = keyed.patch(_url(api, item), json={"expected_version": 1, "problem": "x y z?"}, key=keyed.VIEWER)
+    assert viewer.status_code == 403 and "viewer" in viewer.text  # a viewer's key reads, never writes
+    assert keyed.patch(_url(api, item), json={"expected_version": 1}, key=alice).status_code == 422
 
     new_problem = item["problem"] + " Give the answer as a reduced fraction."
-    edited = keyed.patch(_url(api, item), json={"expected_version": 1, "problem": new_problem}, headers=ALICE)
+    edited = keyed.patch(_url(api, item), json={"expected_version": 1, "problem": new_problem}, key=alice)
     assert edited.status_code == 200, edited.text
     assert edited.json()["version"] == 2 and edited.json()["problem"] == new_problem
-    assert edited.json()["updated_by"] == "alice" and edited.json()["state"] == "needs_review"
+    assert edited.json()["updated_by"] == by("alice") and edited.json()["state"] == "needs_review"
 
-    stale = keyed.patch(_url(api, item), json={"expected_version": 1, "solution": "Bob's solution."}, headers=BOB)
+    stale = keyed.patch(_url(api, item), json={"expected_version": 1, "solution": "Bob's solution."}, key=bob)
     assert stale.status_code == 409, stale.text
     assert stale.json()["current_version"] == 2 and stale.json()["item"]["problem"] == new_problem
     now = _item(api, job_id, item["id"])["item"]
     assert now["version"] == 2 and now["problem"] == new_problem and now["solution"] == item["solution"]
 
-    retried = keyed.patch(_url(api, item), json={"expected_version": 2, "solution": "Bob's solution."}, headers=BOB)
+    retried = keyed.patch(_url(api, item), json={"expected_version": 2, "solution": "Bob's solution."}, key=bob)
     assert retried.status_code == 200 and retried.json()["version"] == 3
     assert retried.json()["problem"] == new_problem and retried.json()["solution"] == "Bob's solution."
 
     history = _item(api, job_id, item["id"])["history"]
     assert [(v["version"], v["by"], v["action"]) for v in history] == [
         (1, "system", "created"),
-        (2, "alice", "edit"),
-        (3, "bob", "edit"),
+        (2, by("alice"), "edit"),
+        (3, by("bob"), "edit"),
     ]
     assert history[1]["changes"] == {"problem": {"old": item["problem"], "new": new_problem}}
     assert history[2]["changes"] == {"solution": {"old": item["solution"], "new": "Bob's solution."}}
@@ -171,11 +177,12 @@ def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
 
     # two reviewers racing on the same version: exactly one wins, the other gets 409, nothing is lost
     def race(who: str) -> httpx.Response:
-        body = {"expected_version": 3, "answer": f"{who}'s answer"}
-        return keyed.patch(_url(api, item), json=body, headers={"X-Reviewer": who})
+        body = {"expected_version": 3, "answer": f"answer {racers.index(who)}"}
+        return keyed.patch(_url(api, item), json=body, key=who)
 
+    racers = [keyed.named_key(f"r{i}") for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(race, [f"r{i}" for i in range(8)]))
+        results = list(pool.map(race, racers))
     wins = [r for r in results if r.status_code == 200]
     assert len(wins) == 1 and all(r.status_code == 409 for r in results if r not in wins), [
         r.status_code for r in results
@@ -189,24 +196,24 @@ def test_edits_are_versions_with_who_when_what_and_a_stale_write_is_a_409(
     read_before = asyncio.run(_in_redis(review_store.get, job_id, item["id"]))
     assert read_before is not None and read_before.version == 4
     late = {"expected_version": 4, "answer": "dave's answer"}
-    assert keyed.patch(_url(api, item), json=late, headers={"X-Reviewer": "dave"}).status_code == 200
+    assert keyed.patch(_url(api, item), json=late, key=keyed.named_key("dave")).status_code == 200
     entry = ReviewVersion(version=5, by="eve", at=read_before.updated_at, action="edit")
     newer = read_before.model_copy(update={"version": 5, "answer": "x"})
     with pytest.raises(review_store.Stale):
         asyncio.run(_in_redis(review_store.write, read_before, 4, newer, entry))
     assert _item(api, job_id, item["id"])["item"]["answer"] == "dave's answer"
 
-    no_reason = keyed.post(_url(api, item, "reject"), json={"expected_version": 5}, headers=ALICE)
+    no_reason = keyed.post(_url(api, item, "reject"), json={"expected_version": 5}, key=alice)
     assert no_reason.status_code == 422 and "reason" in no_reason.text
     rejected = keyed.post(
-        _url(api, item, "reject"), json={"expected_version": 5, "reason": "skill B is not needed"}, headers=ALICE
+        _url(api, item, "reject"), json={"expected_version": 5, "reason": "skill B is not needed"}, key=alice
     )
     assert rejected.status_code == 200, rejected.text
     assert rejected.json()["state"] == "rejected" and rejected.json()["reject_reason"] == "skill B is not needed"
     last = _item(api, job_id, item["id"])["history"][-1]
     assert (last["version"], last["by"], last["action"], last["reason"]) == (
         6,
-        "alice",
+        by("alice"),
         "reject",
         "skill B is not needed",
     )
@@ -233,7 +240,7 @@ def _counters(api: str, job_id: str) -> dict[str, int]:
 
 
 def _help(api: str, item: dict[str, Any], **request: Any) -> dict[str, Any]:
-    response = keyed.post(_url(api, item, "help"), json=request, headers=ALICE)
+    response = keyed.post(_url(api, item, "help"), json=request, key=keyed.named_key("alice"))
     assert response.status_code == 202, response.text
     sid = response.json()["suggestion_id"]
     deadline = time.monotonic() + 30
@@ -260,9 +267,10 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
 
     # the reviewer breaks the answer, then asks for a re-solve and a check of the edit
     wrong = str(p + 1000)
-    edited = keyed.patch(_url(api, item), json={"expected_version": 1, "answer": wrong}, headers=ALICE).json()
+    alice = keyed.named_key("alice")
+    edited = keyed.patch(_url(api, item), json={"expected_version": 1, "answer": wrong}, key=alice).json()
     resolve = _help(api, item, kind="resolve")
-    assert resolve["status"] == "pending" and resolve["requested_by"] == "alice" and resolve["llm_calls"] == 3
+    assert resolve["status"] == "pending" and resolve["requested_by"] == by("alice") and resolve["llm_calls"] == 3
     assert "differs" in resolve["text"] and compare(resolve["proposed"]["answer"], item["answer"])
     requests1, calls1 = _settled(api, fake, job_id)
     assert requests1 - requests0 == calls1 - calls0 == 3  # the n_solves re-solves, metered to the job
@@ -290,9 +298,9 @@ def test_help_comes_back_through_the_queue_as_a_metered_suggestion(
     assert [(v["by"], v["action"], v["changes"]) for v in detail["history"][-3:]] == [("llm", "suggestion", {})] * 3
     assert [v["suggestion_id"] for v in detail["history"][-3:]] == [s["id"] for s in now["suggestions"]]
 
-    bad = keyed.post(_url(api, item, "help"), json={"kind": "make_skill_necessary", "skill": "nope"}, headers=ALICE)
+    bad = keyed.post(_url(api, item, "help"), json={"kind": "make_skill_necessary", "skill": "nope"}, key=alice)
     assert bad.status_code == 422
-    assert keyed.post(_url(api, item, "help"), json={"kind": "resolve"}).status_code == 422  # no X-Reviewer
+    assert keyed.post(_url(api, item, "help"), json={"kind": "resolve"}, key=keyed.VIEWER).status_code == 403
 
 
 def test_a_rerun_help_request_replays_the_answers_it_already_got(
@@ -365,11 +373,12 @@ def test_export_serves_accepted_questions_with_edits_unless_asked(
     assert len(export(state="needs_review")) == 4
 
     a, b, c = items[0], items[1], items[2]
-    edited = keyed.patch(_url(api, a), json={"expected_version": 1, "problem": "Edited: " + a["problem"]}, headers=BOB)
+    bob = keyed.named_key("bob")
+    edited = keyed.patch(_url(api, a), json={"expected_version": 1, "problem": "Edited: " + a["problem"]}, key=bob)
     assert edited.status_code == 200
-    assert keyed.post(_url(api, a, "accept"), json={"expected_version": 2}, headers=BOB).status_code == 200
-    assert keyed.post(_url(api, b, "accept"), json={"expected_version": 1}, headers=BOB).status_code == 200
-    rejected = keyed.post(_url(api, c, "reject"), json={"expected_version": 1, "reason": "ambiguous"}, headers=BOB)
+    assert keyed.post(_url(api, a, "accept"), json={"expected_version": 2}, key=bob).status_code == 200
+    assert keyed.post(_url(api, b, "accept"), json={"expected_version": 1}, key=bob).status_code == 200
+    rejected = keyed.post(_url(api, c, "reject"), json={"expected_version": 1, "reason": "ambiguous"}, key=bob)
     assert rejected.status_code == 200
 
     default = {r["problem"]: r for r in export()}  # (in storage order, not the queue's)

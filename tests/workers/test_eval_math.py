@@ -14,6 +14,7 @@ from schemas.jobs import EvalExtras, EvalMathJobSpec, JobRecord
 from schemas.llm import ChatMessage, ChatResult, Usage
 from schemas.settings import EndpointSettings
 from service.square_law import ModelPoint, fit_power_law, plot
+from tests import keyed
 from workers.llm.client import ChatOptions
 from workers.recipes import recipe_for
 from workers.recipes.eval_math import EvalMathRecipe, read_verdict
@@ -119,7 +120,9 @@ class Scripted:
 def record(judge: str | None, questions: list[dict[str, Any]]) -> JobRecord:
     spec = EvalMathJobSpec.model_validate({"questions": questions, "judge_endpoint": judge})
     assert spec.count == len(questions) and not spec.quality.enabled and not spec.dedup.exact
-    return JobRecord(id="j", spec=spec, endpoint="e", model="m", chunk_size=10, created_at=datetime.now(UTC))
+    return JobRecord(
+        team=keyed.TEAM, id="j", spec=spec, endpoint="e", model="m", chunk_size=10, created_at=datetime.now(UTC)
+    )
 
 
 async def test_recipe_grades_by_value_and_by_the_judge() -> None:

@@ -10,6 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from schemas.jobs import JobRecord, PromptsJobSpec
 from schemas.settings import Settings
 from store import keys, queue, records
+from tests import keyed
 from tests.conftest import REDIS_URL
 from workers.liveness import Liveness
 
@@ -61,7 +62,9 @@ async def test_a_job_handed_to_another_worker_is_not_forgotten_by_the_first(redi
 
 async def test_redrive_enqueues_only_stale_pending_plans_and_only_once(redis: ArqRedis) -> None:
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(40)]})
-    record = JobRecord(id="j1", spec=spec, endpoint="fake", model="m", chunk_size=32, created_at=datetime.now(UTC))
+    record = JobRecord(
+        team=keyed.TEAM, id="j1", spec=spec, endpoint="fake", model="m", chunk_size=32, created_at=datetime.now(UTC)
+    )
     await records.create_job(redis, record, planned=40)  # its creator died before enqueueing
     assert await queue.redrive(redis, stale_ms=60_000) == 0  # too fresh: its creator may still be at it
     assert await redis.zcard(keys.QUEUE_NAME) == 0
@@ -73,7 +76,9 @@ async def test_redrive_enqueues_only_stale_pending_plans_and_only_once(redis: Ar
 
 async def test_a_top_up_is_pending_until_enqueued(redis: ArqRedis) -> None:
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {i}." for i in range(40)]})
-    record = JobRecord(id="j2", spec=spec, endpoint="fake", model="m", chunk_size=32, created_at=datetime.now(UTC))
+    record = JobRecord(
+        team=keyed.TEAM, id="j2", spec=spec, endpoint="fake", model="m", chunk_size=32, created_at=datetime.now(UTC)
+    )
     await records.create_job(redis, record, planned=10)
     await queue.enqueue_planned(redis, record, 0, 10)
     assert await queue.plan(redis, record, 10, 40)

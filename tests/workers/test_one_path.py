@@ -12,6 +12,7 @@ from schemas.jobs import JobRecord, JobState, PhaseTask, PromptsJobSpec
 from schemas.review import HelpTask
 from schemas.settings import EndpointSettings, Settings
 from store import keys, records, stepped
+from tests import keyed
 from workers.llm.client import LLMClient, NotTheRunner
 from workers.runner.step import run_step
 from workers.unit import RECIPE_UNITS
@@ -52,7 +53,9 @@ def test_the_builtin_recipes_register_their_own_units() -> None:
 
 async def _prompts_job(redis: ArqRedis) -> JobRecord:
     spec = PromptsJobSpec.model_validate({"prompts": ["Say 1."]})
-    record = JobRecord(id="p1", spec=spec, endpoint="fake", model="m", chunk_size=8, created_at=datetime.now(UTC))
+    record = JobRecord(
+        team=keyed.TEAM, id="p1", spec=spec, endpoint="fake", model="m", chunk_size=8, created_at=datetime.now(UTC)
+    )
     await records.create_job(redis, record, planned=1)
     return record
 

@@ -19,6 +19,7 @@ from schemas.examples import GeneratedItem, Reason
 from schemas.jobs import JobRecord, PromptsJobSpec
 from schemas.settings import Settings
 from store import keys, records
+from tests import keyed
 from tests.conftest import REDIS_URL
 from workers.curate import semantic
 from workers.curate.consumer import CurateConsumer
@@ -195,8 +196,8 @@ async def test_the_curate_stage_rejects_a_paraphrase_across_two_consumers(redis:
                 "dedup": {"semantic": True, "semantic_threshold": 0.85},
             }
         )
-        record = JobRecord(id="curate-sem", spec=spec, endpoint="fake", model="fake-model", chunk_size=8,
-                           created_at=datetime.now(UTC))  # fmt: skip
+        record = JobRecord(team=keyed.TEAM, id="curate-sem", spec=spec, endpoint="fake", model="fake-model",
+                           chunk_size=8, created_at=datetime.now(UTC))  # fmt: skip
         await records.create_job(pool, record, planned=3)
         settings = Settings(redis_url=REDIS_URL)
         first, second = CurateConsumer(pool, settings, "c1"), CurateConsumer(pool, settings, "c2")
