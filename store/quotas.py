@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 
 from redis.asyncio import Redis
 
-from schemas.errors import OverQuota
+from schemas.errors import Conflict, OverQuota
 from schemas.jobs import JobRecord
 from store import keys
 from store.clock import now_iso, redis_now_ms
@@ -110,8 +110,8 @@ return {'ok', why and 'paused' or 'queued'}
 _COUNT = _HEAL_LUA + "return heal(KEYS[1], ARGV[1], tonumber(ARGV[2]), now_ms())"
 
 
-class JobExists(ValueError):
-    """A job with this id was already stored (ids are random: a caller's bug)."""
+class JobExists(Conflict, ValueError):
+    """A job with this id was already stored (ids are random: a caller's bug). Still a ValueError, as before."""
 
 
 async def admit(redis: Redis, record: JobRecord) -> str:
