@@ -86,7 +86,8 @@ return paused
 # KEYS: counters, meta, budget. ARGV: now (ISO), mode, keys.TEAM_PREFIX, job id. Back to running if paused, its
 # own cap has room and its team is not at its day cap, atomically with the checks (a charge cannot slip in
 # between). Mode 'team' (a team's cap raised, a new day) resumes only a job its team's budget paused; one whose
-# own cap is also spent becomes paused by its own budget instead. Returns 'ok', 'exhausted', 'team:<why>' or
+# own cap is also spent becomes paused by its own budget instead, and one whose own cap has room but whose team
+# is at its cap becomes paused by the team (so the team's resume carries it on). Returns 'ok', 'exhausted', 'team:<why>' or
 # 'state:<current state>'.
 RESUME = (
     TEAM_LUA
@@ -109,7 +110,10 @@ end
 local team = redis.call('HGET', KEYS[2], 'team')
 if team and team ~= '' then
   local why = team_over(ARGV[3], team)
-  if why then return 'team:' .. why end
+  if why then  -- its own budget has room now: it waits for the team's, and resumes with the team's jobs
+    redis.call('HSET', KEYS[2], 'paused_by', 'team', 'message', 'paused: ' .. why, 'updated_at', ARGV[1])
+    return 'team:' .. why
+  end
 end
 redis.call('HSET', KEYS[2], 'state', 'running', 'message', 'resumed', 'updated_at', ARGV[1])
 redis.call('HDEL', KEYS[2], 'paused_by')

@@ -15,7 +15,7 @@ import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from schemas.errors import OverQuota
-from schemas.jobs import JobRecord, JobState, PromptsJobSpec
+from schemas.jobs import JobBudget, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import Usage
 from schemas.teams import Role, TeamCreate, TeamUpdate
 from store import budget, jobs, keys, lifecycle, quotas, records, teams
@@ -143,37 +143,43 @@ async def state_of(redis: ArqRedis, job_id: str) -> tuple[str, str, str]:
 
 
 async def test_the_team_cap_pauses_every_job_of_the_team_and_a_new_day_resumes_them(redis: ArqRedis) -> None:
-    await new_team(redis, "day", max_usd_per_day=0.01)  # 10,000 micro-dollars a day
+    await new_team(redis, "day", max_usd_per_day=0.012)  # 12,000 micro-dollars a day
     await new_team(redis, "other")
-    for job_id, team in (("a", "day"), ("b", "day"), ("own", "day"), ("x", "other")):
-        cap = 0.004 if job_id == "own" else None
+    for job_id, team in (("a", "day"), ("b", "day"), ("own", "day"), ("spent", "day"), ("x", "other")):
+        cap = {"own": 0.004, "spent": 0.001}.get(job_id)
         await records.create_job(redis, record_for(job_id, 8, team, max_cost_usd=cap), planned=8)
         await records.set_state(redis, job_id, JobState.RUNNING)
     call, prices = Usage(prompt_tokens=1000, completion_tokens=1000), Prices(1.0, 2.0)  # 3,000 micro-dollars
-    assert not await budget.charge_awaited(redis, "a", call, prices)  # team: 3,000
-    assert not await budget.charge_awaited(redis, "own", call, prices)  # 6,000; own: 3,000 of its 4,000
-    assert await budget.charge_awaited(redis, "own", call, prices)  # 9,000; own at its own cap
+    assert await budget.charge_awaited(redis, "spent", Usage(prompt_tokens=1000), prices)  # its own cap: 1,000
+    assert not await budget.charge_awaited(redis, "a", call, prices)  # the team's day: 4,000
+    assert not await budget.charge_awaited(redis, "own", call, prices)  # 7,000; own: 3,000 of its 4,000
+    assert await budget.charge_awaited(redis, "own", call, prices)  # 10,000; own at its own cap
     assert not await budget.charge_awaited(redis, "x", Usage(prompt_tokens=10**6), prices)  # another team's
-    assert await budget.charge_awaited(redis, "b", call, prices)  # 12,000 >= 10,000: the team's jobs pause
+    assert await budget.charge_awaited(redis, "b", call, prices)  # 13,000 >= 12,000: the team's jobs pause
     for job_id in ("a", "b"):
         state, message, by = await state_of(redis, job_id)
         assert (state, by) == ("paused", "team"), message
         assert message == (
-            "paused: team day's daily budget reached ($0.0120 of $0.0100 today); raise it with `skillmix teams "
+            "paused: team day's daily budget reached ($0.0130 of $0.0120 today); raise it with `skillmix teams "
             "update day --max-usd-per-day Y` or PATCH /v1/teams/day, or wait for the UTC day to end"
         )
-    assert (await state_of(redis, "own"))[::2] == ("paused", "job")  # its own budget paused it first
+    for job_id in ("own", "spent"):  # their own budgets paused them first
+        assert (await state_of(redis, job_id))[::2] == ("paused", "job"), job_id
     assert (await state_of(redis, "x"))[0] == "running"
     assert not await budget.charge_awaited(redis, "a", call, prices)  # a call in flight at the pause: charged
     usage = await teams.usage(redis, "day")
-    assert usage.spent_today.usd == 0.015 and usage.spent_today.tokens == 10_000 and usage.running_jobs == 3
+    assert usage.spent_today.usd == 0.016 and usage.spent_today.tokens == 11_000 and usage.running_jobs == 4
     assert usage.at_day_cap is not None and "team day's daily budget reached" in usage.at_day_cap
     assert (await teams.usage(redis, "other")).spent_today.tokens == 10**6
 
-    record_a = await records.load_record(redis, "a")
-    assert record_a is not None
+    record_a, record_own = await records.load_record(redis, "a"), await records.load_record(redis, "own")
+    assert record_a is not None and record_own is not None
     with pytest.raises(TeamBudgetExhausted, match="team day's daily budget reached"):
         await lifecycle.resume(redis, record_a)  # the job-level resume refuses while the team is at its cap
+    await budget.set_budget(redis, "own", JobBudget(max_cost_usd=1.0))  # its own cap raised, the team's not:
+    with pytest.raises(TeamBudgetExhausted):
+        await lifecycle.resume(redis, record_own)
+    assert (await state_of(redis, "own"))[::2] == ("paused", "team")  # now it waits for the team's budget
     await records.create_job(redis, record_for("late", 8, "day"), planned=8)  # submitted at the cap: paused
     assert (await state_of(redis, "late"))[::2] == ("paused", "team")
 
@@ -181,24 +187,24 @@ async def test_the_team_cap_pauses_every_job_of_the_team_and_a_new_day_resumes_t
     assert (await watchdog.run_once()).resumed == 0  # still today: nothing resumes
     today = await quotas.utc_day(redis)
     await redis.rename(keys.team_day("day", today), keys.team_day("day", today - 1))  # the UTC day rolls over
-    assert (await watchdog.run_once()).resumed == 3
-    for job_id in ("a", "b", "late"):
+    assert (await watchdog.run_once()).resumed == 4
+    for job_id in ("a", "b", "own", "late"):
         assert (await state_of(redis, job_id))[::2] == ("running", ""), job_id
-    assert (await state_of(redis, "own"))[::2] == ("paused", "job")  # a new day does not raise its own budget
+    assert (await state_of(redis, "spent"))[::2] == ("paused", "job")  # a new day does not raise its own budget
     queued = {m.decode().split(":")[2] for m in await redis.zrange(keys.QUEUE_NAME, 0, -1)}
-    assert {"a", "b", "late"} <= queued  # resumed jobs got their chunks enqueued again
+    assert {"a", "b", "own", "late"} <= queued  # resumed jobs got their chunks enqueued again
 
-    # the token cap works the same way, and raising it (update_team) resumes at once
+    # the token cap works the same way, and removing it (update_team) resumes at once
     await teams.update_team(redis, "day", TeamUpdate(max_tokens_per_day=500))
     assert await budget.charge_awaited(redis, "a", Usage(prompt_tokens=600), Prices())
     state, message, by = await state_of(redis, "b")
-    assert (state, by) == ("paused", "team") and "team day's daily token budget reached (600 of 500 tokens today)" in (
-        message
-    )
+    assert (state, by) == ("paused", "team"), message
+    assert "team day's daily token budget reached (600 of 500 tokens today)" in message
     assert "--max-tokens-per-day N" in message
     await teams.update_team(redis, "day", TeamUpdate(max_tokens_per_day=None))
-    for job_id in ("a", "b", "late"):
+    for job_id in ("a", "b", "own", "late"):
         assert (await state_of(redis, job_id))[0] == "running", job_id
+    assert (await state_of(redis, "spent"))[0] == "paused"
 
 
 def test_team_budget_pauses_its_jobs_and_raising_it_loses_and_duplicates_nothing(
