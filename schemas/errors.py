@@ -12,7 +12,9 @@
      ├── Conflict            409  not possible in the current state; the message says why
      │    ├── Stale               a review write against an old version; carries the current item (store.review)
      │    ├── NotPaused           resume of a job that is not paused           (store.budget)
-     │    └── BudgetExhausted     resume of a job still at its budget           (store.budget)
+     │    ├── BudgetExhausted     resume of a job still at its budget           (store.budget)
+     │    │    └── TeamBudgetExhausted  ... or while its team is at its day cap  (store.budget)
+     │    └── JobExists           a job id already stored                       (store.quotas)
      ├── OverQuota           429  a team quota or the failed-authentication throttle; ``Retry-After``
      ├── Transient           503  retry later: the job store or an endpoint is away
      │    └── EndpointDown        the endpoint stopped answering               (workers.unit)

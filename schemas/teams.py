@@ -4,7 +4,7 @@ A key is shown once (``KeyCreated.key``) and stored only as its SHA-256 (``store
 here carries no key material, so it may be listed, logged and audited.
 """
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -50,6 +50,21 @@ class TeamUpdate(TeamQuotas):
 
 class Team(TeamCreate):
     created_at: datetime
+
+
+class TeamSpend(StrictModel):
+    usd: float = Field(description="charged to the team's jobs this UTC day")
+    tokens: int = Field(description="prompt + completion tokens of the team's jobs this UTC day")
+
+
+class TeamUsage(StrictModel):
+    """What a team uses now, against its ``TeamQuotas``."""
+
+    team: str
+    day: date = Field(description="the UTC day spent_today counts (Redis's clock)")
+    running_jobs: int = Field(description="unfinished jobs (queued, running or paused): max_running_jobs counts these")
+    spent_today: TeamSpend
+    at_day_cap: str | None = Field(default=None, description="why the team's jobs are paused today, if they are")
 
 
 class TeamsPublic(StrictModel):

@@ -41,6 +41,21 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 
 
+class QuotaDetail(Detail):
+    quota: str
+    limit: float
+    used: float
+
+
+OVER_QUOTA: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": QuotaDetail,
+        "description": "over a team quota (e.g. max_running_jobs): nothing was stored; retry after `Retry-After`",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    }
+}
+
+
 def conflict(message: str) -> NoReturn:
     raise Conflict(message)
 

@@ -4,7 +4,8 @@ A call's cost is priced at *its* endpoint and kept exactly, in integer micro-dol
 charge and the cap check are one Lua script (``CHARGE``), so the job pauses exactly once, at the call that
 crosses the cap, however many workers charge at once; the engine sends it fire-and-forget
 (``workers.budget.charge``). The cap lives in ``job:{id}:budget`` so it can be raised while the job runs;
-``store.lifecycle.resume`` then carries the job on.
+``store.lifecycle.resume`` then carries the job on. The same charge counts the job's team's spend per UTC day
+and pauses all of the team's jobs at the team's cap (``store.quotas``).
 """
 
 from dataclasses import dataclass
@@ -16,51 +17,109 @@ from schemas.jobs import JobBudget
 from schemas.llm import Usage
 from store import keys
 from store.clock import now_iso
+from store.quotas import TEAM_LUA
 
 # KEYS: counters, meta, budget. ARGV: rate_limited, prompt_tokens, completion_tokens, cost_micro_usd, now (ISO),
-# job id. Adds the call's usage, then pauses a queued/running job whose spend reached its cap. Returns 1 when
-# this call paused the job (exactly one call does: afterwards the state is no longer queued/running).
-CHARGE = """
+# job id, keys.TEAM_PREFIX, keys.JOB_PREFIX. Adds the call's usage to the job and to its team's day (the team
+# is in the job's meta), then pauses a queued/running job whose spend reached its cap (``paused_by = job``), and
+# every queued/running job of a team whose day spend reached the team's cap (``paused_by = team``; calls in
+# flight finish and are charged). Returns 1 when this call paused this job (exactly one call does: afterwards
+# the state is no longer queued/running).
+CHARGE = (
+    TEAM_LUA
+    + """
 local names = {'rate_limited', 'prompt_tokens', 'completion_tokens', 'cost_micro_usd'}
 for i, name in ipairs(names) do
   local v = tonumber(ARGV[i])
   if v ~= 0 then redis.call('HINCRBY', KEYS[1], name, v) end
 end
-local state = redis.call('HGET', KEYS[2], 'state')
-if state ~= 'queued' and state ~= 'running' then return 0 end
-local cap = redis.call('HMGET', KEYS[3], 'max_cost_micro_usd', 'max_tokens')
-if not cap[1] and not cap[2] then return 0 end
-local c = redis.call('HMGET', KEYS[1], 'cost_micro_usd', 'prompt_tokens', 'completion_tokens')
-local cost = tonumber(c[1] or '0')
-local tokens = tonumber(c[2] or '0') + tonumber(c[3] or '0')
-local why
-if cap[1] and cost >= tonumber(cap[1]) then
-  why = string.format('budget reached ($%.4f of $%.4f spent)', cost / 1e6, tonumber(cap[1]) / 1e6)
-elseif cap[2] and tokens >= tonumber(cap[2]) then
-  why = string.format('token budget reached (%d of %d tokens used)', tokens, tonumber(cap[2]))
-else
-  return 0
+local team = redis.call('HGET', KEYS[2], 'team')
+if team == '' then team = false end
+if team then
+  local tokens, usd = tonumber(ARGV[2]) + tonumber(ARGV[3]), tonumber(ARGV[4])
+  if tokens ~= 0 or usd ~= 0 then
+    local day = team_day_key(ARGV[7], team)
+    redis.call('HINCRBY', day, 'tokens', tokens)
+    redis.call('HINCRBY', day, 'micro_usd', usd)
+    redis.call('EXPIRE', day, TEAM_DAY_TTL_S)
+  end
 end
-local hint = '; raise it with PATCH /v1/jobs/' .. ARGV[6] .. ' or `skillmix budget ' .. ARGV[6] ..
-  ' --max-cost-usd X [--max-tokens N]`'
-redis.call('HSET', KEYS[2], 'state', 'paused', 'message', 'paused: ' .. why .. hint, 'updated_at', ARGV[5])
-return 1
+local paused = 0
+local state = redis.call('HGET', KEYS[2], 'state')
+local cap = redis.call('HMGET', KEYS[3], 'max_cost_micro_usd', 'max_tokens')
+if (state == 'queued' or state == 'running') and (cap[1] or cap[2]) then
+  local c = redis.call('HMGET', KEYS[1], 'cost_micro_usd', 'prompt_tokens', 'completion_tokens')
+  local cost = tonumber(c[1] or '0')
+  local tokens = tonumber(c[2] or '0') + tonumber(c[3] or '0')
+  local why
+  if cap[1] and cost >= tonumber(cap[1]) then
+    why = string.format('budget reached ($%.4f of $%.4f spent)', cost / 1e6, tonumber(cap[1]) / 1e6)
+  elseif cap[2] and tokens >= tonumber(cap[2]) then
+    why = string.format('token budget reached (%d of %d tokens used)', tokens, tonumber(cap[2]))
+  end
+  if why then
+    local hint = '; raise it with PATCH /v1/jobs/' .. ARGV[6] .. ' or `skillmix budget ' .. ARGV[6] ..
+      ' --max-cost-usd X [--max-tokens N]`'
+    redis.call('HSET', KEYS[2], 'state', 'paused', 'message', 'paused: ' .. why .. hint, 'updated_at', ARGV[5],
+      'paused_by', 'job')
+    paused = 1
+  end
+end
+if team then
+  local why = team_over(ARGV[7], team)
+  if why then
+    for _, id in ipairs(redis.call('ZRANGE', ARGV[7] .. team .. ':running', 0, -1)) do
+      local meta = ARGV[8] .. id .. ':meta'
+      local st = redis.call('HGET', meta, 'state')
+      if st == 'queued' or st == 'running' then
+        redis.call('HSET', meta, 'state', 'paused', 'message', 'paused: ' .. why, 'updated_at', ARGV[5],
+          'paused_by', 'team')
+        if id == ARGV[6] then paused = 1 end
+      end
+    end
+  end
+end
+return paused
 """
+).replace("TEAM_DAY_TTL_S", str(keys.TEAM_DAY_TTL_S))
 
-# KEYS: counters, meta, budget. ARGV: now (ISO). Back to running if paused and the cap has room, atomically
-# with the check (a charge cannot slip in between). Returns 'ok', 'exhausted' or 'state:<current state>'.
-RESUME = """
+# KEYS: counters, meta, budget. ARGV: now (ISO), mode, keys.TEAM_PREFIX, job id. Back to running if paused, its
+# own cap has room and its team is not at its day cap, atomically with the checks (a charge cannot slip in
+# between). Mode 'team' (a team's cap raised, a new day) resumes only a job its team's budget paused; one whose
+# own cap is also spent becomes paused by its own budget instead, and one whose own cap has room but whose team
+# is at its cap becomes paused by the team (so the team's resume carries it on). Returns 'ok', 'exhausted', 'team:<why>' or
+# 'state:<current state>'.
+RESUME = (
+    TEAM_LUA
+    + """
 local state = redis.call('HGET', KEYS[2], 'state')
 if state ~= 'paused' then return 'state:' .. tostring(state) end
+local by = redis.call('HGET', KEYS[2], 'paused_by')
+if ARGV[2] == 'team' and by ~= 'team' then return 'state:paused by its own budget' end
 local cap = redis.call('HMGET', KEYS[3], 'max_cost_micro_usd', 'max_tokens')
 local c = redis.call('HMGET', KEYS[1], 'cost_micro_usd', 'prompt_tokens', 'completion_tokens')
 local tokens = tonumber(c[2] or '0') + tonumber(c[3] or '0')
 if (cap[1] and tonumber(c[1] or '0') >= tonumber(cap[1])) or (cap[2] and tokens >= tonumber(cap[2])) then
+  if by == 'team' and ARGV[2] == 'team' then
+    redis.call('HSET', KEYS[2], 'paused_by', 'job', 'updated_at', ARGV[1], 'message',
+      'paused: budget reached (its own); raise it with PATCH /v1/jobs/' .. ARGV[4] .. ' or `skillmix budget ' ..
+      ARGV[4] .. ' --max-cost-usd X [--max-tokens N]`')
+  end
   return 'exhausted'
 end
+local team = redis.call('HGET', KEYS[2], 'team')
+if team and team ~= '' then
+  local why = team_over(ARGV[3], team)
+  if why then  -- its own budget has room now: it waits for the team's, and resumes with the team's jobs
+    redis.call('HSET', KEYS[2], 'paused_by', 'team', 'message', 'paused: ' .. why, 'updated_at', ARGV[1])
+    return 'team:' .. why
+  end
+end
 redis.call('HSET', KEYS[2], 'state', 'running', 'message', 'resumed', 'updated_at', ARGV[1])
+redis.call('HDEL', KEYS[2], 'paused_by')
 return 'ok'
 """
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +178,8 @@ def charge_args(job_id: str, usage: Usage, prices: Prices) -> tuple[list[str], l
             prices.micro_usd(usage),
             now_iso(),
             job_id,
+            keys.TEAM_PREFIX,
+            keys.JOB_PREFIX,
         ],
     )
 
@@ -136,3 +197,7 @@ class NotPaused(Conflict):
 
 class BudgetExhausted(Conflict):
     """The job is paused and its cap still has no room: raise it first (the message says how)."""
+
+
+class TeamBudgetExhausted(BudgetExhausted):
+    """The job is paused and its team is still at its day cap: raise the team's cap or wait for the next UTC day."""

@@ -22,7 +22,8 @@ __all__ = ["BudgetExhausted", "NotPaused", "ask_for_help", "cancel", "create", "
 
 async def create(redis: Redis, record: JobRecord) -> int:
     """Store the job with its first items planned; returns how many (a stepped job, e.g. an extraction, plans
-    all its items up front and is queued step by step instead)."""
+    all its items up front and is queued step by step instead). The one way a job is created: a team's job is
+    admitted here (``records.create_job``: ``OverQuota`` over ``max_running_jobs``, nothing stored)."""
     spec = record.spec
     if spec.stepped:
         await records.create_job(redis, record)
@@ -34,12 +35,16 @@ async def create(redis: Redis, record: JobRecord) -> int:
 
 
 async def submit(redis: ArqRedis, record: JobRecord) -> JobStatus:
-    """Store the job and queue its first work: its first chunks, or a stepped job's first phase step."""
+    """Store the job and queue its first work: its first chunks, or a stepped job's first phase step. A team's
+    job is admitted against the team's quotas first (``OverQuota``: nothing stored); its team's other jobs'
+    queued work is then spread so the team keeps one job's share of the queue (``queue.respace_team``)."""
     first = await create(redis, record)
     if stepped.is_stepped(record):
         await queue.enqueue_steps(redis, record.id, [PhaseTask(job_id=record.id, step=0)])
     else:
         await queue.enqueue_planned(redis, record, 0, first)
+    if record.team:
+        await queue.respace_team(redis, record.team, record.id)
     status = await records.get_status(redis, record.id)
     assert status is not None  # just stored
     return status

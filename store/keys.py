@@ -2,7 +2,8 @@
 
 Per job (``{id}`` is the job id):
   job:{id}                 string  JobRecord JSON (immutable after submit)
-  job:{id}:meta            hash    state, message, updated_at
+  job:{id}:meta            hash    state, message, updated_at; team (the owner, so Lua finds the team's keys);
+                                   paused_by ("job" or "team": which budget paused it, so the right resume applies)
   job:{id}:counters        hash    JobCounters fields plus ``rejected:<reason>`` fields
   job:{id}:budget          hash    max_cost_micro_usd, max_tokens: the spending cap in force (``store.budget``)
   job:{id}:items           stream  GeneratedItem JSON, consumed by the ``curate`` group
@@ -10,7 +11,8 @@ Per job (``{id}`` is the job id):
   job:{id}:plans           hash    "start-stop" -> ms: item ranges planned but not yet enqueued
   job:{id}:ranges          list    "start-stop" of every range ever planned (the watchdog's map of chunks)
   job:{id}:redrives        hash    arq chunk id -> "times:generated" (chunks the watchdog enqueued again)
-  job:{id}:vtime           string  queue score (ms) of the job's last enqueued chunk (fair share, ``store.records``)
+  job:{id}:vtime           string  "last stride": queue score (ms) of the job's last enqueued step and the spacing
+                                   of its steps (fair share, ``store.queue``); an old plain "last" reads as stride 1
   job:{id}:decisions       hash    item index -> "a:<seq>" / "r:<seq>:<reason>[:<dup_of>]" (idempotent curation)
   job:{id}:exact           hash    normalised-text hash -> example id of kept instructions
   job:{id}:lsh:{band}      hash    band hash -> example id (MinHash LSH buckets)
@@ -47,6 +49,13 @@ Teams and keys (``store.teams``):
   teams                    set     team names
   team:{t}                 hash    name, created_at, max_running_jobs, max_usd_per_day, max_tokens_per_day
   team:{t}:jobs            zset    job id -> created timestamp: the team's jobs (its listing)
+  team:{t}:running         zset    job id -> admission ms (Redis clock): the team's unfinished jobs (queued, running,
+                                   paused); admitted against max_running_jobs and released at a finished state in
+                                   one Lua script each (``store.quotas``, ``store.records``); also the team's size
+                                   in fair share (``store.queue``)
+  team:{t}:day:{n}         hash    micro_usd, tokens: the team's spend on UTC day n (days since 1970-01-01 by Redis's
+                                   clock), added by every metered charge (``store.budget.CHARGE``); expires after
+                                   a few days
   team:{t}:audit           stream  the team's audit entries (``store.audit``); ``audit`` holds every team's
   apikeys                  zset    key id -> created timestamp
   apikey:{kid}             hash    ApiKey fields (id, prefix, team, role, name, created_at, created_by, revoked_at)
@@ -99,6 +108,21 @@ BUCKET_SIZE = 1000
 
 def team(name: str) -> str:
     return f"{PREFIX}:team:{name}"
+
+
+def team_running(name: str) -> str:
+    """zset: the team's unfinished jobs, scored by admission ms (``store.quotas``)."""
+    return f"{team(name)}:running"
+
+
+TEAM_PREFIX = f"{PREFIX}:team:"  # Lua builds a team's keys from its name: TEAM_PREFIX .. name .. ":running"
+JOB_PREFIX = f"{PREFIX}:job:"  # and a job's: JOB_PREFIX .. id .. ":meta" (one Redis, not a cluster)
+TEAM_DAY_TTL_S = 3 * 86400  # a day's spend stays readable for a few days, then goes
+
+
+def team_day(name: str, day: int) -> str:
+    """hash micro_usd, tokens: the team's spend on UTC day ``day`` (days since the epoch)."""
+    return f"{team(name)}:day:{day}"
 
 
 def team_audit(name: str) -> str:

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from schemas.jobs import JobCounters, JobRecord, JobState
 from store import keys, queue, records, stepped
-from store.budget import RESUME, BudgetExhausted, NotPaused
+from store.budget import RESUME, BudgetExhausted, NotPaused, TeamBudgetExhausted
 from store.clock import now_iso
 
 
@@ -50,12 +50,16 @@ async def _still_at_budget(redis: Redis, job_id: str) -> str:
     )
 
 
-async def _resume_state(redis: Redis, job_id: str) -> None:
-    """Paused -> running, atomically with the check that the cap has room (a charge cannot slip in between)."""
+async def _resume_state(redis: Redis, job_id: str, team_only: bool) -> None:
+    """Paused -> running, atomically with the check that the job's cap and its team's day cap have room (a
+    charge cannot slip in between). ``team_only``: only a job its team's budget paused."""
     script_keys = [keys.counters(job_id), keys.meta(job_id), keys.budget(job_id)]
-    outcome = (await redis.eval(RESUME, 3, *script_keys, now_iso())).decode()
+    mode = "team" if team_only else ""
+    outcome = (await redis.eval(RESUME, 3, *script_keys, now_iso(), mode, keys.TEAM_PREFIX, job_id)).decode()
     if outcome == "exhausted":
         raise BudgetExhausted(await _still_at_budget(redis, job_id))
+    if outcome.startswith("team:"):
+        raise TeamBudgetExhausted(f"job {job_id} is paused at its team's budget: {outcome.removeprefix('team:')}")
     if outcome != "ok":
         state = outcome.removeprefix("state:")
         raise NotPaused(f"job {job_id} is {state}, not paused; only a paused job can be resumed")
@@ -64,10 +68,11 @@ async def _resume_state(redis: Redis, job_id: str) -> None:
 SCAN_BATCH = 256  # chunks looked up per pipeline when resuming
 
 
-async def resume(redis: ArqRedis, record: JobRecord) -> None:
+async def resume(redis: ArqRedis, record: JobRecord, *, team_only: bool = False) -> None:
     """Paused -> running, then carry on: top the job up if it needs more items, and enqueue every planned chunk
-    with items still to generate that arq neither holds nor runs (its reruns skip the generated items)."""
-    await _resume_state(redis, record.id)
+    with items still to generate that arq neither holds nor runs (its reruns skip the generated items).
+    ``team_only``: resume only a job paused by its team's day budget (``store.teams.resume_team``)."""
+    await _resume_state(redis, record.id, team_only)
     await redis.hdel(keys.WATCHDOG, record.id)  # the stall clock starts again now, not at the pause
     if not stepped.is_stepped(record):  # a stepped job completes by its last step, never by its counters
         await advance(redis, record)

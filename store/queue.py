@@ -120,7 +120,7 @@ async def enqueue_steps(redis: ArqRedis, job_id: str, steps: Sequence[Step]) -> 
     """The one way a unit of work enters the queue: as a ``Step`` for the runner's one arq function, under its
     deterministic id. Queue scores come from ``fair_start``, so jobs interleave instead of queueing behind
     each other, whatever their kind."""
-    first = await fair_start(redis, job_id, len(steps))
+    first, stride = await fair_start(redis, job_id, len(steps))
     expires = timedelta(milliseconds=redis.expires_extra_ms)  # from now, whatever the (past) score
     for k, step in enumerate(steps):
         await redis.enqueue_job(
@@ -128,32 +128,80 @@ async def enqueue_steps(redis: ArqRedis, job_id: str, steps: Sequence[Step]) -> 
             step.model_dump(),
             _job_id=step.arq_id,
             _queue_name=keys.QUEUE_NAME,
-            _defer_until=datetime.fromtimestamp((first + k) / 1000, UTC),
+            _defer_until=datetime.fromtimestamp((first + k * stride) / 1000, UTC),
             _expires=expires,
         )
 
 
-# Reserve ``n`` consecutive scores for a job's new chunks: from the queue's head (ARGV[1]) or right after the
-# job's own last chunk, whichever is later, so a job's top-ups queue behind its own backlog.
-_FAIR_RESERVE = """
-local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
-local first = math.max(tonumber(ARGV[1]), last + 1)
-redis.call('SET', KEYS[1], string.format('%.0f', first + tonumber(ARGV[2]) - 1))
-return string.format('%.0f', first)
+# Lua helpers of fair share. ``vtime``: a job's "last stride" (an old plain "last" is stride 1). ``team_size``:
+# how many of the job's team's jobs are queued or running (1 for a job without a team): the job's stride, so the
+# team's jobs together get one job's share. ARGV[1] of the callers: keys.TEAM_PREFIX, ARGV[2]: keys.JOB_PREFIX.
+_FAIR_LUA = """
+local function vtime(key)
+  local raw = redis.call('GET', key)
+  if not raw then return -1, 1 end
+  local last, stride = string.match(raw, '^(%S+) (%S+)$')
+  if last then return tonumber(last), tonumber(stride) end
+  return tonumber(raw), 1
+end
+local function team_size(meta)
+  local team = redis.call('HGET', meta, 'team')
+  if not team or team == '' then return 1 end
+  local n = 0
+  for _, id in ipairs(redis.call('ZRANGE', ARGV[1] .. team .. ':running', 0, -1)) do
+    local st = redis.call('HGET', ARGV[2] .. id .. ':meta', 'state')
+    if st == 'queued' or st == 'running' then n = n + 1 end
+  end
+  return math.max(n, 1)
+end
 """
+
+# KEYS: the job's vtime, its meta. ARGV: TEAM_PREFIX, JOB_PREFIX, the queue's head, n. Reserve ``n`` scores
+# ``stride`` apart for a job's new steps: from the queue's head or one stride after the job's own last step,
+# whichever is later, so a job's top-ups queue behind its own backlog. Returns {first, stride}.
+_FAIR_RESERVE = (
+    _FAIR_LUA
+    + """
+local last = vtime(KEYS[1])
+local s = team_size(KEYS[2])
+local first = math.max(tonumber(ARGV[3]), last + s)
+redis.call('SET', KEYS[1], string.format('%.0f %d', first + (tonumber(ARGV[4]) - 1) * s, s))
+return {string.format('%.0f', first), s}
+"""
+)
+
+# KEYS: the queue, a job's vtime, its meta. ARGV: TEAM_PREFIX, JOB_PREFIX, the queue's head, then the arq ids of
+# the job's steps. Space the job's queued steps at or after the head by its team's size now instead of the
+# stride they were given (scaled about the head, so their order stays), once: a second call finds the stride
+# already right. ZADD XX: a step that left the queue meanwhile is not put back. Returns how many moved.
+_RESPACE = (
+    _FAIR_LUA
+    + """
+local last, old = vtime(KEYS[2])
+local s = team_size(KEYS[3])
+if last < 0 or old == s then return 0 end
+local head, moved = tonumber(ARGV[3]), 0
+for i = 4, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) >= head then
+    local new = head + math.floor((tonumber(score) - head) * s / old)
+    redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', new), ARGV[i])
+    moved = moved + 1
+  end
+end
+if last >= head then last = head + math.floor((last - head) * s / old) end
+redis.call('SET', KEYS[2], string.format('%.0f %d', last, s))
+return moved
+"""
+)
 
 
 FAIR_SCAN = 256  # queue entries looked at for the head (more than the fleet runs at once is plenty)
 
 
-async def fair_start(redis: Redis, job_id: str, n: int) -> int:
-    """The queue score (ms) of the first of a job's ``n`` new chunks; chunk k gets this + k.
-
-    arq runs the lowest ready score first, and a score in the past is ready at once. A new job starts at the
-    queue's head (the lowest score of a chunk no worker runs yet; now if none is waiting), so its chunks
-    interleave 1:1 with every other job's backlog instead of waiting behind all of it: a small job submitted
-    during an overnight run starts within a chunk or two, and three jobs share 1:1:1.
-    """
+async def queue_head(redis: Redis) -> int:
+    """The lowest score (ms) of a step no worker runs yet; now if none is waiting. arq runs the lowest ready
+    score first, and a score in the past is ready at once."""
     now_ms = int(datetime.now(UTC).timestamp() * 1000)  # arq's own clock for readiness: this process's
     head = now_ms
     entries = await redis.zrange(keys.QUEUE_NAME, 0, FAIR_SCAN - 1, withscores=True)
@@ -168,4 +216,41 @@ async def fair_start(redis: Redis, job_id: str, n: int) -> int:
             head = idle[0]
         elif len(waiting) == FAIR_SCAN:  # the fleet runs more than we looked at: the head is further on
             head = waiting[-1][1]
-    return int(await redis.eval(_FAIR_RESERVE, 1, keys.vtime(job_id), head, n))
+    return head
+
+
+async def fair_start(redis: Redis, job_id: str, n: int) -> tuple[int, int]:
+    """The queue score (ms) of the first of a job's ``n`` new steps and their spacing: step k gets first + k *
+    stride.
+
+    Per team first, then per job. A new job starts at the queue's head, so its steps interleave with every
+    other job's backlog instead of waiting behind all of it: a small job submitted during an overnight run
+    starts within a chunk or two, and three jobs of three teams share 1:1:1. The stride is the number of the
+    job's team's jobs queued or running (1 without a team): a team's s jobs each get one step per s ms of
+    score, together one job's share, so a team with ten jobs does not get ten times the share of a team with
+    one. When a team gains a job, ``respace_team`` spreads its other jobs' queued steps to the new stride.
+    """
+    head = await queue_head(redis)
+    args = [keys.TEAM_PREFIX, keys.JOB_PREFIX, head, n]
+    first, stride = await redis.eval(_FAIR_RESERVE, 2, keys.vtime(job_id), keys.meta(job_id), *args)
+    return int(first), int(stride)
+
+
+async def respace_team(redis: Redis, team: str, except_id: str) -> int:
+    """Spread the queued steps of the team's other jobs to the team's stride now (after ``except_id`` joined);
+    returns how many steps moved. One script per job, each atomic and done once however many call it. A
+    stepped job has one step queued at a time and takes the new stride with its next one: not looked at."""
+    head = await queue_head(redis)
+    moved = 0
+    for raw_id in await redis.zrange(keys.team_running(team), 0, -1):
+        job_id = raw_id.decode()
+        record = await load_record(redis, job_id) if job_id != except_id else None
+        if record is None or record.spec.stepped:
+            continue
+        ids = [
+            task.arq_id for start, stop in await planned_ranges(redis, job_id) for task in chunks(record, start, stop)
+        ]
+        if ids:
+            script_keys = [keys.QUEUE_NAME, keys.vtime(job_id), keys.meta(job_id)]
+            moved += int(await redis.eval(_RESPACE, 3, *script_keys, keys.TEAM_PREFIX, keys.JOB_PREFIX, head, *ids))
+    return moved

@@ -8,7 +8,7 @@ enqueueing and fair share in ``store.queue``.
 from redis.asyncio import Redis
 
 from schemas.jobs import JobCounters, JobRecord, JobState, JobStatus
-from store import keys
+from store import keys, quotas
 from store.budget import cap_fields, read_budget
 from store.clock import now_iso, redis_now_ms
 from store.pricing import budget_left, cost_from_counters
@@ -30,12 +30,19 @@ _INT_FIELDS = (
 
 
 # Move to a new state unless the job already finished (finished states are final). A finished job stays in
-# the active set until the watchdog sees its stream drained (``workers.watchdog``): nothing is left behind.
+# the active set until the watchdog sees its stream drained (``workers.watchdog``): nothing is left behind,
+# and it gives its team's running-jobs slot back here, in the same step (``store.quotas``). Leaving ``paused``
+# forgets which budget paused it. ARGV[6]: keys.TEAM_PREFIX.
 _SET_STATE = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if cur == 'completed' or cur == 'failed' or cur == 'cancelled' then return 0 end
 if ARGV[4] ~= '' and cur ~= ARGV[4] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'message', ARGV[2], 'updated_at', ARGV[3])
+if ARGV[1] ~= 'paused' then redis.call('HDEL', KEYS[1], 'paused_by') end
+if ARGV[1] == 'completed' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+  local team = redis.call('HGET', KEYS[1], 'team')
+  if team and team ~= '' then redis.call('ZREM', ARGV[6] .. team .. ':running', ARGV[5]) end
+end
 return 1
 """
 
@@ -43,17 +50,35 @@ return 1
 async def create_job(redis: Redis, record: JobRecord, planned: int = 0) -> None:
     """Store a job with its first ``planned`` items recorded as pending, in one transaction.
 
-    The caller then enqueues them with ``enqueue_planned``; should it die first, ``redrive`` does.
+    A team's job is admitted first (``store.quotas.admit``: over ``max_running_jobs`` it raises ``OverQuota``
+    and nothing is stored; the admission writes the job's meta, ``paused`` if its team is at its day cap); a
+    failure after that gives the slot back. The caller then enqueues the items with ``enqueue_planned``;
+    should it die first, ``redrive`` does.
     """
+    if record.team:
+        await quotas.admit(redis, record)
+    try:
+        await _store(redis, record, planned)
+    except quotas.JobExists:  # someone else's record: leave it
+        if record.team:
+            await quotas.release(redis, record, drop_record=False)
+        raise
+    except BaseException:
+        if record.team:
+            await quotas.release(redis, record)
+        raise
+
+
+async def _store(redis: Redis, record: JobRecord, planned: int) -> None:
     created = await redis.set(keys.job(record.id), record.model_dump_json(), nx=True)
     if not created:
-        raise ValueError(f"job {record.id} exists")
+        raise quotas.JobExists(f"job {record.id} exists")
     planned_at = await redis_now_ms(redis) if planned else 0
     spec_budget = record.spec.budget
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(
-            keys.meta(record.id), mapping={"state": JobState.QUEUED.value, "message": "", "updated_at": now_iso()}
-        )
+        if not record.team:  # a team's job got its meta at admission
+            meta = {"state": JobState.QUEUED.value, "message": "", "updated_at": now_iso()}
+            pipe.hset(keys.meta(record.id), mapping=meta)
         pipe.hset(keys.counters(record.id), mapping={"planned": planned, "processed": 0, "accepted": 0})
         cap = {k: v for k, v in cap_fields(spec_budget).items() if v is not None} if spec_budget else {}
         if cap:
@@ -92,6 +117,7 @@ async def set_state(
         now_iso(),
         only_from.value if only_from else "",
         job_id,
+        keys.TEAM_PREFIX,
     )
     return bool(changed)
 

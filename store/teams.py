@@ -1,4 +1,4 @@
-"""Teams and their API keys in Redis.
+"""Teams and their API keys in Redis; a team's usage against its quotas (``store.quotas`` enforces them).
 
 A key is ``smx_`` + 43 URL-safe characters (256 random bits). Only its SHA-256 is kept: a fast hash is enough
 for a secret with 256 bits of entropy (nothing to brute-force), and it makes the lookup one GET of
@@ -11,11 +11,24 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from schemas.errors import BadInput, Conflict, NotFound
-from schemas.teams import KEY_PREFIX, ApiKey, Caller, KeyCreated, Role, Team, TeamCreate, TeamUpdate
-from store import keys
+from schemas.teams import (
+    KEY_PREFIX,
+    ApiKey,
+    Caller,
+    KeyCreated,
+    Role,
+    Team,
+    TeamCreate,
+    TeamSpend,
+    TeamUpdate,
+    TeamUsage,
+)
+from store import keys, lifecycle, quotas, records
+from store.budget import BudgetExhausted, NotPaused, TeamBudgetExhausted
 
 QUOTA_FIELDS = ("max_running_jobs", "max_usd_per_day", "max_tokens_per_day")
 VISIBLE = 8  # characters of the key after its prefix that listings show
@@ -56,7 +69,8 @@ async def list_teams(redis: Redis) -> list[Team]:
 
 
 async def update_team(redis: Redis, name: str, update: TeamUpdate) -> Team:
-    """Replace the limits given (``null`` removes one), atomically; a missing team is a ``NotFound``."""
+    """Replace the limits given (``null`` removes one), atomically; a missing team is a ``NotFound``. A day cap
+    raised or removed resumes the team's jobs its budget paused (``resume_team``)."""
     if not await redis.sismember(keys.TEAMS, name):
         raise NotFound(f"team {name!r} not found")
     async with redis.pipeline(transaction=True) as pipe:
@@ -67,9 +81,49 @@ async def update_team(redis: Redis, name: str, update: TeamUpdate) -> Team:
             else:
                 pipe.hset(keys.team(name), field, str(value))
         await pipe.execute()
+    if update.model_fields_set & {"max_usd_per_day", "max_tokens_per_day"}:
+        await resume_team(redis, name)
     found = await get_team(redis, name)
     assert found is not None
     return found
+
+
+async def usage(redis: Redis, name: str) -> TeamUsage:
+    """The team's unfinished jobs and what its jobs were charged this UTC day (for ``GET /v1/teams/...``)."""
+    if not await redis.sismember(keys.TEAMS, name):
+        raise NotFound(f"team {name!r} not found")
+    day = await quotas.utc_day(redis)
+    micro_usd, tokens = await quotas.spent(redis, name, day)
+    return TeamUsage(
+        team=name,
+        day=quotas.day_date(day),
+        running_jobs=await quotas.running_jobs(redis, name),
+        spent_today=TeamSpend(usd=micro_usd / 1e6, tokens=tokens),
+        at_day_cap=await quotas.over_cap(redis, name),
+    )
+
+
+async def resume_team(redis: Redis, name: str) -> int:
+    """Resume every job of the team that its day budget paused, if the team has room now (a raised cap, a new
+    UTC day) and the job's own budget has room; returns how many. A job whose own budget is spent stays paused,
+    now by its own budget. Called by ``update_team`` and by the worker's watchdog."""
+    arq = redis if isinstance(redis, ArqRedis) else ArqRedis(pool_or_conn=redis.connection_pool)
+    resumed = 0
+    for raw_id in await redis.zrange(keys.team_running(name), 0, -1):
+        job_id = raw_id.decode()
+        if await redis.hget(keys.meta(job_id), "paused_by") != b"team":
+            continue
+        record = await records.load_record(redis, job_id)
+        if record is None:
+            continue
+        try:
+            await lifecycle.resume(arq, record, team_only=True)
+        except TeamBudgetExhausted:
+            break  # the team is still at its cap: so is every other job of it
+        except (BudgetExhausted, NotPaused):
+            continue
+        resumed += 1
+    return resumed
 
 
 async def create_key(redis: Redis, team: str, role: Role, name: str, created_by: str) -> KeyCreated:

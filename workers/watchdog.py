@@ -14,7 +14,9 @@ One worker of the fleet per interval (``Liveness.run`` takes a lock) looks at ev
   A chunk marked in progress by arq for longer than ``stall_ms`` with no worker recorded as running it
   was picked up by a worker that died before its ``on_job_start`` hook ran (the liveness reaper cannot
   see it): its mark is removed so the queue hands the chunk out again.
-- A paused job (at its spending budget, ``workers.budget``) is left alone: it is waiting for a person.
+- A paused job (at its spending budget, ``workers.budget``) is left alone: it is waiting for a person. One
+  paused by its team's day budget (``store.quotas``) is resumed once its team has room again: after a UTC
+  day rolls over, the next run carries it on (``store.teams.resume_team``).
 - A finished job leaves the active set only once its stream is empty and none of its chunks runs, so
   items generated in the last moment are still curated (as surplus) instead of abandoned.
 
@@ -30,7 +32,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from arq.jobs import Job
 
 from schemas.jobs import ChunkTask, JobRecord, JobState, PhaseTask, Step
-from store import clock, keys, queue, records, stepped
+from store import clock, keys, queue, records, stepped, teams
 from store.lifecycle import advance
 from workers.llm.replay import drop_job as drop_replay
 
@@ -47,6 +49,7 @@ class WatchReport:
     failed: int = 0
     retired: int = 0
     freed: int = 0
+    resumed: int = 0
 
 
 # Free an arq in-progress mark that no worker owns and that was set more than ARGV[2] ms ago (arq sets it
@@ -69,6 +72,7 @@ class Watchdog:
     async def run_once(self) -> WatchReport:
         report = WatchReport()
         now_ms = await clock.redis_now_ms(self.redis)
+        team_paused: set[str] = set()
         for raw_id in await self.redis.smembers(keys.ACTIVE_JOBS):
             job_id = raw_id.decode()
             state = await records.get_state(self.redis, job_id)
@@ -77,6 +81,9 @@ class Watchdog:
                 continue
             if state is JobState.PAUSED:  # at its budget, waiting for a person: not stalled (resume re-enqueues)
                 await self.redis.hdel(keys.WATCHDOG, job_id)
+                by, team = await self.redis.hmget(keys.meta(job_id), "paused_by", "team")
+                if by == b"team" and team:
+                    team_paused.add(team.decode())
                 continue
             record = await records.load_record(self.redis, job_id)
             if record is None:
@@ -87,6 +94,8 @@ class Watchdog:
                     await self._revive_stepped(record, report)
                 else:
                     await self._revive(record, report)
+        for team in sorted(team_paused):  # a new UTC day (or a cap raised behind our back): room again?
+            report.resumed += await teams.resume_team(self.redis, team)
         return report
 
     async def _stalled(self, record: JobRecord, now_ms: int) -> bool:

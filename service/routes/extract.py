@@ -27,7 +27,7 @@ from schemas.jobs import JobRecord, JobStatus
 from schemas.settings import Settings
 from service.auth import OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
-from service.errors import NOT_FOUND, not_found
+from service.errors import NOT_FOUND, OVER_QUOTA, not_found
 from service.uploads import (
     TOO_LARGE,
     UploadRules,
@@ -94,7 +94,7 @@ async def _check_dataset(spec: ExtractDatasetSpec, data_dir: Path) -> ExtractDat
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses=TOO_LARGE,
+    responses={**TOO_LARGE, **OVER_QUOTA},
     openapi_extra=UPLOAD.openapi(_inlined_schema()),
 )
 async def extract(request: Request, redis: RedisDep, settings: SettingsDep, caller: WriterDep) -> JobStatus:

@@ -14,7 +14,7 @@ from schemas.recipes import has_review_queue
 from schemas.sampling import Coverage, coverage
 from service.auth import CallerDep, OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
-from service.errors import CONFLICT, NOT_FOUND, conflict, not_found
+from service.errors import CONFLICT, NOT_FOUND, OVER_QUOTA, conflict, not_found
 from service.export import (
     FILE_SUFFIXES,
     MEDIA_TYPES,
@@ -38,7 +38,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus, responses=OVER_QUOTA)
 async def submit_job(
     spec: Annotated[GenerationSpec, Body()], redis: RedisDep, settings: SettingsDep, caller: WriterDep
 ) -> JobStatus:
