@@ -87,8 +87,8 @@ return paused
 # own cap has room and its team is not at its day cap, atomically with the checks (a charge cannot slip in
 # between). Mode 'team' (a team's cap raised, a new day) resumes only a job its team's budget paused; one whose
 # own cap is also spent becomes paused by its own budget instead, and one whose own cap has room but whose team
-# is at its cap becomes paused by the team (so the team's resume carries it on). Returns 'ok', 'exhausted', 'team:<why>' or
-# 'state:<current state>'.
+# is at its cap becomes paused by the team (so the team's resume carries it on). Returns 'ok', 'exhausted',
+# 'team:<why>' or 'state:<current state>'.
 RESUME = (
     TEAM_LUA
     + """
