@@ -19,9 +19,10 @@ from tests.test_end_to_end import finished, wait_for
 
 
 def record_for(job_id: str, n: int, chunk_size: int = 4) -> JobRecord:
+    """A job of its own team (``team-{job_id}``): fair share between teams is one job's share each."""
     spec = PromptsJobSpec.model_validate({"prompts": [f"Say {job_id} {i}." for i in range(n)]})
-    return JobRecord(team=keyed.TEAM, id=job_id, spec=spec, endpoint="fake", model="fake-model", chunk_size=chunk_size,
-                     created_at=datetime.now(UTC))  # fmt: skip
+    return JobRecord(team=f"team-{job_id}", id=job_id, spec=spec, endpoint="fake", model="fake-model",
+                     chunk_size=chunk_size, created_at=datetime.now(UTC))  # fmt: skip
 
 
 def submit(api: str, **spec: Any) -> str:
