@@ -156,7 +156,7 @@ async def test_a_failed_first_request_frees_the_key(client: httpx.AsyncClient, r
 
 @pytest.mark.parametrize("value", [b"", b"x" * 256, b"caf\xe9", b"tab\there"])
 async def test_a_bad_header_is_a_422_naming_it(client: httpx.AsyncClient, redis: ArqRedis, value: bytes) -> None:
-    response = await client.post("/v1/jobs", json=INSTRUCT, headers={HEADER: value})
+    response = await client.post("/v1/jobs", json=INSTRUCT, headers={HEADER.encode(): value})
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["header", HEADER]
     assert await job_ids(redis) == []
