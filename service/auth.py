@@ -6,6 +6,7 @@ guesses from one place is a 429 on every API process. Roles are checked by ``wri
 ``admin``; ownership by ``owned_job``: another team's job answers exactly as a missing one does.
 """
 
+import math
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -43,15 +44,15 @@ async def _throttle(request: Request, redis: RedisDep, settings: SettingsDep) ->
     key = keys.auth_failures(_client(request))
     async with redis.pipeline(transaction=False) as pipe:
         pipe.get(key)
-        pipe.ttl(key)
-        raw, ttl = await pipe.execute()
+        pipe.pttl(key)
+        raw, ttl_ms = await pipe.execute()
     failures = int(raw or 0)
     if failures < settings.auth_fail_burst:
         return
-    if ttl == -1:  # no expiry (cannot happen through ``_refuse``; never lock an address out for good)
+    if ttl_ms == -1:  # no expiry (cannot happen through ``_refuse``; never lock an address out for good)
         await redis.expire(key, settings.auth_fail_window_s)
-        ttl = settings.auth_fail_window_s
-    retry = max(1, ttl)
+        ttl_ms = settings.auth_fail_window_s * 1000
+    retry = max(1, math.ceil(ttl_ms / 1000))  # rounded up: a client that waits this long is let in
     raise OverQuota(
         f"too many failed authentications from this address; retry in {retry} s",
         quota="auth_failures",
