@@ -44,15 +44,20 @@ IdempotencyKey = Annotated[
         alias=HEADER,
         min_length=1,
         max_length=255,
-        pattern=r"^[\x20-\x7e]+$",
-        description="1-255 printable ASCII characters chosen by the client (e.g. a UUID): the same key and body "
-        "from the same team within 24 h answer the first response again (no second job)",
+        pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$",  # (HTTP drops spaces at either end)
+        description="chosen by the client (e.g. a UUID): 1-255 printable ASCII characters, no space at either end; "
+        "the same key and body from the same team within 24 h answer the first response again (no second job)",
     ),
 ]
 RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {
         "description": "the job, created (or, with `Idempotent-Replayed: true`, the first response to this key)",
-        "headers": {REPLAYED: {"description": "`true` on a repeat answered from the first response", "schema": {}}},
+        "headers": {
+            REPLAYED: {
+                "description": "`true` on a repeat answered from the first response",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
     },
     409: {"model": Detail, "description": "a request with this Idempotency-Key is still being processed; retry"},
 }

@@ -11,7 +11,7 @@ from service.deps import RedisDep
 from store import audit
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
-STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"  # what Redis accepts as a stream id (``next_after`` is one)
+STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # a stream id (``next_after`` is one); 19 digits stay under 2**64
 
 
 @router.get("", response_model=AuditPublic)
