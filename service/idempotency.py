@@ -20,6 +20,7 @@ multipart boundary is random per send and the same upload sent twice differs in 
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -35,6 +36,7 @@ from service.errors import Detail
 from store import audit, idempotency
 from store.connection import REDIS_ERRORS
 
+log = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 POLL_S = 0.05  # a waiting repeat reads the key this often
@@ -107,7 +109,10 @@ async def create_job(
                 with contextlib.suppress(*REDIS_ERRORS):  # (else the lease frees it within LEASE_S)
                     await idempotency.release(redis, found)
                 raise
-            await idempotency.finish(redis, found, status.HTTP_201_CREATED, job.model_dump_json())
+            if not await idempotency.finish(redis, found, status.HTTP_201_CREATED, job.model_dump_json()):
+                log.warning(
+                    "Idempotency-Key lease of job %s ran out before it was created; a repeat may not see it", job.id
+                )
     await audit.record(redis, caller, "job.created", job.id, job.recipe, team=job.team)
     return _json(job.model_dump_json())
 
