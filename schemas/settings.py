@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         ge=1,
         description="largest JSON request body (KiB); larger is a 413 (uploads: max_upload_mb)",
     )
+    idempotency_wait_s: float = Field(
+        default=10,
+        ge=0,
+        description="a repeated Idempotency-Key waits this long for the first request to finish; past it, a 409 "
+        "asking to retry",
+    )
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
     default_endpoint: str = "local"
     chunk_size: int = Field(default=32, ge=1, le=10_000)

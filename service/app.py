@@ -13,8 +13,9 @@ from schemas.recipes import load_plugins
 from schemas.settings import Settings, get_settings
 from schemas.skills import SkillSetCreate
 from service.auth import authenticate
+from service.body_cap import BodyCap
 from service.errors import UNAVAILABLE, redis_unavailable, skillmix_error
-from service.routes import curate, endpoints, extract, jobs, review, skill_sets
+from service.routes import audit, curate, endpoints, extract, jobs, review, skill_sets
 from service.routes.metrics import router as metrics_router
 from store.connection import REDIS_ERRORS, open_redis
 from store.skill_sets import publish_once
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Skill-mix synthetic training data as a service.",
         responses=UNAVAILABLE,
     )
+    uploads = {curate.router.prefix, extract.router.prefix}  # multipart there: capped by max_upload_mb instead
+    app.add_middleware(BodyCap, max_bytes=settings.max_body_kb << 10, uploads=uploads)
     app.add_exception_handler(SkillmixError, skillmix_error)  # every domain error, by its branch
     for error in REDIS_ERRORS:
         app.add_exception_handler(error, redis_unavailable)
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(curate.router, dependencies=keyed)  # POST /v1/curate: curate a dataset a team brings
     app.include_router(review.router, dependencies=keyed)  # /v1/review: the math review queue
     app.include_router(endpoints.router, dependencies=keyed)  # /v1/endpoints: fleet-wide rate limits
+    app.include_router(audit.router, dependencies=keyed)  # /v1/audit: who changed what (admins: every team)
     app.include_router(metrics_router, dependencies=keyed)  # /metrics: fleet-wide Prometheus metrics (admins)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

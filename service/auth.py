@@ -6,6 +6,7 @@ guesses from one place is a 429 on every API process. Roles are checked by ``wri
 ``admin``; ownership by ``owned_job``: another team's job answers exactly as a missing one does.
 """
 
+import math
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -31,20 +32,41 @@ async def _refuse(request: Request, redis: RedisDep, window_s: int, why: str) ->
     return Unauthorized(why)
 
 
+async def _throttle(request: Request, redis: RedisDep, settings: SettingsDep) -> None:
+    """429 while the client's address is over its failed authentications for the window.
+
+    Every request from there is refused meanwhile, a good key's too: were a right key let through, a guesser
+    would still learn which guess was right (200 against 429), and the throttle would not slow guessing at
+    all. The price: a client behind the same address (a NAT, a proxy) as a guesser waits out the window. For
+    the same reason a success never resets the count (one's own viewer key would reset it between guesses).
+    The count is of failures already answered, so requests in flight at once from one address may overshoot
+    the burst by as many."""
+    key = keys.auth_failures(_client(request))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, ttl_ms = await pipe.execute()
+    failures = int(raw or 0)
+    if failures < settings.auth_fail_burst:
+        return
+    if ttl_ms == -1:  # no expiry (cannot happen through ``_refuse``; never lock an address out for good)
+        await redis.expire(key, settings.auth_fail_window_s)
+        ttl_ms = settings.auth_fail_window_s * 1000
+    retry = max(1, math.ceil(ttl_ms / 1000))  # rounded up: a client that waits this long is let in
+    raise OverQuota(
+        f"too many failed authentications from this address; retry in {retry} s",
+        quota="auth_failures",
+        limit=settings.auth_fail_burst,
+        used=failures,
+        retry_after_s=retry,
+    )
+
+
 async def authenticate(request: Request, redis: RedisDep, settings: SettingsDep) -> Caller:
     cached: Caller | None = getattr(request.state, "caller", None)
     if cached is not None:
         return cached
-    failures = int(await redis.get(keys.auth_failures(_client(request))) or 0)
-    if failures >= settings.auth_fail_burst:
-        ttl = max(1, await redis.ttl(keys.auth_failures(_client(request))))
-        raise OverQuota(
-            f"too many failed authentications from this address; retry in {ttl} s",
-            quota="auth_failures",
-            limit=settings.auth_fail_burst,
-            used=failures,
-            retry_after_s=ttl,
-        )
+    await _throttle(request, redis, settings)
     header = request.headers.get("authorization")
     window = settings.auth_fail_window_s
     if header is None:

@@ -8,7 +8,9 @@ any refusal or error before the job is created.
 """
 
 import asyncio
+import hashlib
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -58,7 +60,9 @@ def invalid(exc: ValidationError) -> RequestValidationError:
 class UploadForm:
     """A multipart upload parsed as it streams in: the ``file`` part goes straight to disk, with a size cap.
 
-    The parser's callbacks only collect; ``receive`` does the file I/O in a thread after each chunk.
+    The parser's callbacks only collect; ``receive`` does the file I/O in a thread after each chunk. ``digest``
+    fingerprints the form's content as it streams (every part's name, filename and bytes, not the random
+    boundary), for ``Idempotency-Key`` (``service.idempotency``).
     """
 
     def __init__(self, part_path: Path, cap: int) -> None:
@@ -73,9 +77,17 @@ class UploadForm:
         self._disposition = b""
         self._text = bytearray()
         self._pending: list[bytes] = []
+        self._form = hashlib.sha256()
+        self._part = hashlib.sha256()
+        self._part_filename = b""
+
+    @property
+    def digest(self) -> str:
+        return self._form.hexdigest()
 
     def on_part_begin(self) -> None:
         self._name, self._disposition, self._text = "", b"", bytearray()
+        self._part, self._part_filename = hashlib.sha256(), b""
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header += data[start:end]
@@ -91,12 +103,14 @@ class UploadForm:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._part_filename = options.get(b"filename", b"")
         if self._name == "file":
             if self.filename is not None:
                 unprocessable("file", "send one dataset file, not several")
             self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._part.update(data[start:end])
         if self._name == "file":
             self.file_bytes += end - start
             if self.file_bytes > self.cap:
@@ -112,6 +126,8 @@ class UploadForm:
     def on_part_end(self) -> None:
         if self._name == "spec":
             self.spec = bytes(self._text)
+        for field in (self._name.encode(), self._part_filename, self._part.digest()):
+            self._form.update(len(field).to_bytes(8, "big") + field)  # length-prefixed: no two forms alike
 
     async def receive(self, request: Request) -> None:
         _, params = parse_options_header(request.headers.get("content-type"))
@@ -154,6 +170,23 @@ def too_large(cap: int) -> NoReturn:
 
 def upload_dir(data_dir: Path, job_id: str) -> Path:
     return data_dir / UPLOAD_DIR / job_id
+
+
+class JobUpload:
+    """A job's upload directory while the job is being created: deleted on leaving the block unless ``kept``
+    (the job was created), so a refused, failed, cancelled or replayed (``Idempotency-Key``) request leaves
+    no file behind."""
+
+    def __init__(self, data_dir: Path, job_id: str) -> None:
+        self.path = upload_dir(data_dir, job_id)
+        self.kept = False
+
+    def __enter__(self) -> "JobUpload":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.kept:
+            shutil.rmtree(self.path, ignore_errors=True)  # one file: quick, and sure
 
 
 def in_uploads(data_dir: Path, relative: str) -> bool:
@@ -226,6 +259,7 @@ class Upload:
 
     body: dict[str, Any]
     part_path: Path
+    digest: str  # the form's fingerprint (``UploadForm.digest``)
 
     async def keep(self, data_dir: Path) -> None:
         await asyncio.to_thread(self.part_path.rename, data_dir / self.body["source"]["path"])
@@ -257,4 +291,4 @@ async def receive_upload(request: Request, job_id: str, settings: Settings, rule
         unprocessable("source.path", "give either an uploaded file or source.path, not both")
     suffix = rules.suffixes.get(str(source.get("format")), PurePosixPath(form.filename).suffix.lower())
     source["path"] = f"{UPLOAD_DIR}/{job_id}/{UPLOAD_STEM}{suffix}"
-    return Upload(body, form.part_path)
+    return Upload(body, form.part_path, form.digest)

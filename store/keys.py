@@ -61,6 +61,8 @@ Teams and keys (``store.teams``):
   apikey:{kid}             hash    ApiKey fields (id, prefix, team, role, name, created_at, created_by, revoked_at)
   apikey:sha:{sha256}      string  Caller JSON of a live key, found by the key's SHA-256; deleted at revocation
   authfail:{address}       string  failed authentications from a client address this window (``service.auth``)
+  idem:{t}:{sha256}        string  IdempotentRecord JSON of an Idempotency-Key (by its SHA-256) of team t: pending
+                                   (a lease) or done (the first response, kept 24 h; ``store.idempotency``)
 
 Fleet-wide (see ``workers.liveness``):
   jobs                     zset    job id -> created timestamp
@@ -137,6 +139,11 @@ def team_jobs(name: str) -> str:
 def auth_failures(address: str) -> str:
     """string: failed authentications from a client address in the current window (expires with it)."""
     return f"{PREFIX}:authfail:{address}"
+
+
+def idempotency(team: str, key_sha256: str) -> str:
+    """string: an Idempotency-Key's claim or first response (``store.idempotency``), per team."""
+    return f"{PREFIX}:idem:{team}:{key_sha256}"
 
 
 def api_key(key_id: str) -> str:

@@ -13,7 +13,6 @@ examples from their storage buckets, so no more than one batch is held.
 """
 
 import asyncio
-import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -33,16 +32,18 @@ from schemas.settings import Settings
 from service.auth import OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, OVER_QUOTA, not_found
+from service.idempotency import RESPONSES as IDEMPOTENT
+from service.idempotency import IdempotencyKey, create_job, digest
 from service.recipes import own_submit
 from service.uploads import (
     TOO_LARGE,
+    JobUpload,
     UploadRules,
     inlined,
     invalid,
     is_multipart,
     receive_upload,
     refuse_uploads_path,
-    upload_dir,
 )
 from store import endpoints, jobs, keys
 from store.datasets import resolve_path
@@ -61,10 +62,12 @@ UPLOAD = UploadRules(
 BATCH = 1000  # decisions read per HMGET (= one storage bucket's worth)
 
 
-async def _read_spec(request: Request, job_id: str, settings: Settings) -> CurateJobSpec:
+async def _read_spec(request: Request, job_id: str, settings: Settings) -> tuple[CurateJobSpec, str]:
+    """The spec and the body's fingerprint (``service.idempotency``)."""
     if not is_multipart(request):
+        raw = await request.body()
         try:
-            return CurateJobSpec.model_validate_json(await request.body())
+            return CurateJobSpec.model_validate_json(raw), digest(raw)
         except ValidationError as exc:
             raise invalid(exc) from exc
     upload = await receive_upload(request, job_id, settings, UPLOAD)
@@ -73,7 +76,7 @@ async def _read_spec(request: Request, job_id: str, settings: Settings) -> Curat
     except ValidationError as exc:
         raise invalid(exc) from exc
     await upload.keep(settings.data_dir)
-    return spec
+    return spec, upload.digest
 
 
 async def _surveyed(spec: CurateJobSpec, data_dir: Path, block: int) -> CurateJobSpec:
@@ -132,19 +135,24 @@ async def _submit_via_jobs(spec: RecipeSpec, job_id: str, redis: Redis, settings
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses={**TOO_LARGE, **OVER_QUOTA},
+    responses={**TOO_LARGE, **OVER_QUOTA, **IDEMPOTENT},
     openapi_extra=UPLOAD.openapi(inlined(CurateJobSpec.model_json_schema())),
 )
-async def curate(request: Request, redis: RedisDep, settings: SettingsDep, caller: WriterDep) -> JobStatus:
+async def curate(
+    request: Request, redis: RedisDep, settings: SettingsDep, caller: WriterDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Queue a curate job on a dataset; follow it at ``GET /v1/jobs/{id}``, read it at ``.../records``."""
     job_id = uuid.uuid4().hex
-    try:
+    with JobUpload(settings.data_dir, job_id) as upload:  # gone unless the job is created (not on a replay)
         multipart = is_multipart(request)
-        spec = await _read_spec(request, job_id, settings)
-        return await submit_curate(spec, job_id, redis, settings, caller.team, uploaded=multipart)
-    except BaseException:  # refused, failed or cancelled (client gone): the upload, if any, goes too
-        shutil.rmtree(upload_dir(settings.data_dir, job_id), ignore_errors=True)
-        raise
+        spec, body_digest = await _read_spec(request, job_id, settings)
+
+        async def create() -> JobStatus:
+            created = await submit_curate(spec, job_id, redis, settings, caller.team, uploaded=multipart)
+            upload.kept = True
+            return created
+
+        return await create_job(request, redis, settings, caller, idempotency_key, body_digest, create)
 
 
 async def iter_records(redis: RedisDep, job_id: str, rows: int, kind: str) -> AsyncIterator[bytes]:

@@ -10,7 +10,7 @@ from schemas.llm import EndpointLimits, EndpointLimitsPatch
 from service.auth import AdminDep
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, not_found
-from store import endpoints, limits
+from store import audit, endpoints, limits
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
 
@@ -42,4 +42,5 @@ async def patch_endpoint(
     it changes every team's runs)."""
     await _limits(redis, settings, name)  # 404 before anything is written
     await limits.set_limits(redis, name, body.rpm, body.tpm, reset=body.reset)
+    await audit.record(redis, caller, "endpoint.limits", name, body.model_dump_json(exclude_unset=True))
     return await _limits(redis, settings, name)

@@ -7,18 +7,18 @@ is a 422 naming the field. Progress is the ordinary ``GET /v1/jobs/{id}``; the p
 ``result`` and lives under ``GET /v1/skill-sets/{name}/{version}``.
 
 An upload is received by ``service.uploads`` (streamed to disk, capped, private to its job); on any
-refusal or error before the job is created, the job's upload directory is deleted.
+refusal or error before the job is created, or a replayed ``Idempotency-Key``, the job's upload directory is
+deleted.
 """
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -28,17 +28,19 @@ from schemas.settings import Settings
 from service.auth import OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, OVER_QUOTA, not_found
+from service.idempotency import RESPONSES as IDEMPOTENT
+from service.idempotency import IdempotencyKey, create_job, digest
 from service.uploads import (
     TOO_LARGE,
+    JobUpload,
     UploadRules,
     inlined,
     invalid,
     is_multipart,
     receive_upload,
     refuse_uploads_path,
-    upload_dir,
 )
-from store import endpoints, jobs, records
+from store import endpoints, jobs
 from store.datasets import resolve_path
 from store.extraction import ExtractStore
 from store.survey import inspect
@@ -64,22 +66,26 @@ def _inlined_schema() -> dict[str, Any]:
     return inlined(schema)
 
 
-async def _read_spec(request: Request, job_id: str, settings: Settings) -> ExtractAgnosticSpec | ExtractDatasetSpec:
+async def _read_spec(
+    request: Request, job_id: str, settings: Settings
+) -> tuple[ExtractAgnosticSpec | ExtractDatasetSpec, str]:
+    """The spec and the body's fingerprint (``service.idempotency``)."""
     if not is_multipart(request):
+        raw = await request.body()
         try:
-            spec = SPEC.validate_json(await request.body())
+            spec = SPEC.validate_json(raw)
         except ValidationError as exc:
             raise invalid(exc) from exc
         if isinstance(spec, ExtractDatasetSpec):
             await refuse_uploads_path(settings.data_dir, spec.source.path)
-        return spec
+        return spec, digest(raw)
     upload = await receive_upload(request, job_id, settings, UPLOAD)
     try:
         spec = SPEC.validate_python(upload.body)
     except ValidationError as exc:
         raise invalid(exc) from exc
     await upload.keep(settings.data_dir)
-    return spec
+    return spec, upload.digest
 
 
 async def _check_dataset(spec: ExtractDatasetSpec, data_dir: Path) -> ExtractDatasetSpec:
@@ -94,36 +100,44 @@ async def _check_dataset(spec: ExtractDatasetSpec, data_dir: Path) -> ExtractDat
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses={**TOO_LARGE, **OVER_QUOTA},
+    responses={**TOO_LARGE, **OVER_QUOTA, **IDEMPOTENT},
     openapi_extra=UPLOAD.openapi(_inlined_schema()),
 )
-async def extract(request: Request, redis: RedisDep, settings: SettingsDep, caller: WriterDep) -> JobStatus:
+async def extract(
+    request: Request, redis: RedisDep, settings: SettingsDep, caller: WriterDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Queue an extraction job; follow it at ``GET /v1/jobs/{id}``."""
     job_id = uuid.uuid4().hex
-    try:
-        spec = await _read_spec(request, job_id, settings)
-        endpoint_name = spec.endpoint or settings.default_endpoint
-        endpoint = await endpoints.resolve(redis, settings, endpoint_name)
-        if isinstance(spec, ExtractDatasetSpec):
-            spec = await _check_dataset(spec, settings.data_dir)
-        record = JobRecord(
-            id=job_id,
-            spec=spec,
-            team=caller.team,
-            endpoint=endpoint_name,
-            model=endpoint.model,
-            chunk_size=settings.chunk_size,
-            usd_per_mtok_prompt=endpoint.usd_per_mtok_prompt,
-            usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
-            created_at=datetime.now(UTC),
-        )
-        await jobs.submit(redis, record)
-    except BaseException:  # refused, failed or cancelled (client gone): the upload, if any, goes too
-        shutil.rmtree(upload_dir(settings.data_dir, job_id), ignore_errors=True)  # one file: quick, and sure
-        raise
-    found = await records.get_status(redis, job_id)
-    assert found is not None
-    return found
+    with JobUpload(settings.data_dir, job_id) as upload:  # gone unless the job is created (not on a replay)
+        spec, body_digest = await _read_spec(request, job_id, settings)
+
+        async def create() -> JobStatus:
+            created = await jobs.submit(redis, await _record(spec, job_id, redis, settings, caller.team))
+            upload.kept = True
+            return created
+
+        return await create_job(request, redis, settings, caller, idempotency_key, body_digest, create)
+
+
+async def _record(
+    spec: ExtractAgnosticSpec | ExtractDatasetSpec, job_id: str, redis: RedisDep, settings: Settings, team: str
+) -> JobRecord:
+    """The job as stored: its endpoint resolved, its dataset (if any) checked whole."""
+    endpoint_name = spec.endpoint or settings.default_endpoint
+    endpoint = await endpoints.resolve(redis, settings, endpoint_name)
+    if isinstance(spec, ExtractDatasetSpec):
+        spec = await _check_dataset(spec, settings.data_dir)
+    return JobRecord(
+        id=job_id,
+        spec=spec,
+        team=team,
+        endpoint=endpoint_name,
+        model=endpoint.model,
+        chunk_size=settings.chunk_size,
+        usd_per_mtok_prompt=endpoint.usd_per_mtok_prompt,
+        usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
+        created_at=datetime.now(UTC),
+    )
 
 
 @router.get("/{job_id}/unlabelled", responses=NOT_FOUND, response_class=StreamingResponse)

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -28,8 +28,10 @@ from service.export import (
     render,
     split_examples,
 )
+from service.idempotency import RESPONSES as IDEMPOTENT
+from service.idempotency import IdempotencyKey, create_job, digest
 from service.recipes import SUBMITTERS, RouteContext
-from store import endpoints, jobs, records
+from store import audit, endpoints, jobs, records
 from store import review as review_store
 from store.examples import count as count_examples
 from store.examples import iter_examples, iter_raw
@@ -38,25 +40,40 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_OFFSET = 10**12  # Redis ranges are 64-bit; far past any real job count
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus, responses=OVER_QUOTA)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobStatus, responses={**OVER_QUOTA, **IDEMPOTENT})
 async def submit_job(
-    spec: Annotated[GenerationSpec, Body()], redis: RedisDep, settings: SettingsDep, caller: WriterDep
-) -> JobStatus:
+    request: Request,
+    spec: Annotated[GenerationSpec, Body()],
+    redis: RedisDep,
+    settings: SettingsDep,
+    caller: WriterDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Any recipe registered as submit-able here; what it needs resolved at submit, its spec resolves. The job
     belongs to the key's team."""
-    own = SUBMITTERS.get(type(spec))
-    if own is not None:  # e.g. a dataset surveyed first: the same path as its own route
-        return await own(spec, uuid.uuid4().hex, redis, settings, caller.team)
+    job_id = uuid.uuid4().hex
+
+    async def create() -> JobStatus:
+        own = SUBMITTERS.get(type(spec))
+        if own is not None:  # e.g. a dataset surveyed first: the same path as its own route
+            return await own(spec, job_id, redis, settings, caller.team)
+        return await jobs.submit(redis, await _record(spec, job_id, redis, settings, caller.team))
+
+    return await create_job(request, redis, settings, caller, idempotency_key, digest(await request.body()), create)
+
+
+async def _record(spec: GenerationSpec, job_id: str, redis: RedisDep, settings: SettingsDep, team: str) -> JobRecord:
+    """The job as stored: its endpoints resolved (a 422 naming the field at submit, not in the worker)."""
     endpoint_name = spec.endpoint or settings.default_endpoint
     endpoint = await endpoints.resolve(redis, settings, endpoint_name)  # UnknownEndpoint: a 422 naming the field
     for field, name in spec.extra_endpoints().items():  # a judge, a step checker: fail at submit, not in the worker
         await endpoints.resolve(redis, settings, name, field)
-    prepared = await spec.prepare_submit(RouteContext(redis, settings, caller.team))
+    prepared = await spec.prepare_submit(RouteContext(redis, settings, team))
     spec = prepared.spec
-    record = JobRecord(
-        id=uuid.uuid4().hex,
+    return JobRecord(
+        id=job_id,
         spec=spec,
-        team=caller.team,
+        team=team,
         skill_set=prepared.skill_set,
         endpoint=endpoint_name,
         model=endpoint.model,
@@ -65,7 +82,6 @@ async def submit_job(
         usd_per_mtok_completion=endpoint.usd_per_mtok_completion,
         created_at=datetime.now(UTC),
     )
-    return await jobs.submit(redis, record)
 
 
 async def _status(redis: RedisDep, job_id: str) -> JobStatus:
@@ -96,8 +112,8 @@ async def get_job(job_id: str, record: OwnedJob, redis: RedisDep) -> JobStatus:
 @router.post("/{job_id}/cancel", responses=NOT_FOUND, response_model=JobStatus)
 async def cancel_job(job_id: str, record: OwnedJob, redis: RedisDep, caller: WriterDep) -> JobStatus:
     current = await _status(redis, job_id)
-    if not current.state.finished:
-        await jobs.cancel(redis, job_id)
+    if not current.state.finished and await jobs.cancel(redis, job_id):
+        await audit.record(redis, caller, "job.cancelled", job_id, team=record.team)
     return await _status(redis, job_id)
 
 
@@ -110,6 +126,7 @@ async def patch_job(job_id: str, record: OwnedJob, patch: JobPatch, redis: Redis
     if state is None or state.finished:
         conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")
     await jobs.patch_budget(redis, record, patch.budget, state)
+    await audit.record(redis, caller, "job.budget", job_id, patch.budget.model_dump_json(), team=record.team)
     return await _status(redis, job_id)
 
 
@@ -118,6 +135,7 @@ async def resume_job(job_id: str, record: OwnedJob, redis: RedisDep, caller: Wri
     """Carry on with a job paused at its budget (once the budget has room again): every planned chunk with
     items still to generate is enqueued again."""
     await jobs.resume(redis, record)  # NotPaused, BudgetExhausted: 409s that say why
+    await audit.record(redis, caller, "job.resumed", job_id, team=record.team)
     return await _status(redis, job_id)
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
+from schemas.jobs import JobRecord
 from schemas.recipes import has_review_queue
 from schemas.review import (
     HelpAccepted,
@@ -26,7 +27,7 @@ from schemas.teams import Caller
 from service.auth import CallerDep, OwnedJob, WriterDep, job_not_found
 from service.deps import RedisDep
 from service.errors import NOT_FOUND, not_found, unprocessable
-from store import jobs, records
+from store import audit, jobs, records
 from store import review as review_store
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
@@ -94,17 +95,21 @@ async def get_item(job_id: str, item_id: str, record: OwnedJob, redis: RedisDep)
 
 async def _change(
     redis: RedisDep,
-    job_id: str,
+    record: JobRecord,
     item_id: str,
     expected: int,
-    by: str,
+    caller: Caller,
     action: str,
     fields: dict[str, object],
     reason: str | None = None,
 ) -> ReviewItem:
-    """A stale ``expected`` raises ``review_store.Stale``: a 409 carrying the current item."""
-    item = await _item(redis, job_id, item_id)
-    return await review_store.change(redis, item, expected, by, action, fields, reason=reason)
+    """A stale ``expected`` raises ``review_store.Stale``: a 409 carrying the current item. A change made is
+    audited (``review.<action>``) under the job's team."""
+    item = await _item(redis, record.id, item_id)
+    changed = await review_store.change(redis, item, expected, reviewer(caller), action, fields, reason=reason)
+    target, detail = f"{record.id}/{item_id}", f"version {changed.version}"
+    await audit.record(redis, caller, f"review.{action}", target, detail, team=record.team)
+    return changed
 
 
 @router.post("/{job_id}/{item_id}/accept", responses=WRITE_RESPONSES, response_model=ReviewItem)
@@ -113,7 +118,7 @@ async def accept_item(
 ) -> ReviewItem:
     fields: dict[str, object] = {"state": "accepted", "reject_reason": None}
     return await _change(
-        redis, job_id, item_id, decision.expected_version, reviewer(caller), "accept", fields, decision.reason or None
+        redis, record, item_id, decision.expected_version, caller, "accept", fields, decision.reason or None
     )
 
 
@@ -125,8 +130,7 @@ async def reject_item(
     if not decision.reason:
         unprocessable("reason", "a rejection needs a reason")
     fields: dict[str, object] = {"state": "rejected", "reject_reason": decision.reason}
-    by = reviewer(caller)
-    return await _change(redis, job_id, item_id, decision.expected_version, by, "reject", fields, decision.reason)
+    return await _change(redis, record, item_id, decision.expected_version, caller, "reject", fields, decision.reason)
 
 
 @router.patch("/{job_id}/{item_id}", responses=WRITE_RESPONSES, response_model=ReviewItem)
@@ -135,7 +139,7 @@ async def edit_item(
 ) -> ReviewItem:
     """Change the problem, solution and/or answer; the review state is kept."""
     fields: dict[str, object] = edit.model_dump(exclude_none=True, exclude={"expected_version"})
-    return await _change(redis, job_id, item_id, edit.expected_version, reviewer(caller), "edit", fields)
+    return await _change(redis, record, item_id, edit.expected_version, caller, "edit", fields)
 
 
 @router.post(
@@ -158,4 +162,6 @@ async def ask_for_help(
     await jobs.ask_for_help(
         redis, job_id, item_id, suggestion_id, request.kind, reviewer(caller), request.skill, request.note
     )
+    detail = f"{request.kind} suggestion {suggestion_id}"
+    await audit.record(redis, caller, "review.help", f"{job_id}/{item_id}", detail, team=record.team)
     return HelpAccepted(suggestion_id=suggestion_id, job_id=job_id, item_id=item_id)

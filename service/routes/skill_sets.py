@@ -7,6 +7,7 @@ from schemas.skills import SkillSet, SkillSetCreate, SkillSetsPublic
 from service.auth import CallerDep, WriterDep
 from service.deps import RedisDep
 from service.errors import NOT_FOUND, not_found
+from store import audit
 from store.skill_sets import get_skill_set, list_skill_sets, save_skill_set
 
 router = APIRouter(prefix="/v1/skill-sets", tags=["skill-sets"])
@@ -17,7 +18,9 @@ async def create_skill_set(body: SkillSetCreate, redis: RedisDep, caller: Writer
     """A new version of one of the team's sets (``published: true``, admins only: of a set every team sees)."""
     if body.published and not caller.is_admin:
         raise Forbidden("only an admin key may publish a skill set to every team; leave out `published`")
-    return await save_skill_set(redis, caller.team, body)
+    saved = await save_skill_set(redis, caller.team, body)
+    await audit.record(redis, caller, "skill_set.created", saved.ref, "published" if body.published else "")
+    return saved
 
 
 @router.get("", response_model=SkillSetsPublic)
