@@ -232,7 +232,8 @@ def quickstart(
     count: int = typer.Option(10, min=1, max=100, help="accepted examples wanted"),
     output: Path = typer.Option(Path("skillmix-out/quickstart.jsonl"), "--output", "-o"),
 ) -> None:
-    """Run a small instruct job end to end on a real local LLM: no key, no network, no configuration."""
+    """Run a small instruct job end to end on a real local LLM: no key to bring, no network, no configuration
+    (it makes its own team and API key, and says where the key is)."""
     from service.quickstart import quickstart as run
 
     try:  # LocalLLMError, LocalRedisError: `error: <why>` (ShowErrors)
