@@ -28,6 +28,7 @@ from store import audit, teams
 router = APIRouter(prefix="/v1", tags=["teams"])
 
 FORBIDDEN: dict[int | str, dict[str, Any]] = {403: {"model": Detail, "description": "the key's role may not do this"}}
+TAKEN: dict[int | str, dict[str, Any]] = {409: {"model": Detail, "description": "a team of that name exists"}}
 
 
 def _team_not_found(name: str) -> NotFound:
@@ -52,7 +53,7 @@ async def list_teams(redis: RedisDep, caller: CallerDep) -> TeamsPublic:
     return TeamsPublic(data=found, count=len(found))
 
 
-@router.post("/teams", status_code=status.HTTP_201_CREATED, response_model=Team, responses=FORBIDDEN)
+@router.post("/teams", status_code=status.HTTP_201_CREATED, response_model=Team, responses={**FORBIDDEN, **TAKEN})
 async def create_team(body: TeamCreate, redis: RedisDep, caller: AdminDep) -> Team:
     """A new team (admins); a name taken is a 409. Give it keys with ``POST /v1/keys``."""
     team = await teams.create_team(redis, body)
