@@ -15,7 +15,7 @@ from schemas.skills import SkillSetCreate
 from service.auth import authenticate
 from service.body_cap import BodyCap
 from service.errors import UNAVAILABLE, redis_unavailable, skillmix_error
-from service.routes import audit, curate, endpoints, extract, jobs, review, skill_sets
+from service.routes import audit, curate, endpoints, extract, jobs, review, skill_sets, teams
 from service.routes.metrics import router as metrics_router
 from store.connection import REDIS_ERRORS, open_redis
 from store.skill_sets import publish_once
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(review.router, dependencies=keyed)  # /v1/review: the math review queue
     app.include_router(endpoints.router, dependencies=keyed)  # /v1/endpoints: fleet-wide rate limits
     app.include_router(audit.router, dependencies=keyed)  # /v1/audit: who changed what (admins: every team)
+    app.include_router(teams.router, dependencies=keyed)  # /v1/teams, /v1/keys: what `skillmix teams|keys` do
     app.include_router(metrics_router, dependencies=keyed)  # /metrics: fleet-wide Prometheus metrics (admins)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

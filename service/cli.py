@@ -29,9 +29,12 @@ from service.export import ExportFormat, OutputFormat, ReviewFilter, Split, parq
 from service.extract_cli import app as extract_app
 from service.progress import budget_left
 from service.shirk_cli import shirk
+from service.teams_cli import keys_app, teams_app
 
 app = typer.Typer(help="Skill-mix synthetic training data as a service.", no_args_is_help=True, cls=ShowErrors)
 app.add_typer(extract_app, name="extract")  # skillmix extract agnostic|dataset
+app.add_typer(teams_app, name="teams")  # skillmix teams create|list|update (operator, on Redis directly)
+app.add_typer(keys_app, name="keys")  # skillmix keys create|list|revoke (operator, on Redis directly)
 app.command("curate")(curate_command)  # skillmix curate FILE -o DIR
 app.command()(shirk)  # skillmix shirk JOB --rate 0.2 --kind junk|brevity
 app.command("eval-math")(eval_math)  # skillmix eval-math --endpoint NAME --questions FILE -o DIR
@@ -229,7 +232,8 @@ def quickstart(
     count: int = typer.Option(10, min=1, max=100, help="accepted examples wanted"),
     output: Path = typer.Option(Path("skillmix-out/quickstart.jsonl"), "--output", "-o"),
 ) -> None:
-    """Run a small instruct job end to end on a real local LLM: no key, no network, no configuration."""
+    """Run a small instruct job end to end on a real local LLM: no key to bring, no network, no configuration
+    (it makes its own team and API key, and says where the key is)."""
     from service.quickstart import quickstart as run
 
     try:  # LocalLLMError, LocalRedisError: `error: <why>` (ShowErrors)

