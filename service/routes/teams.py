@@ -19,7 +19,18 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from schemas.errors import Forbidden, NotFound
-from schemas.teams import ApiKey, Caller, KeyCreate, KeyCreated, KeysPublic, Team, TeamCreate, TeamsPublic, TeamUpdate
+from schemas.teams import (
+    ApiKey,
+    Caller,
+    KeyCreate,
+    KeyCreated,
+    KeysPublic,
+    Team,
+    TeamCreate,
+    TeamsPublic,
+    TeamUpdate,
+    TeamUsage,
+)
 from service.auth import AdminDep, CallerDep, WriterDep
 from service.deps import RedisDep
 from service.errors import NOT_FOUND, Detail
@@ -67,6 +78,15 @@ async def get_team(name: str, redis: RedisDep, caller: CallerDep) -> Team:
     if found is None:
         raise _team_not_found(name)
     return found
+
+
+@router.get("/teams/{name}/usage", response_model=TeamUsage, responses=NOT_FOUND)
+async def team_usage(name: str, redis: RedisDep, caller: CallerDep) -> TeamUsage:
+    """What the team uses now against its limits: unfinished jobs, spend and tokens this UTC day, and why its
+    jobs are paused if it is at a day cap (seen by whoever may see the team)."""
+    if not caller.sees(name):
+        raise _team_not_found(name)
+    return await teams.usage(redis, name)  # a missing team: the same NotFound
 
 
 @router.patch("/teams/{name}", response_model=Team, responses={**NOT_FOUND, **FORBIDDEN})

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
-from schemas.teams import Role
+from schemas.teams import Role, TeamCreate
 from store import audit, keys, teams
 from tests import keyed
 from tests.conftest import REPO, Processes, service_env
@@ -26,7 +26,8 @@ def api_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One API process for the module; each test still gets a flushed Redis with the test team's keys."""
     procs = Processes(tmp_path_factory.mktemp("api"))
     try:
-        yield procs.api(service_env())
+        unused = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}  # jobs are stored, never run: no worker
+        yield procs.api(service_env({"fake": unused}))
     finally:
         procs.stop()
 
@@ -281,3 +282,20 @@ async def test_keys_are_seen_and_revoked_only_within_their_team(api: str, redis:
     blue_actions = [r[0] for r in await audit_rows(redis, "blue")]
     assert blue_actions == ["team.created", "key.created", "key.created", "key.revoked"]
     await no_key_material(redis, [blue_key, blue_admin["key"], spare["key"], keyed.MEMBER, keyed.ADMIN])
+
+
+async def test_usage_shows_the_teams_unfinished_jobs_to_the_team_only(api: str, redis: ArqRedis) -> None:
+    await teams.create_team(redis, TeamCreate(name="other", max_running_jobs=2))
+    other = (await teams.create_key(redis, "other", Role.MEMBER, "o", "cli")).key
+    assert keyed.get(f"{api}/v1/teams/{keyed.TEAM}/usage").json()["running_jobs"] == 0
+    job = keyed.post(f"{api}/v1/jobs", json={"recipe": "prompts", "prompts": ["Say hi."]})
+    assert job.status_code == 201, job.text
+    mine = keyed.get(f"{api}/v1/teams/{keyed.TEAM}/usage", key=keyed.VIEWER).json()
+    assert mine["team"] == keyed.TEAM and mine["running_jobs"] == 1 and mine["at_day_cap"] is None
+    assert mine["spent_today"] == {"usd": 0.0, "tokens": 0}
+    hidden = keyed.get(f"{api}/v1/teams/{keyed.TEAM}/usage", key=other)
+    missing = keyed.get(f"{api}/v1/teams/nope/usage", key=other)
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["detail"].replace(keyed.TEAM, "X") == missing.json()["detail"].replace("nope", "X")
+    keyed.post(f"{api}/v1/jobs/{job.json()['id']}/cancel").raise_for_status()
+    assert keyed.get(f"{api}/v1/teams/{keyed.TEAM}/usage").json()["running_jobs"] == 0  # the slot is back
