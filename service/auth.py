@@ -9,6 +9,7 @@ guesses from one place is a 429 on every API process. Roles are checked by ``wri
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from schemas.errors import Forbidden, NotFound, OverQuota, Unauthorized
 from schemas.jobs import JobRecord
@@ -31,7 +32,19 @@ async def _refuse(request: Request, redis: RedisDep, window_s: int, why: str) ->
     return Unauthorized(why)
 
 
-async def authenticate(request: Request, redis: RedisDep, settings: SettingsDep) -> Caller:
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="ApiKey", description="an API key (`smx_...`): `Authorization: Bearer <key>`"
+)
+"""Only documents the scheme (OpenAPI ``securitySchemes``, the docs' Authorize button): ``authenticate`` reads
+the header itself, to say exactly what is wrong with it and to count the failure."""
+
+
+async def authenticate(
+    request: Request,
+    redis: RedisDep,
+    settings: SettingsDep,
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> Caller:
     cached: Caller | None = getattr(request.state, "caller", None)
     if cached is not None:
         return cached

@@ -32,7 +32,7 @@ from schemas.recipes import RecipeSpec
 from schemas.settings import Settings
 from service.auth import OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
-from service.errors import NOT_FOUND, not_found
+from service.errors import NOT_FOUND, UNPROCESSABLE, not_found
 from service.recipes import own_submit
 from service.uploads import (
     TOO_LARGE,
@@ -132,7 +132,7 @@ async def _submit_via_jobs(spec: RecipeSpec, job_id: str, redis: Redis, settings
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses=TOO_LARGE,
+    responses={**TOO_LARGE, **UNPROCESSABLE},
     openapi_extra=UPLOAD.openapi(inlined(CurateJobSpec.model_json_schema())),
 )
 async def curate(request: Request, redis: RedisDep, settings: SettingsDep, caller: WriterDep) -> JobStatus:
