@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-MAX_INT = 2**63 - 1  # the largest integer a request may carry: what Redis, orjson and int64 clients hold
+MAX_INT = 2**53  # the largest integer a request may carry: exact in every JSON client (a double), in int64 and Redis
 
 
 class StrictModel(BaseModel):
