@@ -5,17 +5,17 @@ Its own module so ``schemas.jobs`` and ``schemas.extract`` both use it without i
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 
-from schemas.base import StrictModel
+from schemas.base import MAX_INT, RequestModel
 
 
-class DedupSettings(StrictModel):
-    exact: bool = True
-    near: bool = True
+class DedupSettings(RequestModel):
+    exact: StrictBool = True
+    near: StrictBool = True
     threshold: float = Field(default=0.7, ge=0.1, le=1.0, description="Jaccard similarity of instructions")
     num_perm: int = Field(default=128, ge=16, le=512)
-    semantic: bool = Field(
+    semantic: StrictBool = Field(
         default=False,
         description="also reject paraphrases (embedding similarity); workers need the [embed] extra, else skipped",
     )
@@ -24,7 +24,7 @@ class DedupSettings(StrictModel):
     )
 
 
-class JudgeSettings(StrictModel):
+class JudgeSettings(RequestModel):
     """An LLM judge (``workers/curate/judge.py``) grading each generated pair against the rubric of the
     paper's critique turn (papers.md §A): specific, uses all its skills, answers what was asked, correct,
     complete without padding, not unjustifiably brief. Its calls count in the job's usage."""
@@ -38,11 +38,11 @@ class JudgeSettings(StrictModel):
     max_tokens: int = Field(default=512, ge=64, le=8192, description="of the judge's answer")
 
 
-class QualitySettings(StrictModel):
+class QualitySettings(RequestModel):
     """Which checks run (``checks``, in order; the error and cut-off checks always run) and their
     thresholds. ``enabled: false`` turns every optional check off."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     # Optional checks to run, in this order: the first reason found is the primary one.
     checks: list[
         Literal[
@@ -81,8 +81,8 @@ class QualitySettings(StrictModel):
         ],
         description="optional checks to run, in order (the first reason found is the primary one)",
     )
-    min_response_words: int = Field(default=40, ge=0)
-    min_instruction_words: int = Field(default=5, ge=0)
+    min_response_words: int = Field(default=40, ge=0, le=MAX_INT)
+    min_instruction_words: int = Field(default=5, ge=0, le=MAX_INT)
     max_restate_similarity: float = Field(default=0.8, gt=0, le=1.0)
     min_topic_overlap: float = Field(
         default=0.25, ge=0, le=1.0, description="off_topic: share of the instruction's content words the response uses"
@@ -97,13 +97,13 @@ class QualitySettings(StrictModel):
         default=0.35, ge=0, le=1.0, description="too_brief: below this share of the job's median response length"
     )
     brevity_min_items: int = Field(
-        default=20, ge=1, description="too_brief: responses seen before the job's median is trusted"
+        default=20, ge=1, le=MAX_INT, description="too_brief: responses seen before the job's median is trusted"
     )
     paragraph_max_words: int = Field(
-        default=200, ge=0, description="one_paragraph: a single unstructured paragraph shorter than this"
+        default=200, ge=0, le=MAX_INT, description="one_paragraph: a single unstructured paragraph shorter than this"
     )
     substantial_instruction_words: int = Field(
-        default=20, ge=0, description="one_paragraph, too_brief, off_topic: only for instructions this long"
+        default=20, ge=0, le=MAX_INT, description="one_paragraph, too_brief, off_topic: only for instructions this long"
     )
     judge: JudgeSettings | None = Field(
         default=None,

@@ -7,9 +7,9 @@ it), so there is no import cycle.
 
 from typing import ClassVar, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
-from schemas.base import StrictModel
+from schemas.base import MAX_INT, StrictModel
 from schemas.curation import DedupSettings, QualitySettings
 from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.params import ExtractParams as ExtractParams  # re-exported
@@ -30,7 +30,7 @@ class _ExtractSpecBase(RecipeSpec):
     description: str = Field(default="", max_length=2000)
     endpoint: str | None = Field(default=None, description="endpoint name; the server default when absent")
     params: ExtractParams = Field(default_factory=ExtractParams)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_INT)
     num_query_types: int = Field(default=16, ge=1, le=64)
 
     # Generation-only knobs. ``JobRecord.spec`` is one union and the generation path (chunks, curation)
@@ -64,7 +64,7 @@ class ExtractAgnosticSpec(_ExtractSpecBase):
     domain: str | None = Field(
         default=None, max_length=200, description='e.g. "high-school mathematics"; instruction following if absent'
     )
-    allow_shortfall: bool = Field(
+    allow_shortfall: StrictBool = Field(
         default=False,
         description="save the set even when fewer than half of the skills asked for (topics x skills per topic) "
         "are usable; otherwise such a job fails and says what came back",

@@ -6,9 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, TypeAdapter, field_validator, model_validator
+from pydantic import Field, StrictBool, TypeAdapter, field_validator, model_validator
 
-from schemas.base import StrictModel
+from schemas.base import MAX_INT, RequestModel, StrictModel
 from schemas.curation import DedupSettings, QualitySettings
 from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.evaluation import EvalQuestion, EvalResult
@@ -36,7 +36,7 @@ class BudgetLeft(StrictModel):
 
 class _JobSpecBase(RecipeSpec):
     count: int = Field(ge=1, le=MAX_COUNT, description="accepted examples wanted")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_INT)
     endpoint: str | None = Field(default=None, description="endpoint name; the server default when absent")
     params: GenerationParams = Field(default_factory=GenerationParams)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
@@ -49,7 +49,7 @@ class _JobSpecBase(RecipeSpec):
     )
     item_retries: int = Field(default=2, ge=0, le=10, description="fresh draws after an unparseable answer")
     chunk_size: int | None = Field(default=None, ge=1, le=10_000)
-    keep_conversation: bool = Field(default=True, description="store the full conversation as provenance")
+    keep_conversation: StrictBool = Field(default=True, description="store the full conversation as provenance")
     budget: JobBudget | None = Field(
         default=None, description="spending cap; the job pauses at it (change it with PATCH /v1/jobs/{id})"
     )
@@ -104,7 +104,7 @@ class InstructJobSpec(_SkillsJobSpec):
 
     recipe: Literal["instruct"] = "instruct"
     k: int = Field(default=2, ge=1, le=5, description="skills per example")
-    refine: bool = Field(default=True, description="critique-and-refine turns")
+    refine: StrictBool = Field(default=True, description="critique-and-refine turns")
 
 
 Prompt = str | list[ChatMessage]
@@ -244,8 +244,8 @@ class CurateJobSpec(_JobSpecBase):
     source: CurateSource
     count: int = Field(default=0, ge=0, le=MAX_COUNT, description="set at submit: the number of rows")
     chunk_size: int | None = Field(default=500, ge=1, le=10_000)
-    keep_conversation: bool = False
-    offsets: list[int] = Field(
+    keep_conversation: StrictBool = False
+    offsets: list[Annotated[int, Field(ge=0, le=MAX_INT)]] = Field(
         default_factory=list, description="set at submit: where rows 0, chunk_size, 2 x chunk_size, ... start"
     )
     counts_shortfall: ClassVar[bool] = False  # a brought dataset: every row is decided, nothing "falls short"
@@ -315,7 +315,7 @@ class EvalMathJobSpec(_JobSpecBase):
         default=None, min_length=1, description="endpoint that checks the steps; none: the final answer alone"
     )
     count: int = Field(default=0, ge=0, le=MAX_COUNT, description="set from the questions")
-    keep_conversation: bool = False
+    keep_conversation: StrictBool = False
     record_extras: ClassVar[type[StrictModel] | None] = EvalExtras
 
     def extra_endpoints(self) -> dict[str, str]:
@@ -416,7 +416,7 @@ class JobStatus(StrictModel):
     budget_left: BudgetLeft | None = Field(default=None, description="what the cap still allows; none without one")
 
 
-class JobPatch(StrictModel):
+class JobPatch(RequestModel):
     """``PATCH /v1/jobs/{id}``: the fields given replace the job's (``null`` removes a limit); others stay."""
 
     budget: JobBudget

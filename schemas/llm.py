@@ -2,9 +2,9 @@
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from schemas.base import StrictModel
+from schemas.base import RequestModel, StrictModel
 
 Role = Literal["system", "user", "assistant"]
 
@@ -63,12 +63,14 @@ class RateLimits(StrictModel):
     tpm: int | None = None
 
 
-class EndpointLimitsPatch(StrictModel):
+class EndpointLimitsPatch(RequestModel):
     """Limits set at run time for every worker (``PATCH /v1/endpoints/{name}``); ``null`` leaves one as it is."""
 
     rpm: int | None = Field(default=None, ge=1, le=100_000_000, description="requests per minute, fleet-wide")
     tpm: int | None = Field(default=None, ge=1, le=10_000_000_000, description="tokens per minute, fleet-wide")
-    reset: bool = Field(default=False, description="drop run-time and header-learned limits first (back to config)")
+    reset: StrictBool = Field(
+        default=False, description="drop run-time and header-learned limits first (back to config)"
+    )
 
 
 class EndpointLimits(StrictModel):

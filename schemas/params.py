@@ -3,17 +3,17 @@ of ours but ``schemas.base`` (``schemas.recipes`` names them in its spec protoco
 
 from pydantic import Field
 
-from schemas.base import StrictModel
+from schemas.base import RequestModel
 
 
-class GenerationParams(StrictModel):
+class GenerationParams(RequestModel):
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=2048, ge=16, le=32_768)
     top_p: float = Field(default=1.0, gt=0, le=1)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2, description="OpenAI-style; curbs repetition")
 
 
-class JobBudget(StrictModel):
+class JobBudget(RequestModel):
     """A job's spending cap: at it the job pauses (nothing is lost) until the cap is raised or it is resumed.
     Either limit may be absent (none); both count every call of the job, the judge's too."""
 
@@ -25,7 +25,7 @@ class JobBudget(StrictModel):
     )
 
 
-class ExtractParams(StrictModel):
+class ExtractParams(RequestModel):
     """Sampling for extraction calls; low temperature because labels should be consistent, not creative."""
 
     temperature: float = Field(default=0.2, ge=0, le=2)

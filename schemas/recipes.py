@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, Protocol, TypeVar, Union
 
 from pydantic import (
+    ConfigDict,
     Field,
     GetJsonSchemaHandler,
     TypeAdapter,
@@ -25,7 +26,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
-from schemas.base import StrictModel
+from schemas.base import RequestModel, StrictModel
 from schemas.curation import DedupSettings, QualitySettings
 from schemas.params import ExtractParams, GenerationParams, JobBudget
 from schemas.skills import SkillSet, SkillSetCreate
@@ -59,9 +60,18 @@ class Prepared:
     skill_set: "SkillSet | None" = None
 
 
-class RecipeSpec(StrictModel):
+def _recipe_required(schema: dict[str, Any]) -> None:
+    if "recipe" in schema.get("properties", {}) and "recipe" not in schema.setdefault("required", []):
+        schema["required"].insert(0, "recipe")
+
+
+class RecipeSpec(RequestModel):
     """Base of every job spec. Subclasses declare ``recipe: Literal["name"] = "name"`` and set the ClassVars
     that differ from these defaults."""
+
+    # ``recipe`` has a default in each spec (``recipe: Literal["name"] = "name"``) but the dispatcher needs it
+    # sent: the document says so, or a client reading it would leave it out and meet a 422.
+    model_config = ConfigDict(json_schema_extra=_recipe_required)
 
     # Submitted through ``POST /v1/jobs`` (False: the recipe has its own route, e.g. extraction).
     via_jobs: ClassVar[bool] = True

@@ -10,9 +10,9 @@ change to its problem, solution or answer.
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from schemas.base import StrictModel
+from schemas.base import MAX_INT, RequestModel, StrictModel
 from schemas.examples import Example
 
 ReviewState = Literal["needs_review", "accepted", "rejected"]
@@ -92,8 +92,17 @@ class ReviewVersion(StrictModel):
     suggestion_id: str | None = None
 
 
-class ReviewEdit(StrictModel):
-    expected_version: int = Field(ge=1)
+def _one_field_given(schema: dict[str, Any]) -> None:
+    """The document says what ``_something`` checks: at least one of the three, as a string."""
+    schema["anyOf"] = [
+        {"required": [f], "properties": {f: {"type": "string"}}} for f in ("problem", "solution", "answer")
+    ]
+
+
+class ReviewEdit(RequestModel):
+    model_config = ConfigDict(json_schema_extra=_one_field_given)
+
+    expected_version: int = Field(ge=1, le=MAX_INT)
     problem: str | None = Field(default=None, min_length=1)
     solution: str | None = Field(default=None, min_length=1)
     answer: str | None = Field(default=None, min_length=1)
@@ -105,12 +114,18 @@ class ReviewEdit(StrictModel):
         return self
 
 
-class ReviewDecision(StrictModel):
-    expected_version: int = Field(ge=1)
+class ReviewDecision(RequestModel):
+    expected_version: int = Field(ge=1, le=MAX_INT)
     reason: str | None = Field(default=None, max_length=4000)
 
 
-class HelpRequest(StrictModel):
+class RejectDecision(ReviewDecision):
+    """A rejection needs its reason."""
+
+    reason: str = Field(min_length=1, max_length=4000)
+
+
+class HelpRequest(RequestModel):
     kind: HelpKind
     skill: str | None = Field(default=None, description="make_skill_necessary: which skill (default: the second)")
     note: str = Field(default="", max_length=4000, description="anything the reviewer wants the LLM to know")

@@ -3,9 +3,9 @@
 import re
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
-from schemas.base import StrictModel
+from schemas.base import MAX_INT, RequestModel, StrictModel
 
 SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 SkillSetName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
@@ -17,7 +17,7 @@ def to_snake_case(text: str) -> str:
     return "_".join(words)
 
 
-class Exemplar(StrictModel):
+class Exemplar(RequestModel):
     """A worked example of a skill, e.g. a MATH-format seed row: its problem and solution (papers.md §B)."""
 
     problem: str = Field(min_length=1)
@@ -26,14 +26,14 @@ class Exemplar(StrictModel):
     type: str | None = None
 
 
-class Skill(StrictModel):
-    name: str = Field(min_length=1, max_length=120)
+class Skill(RequestModel):
+    name: str = Field(min_length=1, max_length=120, json_schema_extra={"pattern": SNAKE_CASE.pattern})
     description: str = ""
     examples: list[str] = Field(default_factory=list)
     exemplars: list[Exemplar] = Field(
         default_factory=list, description="worked examples (problem and solution); the math recipe shows them"
     )
-    frequency: int | None = Field(default=None, ge=0, description="rows mapped to it (extracted sets)")
+    frequency: int | None = Field(default=None, ge=0, le=MAX_INT, description="rows mapped to it (extracted sets)")
 
     @field_validator("name")
     @classmethod
@@ -43,20 +43,20 @@ class Skill(StrictModel):
         return value
 
 
-class QueryType(StrictModel):
+class QueryType(RequestModel):
     name: str = Field(min_length=1, max_length=80)
     definition: str = Field(min_length=1)
     examples: list[str] = Field(default_factory=list)
 
 
-class SkillSetCreate(StrictModel):
+class SkillSetCreate(RequestModel):
     """What a team uploads; the server assigns the version."""
 
     name: SkillSetName
     description: str = ""
     skills: list[Skill] = Field(min_length=1)
     query_types: list[QueryType] = Field(min_length=1)
-    published: bool = Field(
+    published: StrictBool = Field(
         default=False, description="visible to every team, read-only (admin keys only); otherwise the team's own"
     )
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from schemas.base import StrictModel
+from schemas.base import RequestModel, StrictModel
 
 TeamName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="lower-case letters, digits, _ -")]
 KEY_PREFIX = "smx_"  # every key starts with it, so a leaked one is easy to grep for and to recognise
@@ -32,7 +32,7 @@ class Role(StrEnum):
         return self.rank >= other.rank
 
 
-class TeamQuotas(StrictModel):
+class TeamQuotas(RequestModel):
     """A team's limits; ``null`` (or absent) is no limit."""
 
     max_running_jobs: int | None = Field(default=None, ge=1, description="jobs not yet finished, at once")
@@ -72,7 +72,7 @@ class TeamsPublic(StrictModel):
     count: int
 
 
-class KeyCreate(StrictModel):
+class KeyCreate(RequestModel):
     team: TeamName | None = Field(default=None, description="default: the caller's team (only admins may name another)")
     role: Role = Role.MEMBER
     name: str = Field(default="", max_length=100, description="a label: who or what uses the key")

@@ -10,6 +10,7 @@ import math
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from schemas.errors import Forbidden, NotFound, OverQuota, Unauthorized
 from schemas.jobs import JobRecord
@@ -62,7 +63,19 @@ async def _throttle(request: Request, redis: RedisDep, settings: SettingsDep) ->
     )
 
 
-async def authenticate(request: Request, redis: RedisDep, settings: SettingsDep) -> Caller:
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="ApiKey", description="an API key (`smx_...`): `Authorization: Bearer <key>`"
+)
+"""Only documents the scheme (OpenAPI ``securitySchemes``, the docs' Authorize button): ``authenticate`` reads
+the header itself, to say exactly what is wrong with it and to count the failure."""
+
+
+async def authenticate(
+    request: Request,
+    redis: RedisDep,
+    settings: SettingsDep,
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> Caller:
     cached: Caller | None = getattr(request.state, "caller", None)
     if cached is not None:
         return cached

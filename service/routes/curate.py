@@ -31,7 +31,7 @@ from schemas.recipes import RecipeSpec
 from schemas.settings import Settings
 from service.auth import OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
-from service.errors import NOT_FOUND, OVER_QUOTA, not_found
+from service.errors import NOT_FOUND, OVER_QUOTA, UNPROCESSABLE, not_found
 from service.idempotency import RESPONSES as IDEMPOTENT
 from service.idempotency import IdempotencyKey, create_job, digest
 from service.recipes import own_submit
@@ -135,7 +135,7 @@ async def _submit_via_jobs(spec: RecipeSpec, job_id: str, redis: Redis, settings
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses={**TOO_LARGE, **OVER_QUOTA, **IDEMPOTENT},
+    responses={**TOO_LARGE, **OVER_QUOTA, **IDEMPOTENT, **UNPROCESSABLE},
     openapi_extra=UPLOAD.openapi(inlined(CurateJobSpec.model_json_schema())),
 )
 async def curate(

@@ -27,7 +27,7 @@ from schemas.jobs import JobRecord, JobStatus
 from schemas.settings import Settings
 from service.auth import OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
-from service.errors import NOT_FOUND, OVER_QUOTA, not_found
+from service.errors import NOT_FOUND, OVER_QUOTA, UNPROCESSABLE, not_found
 from service.idempotency import RESPONSES as IDEMPOTENT
 from service.idempotency import IdempotencyKey, create_job, digest
 from service.uploads import (
@@ -100,7 +100,7 @@ async def _check_dataset(spec: ExtractDatasetSpec, data_dir: Path) -> ExtractDat
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobStatus,
-    responses={**TOO_LARGE, **OVER_QUOTA, **IDEMPOTENT},
+    responses={**TOO_LARGE, **OVER_QUOTA, **IDEMPOTENT, **UNPROCESSABLE},
     openapi_extra=UPLOAD.openapi(_inlined_schema()),
 )
 async def extract(
@@ -142,13 +142,16 @@ async def _record(
 
 @router.get("/{job_id}/unlabelled", responses=NOT_FOUND, response_class=StreamingResponse)
 async def unlabelled_rows(job_id: str, record: OwnedJob, redis: RedisDep) -> StreamingResponse:
-    """NDJSON, one ``UnlabelledRow`` per line: every seed row that ended without a coarse skill, and why."""
-    if not isinstance(record.spec, ExtractDatasetSpec):
-        not_found("dataset extraction job", job_id)
+    """NDJSON, one ``UnlabelledRow`` per line: every seed row that ended without a coarse skill, and why (a
+    model-only extraction has no seed rows: always empty)."""
+    if not isinstance(record.spec, ExtractDatasetSpec | ExtractAgnosticSpec):
+        not_found("extraction job", job_id)
     store = ExtractStore(redis, job_id)
+    seeded = isinstance(record.spec, ExtractDatasetSpec)
 
     async def lines() -> AsyncIterator[bytes]:
-        async for raw in store.iter_unlabelled():
-            yield raw + b"\n"
+        if seeded:
+            async for raw in store.iter_unlabelled():
+                yield raw + b"\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")

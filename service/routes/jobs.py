@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
+from schemas.base import MAX_INT
 from schemas.jobs import MAX_COUNT, GenerationSpec, JobPatch, JobRecord, JobsPublic, JobStatus
 from schemas.recipes import has_review_queue
 from schemas.sampling import Coverage, coverage
@@ -161,7 +162,7 @@ async def export_job(
     format: ExportFormat = ExportFormat.JSONL,
     split: Split | None = None,
     heldout: Annotated[int, Query(ge=1, le=MAX_COUNT)] = 100,
-    heldout_seed: Annotated[int, Query(ge=0)] = 0,
+    heldout_seed: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     state: Annotated[
         ReviewFilter | None, Query(description="math jobs: by review state (default accepted); others: ignored")
     ] = None,

@@ -10,11 +10,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
+from schemas.errors import BadInput, NotFound
 from schemas.jobs import JobRecord
 from schemas.recipes import has_review_queue
 from schemas.review import (
     HelpAccepted,
     HelpRequest,
+    RejectDecision,
     ReviewConflict,
     ReviewDecision,
     ReviewEdit,
@@ -37,12 +39,17 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {**NOT_FOUND, **CONFLICT}
 
 
-async def _math_job(redis: RedisDep, job_id: str) -> None:
+async def _math_job(redis: RedisDep, job_id: str, *, filtered: bool = False) -> None:
+    """A job with a review queue. Else: a 422 naming the ``job`` filter of a listing, a 404 on an item's path
+    (another recipe's job has no review items)."""
     recipe = await review_store.recipe_of(redis, job_id)
     if recipe is None:
         not_found("job", job_id)
     if not has_review_queue(recipe):
-        unprocessable("job", f"job {job_id} is a {recipe} job; only math jobs have a review queue")
+        message = f"job {job_id} is a {recipe} job; only math jobs have a review queue"
+        if filtered:
+            raise BadInput(message, "job", where="query")
+        raise NotFound(message)
 
 
 async def _item(redis: RedisDep, job_id: str, item_id: str) -> ReviewItem:
@@ -75,7 +82,7 @@ async def list_items(
         record = await records.load_record(redis, job)
         if record is None or not caller.sees(record.team):
             raise job_not_found(job)
-        await _math_job(redis, job)
+        await _math_job(redis, job, filtered=True)
     job_ids = (
         [job] if job is not None else await review_store.math_job_ids(redis, None if caller.is_admin else caller.team)
     )
@@ -124,11 +131,9 @@ async def accept_item(
 
 @router.post("/{job_id}/{item_id}/reject", responses=WRITE_RESPONSES, response_model=ReviewItem)
 async def reject_item(
-    job_id: str, item_id: str, record: OwnedJob, decision: ReviewDecision, redis: RedisDep, caller: WriterDep
+    job_id: str, item_id: str, record: OwnedJob, decision: RejectDecision, redis: RedisDep, caller: WriterDep
 ) -> ReviewItem:
     """Reject with a reason (required)."""
-    if not decision.reason:
-        unprocessable("reason", "a rejection needs a reason")
     fields: dict[str, object] = {"state": "rejected", "reject_reason": decision.reason}
     return await _change(redis, record, item_id, decision.expected_version, caller, "reject", fields, decision.reason)
 

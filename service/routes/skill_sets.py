@@ -1,7 +1,10 @@
 """Skill sets: versioned and immutable; POSTing an existing name makes the next version."""
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
+from fastapi import APIRouter, Path, status
+
+from schemas.base import MAX_INT
 from schemas.errors import Forbidden
 from schemas.skills import SkillSet, SkillSetCreate, SkillSetsPublic
 from service.auth import CallerDep, WriterDep
@@ -39,7 +42,9 @@ async def latest_skill_set(name: str, redis: RedisDep, caller: CallerDep) -> Ski
 
 
 @router.get("/{name}/{version}", responses=NOT_FOUND, response_model=SkillSet)
-async def skill_set_version(name: str, version: int, redis: RedisDep, caller: CallerDep) -> SkillSet:
+async def skill_set_version(
+    name: str, version: Annotated[int, Path(ge=1, le=MAX_INT)], redis: RedisDep, caller: CallerDep
+) -> SkillSet:
     found = await get_skill_set(redis, caller.team, name, version)
     if found is None:
         not_found("skill set", f"{name}@{version}")
