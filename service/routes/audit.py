@@ -8,13 +8,14 @@ from schemas.errors import Forbidden
 from schemas.teams import AuditPublic, TeamName
 from service.auth import CallerDep
 from service.deps import RedisDep
+from service.errors import FORBIDDEN
 from store import audit
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # a stream id (``next_after`` is one); 19 digits stay under 2**64
 
 
-@router.get("", response_model=AuditPublic)
+@router.get("", response_model=AuditPublic, responses=FORBIDDEN)
 async def read_audit(
     redis: RedisDep,
     caller: CallerDep,
