@@ -33,7 +33,7 @@ from schemas.jobs import JobStatus
 from schemas.settings import Settings
 from schemas.teams import Caller
 from service.errors import Detail
-from store import audit, idempotency
+from store import audit, idempotency, records
 from store.connection import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -91,17 +91,25 @@ async def create_job(
     caller: Caller,
     key: str | None,
     body_digest: str,
+    job_id: str,
     create: Callable[[], Awaitable[JobStatus]],
 ) -> Response:
-    """Create the job once per (team, key): ``create`` runs only for a new key (or one a failure released).
-    Every job created is audited (``job.created``); a repeat, which creates nothing, is not."""
+    """Create the job (``create`` stores it as ``job_id``) once per (team, key): ``create`` runs only for a new
+    key (or one a failure released). Every job created is audited (``job.created``); a repeat is not."""
     if key is None:
         job = await create()
     else:
         fingerprint = digest(f"{request.method} {request.url.path}\n{body_digest}".encode())
-        found = await _claim_or_answer(redis, settings, caller.team, key, fingerprint)
+        found = await _claim_or_answer(redis, settings, caller.team, key, fingerprint, job_id)
         if isinstance(found, Response):
             return found
+        orphan = await _created_before(redis, found, caller.team)
+        if orphan is not None:  # an API process created it, then died before keeping the response
+            if found.previous is None or found.previous[0] != fingerprint:
+                await idempotency.release(redis, found)
+                raise _reused()
+            await idempotency.finish(redis, found, status.HTTP_201_CREATED, orphan.model_dump_json())
+            return _json(orphan.model_dump_json(), replayed=True)
         async with idempotency.held(redis, found):
             try:
                 job = await create()
@@ -117,22 +125,34 @@ async def create_job(
     return _json(job.model_dump_json())
 
 
+def _reused() -> BadInput:
+    return BadInput(
+        f"this {HEADER} was used with another request (body or route) in the last 24 h; "
+        "use a new key for a new request",
+        HEADER,
+        where="header",
+    )
+
+
+async def _created_before(redis: Redis, claimed: idempotency.Claim, team: str) -> JobStatus | None:
+    """The job an earlier claim of this key noted and did create, if any (its response was never kept)."""
+    if claimed.previous is None:
+        return None
+    found = await records.get_status(redis, claimed.previous[1])
+    return found if found is not None and found.team == team else None
+
+
 async def _claim_or_answer(
-    redis: Redis, settings: Settings, team: str, key: str, fingerprint: str
+    redis: Redis, settings: Settings, team: str, key: str, fingerprint: str, job_id: str
 ) -> idempotency.Claim | Response:
     """The key claimed for this request, or the answer to a repeat (the first's response, waited for)."""
     deadline = time.monotonic() + settings.idempotency_wait_s
     while True:
-        found = await idempotency.claim(redis, team, key, fingerprint)
+        found = await idempotency.claim(redis, team, key, fingerprint, job_id)
         if isinstance(found, idempotency.Claim):
             return found
         if found.fingerprint != fingerprint:
-            raise BadInput(
-                f"this {HEADER} was used with another request (body or route) in the last 24 h; "
-                "use a new key for a new request",
-                HEADER,
-                where="header",
-            )
+            raise _reused()
         if found.status is not None:
             return _json(found.body, replayed=True)
         if time.monotonic() >= deadline:

@@ -8,7 +8,12 @@ One string per (team, key), holding an ``IdempotentRecord`` as JSON:
 - *done* (``status`` and ``body``): the first response, kept ``KEEP_S`` for a repeat to be answered with.
 
 Only the owner (the exact pending value, compared in a script) may renew, complete or release a claim, so a
-request whose lease ran out can never overwrite another's record. Keys are passed as KEYS (one per script).
+request whose lease ran out can never overwrite another's record. Keys are passed as KEYS.
+
+A claim also notes, for ``KEEP_S``, which job it is about to create (``{key}:job`` = "fingerprint job_id"). An
+API process killed after creating the job but before keeping the response leaves that note behind: the next
+claim of the key gets it (``Claim.previous``), so the retry answers with that job instead of creating a
+second one (``service.idempotency``).
 """
 
 import asyncio
@@ -37,6 +42,16 @@ _FINISH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end
 return 0
 """
+# KEYS: the record, its job note. ARGV: pending value, lease ms, "fingerprint job_id", keep ms.
+# {1, previous note or ''} when claimed; {0, current record or ''} when held by another request (or done).
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local previous = redis.call('GET', KEYS[2])
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  return {1, previous or ''}
+end
+return {0, redis.call('GET', KEYS[1]) or ''}
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -58,17 +73,23 @@ class Claim:
 
     key: str
     pending: str  # the exact value written, which identifies the owner
+    previous: tuple[str, str] | None = None  # (fingerprint, job id) an earlier claim was creating, if noted
 
 
-async def claim(redis: Redis, team: str, idempotency_key: str, fingerprint: str) -> Claim | IdempotentRecord:
-    """Claim the key for this request, or return what another request left there (pending or done)."""
+async def claim(
+    redis: Redis, team: str, idempotency_key: str, fingerprint: str, job_id: str = ""
+) -> Claim | IdempotentRecord:
+    """Claim the key for this request (noting ``job_id``, the job it will create), or return what another
+    request left there (pending or done)."""
     key = keys.idempotency(team, hashlib.sha256(idempotency_key.encode()).hexdigest())
     pending = IdempotentRecord(fingerprint=fingerprint, owner=uuid.uuid4().hex).model_dump_json()
+    note = f"{fingerprint} {job_id}"
     while True:
-        if await redis.set(key, pending, nx=True, px=LEASE_S * 1000):
-            return Claim(key, pending)
-        raw = await redis.get(key)
-        if raw is not None:  # (None: released or expired since the SET: try again)
+        won, raw = await redis.eval(_CLAIM, 2, key, key + ":job", pending, LEASE_S * 1000, note, KEEP_S * 1000)
+        if won:
+            fp, _, previous_job = raw.decode().partition(" ")
+            return Claim(key, pending, (fp, previous_job) if previous_job else None)
+        if raw:  # (empty: released or expired since the SET: try again)
             return IdempotentRecord.model_validate_json(raw)
 
 

@@ -63,6 +63,7 @@ Teams and keys (``store.teams``):
   authfail:{address}       string  failed authentications from a client address this window (``service.auth``)
   idem:{t}:{sha256}        string  IdempotentRecord JSON of an Idempotency-Key (by its SHA-256) of team t: pending
                                    (a lease) or done (the first response, kept 24 h; ``store.idempotency``)
+  idem:{t}:{sha256}:job    string  "fingerprint job_id": the job the key's last claim set out to create (24 h)
 
 Fleet-wide (see ``workers.liveness``):
   jobs                     zset    job id -> created timestamp

@@ -152,7 +152,7 @@ async def curate(
             upload.kept = True
             return created
 
-        return await create_job(request, redis, settings, caller, idempotency_key, body_digest, create)
+        return await create_job(request, redis, settings, caller, idempotency_key, body_digest, job_id, create)
 
 
 async def iter_records(redis: RedisDep, job_id: str, rows: int, kind: str) -> AsyncIterator[bytes]:

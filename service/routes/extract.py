@@ -116,7 +116,7 @@ async def extract(
             upload.kept = True
             return created
 
-        return await create_job(request, redis, settings, caller, idempotency_key, body_digest, create)
+        return await create_job(request, redis, settings, caller, idempotency_key, body_digest, job_id, create)
 
 
 async def _record(

@@ -60,7 +60,8 @@ async def submit_job(
             return await own(spec, job_id, redis, settings, caller.team)
         return await jobs.submit(redis, await _record(spec, job_id, redis, settings, caller.team))
 
-    return await create_job(request, redis, settings, caller, idempotency_key, digest(await request.body()), create)
+    body_digest = digest(await request.body())
+    return await create_job(request, redis, settings, caller, idempotency_key, body_digest, job_id, create)
 
 
 async def _record(spec: GenerationSpec, job_id: str, redis: RedisDep, settings: SettingsDep, team: str) -> JobRecord:
