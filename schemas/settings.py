@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         description="failed authentications one client address may make per auth_fail_window_s; "
         "past it every request from there is a 429 until the window ends",
     )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="proxies whose X-Forwarded-For gives the client's address (comma-separated IPs); "
+        "none by default: the throttle then counts the connection's own address",
+    )
     auth_fail_window_s: int = Field(default=60, ge=1)
     max_body_kb: int = Field(
         default=4096,

@@ -57,6 +57,10 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         port=port or settings.api_port,
         log_level="warning",
         log_config=None,
+        # the failed-authentication throttle counts per client address: believe X-Forwarded-For only from the
+        # proxies named (none by default), or any local client could pick its address
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
 
 

@@ -68,3 +68,10 @@ async def test_successes_neither_count_nor_reset_the_failures(api: str, redis: A
     assert jobs(api, keyed.VIEWER).status_code == 200  # one's own key between guesses resets nothing
     assert jobs(api, BAD).status_code == 401
     assert jobs(api, keyed.VIEWER).status_code == 429
+
+
+async def test_a_guesser_cannot_pick_its_address_with_x_forwarded_for(api: str, redis: ArqRedis) -> None:
+    """No proxy is trusted by default (SKILLMIX_FORWARDED_ALLOW_IPS): the header changes nothing."""
+    answers = [jobs(api, BAD, **{"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(BURST + 2)]
+    assert answers == [401] * BURST + [429] * 2
+    assert await redis.keys(keys.auth_failures("10.*")) == []
