@@ -10,11 +10,14 @@ nothing of answers), and every line answered 200 is billed, counted per request 
 request paid twice.
 
 Time is evaluated lazily: a batch's phase follows from its creation time and ``batch_latency_s`` whenever
-anything reads it (a batch or file route, ``/admin/stats``); there is no background task. Which lines fail,
+anything reads it (a batch or file route, ``/admin/stats``); there is no background task. A batch's lines are
+answered when it leaves in_progress, in slices that let the event loop serve other requests (10,000 pair
+lines take ~5 s of CPU); a reader of that batch waits for it under the batch's lock. Which lines fail,
 which finish before an expiry or a cancel, and the output order follow from ``batch_seed`` and the ids
 (counters), so a rerun produces the same files.
 """
 
+import asyncio
 import hashlib
 import math
 import random
@@ -34,6 +37,7 @@ COMPLETION_WINDOW = "24h"
 WINDOW_S = 24 * 3600
 MB = 1024 * 1024
 MAX_ERRORS = 1000  # validation errors reported per batch
+ANSWER_SLICE = 100  # lines answered between two yields to the event loop
 # a batch's phases as fractions of its latency: validating until 0.2, in_progress until 0.8, then finalizing
 IN_PROGRESS_AT, FINALIZING_AT = 0.2, 0.8
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
@@ -170,7 +174,11 @@ class Batch:
     done_fraction: float  # of an expiring batch
     status: str = "validating"
     stamps: dict[str, float] = field(default_factory=dict)  # "<status>_at" -> monotonic time
-    results: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None  # (output, error) lines
+    results: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None  # (output, error) until filed
+    finished: bool = False  # lines answered (all, or a share at an expiry or cancel)
+    completed: int = 0
+    failed: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     output_file_id: str | None = None
     error_file_id: str | None = None
 
@@ -181,7 +189,6 @@ class Batch:
         return None if mono is None else int(self.wall0 + (mono - self.started))
 
     def public(self) -> dict[str, Any]:
-        out, err = self.results or ([], [])
         validated = self.status != "validating" and not self.errors
         stamp = {name: self.wall(self.stamps.get(name)) for name in (
             "in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
@@ -200,7 +207,11 @@ class Batch:
             "created_at": self.wall(self.started),
             "expires_at": int(self.wall0) + WINDOW_S,
             **stamp,
-            "request_counts": {"total": len(self.lines) if validated else 0, "completed": len(out), "failed": len(err)},
+            "request_counts": {
+                "total": len(self.lines) if validated else 0,
+                "completed": self.completed,
+                "failed": self.failed,
+            },
             "metadata": self.metadata,
         }
 
@@ -285,7 +296,7 @@ class BatchStore:
         self.billed_by_body: dict[str, int] = {}
 
     def stats(self) -> dict[str, Any]:
-        self.advance_all()
+        """The counters as they stand; ``await advance_all()`` first to bring every batch up to now."""
         statuses: dict[str, int] = {}
         for batch in self.batches.values():
             statuses[batch.status] = statuses.get(batch.status, 0) + 1
@@ -312,13 +323,17 @@ class BatchStore:
 
     # --- time -----------------------------------------------------------------------------------
 
-    def advance_all(self) -> None:
+    async def advance_all(self) -> None:
         now = time.monotonic()
-        for batch in self.batches.values():
-            self.advance(batch, now)
+        for batch in list(self.batches.values()):
+            await self.advance(batch, now)
 
-    def advance(self, batch: Batch, now: float) -> None:
-        """Move ``batch`` through every phase whose time has come."""
+    async def advance(self, batch: Batch, now: float) -> None:
+        async with batch.lock:
+            await self._advance(batch, now)
+
+    async def _advance(self, batch: Batch, now: float) -> None:
+        """Move ``batch`` through every phase whose time has come (caller holds its lock)."""
         if batch.status == "cancelling":
             if now >= batch.stamps["cancelling_at"] + self.config().batch_cancel_s:
                 self._end(batch, "cancelled", batch.stamps["cancelling_at"] + self.config().batch_cancel_s)
@@ -329,10 +344,10 @@ class BatchStore:
                 return
             batch.status, batch.stamps["in_progress_at"] = "in_progress", batch.at(IN_PROGRESS_AT)
         if batch.status == "in_progress" and batch.expire and now >= batch.at(1.0):
-            self._finish(batch, math.floor(batch.done_fraction * len(batch.lines)), "batch_expired")
+            await self._finish(batch, math.floor(batch.done_fraction * len(batch.lines)), "batch_expired")
             self._end(batch, "expired", batch.at(1.0))
         elif batch.status == "in_progress" and not batch.expire and now >= batch.at(FINALIZING_AT):
-            self._finish(batch, len(batch.lines), "batch_expired")
+            await self._finish(batch, len(batch.lines), "batch_expired")
             batch.status, batch.stamps["finalizing_at"] = "finalizing", batch.at(FINALIZING_AT)
         if batch.status == "finalizing" and now >= batch.at(1.0):
             self._end(batch, "completed", batch.at(1.0))
@@ -347,15 +362,18 @@ class BatchStore:
                 content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
                 stored = self._store_file(f"batch_{batch.id}_{kind}.jsonl", "batch_output", content)
                 setattr(batch, f"{kind}_file_id", stored.id)
+        batch.results = None  # the files hold them now
 
     # --- answering ------------------------------------------------------------------------------
 
-    def _finish(self, batch: Batch, done: int, unfinished_code: str) -> None:
+    async def _finish(self, batch: Batch, done: int, unfinished_code: str) -> None:
         """Answer the first ``done`` lines (in finishing order) and bill them; the rest get ``unfinished_code``."""
         cfg = self.config()
         out: list[dict[str, Any]] = []
         err: list[dict[str, Any]] = []
         for position, index in enumerate(batch.order):
+            if position % ANSWER_SLICE == ANSWER_SLICE - 1:
+                await asyncio.sleep(0)
             line = batch.lines[index]
             record: dict[str, Any] = {"id": "batch_req_" + _hex(batch.id, line.custom_id)[:24]}
             record["custom_id"] = line.custom_id
@@ -370,7 +388,7 @@ class BatchStore:
             if answer.status == 200:
                 self._bill(line.body, answer)
         self.counts["batch_lines_failed"] += len(err)
-        batch.results = (out, err)
+        batch.results, batch.finished, batch.completed, batch.failed = (out, err), True, len(out), len(err)
 
     def _run(self, batch: Batch, line: Line, cfg: BatchConfig) -> LineAnswer:
         fault = cfg.batch_fail_lines.get(line.custom_id)
@@ -508,14 +526,14 @@ class BatchStore:
         )
         self.batches[batch_id] = batch
         self.counts["batches_created"] += 1
-        self.advance(batch, batch.started)  # a zero latency finishes at once
+        await self.advance(batch, batch.started)  # a zero latency finishes at once
         return json_response(batch.public())
 
     async def get_batch(self, request: Request) -> Response:
         batch = self.batches.get(request.path_params["batch_id"])
         if batch is None:
             return _not_found("Batch", request.path_params["batch_id"])
-        self.advance(batch, time.monotonic())
+        await self.advance(batch, time.monotonic())
         return json_response(batch.public())
 
     async def list_batches(self, request: Request) -> Response:
@@ -526,7 +544,7 @@ class BatchStore:
             limit = 0
         if not 1 <= limit <= 100:
             return _error(400, "invalid_value", "limit must be 1 to 100.", "limit")
-        self.advance_all()
+        await self.advance_all()
         ids = list(reversed(self.batches))
         after = request.query_params.get("after")
         if after is not None:
@@ -543,15 +561,15 @@ class BatchStore:
         if batch is None:
             return _not_found("Batch", request.path_params["batch_id"])
         now = time.monotonic()
-        self.advance(batch, now)
-        if batch.status in ("cancelling", "cancelled"):
+        async with batch.lock:
+            await self._advance(batch, now)
+            if batch.status in ("cancelling", "cancelled"):
+                return json_response(batch.public())
+            if batch.status in TERMINAL:
+                return _error(409, None, f"Cannot cancel a batch with status '{batch.status}'.")
+            if not batch.finished:  # validating or in progress: a share of the lines got done
+                share = self.config().batch_done_fraction if batch.status == "in_progress" else 0.0
+                await self._finish(batch, math.floor(share * len(batch.lines)), "batch_cancelled")
+            batch.status, batch.stamps["cancelling_at"] = "cancelling", now
+            await self._advance(batch, now)  # a zero batch_cancel_s cancels at once
             return json_response(batch.public())
-        if batch.status in TERMINAL:
-            return _error(409, None, f"Cannot cancel a batch with status '{batch.status}'.")
-        if batch.results is None:  # validating or in progress: a share of the lines got done
-            share = self.config().batch_done_fraction if batch.status == "in_progress" else 0.0
-            done = math.floor(share * len(batch.lines))
-            self._finish(batch, done, "batch_cancelled")
-        batch.status, batch.stamps["cancelling_at"] = "cancelling", now
-        self.advance(batch, now)  # a zero batch_cancel_s cancels at once
-        return json_response(batch.public())

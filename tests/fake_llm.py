@@ -8,6 +8,9 @@ also a ``--kebab-case`` flag and can be changed at runtime with ``POST /admin/co
 Answers depend only on the messages and ``seed`` (sha256 key), so reruns are reproducible; faults that
 concern the *content* (duplicates, shirking, refusals, cut-offs) are decided by the same key, while
 transport faults (5xx, hangs, malformed bodies) come from a seeded RNG in arrival order.
+
+It also serves OpenAI's Files + Batch API (``tests/fake_batch.py``, docs/batch-fake.md): a batch line gets
+the answer this route would give its body.
 """
 
 import argparse
@@ -961,6 +964,7 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
         return _json({"status": "ok"})
 
     async def stats(_: Request) -> Response:
+        await state.batches.advance_all()  # batches whose time has come answer (and bill) their lines first
         return _json(state.snapshot())
 
     async def get_config(_: Request) -> Response:
