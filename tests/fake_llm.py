@@ -8,6 +8,9 @@ also a ``--kebab-case`` flag and can be changed at runtime with ``POST /admin/co
 Answers depend only on the messages and ``seed`` (sha256 key), so reruns are reproducible; faults that
 concern the *content* (duplicates, shirking, refusals, cut-offs) are decided by the same key, while
 transport faults (5xx, hangs, malformed bodies) come from a seeded RNG in arrival order.
+
+It also serves OpenAI's Files + Batch API (``tests/fake_batch.py``, docs/batch-fake.md): a batch line gets
+the answer this route would give its body.
 """
 
 import argparse
@@ -24,11 +27,13 @@ from typing import Any
 
 import orjson
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.fake_batch import BatchConfig, BatchStore, Guard, LineAnswer, json_response, openai_error
 
 DESCRIPTION = "A fake OpenAI-compatible chat endpoint for tests and benchmarks."
 DEFAULT_MODEL = "fake-model"
@@ -40,8 +45,8 @@ RECENT_S = 10  # seconds of per-second admission counts kept for /admin/stats
 RECENT_REQUESTS = 64  # last request bodies kept for /admin/requests
 
 
-class FakeConfig(BaseModel):
-    """Everything tunable; rates are probabilities in [0, 1]."""
+class FakeConfig(BatchConfig):
+    """Everything tunable; rates are probabilities in [0, 1]. The batch knobs come from ``BatchConfig``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -664,8 +669,9 @@ def answer_extraction(request: dict[str, Any], last_user: str, digest: bytes, co
 class FakeState:
     """Counters, the token bucket and fault RNG of one running fake."""
 
-    def __init__(self, config: FakeConfig) -> None:
+    def __init__(self, config: FakeConfig, guard: Guard | None = None) -> None:
         self.config = config
+        self.batches = BatchStore(lambda: self.config, self.refuse_line, self.answer_line, guard)
         self.reset()
 
     def reset(self) -> None:
@@ -690,6 +696,34 @@ class FakeState:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)  # valid request bodies, newest last
         self.math_stages: dict[str, int] = {}  # math requests by stage
         self.math_pair_checks: dict[str, int] = {}  # math pair validations by pair "a|b"
+        self.batches.reset()
+
+    def note(self, done: "Completion") -> None:
+        """Count what an answer carries (planted fault, math stage), online or in a batch alike."""
+        if done.fault:
+            self.planted[done.fault] = self.planted.get(done.fault, 0) + 1
+        if done.math_stage is not None:
+            self.math_stages[done.math_stage] = self.math_stages.get(done.math_stage, 0) + 1
+        if done.math_pair is not None:
+            self.math_pair_checks[done.math_pair] = self.math_pair_checks.get(done.math_pair, 0) + 1
+
+    def refuse_line(self, body: Any) -> LineAnswer | None:
+        """The 4xx /v1/chat/completions gives ``body`` (bad shape, unknown model, too long), if any."""
+        try:
+            messages, max_tokens = parse_chat(body)
+        except ValueError as exc:
+            return LineAnswer(400, openai_error(400, "invalid_request_error", str(exc)))
+        refused = refusal(body, messages, max_tokens, self.config)
+        return None if refused is None else LineAnswer(refused[0], openai_error(*refused))
+
+    def answer_line(self, body: Any) -> LineAnswer:
+        """A batch line's answer: what /v1/chat/completions answers ``body``, without transport faults."""
+        if (refused := self.refuse_line(body)) is not None:
+            return refused
+        messages, max_tokens = parse_chat(body)
+        done = complete(body, messages, max_tokens, self.config)
+        self.note(done)
+        return LineAnswer(200, done.body, done.prompt_tokens, done.completion_tokens)
 
     def capacity(self) -> float:
         return max(1.0, self.config.rpm / 60 * self.config.burst_s)
@@ -735,6 +769,7 @@ class FakeState:
             "planted": dict(self.planted),
             "math_stages": dict(self.math_stages),
             "math_pair_checks": dict(self.math_pair_checks),
+            **self.batches.stats(),
         }
 
     def update(self, patch: dict[str, Any]) -> None:
@@ -753,13 +788,11 @@ class FakeState:
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status, headers, media_type="application/json")
+_json = json_response
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    kind = "requests" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
-    return _json({"error": {"message": message, "type": kind, "param": None, "code": code}}, status, headers)
+    return _json(openai_error(status, code, message), status, headers)
 
 
 def _rate_limited(state: FakeState, seconds: float) -> Response:
@@ -781,9 +814,75 @@ def _messages(request: Any) -> list[dict[str, str]]:
     return messages
 
 
+def parse_chat(body: Any) -> tuple[list[dict[str, str]], int]:
+    """(messages, max_tokens) of a chat request body; ValueError says what is wrong (a 400)."""
+    messages = _messages(body)
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 4096))
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError("'max_tokens' must be a positive integer")
+    return messages, max_tokens
+
+
+def refusal(body: Any, messages: list[dict[str, str]], max_tokens: int, cfg: FakeConfig) -> tuple[int, str, str] | None:
+    """(status, code, message) when a well-formed request is still refused: unknown model, context too long."""
+    model = body.get("model") or DEFAULT_MODEL
+    if cfg.model_strict and model != cfg.model_strict:
+        return 404, "model_not_found", f"The model '{model}' does not exist."
+    if cfg.max_context_words and sum(word_count(m["content"]) for m in messages) + max_tokens > cfg.max_context_words:
+        return 400, "context_length_exceeded", "This model's maximum context length is exceeded."
+    return None
+
+
+@dataclass
+class Completion:
+    """A 200 answer (``body`` is the chat.completion) and what it carries, for the counters."""
+
+    body: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    fault: str
+    truncated: bool
+    math_stage: str | None
+    math_pair: str | None
+
+
+def complete(body: Any, messages: list[dict[str, str]], max_tokens: int, cfg: FakeConfig) -> Completion:
+    """The chat.completion for a valid request: the same for the online route and a batch line."""
+    content, fault = answer(body, messages, cfg)
+    stage = math_stage(messages)
+    finish = "length" if fault == "cutoff" else "stop"
+    truncated = word_count(content) > max_tokens
+    if truncated:
+        content, finish = truncate_words(content, max_tokens), "length"
+    prompt_tokens, completion_tokens = sum(word_count(m["content"]) for m in messages), word_count(content)
+    completion = {
+        "id": "chatcmpl-" + hashlib.sha256(content.encode()).hexdigest()[:24],
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or DEFAULT_MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+    pair = math_pair(messages) if stage == "pair" else None
+    return Completion(completion, prompt_tokens, completion_tokens, fault, truncated, stage, pair)
+
+
 def create_app(config: FakeConfig | None = None) -> Starlette:
     """The ASGI app; usable in-process too (e.g. with ``httpx.ASGITransport``)."""
-    state = FakeState(config or FakeConfig())
+
+    def guard(request: Request) -> Response | None:
+        """401 unless the request carries ``require_key`` (when set)."""
+        key = state.config.require_key
+        if key and request.headers.get("authorization") != f"Bearer {key}":
+            state.counts["unauthorized"] += 1
+            return _error(401, "invalid_api_key", "Incorrect API key provided.")
+        return None
+
+    state = FakeState(config or FakeConfig(), guard)
 
     async def chat(request: Request) -> Response:
         state.counts["requests"] += 1
@@ -801,15 +900,11 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
 
     async def _chat(request: Request) -> Response:
         cfg, counts = state.config, state.counts
-        if cfg.require_key and request.headers.get("authorization") != f"Bearer {cfg.require_key}":
-            counts["unauthorized"] += 1
-            return _error(401, "invalid_api_key", "Incorrect API key provided.")
+        if (refused := guard(request)) is not None:
+            return refused
         try:
             body = orjson.loads(await request.body())
-            messages = _messages(body)
-            max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 4096))
-            if not isinstance(max_tokens, int) or max_tokens < 1:
-                raise ValueError("'max_tokens' must be a positive integer")
+            messages, max_tokens = parse_chat(body)
         except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
             counts["bad_requests"] += 1
             return _error(400, "invalid_request_error", str(exc))
@@ -817,14 +912,9 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
         request_key = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
         if request_key in state.answered:
             counts["repaid"] += 1
-        model = body.get("model") or DEFAULT_MODEL
-        if cfg.model_strict and model != cfg.model_strict:
-            counts["not_found"] += 1
-            return _error(404, "model_not_found", f"The model '{model}' does not exist.")
-        prompt_tokens = sum(word_count(m["content"]) for m in messages)
-        if cfg.max_context_words and prompt_tokens + max_tokens > cfg.max_context_words:
-            counts["bad_requests"] += 1
-            return _error(400, "context_length_exceeded", "This model's maximum context length is exceeded.")
+        if (refused_by := refusal(body, messages, max_tokens, cfg)) is not None:
+            counts["not_found" if refused_by[0] == 404 else "bad_requests"] += 1
+            return _error(*refused_by)
 
         now = time.monotonic()
         if cfg.storm > 0:
@@ -856,43 +946,15 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
             broken = b'{"id": "chatcmpl-broken", "choices": [' if counts["malformed"] % 2 else b'{"object": "x"}'
             return Response(broken, 200, media_type="application/json")
 
-        content, fault = answer(body, messages, cfg)
-        if (stage := math_stage(messages)) is not None:
-            state.math_stages[stage] = state.math_stages.get(stage, 0) + 1
-            if stage == "pair" and (pair := math_pair(messages)) is not None:
-                state.math_pair_checks[pair] = state.math_pair_checks.get(pair, 0) + 1
-        finish = "length" if fault == "cutoff" else "stop"
-        if word_count(content) > max_tokens:
-            content, finish = truncate_words(content, max_tokens), "length"
-            counts["truncated"] += 1
-        if fault:
-            state.planted[fault] = state.planted.get(fault, 0) + 1
-        completion_tokens = word_count(content)
+        done = complete(body, messages, max_tokens, cfg)
+        state.note(done)
+        counts["truncated"] += done.truncated
         counts["ok"] += 1
         state.answered.add(request_key)
-        counts["prompt_tokens"] += prompt_tokens
-        counts["completion_tokens"] += completion_tokens
-        return _json(
-            {
-                "id": "chatcmpl-" + hashlib.sha256(content.encode()).hexdigest()[:24],
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": finish,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            },
-            headers=state.ratelimit_headers() if cfg.ratelimit_headers and cfg.rpm else None,
-        )
+        counts["prompt_tokens"] += done.prompt_tokens
+        counts["completion_tokens"] += done.completion_tokens
+        headers = state.ratelimit_headers() if cfg.ratelimit_headers and cfg.rpm else None
+        return _json(done.body, headers=headers)
 
     async def models(_: Request) -> Response:
         name = state.config.model_strict or DEFAULT_MODEL
@@ -902,6 +964,7 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
         return _json({"status": "ok"})
 
     async def stats(_: Request) -> Response:
+        await state.batches.advance_all()  # batches whose time has come answer (and bill) their lines first
         return _json(state.snapshot())
 
     async def get_config(_: Request) -> Response:
@@ -930,6 +993,7 @@ def create_app(config: FakeConfig | None = None) -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models),
+            *state.batches.routes(),
             Route("/health", health),
             Route("/admin/stats", stats),
             Route("/admin/requests", recent_requests),
@@ -950,7 +1014,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = pick a free port")
     for name, field in FakeConfig.model_fields.items():
-        kind = field.annotation if field.annotation in (int, float) else str
+        kind: Any = field.annotation if field.annotation in (int, float) else str
+        if name == "batch_fail_lines":  # the one mapping: JSON, e.g. '{"req-1": "server_error"}'
+            kind = orjson.loads
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=field.description)
     return parser
 

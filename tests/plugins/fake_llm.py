@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from schemas.settings import EndpointSettings
@@ -102,7 +103,8 @@ class FakeLLMFactory:
         args = [sys.executable, "-m", "tests.fake_llm", "--host", "127.0.0.1", "--port", "0"]
         for name, value in config.items():
             if value is not None:
-                args += ["--" + name.replace("_", "-"), str(value)]
+                text = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+                args += ["--" + name.replace("_", "-"), text]
         proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE)
         try:
             url = _read_url(proc)
