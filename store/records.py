@@ -133,8 +133,9 @@ async def read_counters(redis: Redis, record: JobRecord) -> JobCounters:
     return counters
 
 
-async def get_status(redis: Redis, job_id: str) -> JobStatus | None:
-    record = await load_record(redis, job_id)
+async def get_status(redis: Redis, job_id: str, record: JobRecord | None = None) -> JobStatus | None:
+    """The job's status; ``record``: the job's record if the caller loaded it already (it never changes)."""
+    record = record or await load_record(redis, job_id)
     if record is None:
         return None
     meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.meta(job_id))).items()}

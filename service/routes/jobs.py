@@ -108,7 +108,9 @@ async def list_jobs(
 
 @router.get("/{job_id}", responses=NOT_FOUND, response_model=JobStatus)
 async def get_job(job_id: str, record: OwnedJob, redis: RedisDep) -> JobStatus:
-    return await _status(redis, job_id)
+    found = await records.get_status(redis, job_id, record)  # the record ownership loaded, not read again
+    assert found is not None
+    return found
 
 
 @router.post("/{job_id}/cancel", responses=NOT_FOUND, response_model=JobStatus)
