@@ -15,7 +15,7 @@ from schemas.recipes import has_review_queue
 from schemas.sampling import Coverage, coverage
 from service.auth import CallerDep, OwnedJob, WriterDep
 from service.deps import RedisDep, SettingsDep
-from service.errors import CONFLICT, NOT_FOUND, OVER_QUOTA, conflict, not_found
+from service.errors import CONFLICT, NOT_FOUND, OVER_QUOTA, conflict
 from service.export import (
     FILE_SUFFIXES,
     MEDIA_TYPES,
@@ -86,10 +86,10 @@ async def _record(spec: GenerationSpec, job_id: str, redis: RedisDep, settings: 
     )
 
 
-async def _status(redis: RedisDep, job_id: str) -> JobStatus:
-    found = await records.get_status(redis, job_id)
-    if found is None:
-        not_found("job", job_id)
+async def _status(redis: RedisDep, record: JobRecord) -> JobStatus:
+    """The job's status, from the record ownership already loaded (a record never changes: not read again)."""
+    found = await records.get_status(redis, record.id, record)
+    assert found is not None  # (None only when there is no record)
     return found
 
 
@@ -108,17 +108,15 @@ async def list_jobs(
 
 @router.get("/{job_id}", responses=NOT_FOUND, response_model=JobStatus)
 async def get_job(job_id: str, record: OwnedJob, redis: RedisDep) -> JobStatus:
-    found = await records.get_status(redis, job_id, record)  # the record ownership loaded, not read again
-    assert found is not None
-    return found
+    return await _status(redis, record)
 
 
 @router.post("/{job_id}/cancel", responses=NOT_FOUND, response_model=JobStatus)
 async def cancel_job(job_id: str, record: OwnedJob, redis: RedisDep, caller: WriterDep) -> JobStatus:
-    current = await _status(redis, job_id)
-    if not current.state.finished and await jobs.cancel(redis, job_id):
+    state = await records.get_state(redis, job_id)
+    if state is not None and not state.finished and await jobs.cancel(redis, job_id):
         await audit.record(redis, caller, "job.cancelled", job_id, team=record.team)
-    return await _status(redis, job_id)
+    return await _status(redis, record)
 
 
 @router.patch("/{job_id}", responses={**NOT_FOUND, **CONFLICT}, response_model=JobStatus)
@@ -131,7 +129,7 @@ async def patch_job(job_id: str, record: OwnedJob, patch: JobPatch, redis: Redis
         conflict(f"job {job_id} is {state.value if state else 'gone'}; a finished job's budget cannot change")
     await jobs.patch_budget(redis, record, patch.budget, state)
     await audit.record(redis, caller, "job.budget", job_id, patch.budget.model_dump_json(), team=record.team)
-    return await _status(redis, job_id)
+    return await _status(redis, record)
 
 
 @router.post("/{job_id}/resume", responses={**NOT_FOUND, **CONFLICT}, response_model=JobStatus)
@@ -140,7 +138,7 @@ async def resume_job(job_id: str, record: OwnedJob, redis: RedisDep, caller: Wri
     items still to generate is enqueued again."""
     await jobs.resume(redis, record)  # NotPaused, BudgetExhausted: 409s that say why
     await audit.record(redis, caller, "job.resumed", job_id, team=record.team)
-    return await _status(redis, job_id)
+    return await _status(redis, record)
 
 
 @router.get("/{job_id}/examples", responses=NOT_FOUND, response_class=StreamingResponse)
@@ -148,7 +146,6 @@ async def stream_examples(
     job_id: str, record: OwnedJob, redis: RedisDep, status: Literal["accepted", "rejected"] = "accepted"
 ) -> StreamingResponse:
     """NDJSON, one stored example per line, streamed bucket by bucket."""
-    await _status(redis, job_id)
 
     async def lines() -> AsyncIterator[bytes]:
         async for raw in iter_raw(redis, job_id, status):
@@ -178,12 +175,11 @@ async def export_job(
 
     Math jobs export by review state (``state``, default ``accepted``: only questions a reviewer accepted),
     with the reviewers' edits applied."""
-    found = await _status(redis, job_id)
     name = job_id if split is None else f"{job_id}.{split.value}"
     headers = {"content-disposition": f'attachment; filename="{name}.{FILE_SUFFIXES[format]}"'}
     examples = iter_examples(redis, job_id, "accepted")
     review_states = REVIEW_STATES[state or ReviewFilter.ACCEPTED]
-    reviewed = has_review_queue(found.recipe)
+    reviewed = has_review_queue(record.spec.recipe)
     if reviewed:
         examples = review_store.iter_reviewed(redis, job_id, review_states)
     if split is not None:
