@@ -59,7 +59,7 @@ Teams and keys (``store.teams``):
   team:{t}:audit           stream  the team's audit entries (``store.audit``); ``audit`` holds every team's
   apikeys                  zset    key id -> created timestamp
   apikey:{kid}             hash    ApiKey fields (id, prefix, team, role, name, created_at, created_by, revoked_at)
-  apikey:sha:{sha256}      string  Caller JSON of a live key, found by the key's SHA-256; deleted at revocation
+  apikey:sha:{sha256}      string  KeyLookup JSON (the Caller and the SHA-256) of a live key; deleted at revocation
   authfail:{address}       string  failed authentications from a client address this window (``service.auth``)
   idem:{t}:{sha256}        string  IdempotentRecord JSON of an Idempotency-Key (by its SHA-256) of team t: pending
                                    (a lease) or done (the first response, kept 24 h; ``store.idempotency``)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from schemas.base import StrictModel
 from schemas.errors import BadInput, Conflict, NotFound
 from schemas.teams import (
     KEY_PREFIX,
@@ -163,8 +164,16 @@ def key_entries(created: KeyCreated) -> dict[str, dict[str, str] | str]:
     sha = digest(created.key)
     return {
         keys.api_key(created.id): {**{k: str(v) for k, v in listed.items()}, "sha": sha},
-        keys.api_key_by_hash(sha): caller.model_dump_json(),
+        keys.api_key_by_hash(sha): KeyLookup(sha=sha, caller=caller).model_dump_json(),
     }
+
+
+class KeyLookup(StrictModel):
+    """The lookup entry of a live key: the caller, and the SHA-256 it is filed under (compared in constant time,
+    in the same read)."""
+
+    sha: str
+    caller: Caller
 
 
 async def lookup(redis: Redis, raw_key: str) -> Caller | None:
@@ -173,11 +182,8 @@ async def lookup(redis: Redis, raw_key: str) -> Caller | None:
     raw = await redis.get(keys.api_key_by_hash(sha))
     if raw is None:
         return None
-    caller = Caller.model_validate_json(raw)
-    stored = await redis.hget(keys.api_key(caller.key_id), "sha")
-    if stored is None or not hmac.compare_digest(stored.decode(), sha):
-        return None
-    return caller
+    found = KeyLookup.model_validate_json(raw)
+    return found.caller if hmac.compare_digest(found.sha, sha) else None
 
 
 def _key(raw: dict[bytes, bytes]) -> ApiKey:
