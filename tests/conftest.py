@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -151,6 +152,17 @@ class Processes:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def module_api(factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[str]:
+    """One API process for a test module's fixture (start-up costs seconds): its URL; each test still gets a
+    flushed Redis with the test team's keys."""
+    procs = Processes(factory.mktemp("api"))
+    try:
+        yield procs.api(env)
+    finally:
+        procs.stop()
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 """The HTTP API over a real socket: validation errors name the field, unknown ids are 404s."""
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,20 +8,17 @@ import pytest
 from arq.connections import ArqRedis
 
 from tests import keyed
-from tests.conftest import Processes, service_env
+from tests.conftest import module_api, service_env
+from tests.test_end_to_end import STARTER
 
-STARTER = json.loads((Path(__file__).parents[2] / "service/data/starter-skills.json").read_text())
 ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model", "rpm": 600}}
 
 
 @pytest.fixture(scope="module")
 def api_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One API process for the module (start-up costs seconds); each test still gets a flushed Redis."""
-    procs = Processes(tmp_path_factory.mktemp("api"))
-    try:
-        yield procs.api(service_env(ENDPOINTS))
-    finally:
-        procs.stop()
+    with module_api(tmp_path_factory, service_env(ENDPOINTS)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ paged by stream id; no entry carries key material."""
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,22 +14,18 @@ from schemas.jobs import JobState
 from schemas.teams import Role, TeamCreate
 from store import keys, records, teams
 from tests import keyed
-from tests.conftest import Processes, service_env
-from tests.test_end_to_end import finished, submit, wait_for
+from tests.conftest import Processes, module_api, service_env
+from tests.test_end_to_end import STARTER, finished, submit, wait_for
 from tests.workers.test_math import MATH_SET
 
-STARTER = json.loads((Path(__file__).parents[2] / "service/data/starter-skills.json").read_text())
 ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model", "rpm": 600}}
 INSTRUCT = {"recipe": "instruct", "skill_set": "starter@1", "count": 10}
 
 
 @pytest.fixture(scope="module")
 def api_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    procs = Processes(tmp_path_factory.mktemp("api"))
-    try:
-        yield procs.api(service_env(ENDPOINTS))
-    finally:
-        procs.stop()
+    with module_api(tmp_path_factory, service_env(ENDPOINTS)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 
 from store import keys
 from tests import keyed
-from tests.conftest import Processes, service_env
+from tests.conftest import module_api, service_env
 
 BURST, WINDOW_S = 3, 2
 COUNTER = keys.auth_failures("127.0.0.1")
@@ -24,12 +24,9 @@ BAD = "smx_not-a-key-at-all-000000000000000000000000000000"
 
 @pytest.fixture(scope="module")
 def api_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    procs = Processes(tmp_path_factory.mktemp("api"))
     env = service_env(SKILLMIX_AUTH_FAIL_BURST=str(BURST), SKILLMIX_AUTH_FAIL_WINDOW_S=str(WINDOW_S))
-    try:
-        yield procs.api(env)
-    finally:
-        procs.stop()
+    with module_api(tmp_path_factory, env) as url:
+        yield url
 
 
 @pytest.fixture

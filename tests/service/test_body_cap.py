@@ -14,7 +14,7 @@ from arq.connections import ArqRedis
 
 from store import keys
 from tests import keyed
-from tests.conftest import Processes, service_env
+from tests.conftest import module_api, service_env
 
 CAP = 1024
 ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model"}}
@@ -25,11 +25,10 @@ SMALL = {"recipe": "prompts", "prompts": ["Say hi."]}
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     data = tmp_path_factory.mktemp("data")
-    procs = Processes(tmp_path_factory.mktemp("api"))
-    try:
-        yield procs.api(service_env(ENDPOINTS, SKILLMIX_MAX_BODY_KB="1", SKILLMIX_DATA_DIR=str(data))), data
-    finally:
-        procs.stop()
+    with module_api(
+        tmp_path_factory, service_env(ENDPOINTS, SKILLMIX_MAX_BODY_KB="1", SKILLMIX_DATA_DIR=str(data))
+    ) as url:
+        yield url, data
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from schemas.teams import Role, TeamCreate
 from service.idempotency import digest
 from store import idempotency, keys, teams
 from tests import keyed
-from tests.conftest import Processes, service_env
+from tests.conftest import module_api, service_env
+from tests.test_end_to_end import STARTER
 
-STARTER = json.loads((Path(__file__).parents[2] / "service/data/starter-skills.json").read_text())
 ENDPOINTS = {"fake": {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model", "rpm": 600}}
 WAIT_S = 2  # SKILLMIX_IDEMPOTENCY_WAIT_S of the API under test
 HEADER = "Idempotency-Key"
@@ -35,12 +35,9 @@ EVAL_MATH = {"recipe": "eval-math", "questions": [{"id": "q1", "problem": "What 
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """One API process (no worker: what a request enqueued stays in the queue to be counted) and its data dir."""
     data = tmp_path_factory.mktemp("data")
-    procs = Processes(tmp_path_factory.mktemp("api"))
     env = service_env(ENDPOINTS, SKILLMIX_DATA_DIR=str(data), SKILLMIX_IDEMPOTENCY_WAIT_S=str(WAIT_S))
-    try:
-        yield procs.api(env), data
-    finally:
-        procs.stop()
+    with module_api(tmp_path_factory, env) as url:
+        yield url, data
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from arq.connections import ArqRedis
 from schemas.teams import Role, TeamCreate
 from store import audit, keys, teams
 from tests import keyed
-from tests.conftest import REPO, Processes, service_env
+from tests.conftest import REPO, module_api, service_env
 
 ROLE_KEYS = {Role.ADMIN: keyed.ADMIN, Role.MEMBER: keyed.MEMBER, Role.VIEWER: keyed.VIEWER}
 
@@ -24,12 +24,9 @@ ROLE_KEYS = {Role.ADMIN: keyed.ADMIN, Role.MEMBER: keyed.MEMBER, Role.VIEWER: ke
 @pytest.fixture(scope="module")
 def api_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One API process for the module; each test still gets a flushed Redis with the test team's keys."""
-    procs = Processes(tmp_path_factory.mktemp("api"))
-    try:
-        unused = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}  # jobs are stored, never run: no worker
-        yield procs.api(service_env({"fake": unused}))
-    finally:
-        procs.stop()
+    unused = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}  # jobs are stored, never run: no worker
+    with module_api(tmp_path_factory, service_env({"fake": unused})) as url:
+        yield url
 
 
 @pytest.fixture
