@@ -39,23 +39,21 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {**NOT_FOUND, **CONFLICT}
 
 
-async def _math_job(redis: RedisDep, job_id: str, *, filtered: bool = False) -> None:
-    """A job with a review queue. Else: a 422 naming the ``job`` filter of a listing, a 404 on an item's path
-    (another recipe's job has no review items)."""
-    recipe = await review_store.recipe_of(redis, job_id)
-    if recipe is None:
-        not_found("job", job_id)
+def _math_job(record: JobRecord, *, filtered: bool = False) -> None:
+    """A job (its record, loaded by the ownership check) with a review queue. Else: a 422 naming the ``job``
+    filter of a listing, a 404 on an item's path (another recipe's job has no review items)."""
+    recipe = record.spec.recipe
     if not has_review_queue(recipe):
-        message = f"job {job_id} is a {recipe} job; only math jobs have a review queue"
+        message = f"job {record.id} is a {recipe} job; only math jobs have a review queue"
         if filtered:
             raise BadInput(message, "job", where="query")
         raise NotFound(message)
 
 
-async def _item(redis: RedisDep, job_id: str, item_id: str) -> ReviewItem:
-    await _math_job(redis, job_id)
-    await review_store.seed(redis, job_id)
-    item = await review_store.get(redis, job_id, item_id)
+async def _item(redis: RedisDep, record: JobRecord, item_id: str) -> ReviewItem:
+    _math_job(record)
+    await review_store.seed(redis, record.id)
+    item = await review_store.get(redis, record.id, item_id)
     if item is None:
         not_found("review item", item_id)
     return item
@@ -82,7 +80,7 @@ async def list_items(
         record = await records.load_record(redis, job)
         if record is None or not caller.sees(record.team):
             raise job_not_found(job)
-        await _math_job(redis, job, filtered=True)
+        _math_job(record, filtered=True)
     job_ids = (
         [job] if job is not None else await review_store.math_job_ids(redis, None if caller.is_admin else caller.team)
     )
@@ -93,7 +91,7 @@ async def list_items(
 @router.get("/{job_id}/{item_id}", responses=NOT_FOUND, response_model=ReviewItemDetail)
 async def get_item(job_id: str, item_id: str, record: OwnedJob, redis: RedisDep) -> ReviewItemDetail:
     """The item, its stored example (the whole MATH^2 stage history in ``example.math``) and every version."""
-    item = await _item(redis, job_id, item_id)
+    item = await _item(redis, record, item_id)
     example = await review_store.example(redis, item)
     if example is None:
         not_found("example", item_id)
@@ -112,7 +110,7 @@ async def _change(
 ) -> ReviewItem:
     """A stale ``expected`` raises ``review_store.Stale``: a 409 carrying the current item. A change made is
     audited (``review.<action>``) under the job's team."""
-    item = await _item(redis, record.id, item_id)
+    item = await _item(redis, record, item_id)
     changed = await review_store.change(redis, item, expected, reviewer(caller), action, fields, reason=reason)
     target, detail = f"{record.id}/{item_id}", f"version {changed.version}"
     await audit.record(redis, caller, f"review.{action}", target, detail, team=record.team)
@@ -158,7 +156,7 @@ async def ask_for_help(
 ) -> HelpAccepted:
     """Queue an LLM helper on the item (metered to the job); its answer appears in the item's ``suggestions``
     with ``id`` = ``suggestion_id`` and is never applied by itself."""
-    item = await _item(redis, job_id, item_id)
+    item = await _item(redis, record, item_id)
     if request.skill is not None and request.skill not in item.skills:
         unprocessable("skill", f"{request.skill!r} is not one of the item's skills {item.skills}")
     if request.kind == "make_skill_necessary" and request.skill is None and len(item.skills) < 2:
