@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NoReturn, Protocol, TypeVar, Union
 
 from pydantic import (
     ConfigDict,
@@ -88,6 +88,12 @@ class RecipeSpec(RequestModel):
     record_extras: ClassVar[type[StrictModel] | None] = None
     # The job's examples can be the source of a job that reads them (a generation, not an extraction).
     has_examples: ClassVar[bool] = True
+
+    mode: Literal["online", "batch"] = Field(
+        default="online",
+        description="online: each call is sent at once; batch: calls are gathered into provider batch files "
+        "(OpenAI's Batch API, half price, answers within 24 h); every endpoint the job calls needs `batch: true`",
+    )
 
     if TYPE_CHECKING:  # every recipe spec has these (read-only here: fields, or ClassVars fixed by a recipe)
 

@@ -40,6 +40,15 @@ class EndpointSettings(StrictModel):
     )
     usd_per_mtok_prompt: float = Field(default=0.0, ge=0)
     usd_per_mtok_completion: float = Field(default=0.0, ge=0)
+    batch: bool = Field(
+        default=False, description="also serves OpenAI's /v1/files + /v1/batches: jobs may run with mode=batch"
+    )
+    batch_price_factor: float = Field(
+        default=0.5, gt=0, le=1, description="a batch line costs the online price times this (OpenAI: half)"
+    )
+    batch_max_requests: int = Field(default=50_000, ge=1, le=50_000, description="lines in one batch input file")
+    batch_max_mb: float = Field(default=200, gt=0, le=200, description="size of one batch input file (MiB)")
+    batch_poll_s: float = Field(default=10.0, gt=0, le=3600, description="how often an open batch is polled")
 
     @field_validator("base_url")
     @classmethod
@@ -140,6 +149,16 @@ class Settings(BaseSettings):
     )
     replay_ttl_s: int = Field(
         default=172_800, ge=60, description="kept answers expire this long after their chunk's last write"
+    )
+    batch_gather_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="batch mode: a job's requests for an endpoint are gathered this long (or up to the endpoint's "
+        "file bounds) before their file is submitted",
+    )
+    batch_window_h: int = Field(
+        default=24, ge=1, le=24, description="batch mode: the completion window asked of the provider (hours)"
     )
     local_model: Path | None = Field(default=None, description="a GGUF file for quickstart / local-llm")
     api_host: str = "127.0.0.1"

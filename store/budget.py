@@ -25,9 +25,7 @@ from store.quotas import TEAM_LUA
 # every queued/running job of a team whose day spend reached the team's cap (``paused_by = team``; calls in
 # flight finish and are charged). Returns 1 when this call paused this job (exactly one call does: afterwards
 # the state is no longer queued/running).
-CHARGE = (
-    TEAM_LUA
-    + """
+CHARGE_BODY = """
 local names = {'rate_limited', 'prompt_tokens', 'completion_tokens', 'cost_micro_usd'}
 for i, name in ipairs(names) do
   local v = tonumber(ARGV[i])
@@ -80,8 +78,8 @@ if team then
   end
 end
 return paused
-"""
-).replace("TEAM_DAY_TTL_S", str(keys.TEAM_DAY_TTL_S))
+""".replace("TEAM_DAY_TTL_S", str(keys.TEAM_DAY_TTL_S))
+CHARGE = TEAM_LUA + CHARGE_BODY  # (``store.batches`` runs the same body after applying a batch line)
 
 # KEYS: counters, meta, budget. ARGV: now (ISO), mode, keys.TEAM_PREFIX, job id. Back to running if paused, its
 # own cap has room and its team is not at its day cap, atomically with the checks (a charge cannot slip in

@@ -31,6 +31,21 @@ Per job (``{id}`` is the job id):
   job:{id}:replay          hash    bytes / refused / "chunk:{start}" -> bytes: the job's replay cache size
   job:{id}:step            string  a stepped job's last started phase step (``store.stepped``; the runner sets it)
 
+Provider batch mode (``store.batches``; ``G`` = ``job:{id}:batch:{ep}``, one job's requests to endpoint ep):
+  G:open                   list    RequestLine JSON waiting for a file (gathering)
+  G:lines                  hash    custom_id -> "o" (gathering) or the id of the open batch holding it: a request
+                                   is never in two open batches; the field goes when the line's outcome is applied
+  G:wake                   hash    custom_id -> arq id of the unit parked on it (woken when it is answered)
+  G:tries                  hash    custom_id -> failed sends so far (counted against the endpoint's max_retries)
+  job:{id}:batches         set     ids of the job's batches not yet applied
+  batch:{bid}              string  BatchRecord JSON (one file of one job and endpoint; written by its poller)
+  batch:{bid}:file         list    the file's RequestLine JSON (resubmitted from here after a failed validation)
+  batch:{bid}:lock         string  the worker polling the batch (one at a time; a lease)
+  batch:submit:{job}|{ep}  string  the worker cutting that job's next file for ep (a lease)
+  batches:open             zset    batch id -> ms of its next poll
+  batches:gathering        zset    "{job}|{ep}" -> ms its first gathering line came (0: the rest of a split file)
+  batches:wake             zset    arq id -> ms: units to run again once they are not running
+
 Per extraction job (``X`` = ``job:{id}:x``; ``store.extraction``); per-row hashes are bucketed like ``bucket``:
   X:state                  hash    phase, resume position, merge round (what the next step continues from)
   X:fine:{b}               hash    row -> fine label; "" = reported unlabelled in the label phase
@@ -106,6 +121,9 @@ GAUGES = f"{PREFIX}:gauges"  # hash: "<metric>|<endpoint>" -> current value, exp
 TEAMS = f"{PREFIX}:teams"  # set: team names
 API_KEYS = f"{PREFIX}:apikeys"  # zset: key id -> created timestamp
 AUDIT = f"{PREFIX}:audit"  # stream: every write (``store.audit``), capped
+BATCHES_OPEN = f"{PREFIX}:batches:open"  # zset: batch id -> ms of its next poll (``store.batches``)
+BATCHES_GATHERING = f"{PREFIX}:batches:gathering"  # zset: "{job}|{ep}" -> ms its gathering started
+BATCHES_WAKE = f"{PREFIX}:batches:wake"  # zset: arq id -> ms: parked units to run again
 BUCKET_SIZE = 1000
 
 
@@ -391,3 +409,20 @@ def extract_agnostic(job_id: str) -> str:
 
 def extract_notes(job_id: str) -> str:
     return f"{extract(job_id)}:notes"
+
+
+def batch_group(job_id: str, endpoint: str) -> str:
+    """Prefix of one job's batch requests to one endpoint: ``:open``, ``:lines``, ``:wake``, ``:tries``."""
+    return f"{PREFIX}:job:{job_id}:batch:{endpoint}"
+
+
+def job_batches(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:batches"
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_submit_lock(job_id: str, endpoint: str) -> str:
+    return f"{PREFIX}:batch:submit:{job_id}|{endpoint}"
