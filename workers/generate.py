@@ -20,10 +20,11 @@ from store import keys, records
 from store.budget import Prices
 from store.connection import redis_trouble
 from workers import drain
+from workers.batch.parker import BatchParker, Parked, WaitingOnBatch
 from workers.budget import charge, prices_for
 from workers.curate.judge import Judge
 from workers.drain import WorkerDraining
-from workers.llm.client import ChatClient, MeteredClient
+from workers.llm.client import ChatClient, LLMClient, MeteredClient
 from workers.llm.errors import JobStopped, LLMBadRequest, LLMError, LLMFatal
 from workers.llm.replay import Recorder, ReplayCache, item_scope
 from workers.recipes import ParseFailure, Recipe
@@ -41,6 +42,7 @@ class ChunkOutcome:
     skipped: int = 0
     stopped: int = 0
     drained: int = 0  # items not started because this worker is stopping (``workers.drain``)
+    parked: int = 0  # batch mode: items waiting for a batch's answer (``workers.batch``)
     unavailable: list[int] = field(default_factory=list)
 
 
@@ -133,7 +135,7 @@ async def emit(redis: ArqRedis, record: JobRecord, item: GeneratedItem, parse_fa
     await emitter.emit(item, parse_failures)
 
 
-def metered(
+def metered_client(
     redis: ArqRedis,
     job_id: str,
     llm: ChatClient,
@@ -199,7 +201,15 @@ async def run_chunk(
     replay = await ReplayCache.load(redis, tally, record.id, task.start, settings or get_settings())
     client = Recorder(client)  # keeps each fresh answer the moment it arrives, before metering awaits
     judge_client = Recorder(judge_client) if judge_client is not None else None
-    llm = metered(redis, record.id, client, tally, prices=prices_for(client, record))
+
+    def metered(recorder: ChatClient) -> ChatClient:
+        """Online: the metered path. Batch mode: each call parks as a line of the job's batch file."""
+        base = getattr(recorder, "inner", None)
+        if record.spec.mode == "batch" and isinstance(base, LLMClient):
+            return BatchParker(redis, record.id, base, task.arq_id)
+        return metered_client(redis, record.id, recorder, tally, prices=prices_for(recorder, record))
+
+    llm = metered(client)
     await recipe.prepare(redis, todo)  # what the items read from storage (most recipes: nothing)
     judge_settings = getattr(record.spec, "quality", None)
     judge_settings = judge_settings.judge if judge_settings is not None and judge_settings.enabled else None
@@ -207,11 +217,9 @@ async def run_chunk(
     if judge_settings is not None:
         judge_client = judge_client or client  # no endpoint of its own: the job's endpoint judges
         judge = Judge.for_client(record, judge_settings, judge_client)
-        judge_llm = metered(  # same job counters, same stop on cancel; its own endpoint's prices
-            redis, record.id, judge_client, tally, prices=prices_for(judge_client, record)
-        )
+        judge_llm = metered(judge_client)  # same job counters, same stop on cancel; its own endpoint's prices
     elif judge_client is not None:  # a recipe that calls its own judge (eval-math): metered the same way
-        recipe.judge_llm = metered(redis, record.id, judge_client, tally, prices=prices_for(judge_client, record))
+        recipe.judge_llm = metered(judge_client)
         recipe.judge_json = bool(getattr(getattr(judge_client, "endpoint", None), "json_schema", False))
     # answers this chunk already got (a rerun) are replayed: no call, no metering, no second payment
     replay_llm = replay.replaying(llm, client)
@@ -222,6 +230,9 @@ async def run_chunk(
     async def one(index: int) -> None:
         try:
             item, failures = await generate_item(recipe, replay_llm, index, record.spec.item_retries)
+        except Parked:  # batch mode: a request of it waits in a batch file; the unit is woken when answered
+            outcome.parked += 1
+            return
         except JobStopped:
             outcome.stopped += 1
             return
@@ -248,6 +259,9 @@ async def run_chunk(
             try:
                 with item_scope(index, "judge"):
                     item.judge = await judge.judge(item, replay_judge)
+            except Parked:
+                outcome.parked += 1
+                return
             except JobStopped:
                 outcome.stopped += 1
                 return
@@ -284,6 +298,8 @@ async def run_chunk(
     outcome.skipped += sum(isinstance(r, asyncio.CancelledError) for r in results) + outcome.stopped
     if outcome.drained:  # before EndpointDown: a stopping worker hands back, it does not back off
         raise WorkerDraining(f"{outcome.drained} items of {task.arq_id} not started: this worker is stopping")
+    if outcome.parked and await records.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):
+        raise WaitingOnBatch(f"{outcome.parked} items of {task.arq_id} wait on batch answers")
     if outcome.unavailable:
         raise EndpointDown(f"{len(outcome.unavailable)} items of {task.arq_id} could not reach the endpoint")
     if outcome.stopped and await records.get_state(redis, record.id) in (JobState.QUEUED, JobState.RUNNING):

@@ -11,8 +11,9 @@ adaptive concurrency and metrics; ``Recorder``/``ReplayClient`` keep each answer
 from arq.connections import ArqRedis
 
 from schemas.jobs import JobRecord
+from workers.batch.parker import BatchParker
 from workers.budget import prices_for
-from workers.generate import metered
+from workers.generate import metered_client
 from workers.llm.client import ChatClient
 from workers.llm.replay import Recorder, ReplayCache, ReplayClient
 from workers.unit import Resources
@@ -25,12 +26,18 @@ async def job_llm(
     endpoint: str | None = None,
     *,
     refuse_when_finished: bool = True,
+    unit: str | None = None,
 ) -> ReplayClient:
     """The job's metered, replayed view of ``endpoint`` (the job's own by default). Calls made outside an
-    ``item_scope`` are metered but not replayed."""
+    ``item_scope`` are metered but not replayed. A batch job's unit (``unit``: its arq id) parks its calls as
+    batch lines instead (``workers.batch.parker``); review help (interactive) always goes online."""
     client = await res.client(endpoint or record.endpoint)
     recorder: ChatClient = Recorder(client)
-    paid = metered(res.redis, record.id, recorder, res.tally, refuse_when_finished, prices=prices_for(client, record))
+    if record.spec.mode == "batch" and unit is not None:
+        return replay.replaying(BatchParker(res.redis, record.id, client, unit), recorder)
+    paid = metered_client(
+        res.redis, record.id, recorder, res.tally, refuse_when_finished, prices=prices_for(client, record)
+    )
     return replay.replaying(paid, recorder)
 
 

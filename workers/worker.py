@@ -20,6 +20,7 @@ from schemas.settings import Settings, get_settings
 from store import keys
 from store.connection import REDIS_DOWN, open_redis, redis_settings
 from workers import drain, recipes
+from workers.batch.manager import BatchManager
 from workers.curate.consumer import CurateConsumer
 from workers.extract import runner as _extraction_units  # noqa: F401  (registers the extraction's phase unit)
 from workers.liveness import Liveness
@@ -34,7 +35,7 @@ RECONNECT_MAX_S = 10.0
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """Per-process resources, plus the two background loops: the curate consumer and the heartbeat."""
+    """Per-process resources, plus the background loops: the curate consumer, the heartbeat, the batch manager."""
     settings: Settings = ctx.get("settings") or get_settings()
     recipes.load(settings.recipes)  # plug-in recipes: known before the first step runs
     if settings.metrics_port is not None:  # once per process; a busy port is logged and the worker runs on
@@ -45,7 +46,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     stop = asyncio.Event()
     ctx["liveness"], ctx["background_stop"] = liveness, stop
     await liveness.beat()  # alive before the first job starts
-    ctx["background"] = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(liveness.run(stop))]
+    batch = BatchManager(ctx["redis"], settings, ctx["resources"])  # provider batches: cut, poll, apply
+    ctx["background"] = [
+        asyncio.create_task(consumer.run(stop)),
+        asyncio.create_task(liveness.run(stop)),
+        asyncio.create_task(batch.run(stop)),
+    ]
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -211,6 +211,38 @@ class LLMClient:
         that is not counted), so it equals what the endpoint saw. ``gate`` (a job's meta key) lets a limiter that
         can see Redis refuse the call with ``JobStopped`` when the job is no longer queued or running.
         """
+        body = orjson.dumps(
+            self.request_body(
+                messages, max_tokens, temperature, top_p, seed, frequency_penalty, json_schema, schema_name
+            )
+        )
+        estimate = estimate_tokens(messages, max_tokens)
+        usage = Usage()
+        try:
+            result = await self._with_retries(body, estimate, usage, on_send, gate)
+        except LLMError as exc:
+            exc.usage = usage
+            raise
+        except BaseException as exc:  # cancelled, or stopped by ``on_send``: what was sent still counts
+            exc.usage = usage  # type: ignore[attr-defined]
+            raise
+        finally:
+            self.stats = self.stats.add(usage)
+        await self._limiter.settle(estimate, usage.prompt_tokens + usage.completion_tokens)
+        return result
+
+    def request_body(
+        self,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        frequency_penalty: float = 0.0,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "answer",
+    ) -> dict[str, Any]:
+        """The chat completion request's JSON body: sent online, or as a batch file's line (``workers.batch``)."""
         payload: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -227,21 +259,7 @@ class LLMClient:
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "strict": True, "schema": json_schema},
             }
-        body = orjson.dumps(payload)
-        estimate = estimate_tokens(messages, max_tokens)
-        usage = Usage()
-        try:
-            result = await self._with_retries(body, estimate, usage, on_send, gate)
-        except LLMError as exc:
-            exc.usage = usage
-            raise
-        except BaseException as exc:  # cancelled, or stopped by ``on_send``: what was sent still counts
-            exc.usage = usage  # type: ignore[attr-defined]
-            raise
-        finally:
-            self.stats = self.stats.add(usage)
-        await self._limiter.settle(estimate, usage.prompt_tokens + usage.completion_tokens)
-        return result
+        return payload
 
     @property
     def gates(self) -> bool:
@@ -382,24 +400,33 @@ class LLMClient:
     def _parse(self, response: Answer, usage: Usage) -> ChatResult:
         try:
             data = orjson.loads(response.content)
-            wire = _fast_wire(data)  # the usual shape, read without building models (this runs per call)
-            if wire is None:
-                wire = WireResponse.model_validate(data)
-        except (orjson.JSONDecodeError, ValidationError) as exc:
+        except orjson.JSONDecodeError as exc:
             raise LLMMalformedResponse(f"{self.name}: not a chat completion: {exc}") from exc
-        choice = wire.choices[0]
-        content = choice.message.get("content")
-        if not isinstance(content, str):
-            raise LLMMalformedResponse(f"{self.name}: choice without text content")
-        if wire.usage is not None:
-            usage.prompt_tokens += wire.usage.prompt_tokens
-            usage.completion_tokens += wire.usage.completion_tokens
-        return ChatResult.model_construct(  # every field checked above
-            content=content,
-            finish_reason=choice.finish_reason,
-            model=wire.model or self.endpoint.model,
-            usage=usage,
-        )
+        return completion(data, self.name, self.endpoint.model, usage)
+
+
+def completion(data: Any, name: str, model: str, usage: Usage) -> ChatResult:
+    """A chat completion's decoded JSON as a ``ChatResult`` (its tokens added to ``usage``), online or from a
+    batch output line; ``LLMMalformedResponse`` for anything else."""
+    try:
+        wire = _fast_wire(data)  # the usual shape, read without building models (this runs per call)
+        if wire is None:
+            wire = WireResponse.model_validate(data)
+    except ValidationError as exc:
+        raise LLMMalformedResponse(f"{name}: not a chat completion: {exc}") from exc
+    choice = wire.choices[0]
+    content = choice.message.get("content")
+    if not isinstance(content, str):
+        raise LLMMalformedResponse(f"{name}: choice without text content")
+    if wire.usage is not None:
+        usage.prompt_tokens += wire.usage.prompt_tokens
+        usage.completion_tokens += wire.usage.completion_tokens
+    return ChatResult.model_construct(  # every field checked above
+        content=content,
+        finish_reason=choice.finish_reason,
+        model=wire.model or model,
+        usage=usage,
+    )
 
 
 def _fast_wire(data: Any) -> WireResponse | None:

@@ -66,6 +66,10 @@ class LLMBadRequest(LLMStatusError):
     pass
 
 
+class BatchLineFailed(LLMBadRequest):
+    """A provider batch failed this request for good (or it ran out of tries): its item fails with the message."""
+
+
 class LLMFatal(LLMStatusError):
     pass
 

@@ -40,6 +40,7 @@ from schemas.settings import Settings
 from store import keys, stats
 from workers import metrics
 from workers.llm.client import ChatClient, ChatOptions
+from workers.llm.errors import BatchLineFailed
 from workers.tally import Tally
 
 # KEYS: chunk hash, job index hash. ARGV: field, value, cap bytes, ttl s, index field of the chunk.
@@ -76,6 +77,7 @@ redis.call('HINCRBY', KEYS[1], 'replayed', 1)
 redis.call('HINCRBYFLOAT', KEYS[2], ARGV[1], 1)
 """
 
+FAILED_MARK = "!"  # a kept value starting with this: a batch line that failed for good (``store.batches``)
 _HOOKS = frozenset({"on_send", "gate"})  # metering's options, not generation parameters
 CHUNK_FIELD = "chunk:"  # index hash field prefix: chunk start -> bytes its hash holds
 
@@ -107,6 +109,20 @@ def item_scope(index: int, attempt: int | str) -> Iterator[None]:
         yield
     finally:
         _scope.reset(token)
+
+
+def pending_place() -> tuple[int | str, str] | None:
+    """Where the answer to the call being made now will be kept: (unit scope, field), inside ``ReplayClient``."""
+    pending = _pending.get()
+    return None if pending is None else (pending[0].start, pending[1])
+
+
+def kept_answer(raw: bytes | str) -> ChatResult:
+    """A kept answer; a batch line that failed for good raises ``BatchLineFailed`` with the provider's message."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if text.startswith(FAILED_MARK):
+        raise BatchLineFailed(400, text[len(FAILED_MARK) :], text[len(FAILED_MARK) :])
+    return ChatResult.model_validate_json(text)
 
 
 def request_digest(name: str, model: str, messages: list[ChatMessage], options: ChatOptions) -> str:
@@ -151,7 +167,7 @@ class ReplayCache:
         args: list[str | int | float] = [stats.stat_field(stats.REPLAY_HITS, endpoint)]
         self.tally.eval(_HIT, [keys.counters(self.job_id), keys.STATS], args)
         metrics.replay_hit(endpoint)
-        return ChatResult.model_validate_json(raw)
+        return kept_answer(raw)
 
     def keep(self, field_name: str, result: ChatResult) -> None:
         """Written now, no reply awaited (see ``Tally.eval``); the script applies the cap."""

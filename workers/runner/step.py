@@ -13,13 +13,14 @@ import socket
 from typing import Any
 
 from arq import Retry
-from arq.constants import retry_key_prefix
+from arq.constants import job_key_prefix, retry_key_prefix
 
 from schemas.jobs import STEP, ChunkTask, JobState, PhaseTask, Step
 from schemas.settings import Settings, get_settings
 from store import records, stepped
 from store.connection import REDIS_DOWN, rerun_on_redis_trouble
 from store.endpoints import UnknownEndpoint
+from workers.batch.parker import WaitingOnBatch
 from workers.drain import WorkerDraining
 from workers.llm.errors import LLMFatal, LLMMissingKey
 from workers.logs import JOB_ID
@@ -28,6 +29,7 @@ from workers.unit import EndpointDown, JobResumed, UnitFailed, recipe_unit
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 8
+PARK_S = 1800  # a parked unit runs again after this even unwoken: a lost wake-up costs a wait, never the job
 BACKOFF_STEP_S, BACKOFF_CAP_S = 5, 60  # an unreachable endpoint: retry after 5 s, 10 s, ... at most a minute
 
 
@@ -72,6 +74,14 @@ async def run_step(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     except JobResumed as exc:  # paused mid-step and resumed since: do the refused work now
         log.info("%s; running %s again", exc, step.arq_id)
         raise Retry(defer=0.5) from exc
+    except WaitingOnBatch as exc:  # parked in the queue, holding no worker, until the batch manager wakes it
+        log.info("%s; parked", exc)
+        with contextlib.suppress(*REDIS_DOWN):  # parking is no failed try; its arq record outlives the wait
+            async with ctx["redis"].pipeline(transaction=False) as pipe:
+                pipe.decr(retry_key_prefix + ctx["job_id"])
+                pipe.pexpire(job_key_prefix + ctx["job_id"], int((PARK_S + 86_400) * 1000))
+                await pipe.execute()
+        raise Retry(defer=PARK_S) from exc
     except WorkerDraining as exc:  # SIGTERM: back to the queue at once, keeping its place (no defer, same score)
         log.info("%s; handed back", exc)
         with contextlib.suppress(*REDIS_DOWN):  # a hand-back is no failed try: don't spend one of MAX_TRIES
