@@ -26,7 +26,7 @@ from store.budget import CHARGE_BODY, Prices, charge_args
 from store.quotas import TEAM_LUA
 
 FAILED_MARK = "!"  # a replay-cache value starting with this is a line that failed for good: the message follows
-LOCK_MS = 60_000
+LOCK_MS = 15_000  # a dead holder's lease runs out this soon; a live one renews it every third
 LOCK_PREFIX = keys.PREFIX + ":batch:"
 
 

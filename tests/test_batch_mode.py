@@ -56,7 +56,7 @@ def test_prompts_job_in_batch_mode_bills_each_line_once_at_half_price(
 
 def test_instruct_job_in_batch_mode_goes_by_rounds(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
     """A 5-turn conversation: each answer resumes its item, whose next turn goes into the next batch."""
-    fake = fake_llm(batch_latency_s=0.3)
+    fake = fake_llm(batch_latency_s=0.3, cutoff_rate=0.3)  # cut-off answers add rewrite turns (up to 5)
     api, _ = batch_stack(processes, fake, workers=2)
     job_id = submit(api, recipe="instruct", skill_set="starter@1", count=40, seed=5, mode="batch", chunk_size=20)
     status = wait_for(api, job_id, settled, timeout=180)
@@ -65,11 +65,14 @@ def test_instruct_job_in_batch_mode_goes_by_rounds(processes: Processes, redis: 
     stats = fake.stats()
     assert stats["requests"] == 0 and stats["batch_rebilled"] == 0, stats
     assert c["llm_calls"] == stats["batch_lines_billed"], (c, stats)
-    assert stats["batch_lines_billed"] >= 5 * c["processed"] * 0.8  # about 5 turns an item
-    assert status["batch"]["rounds"] >= 5, status["batch"]
+    decided = examples(api, job_id) + examples(api, job_id, "rejected")
+    turns = [sum(m["role"] == "assistant" for m in e["conversation"]) for e in decided]
+    # every kept turn was billed once (a redrawn item's unparseable attempt was billed too, as online)
+    assert sum(turns) <= stats["batch_lines_billed"] and set(stats["batch_billed_by_body"].values()) == {1}
+    if not c["parse_failures"]:
+        assert sum(turns) == stats["batch_lines_billed"]
+    assert max(turns) >= 4 and status["batch"]["rounds"] >= max(turns), (turns, status["batch"])
     assert abs(c["cost_usd"] - expected_cost(stats)) < 1e-5
-    accepted = examples(api, job_id)
-    assert len(accepted) == 40 and all(len(e["conversation"]) >= 5 for e in accepted)
 
 
 def test_error_lines_and_an_expired_batch_are_resubmitted(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
@@ -100,7 +103,7 @@ def test_a_line_that_fails_for_good_fails_its_item_with_the_providers_message(
     c = status["counters"]
     assert c["accepted"] == 0 and c["rejected_by_reason"].get("llm_error") == 10, status
     rejected = examples(api, job_id, "rejected")
-    assert all("HTTP 400" in r["error_detail"] for r in rejected), rejected[0]
+    assert all("HTTP 400" in r["verdict"]["detail"] for r in rejected), rejected[0]
 
 
 def test_cancel_cancels_open_batches_and_stops_submitting(
