@@ -151,10 +151,14 @@ def test_sigkill_with_open_batches_loses_nothing_and_pays_nothing_twice(
     fake = fake_llm(batch_latency_s=1.0)
     api, env = batch_stack(processes, fake, workers=2)
     job_id = submit(api, recipe="instruct", skill_set="starter@1", count=30, seed=9, mode="batch", chunk_size=10)
-    workers = [p for p in processes.procs[1:]]
-    for round_ in range(3):  # kill every worker while batches are open, start fresh ones
-        wait_for(api, job_id, lambda s: finished(s) or (s.get("batch") or {}).get("open_batches", 0) > 0, 60)
-        time.sleep(0.3 + 0.4 * round_)
+    workers = list(processes.procs[1:])
+    store = sync_redis.Redis.from_url(REDIS_URL)
+    for round_ in range(3):  # kill every worker while batches are open (at different moments), start fresh ones
+        deadline = time.monotonic() + 60
+        while not store.scard(f"skillmix:job:{job_id}:batches"):
+            assert time.monotonic() < deadline, "no batch opened"
+            time.sleep(0.05)
+        time.sleep(0.2 + 0.5 * round_)
         for proc in workers:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -169,3 +173,47 @@ def test_sigkill_with_open_batches_loses_nothing_and_pays_nothing_twice(
     leftover = sync_redis.Redis.from_url(REDIS_URL).zcard("skillmix:batches:open")
     assert leftover == 0
     assert json.dumps(status)  # the status stays serialisable
+
+
+def test_dataset_extraction_in_batch_mode(processes: Processes, redis: ArqRedis, fake_llm: Any, tmp_path: Any) -> None:
+    """A stepped job: each window's calls go into one file; the step waits in the queue and replays its window."""
+    from tests.extract.helpers import write_jsonl
+
+    fake = fake_llm(batch_latency_s=0.3)
+    settings = fake.endpoint_settings(batch=True, batch_poll_s=0.2, **PRICES)
+    env = service_env({"fake": settings}, SKILLMIX_DATA_DIR=str(tmp_path / "data"), **FAST)
+    api = processes.api(env)
+    processes.worker(env)
+    seed = write_jsonl(tmp_path / "seed.jsonl", 600)
+    spec = {"recipe": "extract-from-dataset", "skill_set_name": "tickets", "max_skills": 20, "mode": "batch"}
+    with seed.open("rb") as fh:
+        response = keyed.post(
+            f"{api}/v1/skill-sets/extract", files={"file": ("t.jsonl", fh), "spec": (None, json.dumps(spec))}
+        )
+    assert response.status_code == 201, response.text
+    status = wait_for(api, response.json()["id"], finished, timeout=120)
+    assert status["state"] == "completed" and status["result"] == "tickets@1", status
+    c = status["counters"]
+    assert c["accepted"] + c["rejected"] == 600 and c["accepted"] > 550, c
+    stats = fake.stats()
+    assert stats["requests"] == 0 and stats["batch_rebilled"] == 0 and stats["batches_created"] >= 3, stats
+    assert c["llm_calls"] == stats["batch_lines_billed"]
+    assert abs(c["cost_usd"] - expected_cost(stats)) < 1e-5
+
+
+def test_math_job_in_batch_mode_with_votes(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    """MATH^2's calls (question, validations, identical solves for the vote) are distinct lines, each billed once."""
+    from tests.workers.test_math import MATH_SET  # the recipe's own test skill set
+
+    fake = fake_llm(batch_latency_s=0.3)
+    api, _ = batch_stack(processes, fake)
+    keyed.post(f"{api}/v1/skill-sets", json=MATH_SET).raise_for_status()
+    spec = {"recipe": "math", "skill_set": "mathskills@1", "count": 6, "seed": 2, "mode": "batch", "chunk_size": 6}
+    job_id = submit(api, **spec)
+    status = wait_for(api, job_id, settled, timeout=180)
+    c = status["counters"]
+    assert status["state"] == "completed" and c["accepted"] == 6, status
+    stats = fake.stats()
+    assert stats["requests"] == 0 and stats["batch_rebilled"] == 0, stats
+    assert c["llm_calls"] == stats["batch_lines_billed"] and c["llm_calls"] >= 6 * 5, (c, stats)
+    assert abs(c["cost_usd"] - expected_cost(stats)) < 1e-5

@@ -18,6 +18,7 @@ from schemas.extract import EXEMPLAR_CHARS, ExtractAgnosticSpec, ExtractDatasetS
 from schemas.jobs import JobRecord, JobState
 from store import records
 from store.extraction import ExtractStore
+from workers.batch.parker import Parked
 from workers.extract.ask import Asker
 from workers.extract.reader import DatasetReader, Position, SeedRow
 from workers.llm.errors import LLMBadRequest, LLMError, LLMFatal
@@ -77,8 +78,11 @@ class Phase:
         ``give_up`` (bad request, or the last try), otherwise the step is retried later."""
         results = await asyncio.gather(*(call(unit) for unit in work), return_exceptions=True)
         down: list[LLMError] = []
+        parked: list[Parked] = []
         for unit, result in zip(work, results, strict=True):
-            if isinstance(result, LLMFatal):
+            if isinstance(result, Parked):  # batch mode: answered in a later round (the window is replayed)
+                parked.append(result)
+            elif isinstance(result, LLMFatal):
                 raise result
             if isinstance(result, LLMBadRequest) or (isinstance(result, LLMError) and self.final_try):
                 await give_up(unit, result)
@@ -86,6 +90,8 @@ class Phase:
                 down.append(result)
             elif isinstance(result, BaseException):
                 raise result
+        if parked:
+            raise parked[0]
         if down:
             raise EndpointDown(f"{len(down)} calls failed after retries: {down[0]}")
 

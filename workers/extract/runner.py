@@ -29,6 +29,7 @@ from store import keys, queue, records
 from store.datasets import DatasetError, resolve_path
 from store.extraction import ExtractStore
 from store.skill_sets import save_skill_set
+from workers.batch.parker import Parked, WaitingOnBatch
 from workers.extract.agnostic import Agnostic, ask_query_types
 from workers.extract.ask import Asker
 from workers.extract.label import Labeller
@@ -44,6 +45,7 @@ from workers.unit import Resources, UnitFailed, register_units
 
 SLICE_MAX_S = 60.0  # a step hands over after this long (or a quarter of the job timeout, if shorter)
 HARD_LIMIT_FRACTION = 0.8  # of the job timeout: past it the step is cut and its window redone next step
+BATCH_WINDOW_CALLS = 1000  # batch mode: calls a window parks at once (a round trip to the provider each)
 REPLAY_SCOPE = "extract"  # the job's kept answers (``keys.replay``): dropped whenever a step ends cleanly
 
 
@@ -62,7 +64,9 @@ async def run_unit(ctx: dict[str, Any], task: PhaseTask, final_try: bool) -> dic
         return {"step": task.step, "skipped": True}  # (resuming a paused job enqueues its next step)
     await records.set_state(redis, record.id, JobState.RUNNING, only_from=JobState.QUEUED)
     try:
-        finished = await advance(res, redis, record, final_try)
+        finished = await advance(res, redis, record, final_try, unit=task.arq_id)
+    except Parked as exc:  # batch mode: the step waits in the queue for its batch's answers, then replays
+        raise WaitingOnBatch(f"{task.arq_id} waits on batch answers") from exc
     except JobStopped:  # a call was refused: the job was cancelled or paused at its budget
         finished = False
     except (ExtractFailed, DatasetError) as exc:
@@ -76,7 +80,12 @@ async def run_unit(ctx: dict[str, Any], task: PhaseTask, final_try: bool) -> dic
 
 
 async def advance(
-    res: Resources, redis: Redis, record: JobRecord, final_try: bool, slice_s: float = SLICE_MAX_S
+    res: Resources,
+    redis: Redis,
+    record: JobRecord,
+    final_try: bool,
+    slice_s: float = SLICE_MAX_S,
+    unit: str | None = None,
 ) -> bool:
     """One step's work on the runner's metered path; True once the job has finished.
 
@@ -85,7 +94,7 @@ async def advance(
     that ends cleanly has stored everything it was answered, so its kept answers go.
     """
     replay = await replay_cache(res, redis, record.id, REPLAY_SCOPE)
-    llm = await job_llm(res, record, replay)
+    llm = await job_llm(res, record, replay, unit=unit)  # a batch job's step (``unit``) parks its calls
     endpoint = (await res.client(record.endpoint)).endpoint
     timeout = res.settings.chunk_timeout_s
     try:
@@ -119,7 +128,8 @@ async def run_step(
         asker=Asker(llm, store, spec, json_schema=endpoint.json_schema),
         deadline=deadline,
         final_try=final_try,
-        parallel=min(MAX_PARALLEL_CALLS, endpoint.max_concurrency),
+        # batch mode: a window's calls all go into one batch file (each window is a round)
+        parallel=BATCH_WINDOW_CALLS if spec.mode == "batch" else min(MAX_PARALLEL_CALLS, endpoint.max_concurrency),
     )
     if isinstance(spec, ExtractAgnosticSpec):
         agnostic = Agnostic(phase)
