@@ -171,13 +171,13 @@ end
     + CHARGE_BODY
 ).replace("FAILED_MARK", FAILED_MARK)
 
-# KEYS: job batches set, batches:open, counters, batch:{bid}, batch:{bid}:file. ARGV: bid, worst micro-usd,
-# worst tokens, final record JSON. Once per batch: release its reservation, stop polling it, count it done.
+# KEYS: job batches set, batches:open, counters, batch:{bid}, batch:{bid}:file. ARGV: bid, minus its worst
+# micro-usd, minus its worst tokens (negated in Python: Lua's -0 is no integer to Redis), final record JSON. Once per batch: release its reservation, stop polling it, count it done.
 _FINISH = """
 if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'batch_reserved_micro_usd', -tonumber(ARGV[2]))
-redis.call('HINCRBY', KEYS[3], 'batch_reserved_tokens', -tonumber(ARGV[3]))
+redis.call('HINCRBY', KEYS[3], 'batch_reserved_micro_usd', ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'batch_reserved_tokens', ARGV[3])
 redis.call('HINCRBY', KEYS[3], 'batches_done', 1)
 redis.call('SET', KEYS[4], ARGV[4], 'EX', 86400)
 redis.call('DEL', KEYS[5])
@@ -402,8 +402,8 @@ async def finish(redis: Redis, record: BatchRecord) -> bool:
             keys.batch(record.id),
             file_key(record.id),
             record.id,
-            record.worst_micro_usd,
-            record.worst_tokens,
+            -record.worst_micro_usd,
+            -record.worst_tokens,
             record.model_dump_json(),
         )
     )
