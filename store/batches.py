@@ -172,7 +172,8 @@ end
 ).replace("FAILED_MARK", FAILED_MARK)
 
 # KEYS: job batches set, batches:open, counters, batch:{bid}, batch:{bid}:file. ARGV: bid, minus its worst
-# micro-usd, minus its worst tokens (negated in Python: Lua's -0 is no integer to Redis), final record JSON. Once per batch: release its reservation, stop polling it, count it done.
+# micro-usd, minus its worst tokens (negated in Python: Lua's -0 is no integer to Redis), final record JSON.
+# Once per batch: release its reservation, stop polling it, count it done.
 _FINISH = """
 if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -482,3 +483,10 @@ async def progress(redis: Redis, job_id: str, endpoints: list[str]) -> BatchProg
         batches_done=done,
         oldest_open_s=oldest,
     )
+
+
+async def poll_now(redis: Redis, job_id: str) -> None:
+    """Move the job's open batches to the head of the poll (e.g. after a cancel: their cancel goes out now)."""
+    ids = [b.decode() for b in await redis.smembers(keys.job_batches(job_id))]
+    if ids:
+        await redis.zadd(keys.BATCHES_OPEN, dict.fromkeys(ids, 0), xx=True)

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from schemas.jobs import JobBudget, JobRecord, JobState, JobStatus, PhaseTask
 from schemas.llm import Usage
 from schemas.review import HelpKind, HelpTask
-from store import budget, keys, lifecycle, queue, records, stepped
+from store import batches, budget, keys, lifecycle, queue, records, stepped
 from store.budget import BudgetExhausted, NotPaused
 
 __all__ = ["BudgetExhausted", "NotPaused", "ask_for_help", "cancel", "create", "patch_budget", "resume", "submit"]
@@ -51,8 +51,12 @@ async def submit(redis: ArqRedis, record: JobRecord) -> JobStatus:
 
 
 async def cancel(redis: Redis, job_id: str) -> bool:
-    """Cancel a job unless it already finished; False if it had (finished states are final)."""
-    return await records.set_state(redis, job_id, JobState.CANCELLED, "cancelled by request")
+    """Cancel a job unless it already finished; False if it had (finished states are final). Its open provider
+    batches are polled at once, so their cancel goes out now rather than at their next poll."""
+    cancelled = await records.set_state(redis, job_id, JobState.CANCELLED, "cancelled by request")
+    if cancelled:
+        await batches.poll_now(redis, job_id)
+    return cancelled
 
 
 async def patch_budget(redis: ArqRedis, record: JobRecord, cap: JobBudget, state: JobState) -> None:
