@@ -217,3 +217,18 @@ def test_math_job_in_batch_mode_with_votes(processes: Processes, redis: ArqRedis
     assert stats["requests"] == 0 and stats["batch_rebilled"] == 0, stats
     assert c["llm_calls"] == stats["batch_lines_billed"] and c["llm_calls"] >= 6 * 5, (c, stats)
     assert abs(c["cost_usd"] - expected_cost(stats)) < 1e-5
+
+
+def test_files_are_split_at_the_endpoints_bounds(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
+    fake = fake_llm(batch_latency_s=0.3)
+    api, _ = batch_stack(processes, fake, batch_max_requests=40, batch_max_mb=0.01)  # 10 KiB a file
+    prompts = [f"Give me one word for the number {i}." for i in range(100)]
+    job_id = submit(api, recipe="prompts", prompts=prompts, mode="batch", chunk_size=100)
+    status = wait_for(api, job_id, settled, timeout=120)
+    assert status["state"] == "completed" and status["counters"]["accepted"] == 100, status
+    stats = fake.stats()
+    assert stats["batch_lines_billed"] == 100 and stats["batch_rebilled"] == 0
+    store = sync_redis.Redis.from_url(REDIS_URL)
+    counters = {k.decode(): int(v) for k, v in store.hgetall(f"skillmix:job:{job_id}:counters").items()}
+    assert stats["batches_created"] == counters["batches_done"] >= 3, (stats, counters)  # 40 lines / 10 KiB bound
+    assert counters["batch_rounds"] == 1  # one gathering, split: one round
