@@ -3,6 +3,7 @@ endpoint and the field, on every route that creates a job; a batch job's status 
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
-from schemas.batches import BatchRecord
+from schemas.batches import BatchProgress, BatchRecord
+from schemas.jobs import JobCounters, JobState, JobStatus
 from schemas.settings import EndpointSettings
+from service.progress import describe
 from store import endpoints, keys
 from store.batches import Group, now_ms, progress
 from tests import keyed
@@ -138,3 +141,21 @@ async def test_progress_adds_up_every_endpoint_of_the_job(redis: ArqRedis) -> No
     assert found.lines_waiting == 3 and found.lines_gathering == 3 and found.open_batches == 0
     assert found.oldest_open_s is None
     assert (await progress(redis, "j", ["gen"])).lines_waiting == 2
+
+
+def _status(calls: int, **batch: Any) -> JobStatus:
+    return JobStatus(
+        id="abcdef0123", recipe="prompts", state=JobState.RUNNING, count=10, endpoint="bulk",
+        created_at=datetime.now(UTC), counters=JobCounters(llm_calls=calls), mode="batch" if batch else "online",
+        batch=BatchProgress(**batch) if batch else None,
+    )  # fmt: skip
+
+
+def test_the_progress_bar_says_waiting_on_batch_while_nothing_moves() -> None:
+    waiting = {"open_batches": 2, "lines_waiting": 340, "rounds": 3, "oldest_open_s": 600.0}
+    text = describe(_status(100, **waiting), _status(100, **waiting))
+    assert text == "job abcdef01 running: waiting on batch (2 open, 340 lines waiting, round 3, oldest open 10m)"
+    assert "waiting on batch" in describe(_status(0, **waiting), None)  # first poll: nothing to compare with
+    assert describe(_status(150, **waiting), _status(100, **waiting)) == "job abcdef01 running"  # answers came in
+    assert describe(_status(100, open_batches=0), _status(100, open_batches=0)) == "job abcdef01 running"
+    assert describe(_status(100), _status(100)) == "job abcdef01 running"  # an online job
