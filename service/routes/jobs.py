@@ -72,7 +72,7 @@ async def _record(spec: GenerationSpec, job_id: str, redis: RedisDep, settings: 
     endpoint = await endpoints.resolve(redis, settings, endpoint_name, mode=spec.mode)
     for field, name in spec.extra_endpoints().items():  # a judge, a step checker: fail at submit, not in the worker
         await endpoints.resolve(redis, settings, name, field, spec.mode)
-    prepared = await spec.prepare_submit(RouteContext(redis, settings, team))
+    prepared = await spec.prepare_submit(RouteContext(redis, settings, team, spec.mode))
     spec = prepared.spec
     return JobRecord(
         id=job_id,

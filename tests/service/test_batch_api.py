@@ -13,12 +13,14 @@ from arq.connections import ArqRedis
 
 from schemas.batches import BatchProgress, BatchRecord
 from schemas.jobs import JobCounters, JobState, JobStatus
-from schemas.settings import EndpointSettings
+from schemas.settings import EndpointSettings, Settings
 from service.progress import describe
+from service.recipes import RouteContext
 from store import endpoints, keys
 from store.batches import Group, now_ms, progress
+from store.endpoints import NoBatch
 from tests import keyed
-from tests.conftest import module_api, service_env
+from tests.conftest import REDIS_URL, module_api, service_env
 
 ONLINE = {"base_url": "http://127.0.0.1:9/v1", "model": "fake-model"}
 BATCH = {**ONLINE, "batch": True}
@@ -159,3 +161,15 @@ def test_the_progress_bar_says_waiting_on_batch_while_nothing_moves() -> None:
     assert describe(_status(150, **waiting), _status(100, **waiting)) == "job abcdef01 running"  # answers came in
     assert describe(_status(100, open_batches=0), _status(100, open_batches=0)) == "job abcdef01 running"
     assert describe(_status(100), _status(100)) == "job abcdef01 running"  # an online job
+
+
+async def test_a_recipe_checking_its_own_endpoints_at_submit_gets_the_mode(redis: ArqRedis) -> None:
+    """``SubmitContext.endpoint`` (a plug-in recipe's extra endpoint) refuses an online one for a batch job."""
+    settings = Settings(
+        redis_url=REDIS_URL, endpoints={k: EndpointSettings.model_validate(v) for k, v in ENDPOINTS.items()}
+    )
+    await RouteContext(redis, settings, keyed.TEAM, "batch").endpoint("bulk", "checker")
+    await RouteContext(redis, settings, keyed.TEAM).endpoint("fake", "checker")
+    with pytest.raises(NoBatch) as refused:
+        await RouteContext(redis, settings, keyed.TEAM, "batch").endpoint("fake", "checker")
+    assert refused.value.field == "checker" and "'fake'" in str(refused.value)
