@@ -4,6 +4,7 @@
      ├── BadInput            422  the request cannot be used as given; ``field`` names what to fix
      │    ├── TooLarge       413  an upload over the server's cap               (service.routes.extract)
      │    ├── UnknownEndpoint     an endpoint name nobody configured            (store.endpoints)
+     │    ├── NoBatch             a batch job's endpoint without `batch: true`  (store.endpoints)
      │    └── DatasetError        the dataset cannot be used as given          (store.datasets)
      ├── Unauthorized        401  no key, a malformed header, an unknown or revoked key  (service.auth)
      ├── Forbidden           403  the key's role may not do this                 (service.auth)

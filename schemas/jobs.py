@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import Field, StrictBool, TypeAdapter, field_validator, model_validator
 
 from schemas.base import MAX_INT, RequestModel, StrictModel
+from schemas.batches import BatchProgress
 from schemas.curation import DedupSettings, QualitySettings
 from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.evaluation import EvalQuestion, EvalResult
@@ -414,6 +415,10 @@ class JobStatus(StrictModel):
     result: str | None = Field(default=None, description="what the job produced, e.g. an extracted skill set ref")
     budget: JobBudget | None = Field(default=None, description="the spending cap in force (it may have been changed)")
     budget_left: BudgetLeft | None = Field(default=None, description="what the cap still allows; none without one")
+    mode: Literal["online", "batch"] = Field(default="online", description="the spec's: calls sent at once, or batched")
+    batch: BatchProgress | None = Field(
+        default=None, description="a batch job's provider batches: open files, lines waiting, rounds; none online"
+    )
 
 
 class JobPatch(RequestModel):

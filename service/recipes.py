@@ -3,6 +3,7 @@ recipes that keep their own submit path (a dataset surveyed first), registered b
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Literal
 
 from redis.asyncio import Redis
 
@@ -32,10 +33,12 @@ def own_submit(spec: type[RecipeSpec]) -> Callable[[Submitter], Submitter]:
 
 class RouteContext(SubmitContext):
     """``SubmitContext`` over the request's Redis and settings, seen as ``team`` (the caller's): its skill sets
-    and published ones, its own jobs only."""
+    and published ones, its own jobs only; ``mode`` is the spec's (a batch job's endpoints must serve batches)."""
 
-    def __init__(self, redis: Redis, settings: Settings, team: str) -> None:
-        self.redis, self.settings, self.team = redis, settings, team
+    def __init__(
+        self, redis: Redis, settings: Settings, team: str, mode: Literal["online", "batch"] = "online"
+    ) -> None:
+        self.redis, self.settings, self.team, self.mode = redis, settings, team, mode
         self.data_dir: Path = settings.data_dir
 
     async def skill_set(self, ref: str | SkillSetCreate, k: int) -> SkillSet:
@@ -66,4 +69,4 @@ class RouteContext(SubmitContext):
         return accepted
 
     async def endpoint(self, name: str, field: str) -> None:
-        await endpoints.resolve(self.redis, self.settings, name, field)
+        await endpoints.resolve(self.redis, self.settings, name, field, self.mode)

@@ -6,6 +6,7 @@ worker and API process without restarting them.
 
 import hashlib
 import os
+from typing import Literal
 
 from redis.asyncio import Redis
 
@@ -16,6 +17,10 @@ from store import keys
 
 class UnknownEndpoint(BadInput, LookupError):
     """A name nobody configured; ``field`` is the spec field that gave it, so the 422 points there."""
+
+
+class NoBatch(BadInput):
+    """A ``mode: batch`` job names an endpoint without ``batch: true``: refused at submit, naming the field."""
 
 
 async def register(redis: Redis, name: str, endpoint: EndpointSettings) -> None:
@@ -38,14 +43,29 @@ async def find(redis: Redis, settings: Settings, name: str) -> EndpointSettings 
     return None if raw is None else EndpointSettings.model_validate_json(raw)
 
 
-async def resolve(redis: Redis, settings: Settings, name: str, field: str = "endpoint") -> EndpointSettings:
-    """The endpoint called ``name``; ``UnknownEndpoint`` naming ``field`` (where the name came from) if none."""
+async def resolve(
+    redis: Redis,
+    settings: Settings,
+    name: str,
+    field: str = "endpoint",
+    mode: Literal["online", "batch"] = "online",
+) -> EndpointSettings:
+    """The endpoint called ``name``; ``UnknownEndpoint`` naming ``field`` (where the name came from) if none.
+    Every route that creates a job resolves each endpoint the job calls here with the spec's ``mode``, so a
+    batch job whose endpoint does not serve batches is refused at submit (``NoBatch``), not in a worker."""
     found = await find(redis, settings, name)
     if found is None:
         known = sorted(set(settings.endpoints) | await registered(redis))
         raise UnknownEndpoint(
             f"unknown endpoint {name!r}; known: {', '.join(known) or 'none'}. Configure it with "
             f"SKILLMIX_ENDPOINTS__{name.upper()}__BASE_URL and __MODEL, or start `skillmix local-llm`.",
+            field,
+        )
+    if mode == "batch" and not found.batch:
+        raise NoBatch(
+            f"mode 'batch' needs every endpoint the job calls to serve batches, but endpoint {name!r} ({field}) "
+            f"has no `batch: true`; set SKILLMIX_ENDPOINTS__{name.upper()}__BATCH=true if it serves OpenAI's "
+            "/v1/files + /v1/batches, or submit with mode 'online'",
             field,
         )
     return found

@@ -8,7 +8,7 @@ enqueueing and fair share in ``store.queue``.
 from redis.asyncio import Redis
 
 from schemas.jobs import JobCounters, JobRecord, JobState, JobStatus
-from store import keys, quotas
+from store import batches, keys, quotas
 from store.budget import cap_fields, read_budget
 from store.clock import now_iso, redis_now_ms
 from store.pricing import budget_left, cost_from_counters
@@ -145,6 +145,9 @@ async def get_status(redis: Redis, job_id: str, record: JobRecord | None = None)
     state = JobState(meta.get("state", "queued"))
     # the watchdog retires a finished job from the active set once its stream is empty and no chunk runs
     settled = state.finished and not await redis.sismember(keys.ACTIVE_JOBS, job_id)
+    batch = None
+    if record.spec.mode == "batch":
+        batch = await batches.progress(redis, job_id, job_endpoints(record))
     return JobStatus(
         id=record.id,
         recipe=record.spec.recipe,
@@ -161,7 +164,14 @@ async def get_status(redis: Redis, job_id: str, record: JobRecord | None = None)
         result=meta.get("result") or None,
         budget=budget,
         budget_left=budget_left(budget, counters),
+        mode=record.spec.mode,
+        batch=batch,
     )
+
+
+def job_endpoints(record: JobRecord) -> list[str]:
+    """Every endpoint the job calls: its own, then those its spec names (a judge, a step checker)."""
+    return list(dict.fromkeys([record.endpoint, *record.spec.extra_endpoints().values()]))
 
 
 async def list_job_ids(redis: Redis, offset: int, limit: int, team: str | None = None) -> tuple[list[str], int]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
 
-from store import keys
+from store import batches, keys
 from store.pricing import cost_from_counters
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,17 @@ async def set_gauge(redis: Redis, metric: str, endpoint: str, value: float) -> N
 # --- what ``GET /metrics`` reads: the fleet's jobs, queue, counters and these hashes, in one pass --------
 
 JOB_BATCH = 500  # jobs per pipelined round trip (~25 ms of event loop at most)
+BATCH_SCAN = 1000  # open batches, and jobs' gathering files, looked at per scrape (the rest: UNSCANNED)
+UNSCANNED = "(unscanned)"  # the endpoint label of open batches past BATCH_SCAN (or whose record is gone)
 PRICE_CACHE_MAX = 100_000  # job records never change: their prices are read once per process
+
+
+class _Endpoint(BaseModel):
+    """The one field of a ``BatchRecord`` the scrape labels it by."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    endpoint: str = UNSCANNED
 
 
 class _Prices(BaseModel):
@@ -93,6 +103,8 @@ class FleetSnapshot:
     cost_usd: float = 0.0
     stats: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> endpoint -> total
     gauges: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> endpoint -> value
+    batches_open: Counter[str] = field(default_factory=Counter)  # endpoint -> provider batches not yet applied
+    batch_lines_gathering: Counter[str] = field(default_factory=Counter)  # endpoint -> lines waiting for a file
 
 
 def _decode(value: bytes | str) -> str:
@@ -162,7 +174,37 @@ async def read_fleet(redis: Redis, reserved: frozenset[str] = frozenset()) -> Fl
         await _load_prices(redis, list(unpriced))
         costs.extend(cost_from_counters(c, _prices[j]) for j, c in unpriced.items() if j in _prices)
     snapshot.cost_usd = math.fsum(costs)  # exactly rounded: the total cannot dip as jobs are added
+    await _read_batches(redis, snapshot)
     return snapshot
+
+
+async def _read_batches(redis: Redis, snapshot: FleetSnapshot) -> None:
+    """Provider batch mode's gauges, by endpoint: open batches (``keys.BATCHES_OPEN``, labelled from their
+    records) and lines gathering (``keys.BATCHES_GATHERING`` members ``{job}|{ep}``: their open list's length).
+    At most ``BATCH_SCAN`` of each are looked at; open batches past that count under ``UNSCANNED``."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.BATCHES_OPEN)
+        pipe.zrange(keys.BATCHES_OPEN, 0, BATCH_SCAN - 1)
+        pipe.zrange(keys.BATCHES_GATHERING, 0, BATCH_SCAN - 1)
+        open_total, open_ids, members = await pipe.execute()
+    groups = [batches.Group(*batches.split_member(_decode(m))) for m in members]
+    async with redis.pipeline(transaction=False) as pipe:
+        if open_ids:
+            pipe.mget([keys.batch(_decode(b)) for b in open_ids])
+        for group in groups:
+            pipe.llen(group.open)
+        replies = await pipe.execute()
+    raws = replies.pop(0) if open_ids else []
+    for raw in raws:
+        try:
+            endpoint = UNSCANNED if raw is None else _Endpoint.model_validate_json(raw).endpoint
+        except ValidationError:
+            endpoint = UNSCANNED
+        snapshot.batches_open[endpoint] += 1
+    if int(open_total) > len(raws):
+        snapshot.batches_open[UNSCANNED] += int(open_total) - len(raws)
+    for group, length in zip(groups, replies, strict=True):
+        snapshot.batch_lines_gathering[group.endpoint] += int(length)
 
 
 def _add(snapshot: FleetSnapshot, counters: dict[str, int]) -> None:

@@ -17,11 +17,12 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
+from schemas.batches import BatchRecord
 from schemas.examples import GeneratedItem, Reason
 from schemas.jobs import ChunkTask, JobRecord, JobState, PromptsJobSpec
 from schemas.llm import ChatMessage
 from schemas.settings import Settings
-from store import endpoints, keys, queue, records
+from store import clock, endpoints, keys, queue, records
 from tests import keyed
 from tests.conftest import REDIS_URL, TIMING, Processes, service_env
 from tests.raw_client import raw_client
@@ -266,6 +267,32 @@ async def test_a_chunk_picked_up_by_a_worker_that_died_at_once_is_handed_out_aga
     assert not await redis.exists(in_progress_key_prefix + old)
     assert await redis.exists(in_progress_key_prefix + fresh) and await redis.exists(in_progress_key_prefix + owned)
     assert await redis.zscore(keys.QUEUE_NAME, old) is not None  # still queued: the next worker takes it
+
+
+async def test_a_batch_job_waiting_on_its_provider_is_not_stalled(redis: ArqRedis) -> None:
+    """Nothing moves while a provider batch is open: up to the batch window (+1 h), that is no stall."""
+    record = record_for("batched", 16, mode="batch")
+    await records.create_job(redis, record, planned=16)
+    await queue.enqueue_planned(redis, record, 0, 16)  # (parked chunks stay deferred in arq's queue)
+    opened = BatchRecord(id="b1", job_id="batched", endpoint="fake", status="in_progress",
+                         created_ms=await clock.redis_now_ms(redis) - 20 * 3_600_000)  # fmt: skip
+    await redis.set(keys.batch("b1"), opened.model_dump_json())
+    await redis.sadd(keys.job_batches("batched"), "b1")
+    watchdog = Watchdog(redis, stall_ms=0, batch_window_h=24)
+    for _ in range(3):
+        assert (await watchdog.run_once()).stalled == 0
+    assert not await redis.hexists(keys.WATCHDOG, "batched")
+    opened.created_ms -= 6 * 3_600_000  # open 26 h: past the window and its hour of grace
+    await redis.set(keys.batch("b1"), opened.model_dump_json())
+    await watchdog.run_once()  # progress noted
+    assert (await watchdog.run_once()).stalled == 1
+    fresh = opened.model_copy(update={"id": "b2", "created_ms": await clock.redis_now_ms(redis)})
+    await redis.set(keys.batch("b2"), fresh.model_dump_json())
+    await redis.srem(keys.job_batches("batched"), "b1")  # no batch open: watched as any job
+    await records.create_job(redis, record_for("online", 16), planned=16)
+    await redis.sadd(keys.job_batches("online"), "b2")  # (an online job is never excused)
+    await watchdog.run_once()
+    assert (await watchdog.run_once()).stalled == 2
 
 
 async def _load(job_id: str) -> JobRecord:

@@ -58,7 +58,7 @@ class Liveness:
         self._forget = redis.register_script(_FORGET)
         # arq's in-progress TTL: its job timeout (see ``workers.worker.make_worker``) plus arq's own 10 s
         in_progress_ms = (settings.chunk_timeout_s + ARQ_TIMEOUT_MARGIN_S + 10) * 1000
-        self.watchdog = Watchdog(redis, int(settings.stall_s * 1000), in_progress_ms)
+        self.watchdog = Watchdog(redis, int(settings.stall_s * 1000), in_progress_ms, settings.batch_window_h)
 
     async def job_started(self, ctx: dict[str, Any]) -> None:
         """arq's ``on_job_start``: record who runs this job.

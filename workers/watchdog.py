@@ -17,6 +17,9 @@ One worker of the fleet per interval (``Liveness.run`` takes a lock) looks at ev
 - A paused job (at its spending budget, ``workers.budget``) is left alone: it is waiting for a person. One
   paused by its team's day budget (``store.quotas``) is resumed once its team has room again: after a UTC
   day rolls over, the next run carries it on (``store.teams.resume_team``).
+- A batch job with provider batches open (``store.batches``), the oldest younger than the batch window plus
+  an hour, is not stalled: it is waiting on the provider. Its parked chunks stay deferred in arq's queue,
+  so they are never orphans; skipping it only saves a needless scan.
 - A finished job leaves the active set only once its stream is empty and none of its chunks runs, so
   items generated in the last moment are still curated (as surplus) instead of abandoned.
 
@@ -31,6 +34,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import Job
 
+from schemas.batches import BatchRecord
 from schemas.jobs import ChunkTask, JobRecord, JobState, PhaseTask, Step
 from store import clock, keys, queue, records, stepped, teams
 from store.lifecycle import advance
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 MAX_REDRIVES = 5
 ARQ_TIMEOUT_MARGIN_S = 30  # arq's job timeout is the chunk timeout plus this (ours fires first, and retries)
 SCAN_BATCH = 256  # chunks looked up per pipeline
+BATCH_GRACE_MS = 3_600_000  # past the provider's completion window, an open batch no longer excuses a job
 
 
 @dataclass
@@ -63,10 +68,13 @@ return redis.call('DEL', KEYS[1])
 
 
 class Watchdog:
-    def __init__(self, redis: ArqRedis, stall_ms: int, in_progress_ms: int | None = None) -> None:
+    def __init__(
+        self, redis: ArqRedis, stall_ms: int, in_progress_ms: int | None = None, batch_window_h: int = 24
+    ) -> None:
         """``in_progress_ms``: the TTL arq gives an in-progress mark (its job timeout + 10 s); without it,
-        unowned marks are left to expire."""
+        unowned marks are left to expire. ``batch_window_h``: the completion window asked of providers."""
         self.redis, self.stall_ms, self.in_progress_ms = redis, stall_ms, in_progress_ms
+        self.batch_wait_ms = batch_window_h * 3_600_000 + BATCH_GRACE_MS
         self._free_unowned = redis.register_script(_FREE_UNOWNED)
 
     async def run_once(self) -> WatchReport:
@@ -87,6 +95,9 @@ class Watchdog:
                 continue
             record = await records.load_record(self.redis, job_id)
             if record is None:
+                continue
+            if record.spec.mode == "batch" and await self._waiting_on_batch(job_id, now_ms):
+                await self.redis.hdel(keys.WATCHDOG, job_id)  # its clock starts again when the answers come
                 continue
             if await self._stalled(record, now_ms):
                 report.stalled += 1
@@ -116,6 +127,15 @@ class Watchdog:
                 return False
         await self.redis.hset(keys.WATCHDOG, record.id, f"{fingerprint}|{now_ms}")
         return False
+
+    async def _waiting_on_batch(self, job_id: str, now_ms: int) -> bool:
+        """Whether the job has provider batches open, the oldest within the batch window (plus the grace)."""
+        ids = await self.redis.smembers(keys.job_batches(job_id))
+        if not ids:
+            return False
+        raws = await self.redis.mget([keys.batch(b.decode()) for b in ids])
+        created = [BatchRecord.model_validate_json(r).created_ms for r in raws if r is not None]
+        return bool(created) and now_ms - min(created) < self.batch_wait_ms
 
     async def _revive(self, record: JobRecord, report: WatchReport) -> None:
         await advance(self.redis, record)

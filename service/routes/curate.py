@@ -111,7 +111,7 @@ async def submit_curate(
     )
     if record.spec.needs_endpoint():  # only the judge calls an LLM
         for name in {endpoint_name, *([judge.endpoint] if judge and judge.endpoint else [])}:
-            endpoint = await endpoints.resolve(redis, settings, name, "quality.judge.endpoint")
+            endpoint = await endpoints.resolve(redis, settings, name, "quality.judge.endpoint", spec.mode)
             if name == endpoint_name:
                 model, usd_prompt, usd_completion = (
                     endpoint.model,

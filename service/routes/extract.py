@@ -124,7 +124,9 @@ async def _record(
 ) -> JobRecord:
     """The job as stored: its endpoint resolved, its dataset (if any) checked whole."""
     endpoint_name = spec.endpoint or settings.default_endpoint
-    endpoint = await endpoints.resolve(redis, settings, endpoint_name)
+    endpoint = await endpoints.resolve(redis, settings, endpoint_name, mode=spec.mode)
+    for field, name in spec.extra_endpoints().items():
+        await endpoints.resolve(redis, settings, name, field, spec.mode)
     if isinstance(spec, ExtractDatasetSpec):
         spec = await _check_dataset(spec, settings.data_dir)
     return JobRecord(

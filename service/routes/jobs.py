@@ -65,12 +65,14 @@ async def submit_job(
 
 
 async def _record(spec: GenerationSpec, job_id: str, redis: RedisDep, settings: SettingsDep, team: str) -> JobRecord:
-    """The job as stored: its endpoints resolved (a 422 naming the field at submit, not in the worker)."""
+    """The job as stored: its endpoints resolved (a 422 naming the field at submit, not in the worker; a batch
+    job's, each one serving batches)."""
     endpoint_name = spec.endpoint or settings.default_endpoint
-    endpoint = await endpoints.resolve(redis, settings, endpoint_name)  # UnknownEndpoint: a 422 naming the field
+    # UnknownEndpoint / NoBatch: a 422 naming the field
+    endpoint = await endpoints.resolve(redis, settings, endpoint_name, mode=spec.mode)
     for field, name in spec.extra_endpoints().items():  # a judge, a step checker: fail at submit, not in the worker
-        await endpoints.resolve(redis, settings, name, field)
-    prepared = await spec.prepare_submit(RouteContext(redis, settings, team))
+        await endpoints.resolve(redis, settings, name, field, spec.mode)
+    prepared = await spec.prepare_submit(RouteContext(redis, settings, team, spec.mode))
     spec = prepared.spec
     return JobRecord(
         id=job_id,

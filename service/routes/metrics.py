@@ -5,6 +5,9 @@ memory, so scraping one API (or several behind a balancer) gives the same number
 collectors are synchronous, so the route reads Redis first (``store.stats.read_fleet``, pipelined: one round
 trip per ``JOB_BATCH`` jobs) and then hands the snapshot to a collector in a registry built for this scrape.
 
+Provider batch mode's gauges (``skillmix_batches_open``, ``skillmix_batch_lines_gathering``, by endpoint) are
+read at each scrape too, bounded (``store.stats.BATCH_SCAN``).
+
 Job keys are never deleted or expired (``store.keys``), so totals summed over every job never go down.
 Should jobs ever be deleted, their counters must first be folded into a retired-totals hash read here.
 """
@@ -32,8 +35,20 @@ JOB_COUNTERS = {
     "retries": ("llm_retries", "LLM requests that were retries of an earlier attempt, over every job"),
     "rate_limited": ("llm_rate_limited", "LLM requests answered 429, over every job"),
 }
+BATCH_GAUGES = {
+    "batches_open": "provider batches submitted (or being submitted) and not yet applied, by endpoint",
+    "batch_lines_gathering": "batch requests waiting for their file to be submitted, by endpoint",
+}
 BUILT_IN = frozenset(
-    {"jobs", "queue_depth", "items_rejected", "llm_tokens", "cost_usd", *(n for n, _ in JOB_COUNTERS.values())}
+    {
+        "jobs",
+        "queue_depth",
+        "items_rejected",
+        "llm_tokens",
+        "cost_usd",
+        *(n for n, _ in JOB_COUNTERS.values()),
+        *BATCH_GAUGES,
+    }
 )
 
 
@@ -65,6 +80,14 @@ class FleetCollector:
         yield CounterMetricFamily(
             "skillmix_cost_usd", "estimated spend in US dollars, over every job", value=snap.cost_usd
         )
+        for name, counts in (
+            ("batches_open", snap.batches_open),
+            ("batch_lines_gathering", snap.batch_lines_gathering),
+        ):
+            gauge = GaugeMetricFamily(f"skillmix_{name}", BATCH_GAUGES[name], labels=["endpoint"])
+            for endpoint, count in sorted(counts.items()):
+                gauge.add_metric([endpoint], count)
+            yield gauge
         for metric, by_endpoint in sorted(snap.stats.items()):
             family = CounterMetricFamily(
                 f"skillmix_{metric}", f"fleet total of {metric} (skillmix:stats)", labels=["endpoint"]

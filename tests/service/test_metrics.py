@@ -14,10 +14,12 @@ from typing import Any
 from arq.connections import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas.batches import BatchRecord
 from schemas.jobs import JobRecord, JobState, PromptsJobSpec
 from service.ports import free_port
 from service.routes.metrics import read_fleet, render
 from store import keys, records, stats
+from store.batches import Group, group_member
 from tests import keyed
 from tests.conftest import Processes
 from tests.test_end_to_end import finished, start_stack, submit, wait_for
@@ -175,3 +177,36 @@ async def test_fields_breaking_the_stats_contract_are_skipped(redis: ArqRedis) -
     assert ("skillmix_fine", (("endpoint", "e"),)) not in samples
     assert samples[("skillmix_llm_calls_total", ())] == 0  # a stats field cannot shadow a built-in counter
     assert not any(name.startswith(("skillmix_no_separator", "skillmix_ok_metric")) for name, _ in samples)
+
+
+async def test_batch_gauges_count_open_batches_and_gathering_lines_by_endpoint(redis: ArqRedis) -> None:
+    for bid, endpoint in (("b1", "hosted"), ("b2", "hosted"), ("b3", "other")):
+        await redis.set(keys.batch(bid), BatchRecord(id=bid, job_id="j", endpoint=endpoint).model_dump_json())
+        await redis.zadd(keys.BATCHES_OPEN, {bid: 0})
+    await redis.zadd(keys.BATCHES_OPEN, {"gone": 0})  # its record is gone: counted, not labelled by a guess
+    for job, endpoint, n in (("j", "hosted", 3), ("k", "hosted", 2), ("k", "other", 1)):
+        await redis.rpush(Group(job, endpoint).open, *["{}"] * n)
+        await redis.zadd(keys.BATCHES_GATHERING, {group_member(job, endpoint): 0})
+    page = render(await read_fleet(redis)).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+    }
+    assert value(samples, "skillmix_batches_open", endpoint="hosted") == 2
+    assert value(samples, "skillmix_batches_open", endpoint="other") == 1
+    assert value(samples, "skillmix_batches_open", endpoint=stats.UNSCANNED) == 1
+    assert value(samples, "skillmix_batch_lines_gathering", endpoint="hosted") == 5
+    assert value(samples, "skillmix_batch_lines_gathering", endpoint="other") == 1
+    await redis.hset(keys.GAUGES, "batches_open|hosted", 99)  # a worker's gauge cannot shadow the built-in one
+    assert render(await read_fleet(redis)).decode().count('skillmix_batches_open{endpoint="hosted"}') == 1
+
+
+async def test_batch_gauges_look_at_a_bounded_number_of_entries(redis: ArqRedis, monkeypatch: Any) -> None:
+    monkeypatch.setattr(stats, "BATCH_SCAN", 2)
+    for i in range(5):
+        bid = f"b{i}"
+        await redis.set(keys.batch(bid), BatchRecord(id=bid, job_id="j", endpoint="hosted").model_dump_json())
+        await redis.zadd(keys.BATCHES_OPEN, {bid: i})
+    snapshot = await read_fleet(redis)
+    assert snapshot.batches_open == {"hosted": 2, stats.UNSCANNED: 3}  # the total stays exact
