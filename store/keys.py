@@ -37,11 +37,11 @@ Provider batch mode (``store.batches``; ``G`` = ``job:{id}:batch:{ep}``, one job
                                    is never in two open batches; the field goes when the line's outcome is applied
   G:wake                   hash    custom_id -> arq id of the unit parked on it (woken when it is answered)
   G:tries                  hash    custom_id -> failed sends so far (counted against the endpoint's max_retries)
+  G:submit                 string  the worker cutting the group's next file (a lease)
   job:{id}:batches         set     ids of the job's batches not yet applied
   batch:{bid}              string  BatchRecord JSON (one file of one job and endpoint; written by its poller)
   batch:{bid}:file         list    the file's RequestLine JSON (resubmitted from here after a failed validation)
   batch:{bid}:lock         string  the worker polling the batch (one at a time; a lease)
-  batch:submit:{job}|{ep}  string  the worker cutting that job's next file for ep (a lease)
   batches:open             zset    batch id -> ms of its next poll
   batches:gathering        zset    "{job}|{ep}" -> ms its first gathering line came (0: the rest of a split file)
   batches:wake             zset    arq id -> ms: units to run again once they are not running
@@ -425,4 +425,4 @@ def batch(batch_id: str) -> str:
 
 
 def batch_submit_lock(job_id: str, endpoint: str) -> str:
-    return f"{PREFIX}:batch:submit:{job_id}|{endpoint}"
+    return f"{batch_group(job_id, endpoint)}:submit"

@@ -30,7 +30,7 @@ def batch_stack(processes: Processes, fake: Any, workers: int = 1, **endpoint: A
 def expected_cost(fake_stats: dict[str, Any], factor: float = 0.5) -> float:
     """What the fake billed, at the endpoint's prices times the batch factor."""
     prompt, completion = fake_stats["batch_prompt_tokens"], fake_stats["batch_completion_tokens"]
-    return (prompt * PRICES["usd_per_mtok_prompt"] + completion * PRICES["usd_per_mtok_completion"]) * factor / 1e6
+    return float(prompt * PRICES["usd_per_mtok_prompt"] + completion * PRICES["usd_per_mtok_completion"]) * factor / 1e6
 
 
 def test_prompts_job_in_batch_mode_bills_each_line_once_at_half_price(
@@ -106,14 +106,16 @@ def test_a_line_that_fails_for_good_fails_its_item_with_the_providers_message(
     assert all("HTTP 400" in r["verdict"]["detail"] for r in rejected), rejected[0]
 
 
-def test_cancel_cancels_open_batches_and_stops_submitting(
-    processes: Processes, redis: ArqRedis, fake_llm: Any
-) -> None:
+def test_cancel_cancels_open_batches_and_stops_submitting(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
     fake = fake_llm(batch_latency_s=30, batch_cancel_s=0.3, batch_done_fraction=0.25)
     api, _ = batch_stack(processes, fake)
     prompts = [f"Tell me about planet {i}." for i in range(40)]
     job_id = submit(api, recipe="prompts", prompts=prompts, mode="batch", chunk_size=40)
-    wait_for(api, job_id, lambda s: (s.get("batch") or {}).get("open_batches", 0) > 0 and s["batch"]["lines_submitted"] > 0, 30)
+    deadline = time.monotonic() + 30  # validating for 20% of the latency (cancelled then, nothing would run)
+    while fake.stats()["batch_statuses"].get("in_progress", 0) < 1:
+        assert time.monotonic() < deadline, fake.stats()["batch_statuses"]
+        time.sleep(0.2)
+    assert keyed.get(f"{api}/v1/jobs/{job_id}").json()["batch"]["open_batches"] == 1
     keyed.post(f"{api}/v1/jobs/{job_id}/cancel").raise_for_status()
     deadline = time.monotonic() + 20
     while fake.stats()["batch_statuses"].get("cancelled", 0) < 1:

@@ -31,6 +31,15 @@ def test_every_per_job_key_is_under_the_job() -> None:
     assert len(job_keys) > 30
     for name in job_keys:
         params = inspect.signature(getattr(keys, name)).parameters
-        args = {"job_id": "j1", "kind": "accepted", "seq": 1, "start": 0, "example_id": "e", "r": 0, "row": 0}
+        args = {
+            "job_id": "j1",
+            "kind": "accepted",
+            "seq": 1,
+            "start": 0,
+            "example_id": "e",
+            "r": 0,
+            "row": 0,
+            "endpoint": "ep",
+        }
         key = getattr(keys, name)(**{p: args[p] for p in params})
         assert key.startswith(keys.job("j1")), name

@@ -40,10 +40,11 @@ async def _job(redis: ArqRedis, lines: int) -> tuple[JobRecord, list[str]]:
     return record, cids
 
 
-async def _manager(redis: ArqRedis, fake: Any) -> BatchManager:
+async def _manager(redis: ArqRedis, fake: Any) -> tuple[BatchManager, Resources]:
     endpoint = fake.endpoint_settings(batch=True, batch_poll_s=0.1)
     settings = Settings(endpoints={"fake": endpoint}, default_endpoint="fake", redis_url="redis://x")
-    return BatchManager(redis, settings, Resources(redis, settings))
+    resources = Resources(redis, settings)
+    return BatchManager(redis, settings, resources), resources
 
 
 async def _cut(manager: BatchManager, record: JobRecord, cids: list[str]) -> BatchRecord:
@@ -68,7 +69,7 @@ async def test_a_batch_created_by_a_worker_that_died_is_adopted_not_created_agai
     redis: ArqRedis, fake_llm: FakeLLMFactory
 ) -> None:
     fake = await fake_llm.astart(batch_latency_s=0.2)
-    manager = await _manager(redis, fake)
+    manager, resources = await _manager(redis, fake)
     record, cids = await _job(redis, 5)
     batch = await _cut(manager, record, cids)
     # what a worker did before it was killed: noted "uploading", uploaded, created the batch, and died
@@ -90,14 +91,14 @@ async def test_a_batch_created_by_a_worker_that_died_is_adopted_not_created_agai
     assert int(counters[b"batch_reserved_micro_usd"]) == 0  # the reservation is released once
     assert not await redis.hlen(Group(record.id, "fake").lines)  # no line left waiting
     assert await redis.zcard(keys.BATCHES_WAKE) == 1  # its unit is to be woken
-    await manager.resources.aclose()
+    await resources.aclose()
 
 
 async def test_a_failed_validation_fails_the_job_with_the_providers_errors(
     redis: ArqRedis, fake_llm: FakeLLMFactory
 ) -> None:
     fake = await fake_llm.astart(batch_latency_s=0.2)
-    manager = await _manager(redis, fake)
+    manager, resources = await _manager(redis, fake)
     record, cids = await _job(redis, 3)
     line = orjson.loads(await redis.lindex(Group(record.id, "fake").open, 1))
     line["url"] = "/v1/embeddings"  # a line the provider refuses at validation
@@ -110,11 +111,9 @@ async def test_a_failed_validation_fails_the_job_with_the_providers_errors(
     assert (await fake.astats())["batch_lines_billed"] == 0
 
 
-async def test_a_transient_validation_failure_is_submitted_once_more(
-    redis: ArqRedis, fake_llm: FakeLLMFactory
-) -> None:
+async def test_a_transient_validation_failure_is_submitted_once_more(redis: ArqRedis, fake_llm: FakeLLMFactory) -> None:
     fake = await fake_llm.astart(batch_latency_s=0.2, batch_reject_next=1)
-    manager = await _manager(redis, fake)
+    manager, resources = await _manager(redis, fake)
     record, cids = await _job(redis, 4)
     batch = await _cut(manager, record, cids)
     await _until_done(manager, batch.id, fake)
