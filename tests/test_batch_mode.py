@@ -38,30 +38,30 @@ def test_prompts_job_in_batch_mode_bills_each_line_once_at_half_price(
 ) -> None:
     fake = fake_llm(batch_latency_s=0.5)
     api, _ = batch_stack(processes, fake)
-    prompts = [f"Tell me fact number {i} about the sea." for i in range(300)]
-    job_id = submit(api, recipe="prompts", prompts=prompts, mode="batch", chunk_size=50)
+    prompts = [f"Tell me fact number {i} about the sea." for i in range(1000)]
+    job_id = submit(api, recipe="prompts", prompts=prompts, mode="batch", chunk_size=100)
     status = wait_for(api, job_id, settled, timeout=120)
     c = status["counters"]
-    assert status["state"] == "completed" and c["accepted"] == 300, status
+    assert status["state"] == "completed" and c["accepted"] == 1000, status
     stats = fake.stats()
     assert stats["requests"] == 0, "batch mode sent online requests"  # nothing went through /chat/completions
-    assert stats["batch_lines_billed"] == 300 and stats["batch_rebilled"] == 0, stats
-    assert c["llm_calls"] == 300 and c["prompt_tokens"] == stats["batch_prompt_tokens"], (c, stats)
+    assert stats["batch_lines_billed"] == 1000 and stats["batch_rebilled"] == 0, stats
+    assert c["llm_calls"] == 1000 and c["prompt_tokens"] == stats["batch_prompt_tokens"], (c, stats)
     assert c["completion_tokens"] == stats["batch_completion_tokens"]
     assert abs(c["cost_usd"] - expected_cost(stats)) < 1e-5, (c["cost_usd"], expected_cost(stats))
     assert status["mode"] == "batch" and status["batch"]["open_batches"] == 0, status
-    assert status["batch"]["rounds"] >= 1 and status["batch"]["lines_submitted"] == 300
-    assert len(examples(api, job_id)) == 300
+    assert status["batch"]["rounds"] >= 1 and status["batch"]["lines_submitted"] == 1000
+    assert len(examples(api, job_id)) == 1000
 
 
 def test_instruct_job_in_batch_mode_goes_by_rounds(processes: Processes, redis: ArqRedis, fake_llm: Any) -> None:
     """A 5-turn conversation: each answer resumes its item, whose next turn goes into the next batch."""
     fake = fake_llm(batch_latency_s=0.3, cutoff_rate=0.3)  # cut-off answers add rewrite turns (up to 5)
     api, _ = batch_stack(processes, fake, workers=2)
-    job_id = submit(api, recipe="instruct", skill_set="starter@1", count=40, seed=5, mode="batch", chunk_size=20)
-    status = wait_for(api, job_id, settled, timeout=180)
+    job_id = submit(api, recipe="instruct", skill_set="starter@1", count=100, seed=5, mode="batch", chunk_size=25)
+    status = wait_for(api, job_id, settled, timeout=240)
     c = status["counters"]
-    assert status["state"] == "completed" and c["accepted"] == 40, status
+    assert status["state"] == "completed" and c["accepted"] == 100, status
     stats = fake.stats()
     assert stats["requests"] == 0 and stats["batch_rebilled"] == 0, stats
     assert c["llm_calls"] == stats["batch_lines_billed"], (c, stats)
