@@ -72,9 +72,10 @@ return {'parked', 1}
 
 # KEYS: G:open, G:lines, counters, meta, budget, batch:{bid}, batch:{bid}:file, job batches set, batches:open,
 # gathering zset. ARGV: n, bid, worst micro-usd, worst tokens, record JSON, now ms, member, now ISO, job id,
-# new round (1/0), then the n custom ids. Takes the first n gathering lines into a new batch, after reserving
-# its worst-case cost: a job whose cap the file could pass is paused instead (nothing taken). Returns 'ok',
-# 'paused' or 'state:<state>'.
+# new round (1/0), split (1: the cut stopped at the file's bounds, the rest goes now in the same round; 0: lines
+# left are new arrivals, which start a gathering window of their own), then the n custom ids. Takes the first n
+# gathering lines into a new batch, after reserving its worst-case cost: a job whose cap the file could pass is
+# paused instead (nothing taken). Returns 'ok', 'paused' or 'state:<state>'.
 _TAKE = """
 local state = redis.call('HGET', KEYS[4], 'state')
 if state ~= 'queued' and state ~= 'running' then return 'state:' .. tostring(state) end
@@ -107,12 +108,14 @@ redis.call('LTRIM', KEYS[1], n, -1)
 for i = 1, #taken, 1000 do
   redis.call('RPUSH', KEYS[7], unpack(taken, i, math.min(i + 999, #taken)))
 end
-for i = 11, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[2]) end
+for i = 12, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[2]) end
 redis.call('SET', KEYS[6], ARGV[5])
 redis.call('SADD', KEYS[8], ARGV[2])
 redis.call('ZADD', KEYS[9], ARGV[6], ARGV[2])
 if redis.call('LLEN', KEYS[1]) > 0 then
-  redis.call('ZADD', KEYS[10], 0, ARGV[7])
+  local due = ARGV[6]
+  if ARGV[11] == '1' then due = 0 end
+  redis.call('ZADD', KEYS[10], due, ARGV[7])
 else
   redis.call('ZREM', KEYS[10], ARGV[7])
 end
@@ -286,6 +289,7 @@ async def take(
     cids: list[str],
     new_round: bool,
     now_iso: str,
+    split: bool = False,
 ) -> str:
     """Cut the first ``len(cids)`` gathering lines into ``record`` (see ``_TAKE``)."""
     reply = await redis.eval(
@@ -311,6 +315,7 @@ async def take(
         now_iso,
         group.job_id,
         1 if new_round else 0,
+        1 if split else 0,
         *cids,
     )
     return reply.decode() if isinstance(reply, bytes) else str(reply)

@@ -109,6 +109,7 @@ async def test_a_failed_validation_fails_the_job_with_the_providers_errors(
     meta = await redis.hget(keys.meta(record.id), "message")
     assert status is JobState.FAILED and b"failed validation" in meta and b"invalid_url" in meta, meta
     assert (await fake.astats())["batch_lines_billed"] == 0
+    await resources.aclose()
 
 
 async def test_a_transient_validation_failure_is_submitted_once_more(redis: ArqRedis, fake_llm: FakeLLMFactory) -> None:
@@ -121,3 +122,4 @@ async def test_a_transient_validation_failure_is_submitted_once_more(redis: ArqR
     assert stats["batches_created"] == 2 and stats["batch_lines_billed"] == 4, stats
     assert await records.get_state(redis, record.id) is JobState.RUNNING
     assert len(await redis.hgetall(keys.replay(record.id, 0))) == 4
+    await resources.aclose()

@@ -41,7 +41,7 @@ from workers.llm.limits import text_tokens
 from workers.unit import Resources
 
 log = logging.getLogger(__name__)
-TICK_S = 0.25
+TICK_S = 0.5  # gathering windows, polls and wake-ups are looked at this often
 PARALLEL = 8  # batches submitted or polled at once by one process
 SCAN = 200  # gathering files / due batches looked at per tick
 BACKOFF_MAX_S = 60.0
@@ -190,7 +190,10 @@ class BatchManager:
                 )
                 return
             record, cids = self._cut(job_id, endpoint_name, endpoint, raw)
-            outcome = await batches.take(self.redis, group, record, cids, bool(score), now_iso())
+            split = len(cids) < len(raw) or len(raw) >= endpoint.batch_max_requests  # the file is full
+            rounds = await self.redis.hget(keys.counters(job_id), "batch_rounds")
+            record.round = int(rounds or 0) + (1 if score else 0)
+            outcome = await batches.take(self.redis, group, record, cids, bool(score), now_iso(), split)
             log.info("job %s: batch %s of %d lines for %s: %s", job_id, record.id, len(cids), endpoint_name, outcome)
 
     def _cut(
