@@ -31,7 +31,9 @@
      ├── Interrupted              control flow, never a failure: the work stops here and is taken up again
      │    ├── JobStopped          the job ended or paused: the call is refused before it is sent
      │    ├── WorkerDraining      this worker is stopping (SIGTERM): the work is handed back
-     │    └── JobResumed          a step still running when its paused job resumed (workers.unit)
+     │    ├── JobResumed          a step still running when its paused job resumed (workers.unit)
+     │    ├── Parked              batch mode: an item's request waits in a batch file (workers.batch.parker)
+     │    └── WaitingOnBatch      batch mode: a unit's items wait on batch answers (workers.batch.parker)
      ├── NotTheRunner             an endpoint client built outside the runner (workers.llm.client)
      ├── LocalRedisError          the bundled Redis cannot be found or started  (service.local_redis)
      └── LocalLLMError            the local model server cannot start          (service.local_llm)

@@ -27,7 +27,7 @@ from workers.llm.replay import kept_answer, pending_place
 _HOOKS = frozenset({"on_send", "gate"})
 
 
-class Parked(Exception):
+class Parked(Interrupted):
     """The item's request went into a batch file: the item stops here and resumes when it is answered."""
 
 
