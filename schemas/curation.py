@@ -3,9 +3,9 @@
 Its own module so ``schemas.jobs`` and ``schemas.extract`` both use it without importing each other.
 """
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, StrictBool, field_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
 from schemas.base import MAX_INT, RequestModel
 
@@ -25,17 +25,62 @@ class DedupSettings(RequestModel):
 
 
 class JudgeSettings(RequestModel):
-    """An LLM judge (``workers/curate/judge.py``) grading each generated pair against the rubric of the
-    paper's critique turn (papers.md §A): specific, uses all its skills, answers what was asked, correct,
-    complete without padding, not unjustifiably brief. Its calls count in the job's usage."""
+    """An LLM judge (``workers/curate/judge.py``) grading each generated pair against an explicit rubric: the
+    paper's critique turn (papers.md §A) plus what heuristics miss: every one of the k skills scored on its
+    own, facts and arithmetic, the request's explicit constraints, internal consistency, specificity to the
+    request's particulars, no padding. More than one opinion where it pays: ``n`` answers per endpoint
+    (different seeds) and/or several ``endpoints``, combined by ``combine``; and, where a known-good answer
+    exists, the judge sees it. Every call counts in the job's usage."""
 
     endpoint: str | None = Field(
         default=None, description="endpoint name of the judge; the job's own endpoint when absent"
+    )
+    endpoints: list[str] = Field(
+        default_factory=list,
+        max_length=5,
+        description="several judge endpoints (instead of endpoint), each asked n times; opinions combined",
+    )
+    n: int = Field(default=1, ge=1, le=9, description="opinions asked of each judge endpoint, each with its own seed")
+    combine: Literal["all", "majority"] = Field(
+        default="all", description="all opinions must pass, or a strict majority of them (a tie fails)"
+    )
+    temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="of the judge's calls; absent: 0, or 0.7 when n > 1 (at 0 most endpoints answer the same "
+        "whatever the seed)",
     )
     min_score: int = Field(
         default=3, ge=1, le=5, description="every criterion must score at least this (1-5), and the verdict pass"
     )
     max_tokens: int = Field(default=512, ge=64, le=8192, description="of the judge's answer")
+    reference: StrictBool = Field(
+        default=True,
+        description="show the judge a known-good answer where one exists: MATH^2's verified answer and an "
+        "independent solve reaching it; a brought dataset's reference_column",
+    )
+    reference_column: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="recipe curate: the row's column with a known-good answer",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_name_endpoints(self) -> Self:
+        if self.endpoint and self.endpoints:
+            raise ValueError("give endpoint or endpoints, not both")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("endpoints must be distinct (ask one endpoint several times with n)")
+        return self
+
+    def endpoint_names(self) -> list[str]:
+        """The judge endpoints named (empty: the job's own endpoint judges)."""
+        return list(self.endpoints) or ([self.endpoint] if self.endpoint else [])
+
+    def sampling_temperature(self) -> float:
+        return self.temperature if self.temperature is not None else (0.7 if self.n > 1 else 0.0)
 
 
 class QualitySettings(RequestModel):

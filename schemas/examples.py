@@ -64,8 +64,22 @@ class WorkItem(StrictModel):
     prompt: list[ChatMessage] | None = None
 
 
+class JudgeOpinion(StrictModel):
+    """One judge answer among several combined into a verdict (``quality.judge`` with n > 1 or endpoints)."""
+
+    scores: dict[str, int] = Field(default_factory=dict)
+    verdict: bool
+    reason: str = ""
+    model: str = ""
+    endpoint: str = ""
+    seed: int | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
 class JudgeVerdict(StrictModel):
-    """The LLM judge's grading of one pair (``workers/curate/judge.py``): 1-5 per rubric criterion."""
+    """The LLM judge's grading of one pair (``workers/curate/judge.py``): 1-5 per rubric criterion, one
+    ``skill:<name>`` score per required skill. Several opinions: each kept in ``opinions``; ``scores`` then
+    combine them per criterion (the lowest under ``all``, the lower median under ``majority``)."""
 
     scores: dict[str, int] = Field(default_factory=dict)
     verdict: bool
@@ -74,6 +88,9 @@ class JudgeVerdict(StrictModel):
     endpoint: str = ""
     template_version: str = ""
     usage: Usage = Field(default_factory=Usage)
+    opinions: list[JudgeOpinion] = Field(default_factory=list)
+    combine: str = ""
+    reference_used: bool = False
 
 
 class WithExtras(StrictModel):

@@ -140,7 +140,11 @@ class RecipeSpec(RequestModel):
     def extra_endpoints(self) -> dict[str, str]:
         """Other endpoints the job calls, by the spec field naming them: checked at submit."""
         judge = self.quality.judge if self.has_examples and self.quality.enabled else None
-        return {"quality.judge.endpoint": judge.endpoint} if judge is not None and judge.endpoint else {}
+        if judge is None:
+            return {}
+        if judge.endpoints:
+            return {f"quality.judge.endpoints[{i}]": name for i, name in enumerate(judge.endpoints)}
+        return {"quality.judge.endpoint": judge.endpoint} if judge.endpoint else {}
 
     async def prepare_submit(self, ctx: SubmitContext) -> Prepared:
         """Submit-time resolution (a skill set, a source job's size ...): the spec as it will be stored."""

@@ -7,6 +7,7 @@ reason, so curation always sees every planned item exactly once and the job can 
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -22,7 +23,7 @@ from store.connection import redis_trouble
 from workers import drain
 from workers.batch.parker import BatchParker, Parked, WaitingOnBatch
 from workers.budget import charge, prices_for
-from workers.curate.judge import Judge
+from workers.curate.judge import JudgePanel
 from workers.drain import WorkerDraining
 from workers.llm.client import ChatClient, LLMClient, MeteredClient
 from workers.llm.errors import JobStopped, LLMBadRequest, LLMError, LLMFatal
@@ -182,9 +183,11 @@ async def run_chunk(
     tally: Tally,
     judge_client: ChatClient | None = None,
     settings: Settings | None = None,
+    more_judges: Sequence[ChatClient] = (),
 ) -> ChunkOutcome:
     """Generate the chunk's missing items and emit them; with ``quality.judge`` set (and quality on),
-    ``judge_client`` (the judge endpoint's client) grades each item that came out without an error.
+    ``judge_client`` (the judge endpoint's client) grades each item that came out without an error, with
+    ``more_judges`` (the other ``quality.judge.endpoints``) beside it, each on the same metered path.
     Every answer is kept as it arrives and a rerun of the chunk replays it (``workers.llm.replay``)."""
     outcome = ChunkOutcome()
     state = await records.get_state(redis, record.id)
@@ -213,17 +216,19 @@ async def run_chunk(
     await recipe.prepare(redis, todo)  # what the items read from storage (most recipes: nothing)
     judge_settings = getattr(record.spec, "quality", None)
     judge_settings = judge_settings.judge if judge_settings is not None and judge_settings.enabled else None
-    judge = judge_llm = None
+    judge: JudgePanel | None = None
+    # answers this chunk already got (a rerun) are replayed: no call, no metering, no second payment
     if judge_settings is not None:
-        judge_client = judge_client or client  # no endpoint of its own: the job's endpoint judges
-        judge = Judge.for_client(record, judge_settings, judge_client)
-        judge_llm = metered(judge_client)  # same job counters, same stop on cancel; its own endpoint's prices
+        # no endpoint of its own: the job's endpoint judges. Each judge endpoint: same job counters, same
+        # stop on cancel, its own endpoint's prices
+        seats = [judge_client or client, *(Recorder(c) for c in more_judges)]
+        judge = JudgePanel.for_clients(
+            record, judge_settings, [(seat, replay.replaying(metered(seat), seat)) for seat in seats]
+        )
     elif judge_client is not None:  # a recipe that calls its own judge (eval-math): metered the same way
         recipe.judge_llm = metered(judge_client)
         recipe.judge_json = bool(getattr(getattr(judge_client, "endpoint", None), "json_schema", False))
-    # answers this chunk already got (a rerun) are replayed: no call, no metering, no second payment
     replay_llm = replay.replaying(llm, client)
-    replay_judge = replay.replaying(judge_llm, judge_client or client) if judge_llm is not None else None
     if judge is None and judge_client is not None and recipe.judge_llm is not None:
         recipe.judge_llm = replay.replaying(recipe.judge_llm, judge_client)
 
@@ -255,10 +260,10 @@ async def run_chunk(
             detail = f"{type(exc).__name__}: {exc}"[:500]
             item = recipe.record_for(recipe.item(index), error=Reason.INTERNAL_ERROR, error_detail=detail)
             failures = 0
-        if judge is not None and replay_judge is not None and item.error is None:
+        if judge is not None and item.error is None:
             try:
                 with item_scope(index, "judge"):
-                    item.judge = await judge.judge(item, replay_judge)
+                    item.judge = await judge.judge(item)
             except Parked:
                 outcome.parked += 1
                 return

@@ -95,7 +95,8 @@ async def submit_curate(
     if not uploaded:
         await refuse_uploads_path(settings.data_dir, spec.source.path)
     judge = spec.quality.judge if spec.quality.enabled else None
-    endpoint_name = spec.endpoint or (judge.endpoint if judge else None) or settings.default_endpoint
+    judges = judge.endpoint_names() if judge else []
+    endpoint_name = spec.endpoint or (judges[0] if judges else None) or settings.default_endpoint
     model = ""
     chunk_size = spec.chunk_size or settings.chunk_size
     spec = await _surveyed(spec, settings.data_dir, chunk_size)
@@ -110,8 +111,9 @@ async def submit_curate(
         created_at=datetime.now(UTC),
     )
     if record.spec.needs_endpoint():  # only the judge calls an LLM
-        for name in {endpoint_name, *([judge.endpoint] if judge and judge.endpoint else [])}:
-            endpoint = await endpoints.resolve(redis, settings, name, "quality.judge.endpoint", spec.mode)
+        for name in dict.fromkeys([endpoint_name, *judges]):
+            field = "quality.judge.endpoints" if judge and judge.endpoints else "quality.judge.endpoint"
+            endpoint = await endpoints.resolve(redis, settings, name, field, spec.mode)
             if name == endpoint_name:
                 model, usd_prompt, usd_completion = (
                     endpoint.model,

@@ -25,12 +25,29 @@ from tests.fake_llm import (
     is_planted_shirker,
 )
 from tests.test_end_to_end import STARTER, examples, finished, submit, wait_for
-from workers.curate.judge import CRITERIA, JUDGE_SCHEMA, UNPARSEABLE, Judge, JudgeAnswerInvalid, parse_judgement
+from workers.curate.judge import (
+    ASKED,
+    CRITERIA,
+    UNPARSEABLE,
+    Judge,
+    JudgeAnswerInvalid,
+    judge_schema,
+    parse_judgement,
+)
 from workers.curate.quality import JudgeCheck, QualityFilter
 from workers.llm.client import ChatOptions
 from workers.llm.errors import LLMBadRequest
 
-GOOD = orjson.dumps({"scores": dict.fromkeys(CRITERIA, 5), "verdict": "pass", "reason": "fine"}).decode()
+SKILLS = ["budgeting", "empathetic_communication"]
+PER_SKILL = {f"skill:{s}": 5 for s in SKILLS}
+GOOD = orjson.dumps(
+    {"scores": dict.fromkeys(ASKED, 5), "skills": dict.fromkeys(SKILLS, 5), "verdict": "pass", "reason": "fine"}
+).decode()
+
+
+def all_fives(skills: list[str]) -> dict[str, int]:
+    """A clean pass: every fixed criterion and every skill of the pair at 5."""
+    return dict.fromkeys(CRITERIA, 5) | {f"skill:{s}": 5 for s in skills}
 
 
 class Scripted:
@@ -73,30 +90,43 @@ def _item(**fields: Any) -> GeneratedItem:
 
 
 def test_parse_judgement_is_lenient_but_not_credulous() -> None:
-    scores, passed, reason = parse_judgement(f"Here you go:\n```json\n{GOOD}\n```\nThanks")
-    assert scores == dict.fromkeys(CRITERIA, 5) and passed and reason == "fine"
-    top_level = {"Specific": "4/5", "uses all skills": 9, **{c: 3.6 for c in CRITERIA[2:]}}
-    scores, passed, _ = parse_judgement(orjson.dumps({**top_level, "verdict": "Reject."}).decode())
-    assert scores == {"specific": 4, "uses_all_skills": 5, **{c: 4 for c in CRITERIA[2:]}} and not passed
+    scores, passed, reason = parse_judgement(f"Here you go:\n```json\n{GOOD}\n```\nThanks", SKILLS)
+    assert scores == all_fives(SKILLS) and passed and reason == "fine"
+    # criteria at the top level, a skill as skill:<name>, another by its bare name; uses_all_skills is their lowest
+    top_level = {
+        "Specific": "4/5",
+        "skill:budgeting": 9,
+        "Empathetic Communication": "2",
+        **{c: 3.6 for c in ASKED[1:]},
+    }
+    scores, passed, _ = parse_judgement(orjson.dumps({**top_level, "verdict": "Reject."}).decode(), SKILLS)
+    expected = {"specific": 4, "uses_all_skills": 2, **{c: 4 for c in ASKED[1:]}}
+    assert scores == expected | {"skill:budgeting": 5, "skill:empathetic_communication": 2} and not passed
+    assert parse_judgement(GOOD)[0] == dict.fromkeys(CRITERIA, 5)  # no skills asked: uses_all_skills 5
+    no_skill = GOOD.replace('"empathetic_communication":5', '"other":5')
     for bad in ("no json here", '{"scores": {"specific": 5}, "verdict": "pass"}', GOOD.replace('"pass"', '"maybe"')):
         with pytest.raises(JudgeAnswerInvalid):
-            parse_judgement(bad)
+            parse_judgement(bad, SKILLS)
+    with pytest.raises(JudgeAnswerInvalid, match="skill:empathetic_communication"):
+        parse_judgement(no_skill, SKILLS)  # every required skill must be scored
 
 
 async def test_judge_asks_with_the_rubric_and_a_schema_when_the_endpoint_has_one() -> None:
     judge = Judge(_record(JudgeSettings()), JudgeSettings(max_tokens=300), "strong", "big-model", json_schema=True)
     client = Scripted(GOOD)
     verdict = await judge.judge(_item(), client)
-    assert verdict.verdict and verdict.scores == dict.fromkeys(CRITERIA, 5) and verdict.reason == "fine"
-    assert (verdict.endpoint, verdict.model, verdict.template_version) == ("strong", "judge-m", "v1")
+    assert verdict.verdict and verdict.scores == all_fives(SKILLS) and verdict.reason == "fine"
+    assert (verdict.endpoint, verdict.model, verdict.template_version) == ("strong", "judge-m", "v2")
     assert verdict.usage.calls == 1 and verdict.usage.prompt_tokens == 100
     ((messages, options),) = client.calls
     prompt = messages[-1].content
-    assert options["json_schema"] == JUDGE_SCHEMA and options["max_tokens"] == 300 and options["temperature"] == 0
+    assert options["json_schema"] == judge_schema(SKILLS) and options["max_tokens"] == 300
+    assert options["temperature"] == 0 and not verdict.opinions
     assert "You are grading" in prompt and "- budgeting" in prompt and "- empathetic_communication" in prompt
     assert "$200 a month" in prompt and "separating the money" in prompt
-    for criterion in CRITERIA:
+    for criterion in [*ASKED, *SKILLS]:
         assert f'"{criterion}": <1-5>' in prompt
+    assert '"uses_all_skills"' not in prompt  # derived from the per-skill scores, not asked
     assert Judge(_record(), JudgeSettings(), "x").schema is None  # no JSON-schema support: plain text
 
 
@@ -112,7 +142,9 @@ async def test_unparseable_answer_is_retried_once_then_fails_the_item() -> None:
 
 
 async def test_min_score_overrides_a_lenient_pass_and_a_refused_request_fails() -> None:
-    lukewarm = orjson.dumps({"scores": {**dict.fromkeys(CRITERIA, 4), "correct": 2}, "verdict": "pass", "reason": "ok"})
+    lukewarm = orjson.dumps(
+        {"scores": {**dict.fromkeys(ASKED, 4), "correct": 2}, "skills": dict.fromkeys(SKILLS, 4), "verdict": "pass"}
+    )
     verdict = await Judge(_record(), JudgeSettings(min_score=3), "s").judge(_item(), Scripted(lukewarm.decode()))
     assert not verdict.verdict and "correct 2" in verdict.reason and verdict.scores["correct"] == 2
     verdict = await Judge(_record(), JudgeSettings(min_score=2), "s").judge(_item(), Scripted(lukewarm.decode()))
@@ -211,7 +243,7 @@ def test_judge_on_the_job_endpoint_catches_shirkers_and_counts_in_usage(
 
     accepted, rejected = examples(api, job_id), examples(api, job_id, "rejected")
     for e in accepted:
-        assert e["judge"]["verdict"] is True and e["judge"]["scores"] == dict.fromkeys(CRITERIA, 5), e["judge"]
+        assert e["judge"]["verdict"] is True and e["judge"]["scores"] == all_fives(e["skills"]), e["judge"]
         assert e["judge"]["reason"] == JUDGE_PASS_REASON and e["judge"]["endpoint"] == "fake"
         assert not is_planted_shirker(e["output"])
     judged_out = [e for e in rejected if e["verdict"]["reasons"][0] == "judge_rejected"]
@@ -263,6 +295,6 @@ def test_judge_on_another_endpoint_is_used_for_judging_only(
     for e in accepted:
         assert e["model"] == "fake-model" and e["endpoint"] == "fake"
         assert e["judge"]["model"] == "judge-model" and e["judge"]["endpoint"] == "strong" and e["judge"]["verdict"]
-        assert e["judge"]["scores"] == dict.fromkeys(CRITERIA, 5)
+        assert e["judge"]["scores"] == all_fives(e["skills"]) and len(e["skills"]) >= 2
     judged_out = [e for e in rejected if "judge_rejected" in e["verdict"]["reasons"]]
     assert judged_out and all(e["judge"]["reason"] == JUDGE_REJECT_REASON for e in judged_out)

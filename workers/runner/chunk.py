@@ -21,10 +21,20 @@ async def run_unit(ctx: dict[str, Any], task: ChunkTask, final_try: bool) -> dic
     llm = await res.client(record.endpoint) if record.spec.needs_endpoint() else NoLLM()
     quality = getattr(record.spec, "quality", None)
     judge = quality.judge if quality is not None and quality.enabled else None
-    judge_llm = await res.client(judge.endpoint) if judge is not None and judge.endpoint else None
+    judges = [await res.client(name) for name in judge.endpoint_names()] if judge is not None else []
+    judge_llm = judges[0] if judges else None
     if own_judge := getattr(record.spec, "judge_endpoint", None):  # eval-math's step checker
         judge_llm = await res.client(own_judge)
     outcome = await run_chunk(
-        ctx["redis"], record, recipe, llm, task, final_try, res.tally, judge_client=judge_llm, settings=res.settings
+        ctx["redis"],
+        record,
+        recipe,
+        llm,
+        task,
+        final_try,
+        res.tally,
+        judge_client=judge_llm,
+        settings=res.settings,
+        more_judges=judges[1:],
     )
     return {"emitted": outcome.emitted, "skipped": outcome.skipped}
