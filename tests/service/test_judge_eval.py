@@ -24,7 +24,8 @@ from workers.curate.judge import CRITERIA
 from workers.recipes.judge_eval import JudgeEvalRecipe
 
 TOPICS = ["sourdough starters", "binary search", "tax brackets", "tide tables", "bike gears", "SQL indexes",
-          "compost heaps", "bond yields", "guitar tuning", "password hashing", "rain gardens", "cache eviction"]  # fmt: skip
+          "compost heaps", "bond yields", "guitar tuning", "password hashing", "rain gardens",
+          "cache eviction"]  # fmt: skip
 BAD_KINDS = ["generic", "wrong_fact", "drops_skill"]
 
 
@@ -63,17 +64,22 @@ def labelled_set(n_good: int, n_bad: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for i in range(n_good):
         topic = TOPICS[i % len(TOPICS)]
-        row = {"instruction": f"Explain {topic} to me with worked numbers, case {i}.", "output": good_answer(topic, i),
-               "label": "good"}  # fmt: skip
-        rows.append(row)
+        rows.append({"instruction": f"Explain {topic} to me with worked numbers, case {i}.",
+                     "output": good_answer(topic, i), "label": "good"})  # fmt: skip
     for i in range(n_bad):
         topic, kind = TOPICS[(i + 5) % len(TOPICS)], BAD_KINDS[i % len(BAD_KINDS)]
-        row = {"instruction": f"Explain {topic} to me with worked numbers, case b{i}.",
+        bad: dict[str, Any] = {"instruction": f"Explain {topic} to me with worked numbers, case b{i}.",
                "output": bad_answer(topic, kind, i), "label": "bad", "kind": kind}  # fmt: skip
         if kind == "drops_skill":
-            row["skills"] = ["knitting_patterns", "orbital_mechanics"]
-        rows.append(row)
+            bad["skills"] = ["knitting_patterns", "orbital_mechanics"]
+        rows.append(bad)
     return rows
+
+
+def scripted(response: str, criteria: list[str], config: FakeConfig) -> tuple[dict[str, int], str]:
+    found = scripted_scores(response, criteria, config)
+    assert found is not None
+    return found
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -112,7 +118,7 @@ async def test_judge_eval_report_threshold_errors_and_profile(
 
     # the truth, from the script: scores, verdicts, which answers are unreadable twice (errors)
     criteria = list(CRITERIA)
-    truth = [scripted_scores(r["output"], criteria, config) for r in rows]
+    truth = [scripted(r["output"], criteria, config) for r in rows]
     errors = [scripted_malformed(r["output"], 0, config) and scripted_malformed(r["output"], 1, config) for r in rows]
     retried = sum(scripted_malformed(r["output"], 0, config) for r in rows)
     assert 0 < sum(errors) < retried  # some retries rescue the answer, some do not
@@ -139,14 +145,14 @@ async def test_judge_eval_report_threshold_errors_and_profile(
     # every threshold, recomputed: reject when the verdict fails or the lowest score is under min_score
     sub = [rows[i] for i in judged]
     for t, found in zip(range(1, 6), report["curve"], strict=True):
-        judge_rejects = [truth[i][1] == "fail" or min(truth[i][0].values()) < t for i in judged]  # type: ignore[index]
+        judge_rejects = [truth[i][1] == "fail" or min(truth[i][0].values()) < t for i in judged]
         assert found["min_score"] == t
         assert found["judge"] == rates(sub, judge_rejects)
         both = [h or j for h, j in zip([heuristic[i] for i in judged], judge_rejects, strict=True)]
         assert found["combined"] == rates(sub, both)
     for criterion in criteria:
         for t, found in zip(range(1, 6), report["criterion_curves"][criterion], strict=True):
-            rejects = [truth[i][1] == "fail" or truth[i][0][criterion] < t for i in judged]  # type: ignore[index]
+            rejects = [truth[i][1] == "fail" or truth[i][0][criterion] < t for i in judged]
             assert found["judge"] == rates(sub, rejects)
 
     # the choice: most caught with false rejects <= 25%
@@ -158,11 +164,11 @@ async def test_judge_eval_report_threshold_errors_and_profile(
     for kind in BAD_KINDS:
         mine = [i for i in judged if rows[i].get("kind") == kind]
         at = report["judge_min_score"]
-        rejects = [truth[i][1] == "fail" or min(truth[i][0].values()) < at for i in mine]  # type: ignore[index]
+        rejects = [truth[i][1] == "fail" or min(truth[i][0].values()) < at for i in mine]
         assert report["judge"]["per_kind"][kind] == rates([rows[i] for i in mine], rejects)
 
     # distributions and AUC (pairwise, ties half)
-    overall = {i: min(truth[i][0].values()) for i in judged}  # type: ignore[index]
+    overall = {i: min(truth[i][0].values()) for i in judged}
     good_scores = [overall[i] for i in judged if rows[i]["label"] == "good"]
     bad_scores = [overall[i] for i in judged if rows[i]["label"] == "bad"]
     assert report["score_distribution"]["good"] == {str(s): good_scores.count(s) for s in range(1, 6)}
