@@ -9,6 +9,8 @@ from pydantic import Field, StrictBool, field_validator, model_validator
 
 from schemas.base import MAX_INT, RequestModel
 
+PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a team's quality profile (``schemas.judge_eval``)
+
 
 class DedupSettings(RequestModel):
     exact: StrictBool = True
@@ -154,6 +156,13 @@ class QualitySettings(RequestModel):
         default=None,
         description="LLM judge (off by default); its verdict is checked after the listed checks unless "
         "'judge' is placed in checks",
+    )
+    profile: str | None = Field(
+        default=None,
+        pattern=PROFILE_NAME,
+        description="a team's quality profile (POST /v1/quality-profiles, e.g. from `skillmix judge-eval "
+        "--save-profile`): replaced at submit by its judge settings (endpoint, min_score), so the stored job "
+        "is self-contained; an unknown name is a 422",
     )
 
     @field_validator("checks")

@@ -15,6 +15,7 @@ from schemas.datasets import DataFileSource, format_from_suffix
 from schemas.evaluation import EvalQuestion, EvalResult
 from schemas.examples import RawKey
 from schemas.extract import ExtractAgnosticSpec, ExtractDatasetSpec
+from schemas.judge_eval import JudgeEvalRow, LabelledExample
 from schemas.llm import ChatMessage
 from schemas.math import MathHistory
 from schemas.params import GenerationParams as GenerationParams  # re-exported: specs name them here
@@ -344,6 +345,61 @@ class EvalMathJobSpec(_JobSpecBase):
                 dedup.setdefault("exact", False)
                 dedup.setdefault("near", False)
         return data
+
+
+class JudgeEvalExtras(StrictModel):
+    """A judge-eval record's label and what the heuristic checks said (the judge's verdict is ``judge``)."""
+
+    judge_eval: JudgeEvalRow | None = None
+
+
+@register_spec
+class JudgeEvalJobSpec(_JobSpecBase):
+    """Calibrate a judge (``skillmix judge-eval``, ``POST /v1/judge-evals``): one item per labelled example, on
+    which the default heuristic checks and the judge (``judge``: its endpoint, the job's endpoint) both run.
+    Every example yields one stored record (curation off, ``count`` = the examples, set here); the report
+    (``GET /v1/judge-evals/{id}/report``) is computed from them."""
+
+    recipe: Literal["judge-eval"] = "judge-eval"
+    examples: list[LabelledExample] = Field(min_length=1, max_length=MAX_COUNT)
+    judge: str = Field(min_length=1, max_length=200, description="endpoint name of the judge under test")
+    judge_max_tokens: int = Field(default=512, ge=64, le=8192, description="of the judge's answer")
+    max_false_reject: float = Field(
+        default=0.03, ge=0, le=1, description="the chosen threshold rejects at most this share of the good examples"
+    )
+    count: int = Field(default=0, ge=0, le=MAX_COUNT, description="set from the examples")
+    keep_conversation: StrictBool = False
+    counts_shortfall: ClassVar[bool] = False
+    record_extras: ClassVar[type[StrictModel] | None] = JudgeEvalExtras
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: object) -> object:
+        if isinstance(data, dict):
+            data = dict(data)
+            examples = data.get("examples")
+            if isinstance(examples, list) and examples:
+                data["count"] = len(examples)
+                data["max_items"] = len(examples)
+            if isinstance(data.get("judge"), str):
+                data["endpoint"] = data["judge"]  # the judge is the one endpoint the job calls
+            data.setdefault("item_retries", 0)
+            quality = data.setdefault("quality", {})
+            if isinstance(quality, dict):
+                quality.setdefault("enabled", False)  # the recipe runs the default checks itself, on every example
+            dedup = data.setdefault("dedup", {})
+            if isinstance(dedup, dict):
+                dedup.setdefault("exact", False)
+                dedup.setdefault("near", False)
+        return data
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> Self:
+        if self.endpoint != self.judge:
+            raise ValueError("endpoint: a judge-eval calls only its judge; leave endpoint out or equal to judge")
+        if self.quality.enabled or self.quality.judge is not None or self.quality.profile is not None:
+            raise ValueError("quality: a judge-eval runs the default checks and its judge itself; leave quality out")
+        return self
 
 
 register_spec(ExtractAgnosticSpec)  # submitted at POST /v1/skill-sets/extract, listed after the generation specs

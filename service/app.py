@@ -28,7 +28,18 @@ from service.errors import (
     redis_unavailable,
     skillmix_error,
 )
-from service.routes import audit, curate, endpoints, extract, jobs, review, skill_sets, teams
+from service.routes import (
+    audit,
+    curate,
+    endpoints,
+    extract,
+    jobs,
+    judge_evals,
+    quality_profiles,
+    review,
+    skill_sets,
+    teams,
+)
 from service.routes.metrics import router as metrics_router
 from store.connection import REDIS_ERRORS, open_redis
 from store.skill_sets import publish_once
@@ -122,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(skill_sets.router, dependencies=keyed)
     app.include_router(curate.router, dependencies=keyed)  # POST /v1/curate: curate a dataset a team brings
     app.include_router(review.router, dependencies=keyed)  # /v1/review: the math review queue
+    app.include_router(judge_evals.router, dependencies=keyed)  # /v1/judge-evals: calibrate a judge
+    app.include_router(quality_profiles.router, dependencies=keyed)  # /v1/quality-profiles: saved judge settings
     app.include_router(endpoints.router, dependencies=keyed)  # /v1/endpoints: fleet-wide rate limits
     app.include_router(audit.router, dependencies=keyed)  # /v1/audit: who changed what (admins: every team)
     app.include_router(teams.router, dependencies=keyed)  # /v1/teams, /v1/keys: what `skillmix teams|keys` do

@@ -27,6 +27,7 @@ from service.curate_cli import curate as curate_command
 from service.eval_cli import eval_math, square_law
 from service.export import ExportFormat, OutputFormat, ReviewFilter, Split, parquet_batches, write_hf_dataset
 from service.extract_cli import app as extract_app
+from service.judge_eval_cli import judge_eval
 from service.progress import budget_left
 from service.shirk_cli import shirk
 from service.teams_cli import keys_app, teams_app
@@ -39,6 +40,7 @@ app.command("curate")(curate_command)  # skillmix curate FILE -o DIR
 app.command()(shirk)  # skillmix shirk JOB --rate 0.2 --kind junk|brevity
 app.command("eval-math")(eval_math)  # skillmix eval-math --endpoint NAME --questions FILE -o DIR
 app.command("square-law")(square_law)  # skillmix square-law SUMMARY... -o plot.png
+app.command("judge-eval")(judge_eval)  # skillmix judge-eval LABELLED -o DIR --judge ENDPOINT
 
 
 @app.command()

@@ -78,6 +78,7 @@ Teams and keys (``store.teams``):
   authfail:{address}       string  failed authentications from a client address this window (``service.auth``)
   idem:{t}:{sha256}        string  IdempotentRecord JSON of an Idempotency-Key (by its SHA-256) of team t: pending
                                    (a lease) or done (the first response, kept 24 h; ``store.idempotency``)
+  team:{t}:quality-profiles hash   profile name -> QualityProfile JSON (``store.quality_profiles``)
   idem:{t}:{sha256}:job    string  "fingerprint job_id": the job the key's last claim set out to create (24 h)
 
 Fleet-wide (see ``workers.liveness``):
@@ -149,6 +150,11 @@ def team_day(name: str, day: int) -> str:
 def team_audit(name: str) -> str:
     """stream: the team's writes (``store.audit``), capped."""
     return f"{team(name)}:audit"
+
+
+def quality_profiles(team_name: str) -> str:
+    """hash: profile name -> QualityProfile JSON, the team's named judge settings (``store.quality_profiles``)."""
+    return f"{team(team_name)}:quality-profiles"
 
 
 def team_jobs(name: str) -> str:

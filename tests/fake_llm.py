@@ -87,6 +87,14 @@ class FakeConfig(BatchConfig):
     extract_garbage_rate: float = Field(0.0, ge=0, le=1, description="extraction answers that are not JSON")
     # LLM judge (see "judge" below)
     judge_reject_rate: float = Field(0.0, ge=0, le=1, description="judge verdicts that fail a good pair")
+    judge_script: dict[str, str] = Field(
+        default_factory=dict,
+        description="scripted judge: sha256 hex of a response (stripped) -> good, bad, or a score 1-5 (JSON)",
+    )
+    judge_noise: float = Field(0.0, ge=0, le=1, description="scripted good/bad labels the judge gets backwards")
+    judge_malformed_rate: float = Field(
+        0.0, ge=0, le=1, description="scripted judge answers that are not JSON (per response and attempt)"
+    )
     # MATH^2 recipe (see "math" below)
     math_invalid_pair_rate: float = Field(0.0, ge=0, le=1, description="skill pairs judged invalid (by pair)")
     math_rubric_fail_rate: float = Field(0.0, ge=0, le=1, description="rubric validations answering No")
@@ -275,6 +283,10 @@ def answer(request: dict[str, Any], messages: list[dict[str, str]], config: Fake
 # too (drawn from the request's hash, so deterministic); the rest pass. With a JSON schema the answer is
 # the bare object, otherwise it comes in a ```json fence (the judge must read it leniently). The planted
 # fault is "judge_shirker" or "judge_reject".
+# A scripted judge (``judge_script``: the sha256 of a response's text -> good / bad / a score) grades the
+# responses it names from their hidden labels (``scripted_scores``), gets ``judge_noise`` of them backwards,
+# and answers ``judge_malformed_rate`` of its attempts with prose instead of JSON (``scripted_malformed``,
+# decided per response and attempt, so whether the retry is readable too is known in advance).
 
 JUDGE_MARKER = "You are grading"
 JUDGE_SHIRKER_REASON = "lazy, generic answer that does not answer what was asked"
@@ -288,6 +300,43 @@ def is_planted_shirker(response: str) -> bool:
     return response.strip() in SHIRKS or response.startswith("Answer in one paragraph: ")
 
 
+def response_sha(response: str) -> str:
+    """The key of a response in ``judge_script``."""
+    return hashlib.sha256(response.strip().encode()).hexdigest()
+
+
+def scripted_malformed(response: str, attempt: int, config: FakeConfig) -> bool:
+    """Does the scripted judge answer attempt ``attempt`` (0: first ask, 1: the retry) on ``response`` with junk?"""
+    return _stable(response_sha(response), "malformed", attempt) < config.judge_malformed_rate
+
+
+def scripted_label(response: str, config: FakeConfig) -> str | None:
+    """The label the scripted judge acts on: the script's, flipped for ``judge_noise`` of the responses."""
+    label = config.judge_script.get(response_sha(response))
+    if label in ("good", "bad") and _stable(response_sha(response), "noise") < config.judge_noise:
+        return "bad" if label == "good" else "good"
+    return label
+
+
+def scripted_scores(response: str, criteria: list[str], config: FakeConfig) -> tuple[dict[str, int], str] | None:
+    """(scores per criterion, verdict) of a scripted response, or None if it is not in the script.
+
+    The overall (lowest) score s: from the script when it gives a number, else drawn by the response's hash:
+    a good label 5 (half), 4 (30%) or 3 (20%); a bad one 1, 2 or 3 likewise. One criterion (by hash) gets s,
+    the others 5; the verdict passes exactly when s >= 3."""
+    label = scripted_label(response, config)
+    if label is None:
+        return None
+    if label in ("good", "bad"):
+        u = _stable(response_sha(response), "score")
+        level = 0 if u < 0.5 else 1 if u < 0.8 else 2
+        score = (5 - level) if label == "good" else (1 + level)
+    else:
+        score = min(5, max(1, int(label)))
+    low = criteria[int(_stable(response_sha(response), "criterion") * len(criteria))]
+    return {c: score if c == low else 5 for c in criteria}, "pass" if score >= 3 else "fail"
+
+
 def answer_judge(
     request: dict[str, Any], messages: list[dict[str, str]], digest: bytes, config: FakeConfig
 ) -> tuple[str, str] | None:
@@ -298,7 +347,15 @@ def answer_judge(
     found = _JUDGE_RESPONSE.search(prompt)
     response = found.group(1) if found else ""
     criteria = list(dict.fromkeys(_JUDGE_CRITERION.findall(prompt))) or ["overall"]
-    if is_planted_shirker(response):
+    scripted = scripted_scores(response, criteria, config)
+    if scripted is not None:
+        attempt = sum(m["role"] == "assistant" for m in messages)
+        if scripted_malformed(response, attempt, config):
+            return "I would rate this response fairly well overall, with some weaknesses.", "judge_malformed"
+        scores, verdict = scripted
+        reason = JUDGE_PASS_REASON if verdict == "pass" else JUDGE_REJECT_REASON
+        fault = "" if verdict == "pass" else "judge_scripted_fail"
+    elif is_planted_shirker(response):
         scores, verdict, reason, fault = dict.fromkeys(criteria, 1), "fail", JUDGE_SHIRKER_REASON, "judge_shirker"
     elif _stable(digest.hex(), "judge") < config.judge_reject_rate:
         scores = {c: 2 if c == "correct" else 4 for c in criteria}
@@ -1015,7 +1072,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0, help="0 = pick a free port")
     for name, field in FakeConfig.model_fields.items():
         kind: Any = field.annotation if field.annotation in (int, float) else str
-        if name == "batch_fail_lines":  # the one mapping: JSON, e.g. '{"req-1": "server_error"}'
+        if name in ("batch_fail_lines", "judge_script"):  # the mappings: JSON, e.g. '{"req-1": "server_error"}'
             kind = orjson.loads
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=field.description)
     return parser

@@ -34,6 +34,7 @@ from service.deps import RedisDep, SettingsDep
 from service.errors import NOT_FOUND, OVER_QUOTA, UNPROCESSABLE, not_found
 from service.idempotency import RESPONSES as IDEMPOTENT
 from service.idempotency import IdempotencyKey, create_job, digest
+from service.profiles import resolve_profile
 from service.recipes import own_submit
 from service.uploads import (
     TOO_LARGE,
@@ -94,6 +95,7 @@ async def submit_curate(
     """Survey the dataset, store the job and enqueue all its rows (also used by ``POST /v1/jobs``)."""
     if not uploaded:
         await refuse_uploads_path(settings.data_dir, spec.source.path)
+    spec = await resolve_profile(redis, team, spec)
     judge = spec.quality.judge if spec.quality.enabled else None
     judges = judge.endpoint_names() if judge else []
     endpoint_name = spec.endpoint or (judges[0] if judges else None) or settings.default_endpoint

@@ -31,6 +31,7 @@ from service.export import (
 )
 from service.idempotency import RESPONSES as IDEMPOTENT
 from service.idempotency import IdempotencyKey, create_job, digest
+from service.profiles import resolve_profile
 from service.recipes import SUBMITTERS, RouteContext
 from store import audit, endpoints, jobs, records
 from store import review as review_store
@@ -66,7 +67,8 @@ async def submit_job(
 
 async def _record(spec: GenerationSpec, job_id: str, redis: RedisDep, settings: SettingsDep, team: str) -> JobRecord:
     """The job as stored: its endpoints resolved (a 422 naming the field at submit, not in the worker; a batch
-    job's, each one serving batches)."""
+    job's, each one serving batches); a ``quality.profile`` replaced by the team's saved judge settings."""
+    spec = await resolve_profile(redis, team, spec)
     endpoint_name = spec.endpoint or settings.default_endpoint
     # UnknownEndpoint / NoBatch: a 422 naming the field
     endpoint = await endpoints.resolve(redis, settings, endpoint_name, mode=spec.mode)

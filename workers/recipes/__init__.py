@@ -13,6 +13,7 @@ from workers.recipes.base import ParseFailure, Recipe
 from workers.recipes.curate import NO_ENDPOINT, CurateRecipe, NoLLM
 from workers.recipes.eval_math import EvalMathRecipe
 from workers.recipes.instruct import InstructRecipe
+from workers.recipes.judge_eval import JudgeEvalRecipe
 from workers.recipes.math import MathRecipe
 from workers.recipes.prompts import PromptsRecipe
 from workers.recipes.shirk import ShirkRecipe
@@ -32,7 +33,7 @@ def register_recipe(cls: R) -> R:
     return cls
 
 
-for _builtin in (InstructRecipe, MathRecipe, PromptsRecipe, ShirkRecipe, CurateRecipe, EvalMathRecipe):
+for _builtin in (InstructRecipe, MathRecipe, PromptsRecipe, ShirkRecipe, CurateRecipe, EvalMathRecipe, JudgeEvalRecipe):
     register_recipe(_builtin)
 
 
