@@ -193,7 +193,8 @@ def make_pair(digest: bytes, config: FakeConfig, skills: Sequence[str] = ()) -> 
             fault = name
             break
     if fault == "exact_dup":
-        return Pair(*CANNED[rng.randrange(len(CANNED))], fault=fault)
+        canned_instruction, canned_response = CANNED[rng.randrange(len(CANNED))]
+        return Pair(canned_instruction, _shown(skills) + canned_response, fault=fault)
     if fault == "near_dup":
         words = CANNED[rng.randrange(len(CANNED))][0].split(" ")
         for pos in rng.sample(range(1, len(words)), 2):  # never the leading verb
@@ -266,7 +267,8 @@ def answer(request: dict[str, Any], messages: list[dict[str, str]], config: Fake
         schema = (response_format.get("json_schema") or {}).get("schema") or {}
     if schema is None and PAIR_MARKER not in last_user:
         return _sentences(rng, config.prose_words), ""
-    pair = make_pair(digest, config, _SKILL_LINE.findall(last_user))
+    asked = "\n".join(str(m["content"]) for m in messages if m["role"] == "user")  # the first turn lists them
+    pair = make_pair(digest, config, _SKILL_LINE.findall(asked))
     if schema is not None:
         content = orjson.dumps(fill_schema(schema, pair, rng)).decode()
     else:
