@@ -30,11 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from schemas.curation import QualitySettings
 from schemas.examples import GeneratedItem
+from workers.curate import semantic
 from workers.curate.quality import QualityFilter
+from workers.curate.quality.checks import Embed
 
 DATA = Path("/work/shared/data/ism_sda_k2_1000.json")
 SHIRKERS = Path(__file__).resolve().parent / "shirkers" / "shirkers.jsonl"
+GLANCE = Path(__file__).resolve().parent / "shirkers" / "glance.jsonl"  # whole pairs, skills given
 KINDS = ["junk", "one_paragraph", "refusal", "placeholder", "restatement", "reask", "off_topic", "cut_off"]
+KINDS += ["glance_placeholder", "not_a_request", "no_skill"]
 TARGETS = {"junk": 0.9, "one_paragraph": 0.9}
 MAX_FALSE_REJECTS = 0.03
 MIN_RECORDS_PER_S = 2000
@@ -78,7 +82,9 @@ def cut(text: str, rng: random.Random) -> str:
     return text[: words[lo].end()] + " and the"
 
 
-def build(data: list[dict[str, Any]], shirkers: list[dict[str, Any]], seed: int) -> list[GeneratedItem]:
+def build(
+    data: list[dict[str, Any]], shirkers: list[dict[str, Any]], seed: int, glance: list[dict[str, Any]] = ()
+) -> list[GeneratedItem]:
     rng = random.Random(seed)
     items = [
         item("real", i, r["instruction"], r["output"], skills_of(r), input=r.get("input", ""))
@@ -109,12 +115,17 @@ def build(data: list[dict[str, Any]], shirkers: list[dict[str, Any]], seed: int)
             out = f"{record['instruction']} {suffix}" if rng.random() < 0.5 else f"{suffix} {record['instruction']}"
             items.append(item("reask", n, record["instruction"], out, skills_of(record)))
             n += 1
+    other = random.Random(seed + 1)  # the glance pairs draw their own hosts: the kinds above are unchanged
+    for g in glance:  # junk seen at a glance, as the bundled model wrote it: the whole pair is given
+        skills = g.get("skills") or skills_of(data[other.randrange(len(data))])
+        items.append(item(g["kind"], n, g["instruction"], g["output"], skills))
+        n += 1
     rng.shuffle(items)
     return items
 
 
-def run(items: list[GeneratedItem], settings: QualitySettings) -> tuple[list[Any], float]:
-    quality = QualityFilter(settings)
+def run(items: list[GeneratedItem], settings: QualitySettings, embed: Embed | None) -> tuple[list[Any], float]:
+    quality = QualityFilter(settings, embed=embed)
     start = time.process_time()
     verdicts = [quality.verdict(it) for it in items]
     return verdicts, time.process_time() - start
@@ -127,19 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="timed passes (best is reported)")
     parser.add_argument("--settings", default="{}", help="QualitySettings as JSON")
+    parser.add_argument("--no-embed", action="store_true", help="no_skill_shown by words only (no [embed] model)")
     parser.add_argument("--show-misses", action="store_true")
     parser.add_argument("--show-false-rejects", action="store_true")
     args = parser.parse_args(argv)
 
     data = json.loads(args.data.read_text())
     shirkers = [json.loads(line) for line in args.shirkers.read_text().splitlines() if line.strip()]
+    glance = [json.loads(line) for line in GLANCE.read_text().splitlines() if line.strip()]
     settings = QualitySettings.model_validate_json(args.settings)
-    items = build(data, shirkers, args.seed)
+    items = build(data, shirkers, args.seed, glance)
+    embed = None if args.no_embed else semantic.embedder()
+    if embed is not None:
+        embed(["load the model before the timed passes"])
     timings = []
     for _ in range(max(1, args.repeat)):
-        built = build(data, shirkers, args.seed)  # fresh strings: text caches start cold every pass
-        timings.append(run(built, settings)[1])
-    verdicts, _ = run(items, settings)
+        built = build(data, shirkers, args.seed, glance)  # fresh strings: text caches start cold every pass
+        timings.append(run(built, settings, embed)[1])
+    verdicts, _ = run(items, settings, embed)
 
     total: Counter[str] = Counter()
     caught: Counter[str] = Counter()

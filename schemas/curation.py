@@ -107,11 +107,14 @@ class QualitySettings(RequestModel):
             "one_paragraph",
             "too_brief",
             "ignores_skills",
+            "not_a_request",
+            "no_skill_shown",
             "judge",
         ]
     ] = Field(
         default=[
             "empty_response",
+            "not_a_request",
             "refusal",
             "restates_instruction",
             "repetitive",
@@ -125,8 +128,20 @@ class QualitySettings(RequestModel):
             "one_paragraph",
             "too_brief",
             "ignores_skills",
+            "no_skill_shown",
         ],
         description="optional checks to run, in order (the first reason found is the primary one)",
+    )
+    min_skill_similarity: float = Field(
+        default=0.2,
+        ge=-1.0,
+        le=1.0,
+        description="no_skill_shown: cosine of the example with a skill's definition at which it is exhibited "
+        "([embed] model; consulted only when no word of any skill is used)",
+    )
+    semantic_skills: StrictBool = Field(
+        default=True,
+        description="no_skill_shown: ask the [embed] model when it is installed (else the words alone decide)",
     )
     min_response_words: int = Field(default=40, ge=0, le=MAX_INT)
     min_instruction_words: int = Field(default=5, ge=0, le=MAX_INT)

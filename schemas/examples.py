@@ -43,6 +43,8 @@ class Reason(StrEnum):
     TOO_BRIEF = "too_brief"  # far shorter than the job's typical response
     PLACEHOLDER = "placeholder"  # leaked template text: {{answer}}, [Your Name], <insert ...>
     IGNORES_SKILLS = "ignores_skills"  # touches none of the item's skills
+    NOT_A_REQUEST = "not_a_request"  # the instruction is meta-talk, an answer or a fragment, not a request
+    NO_SKILL_SHOWN = "no_skill_shown"  # neither side of the pair exhibits any of the item's skills
     EXACT_DUPLICATE = "exact_duplicate"
     NEAR_DUPLICATE = "near_duplicate"
     SEMANTIC_DUPLICATE = "semantic_duplicate"  # a paraphrase: embedding cosine >= dedup.semantic_threshold

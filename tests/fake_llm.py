@@ -22,6 +22,7 @@ import re
 import socket
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,8 +175,16 @@ class Pair:
     fault: str | None = None  # exact_dup, near_dup, shirker, refusal, cutoff
 
 
-def make_pair(digest: bytes, config: FakeConfig) -> Pair:
-    """An instruction/response pair; the key's hash decides which planted fault (if any) it carries."""
+def _shown(skills: Sequence[str]) -> str:
+    return f"Drawing on {' and '.join(s.replace('_', ' ') for s in skills)}: " if skills else ""
+
+
+_SKILL_LINE = re.compile(r"^- ([a-z][a-z0-9]*(?:_[a-z0-9]+)*)(?::|$)", re.M)
+
+
+def make_pair(digest: bytes, config: FakeConfig, skills: Sequence[str] = ()) -> Pair:
+    """An instruction/response pair; the key's hash decides which planted fault (if any) it carries. A good
+    response opens by naming the ``skills`` the prompt listed, as a real model exhibits them."""
     u = int.from_bytes(digest[:8]) / 2**64
     rng = random.Random(int.from_bytes(digest[8:16]))
     edges = [
@@ -192,19 +201,20 @@ def make_pair(digest: bytes, config: FakeConfig) -> Pair:
             fault = name
             break
     if fault == "exact_dup":
-        return Pair(*CANNED[rng.randrange(len(CANNED))], fault=fault)
+        canned_instruction, canned_response = CANNED[rng.randrange(len(CANNED))]
+        return Pair(canned_instruction, _shown(skills) + canned_response, fault=fault)
     if fault == "near_dup":
         words = CANNED[rng.randrange(len(CANNED))][0].split(" ")
         for pos in rng.sample(range(1, len(words)), 2):  # never the leading verb
             words[pos] = rng.choice(VOCAB) + ("." if words[pos].endswith(".") else "")
-        return Pair(" ".join(words), _response(rng), fault)
+        return Pair(" ".join(words), _shown(skills) + _response(rng), fault)
     instruction = _instruction(rng)
     if fault == "shirker":
         lazy = f"Answer in one paragraph: {instruction}" if rng.random() < 0.5 else rng.choice(SHIRKS)
         return Pair(instruction, lazy, fault)
     if fault == "refusal":
         return Pair(instruction, REFUSAL, fault)
-    return Pair(instruction, _response(rng), fault)
+    return Pair(instruction, _shown(skills) + _response(rng), fault)
 
 
 def fill_schema(schema: dict[str, Any], pair: Pair, rng: random.Random) -> Any:
@@ -265,7 +275,8 @@ def answer(request: dict[str, Any], messages: list[dict[str, str]], config: Fake
         schema = (response_format.get("json_schema") or {}).get("schema") or {}
     if schema is None and PAIR_MARKER not in last_user:
         return _sentences(rng, config.prose_words), ""
-    pair = make_pair(digest, config)
+    asked = "\n".join(str(m["content"]) for m in messages if m["role"] == "user")  # the first turn lists them
+    pair = make_pair(digest, config, _SKILL_LINE.findall(asked))
     if schema is not None:
         content = orjson.dumps(fill_schema(schema, pair, rng)).decode()
     else:

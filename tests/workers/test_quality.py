@@ -14,6 +14,8 @@ from workers.curate.quality import (
     IncompleteCheck,
     LengthTracker,
     LowNoveltyCheck,
+    NoSkillShownCheck,
+    NotARequestCheck,
     OffTopicCheck,
     OneParagraphCheck,
     PlaceholderCheck,
@@ -502,7 +504,7 @@ def test_response_ignoring_its_skills() -> None:
 
 
 def test_checks_are_configurable_and_ordered() -> None:
-    assert QualitySettings().checks[:4] == ["empty_response", "refusal", "restates_instruction", "repetitive"]
+    assert QualitySettings().checks[:4] == ["empty_response", "not_a_request", "refusal", "restates_instruction"]
     only = QualityFilter(QualitySettings(checks=["vague"]))
     assert [c.name for c in only.checks] == ["error", "cut_off", "vague"]
     assert only.verdict(item(output="ok")).accepted  # too_short is not enabled
@@ -522,8 +524,9 @@ def test_fake_llm_answers_pass_every_check() -> None:
 
     quality = QualityFilter(QualitySettings())
     for i in range(200):
-        pair = make_pair(hashlib.sha256(str(i).encode()).digest(), FakeConfig())
-        it = item(pair.instruction, pair.response, skills=["active_listening", "time_management"])
+        skills = ["active_listening", "time_management"]
+        pair = make_pair(hashlib.sha256(str(i).encode()).digest(), FakeConfig(), skills)
+        it = item(pair.instruction, pair.response, skills=skills)
         assert quality.verdict(it).accepted, quality.verdict(it).detail
 
 
@@ -620,3 +623,162 @@ def test_batch_signatures_equal_the_deduper_minhash() -> None:
         assert _signatures(texts, num_perm) == want
         assert _signatures(texts[::-1], num_perm) == want[::-1]
         assert _signatures(["", ""], num_perm) == [want[0], want[0]]
+
+
+# --- glance-level checks (issue 18): what a person rejects on sight, on either side of the pair -------------
+
+QUICKSTART_JUNK_ANSWER = (
+    "A sourdough starter is a culture of wild yeast and bacteria. [insert description here] Feed it flour and "
+    "water every day, keep it warm, and discard half before each feeding so the acidity stays in check."
+)
+
+
+@pytest.mark.parametrize(
+    ("instruction", "output"),
+    [
+        ("[insert response here] Explain how a sourdough starter ferments and how to keep one alive.", GOOD_ANSWER),
+        (INSTRUCTION, QUICKSTART_JUNK_ANSWER),
+        (INSTRUCTION, "Set the oven to `[insert temperature here]` and bake. " + GOOD_ANSWER),
+        (INSTRUCTION, GOOD_ANSWER + "\n\n```python\nname = <your name>\n```"),
+        (INSTRUCTION, GOOD_ANSWER + " Log it as `{placeholder}`."),
+        ("Write a letter to my landlord about the boiler. [insert response here]", GOOD_ANSWER),
+        ("{instruction}", GOOD_ANSWER),
+    ],
+)
+def test_placeholders_on_both_sides_and_in_code(instruction: str, output: str) -> None:
+    check = PlaceholderCheck()
+    assert check.check(item(instruction, output)) is Reason.PLACEHOLDER
+    side = "response" if output is not GOOD_ANSWER else "instruction"
+    assert check.explain(item(instruction, output)).endswith(f"in the {side}")
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        GOOD_ANSWER + " Index with `arr[i]` and annotate `dict[str, int]`.",
+        GOOD_ANSWER + '\n\n```html\n<div class="loaf">{x}</div>\n```',
+        GOOD_ANSWER + ' Print it with `f"{name}: {temp}C"`.',
+        GOOD_ANSWER + " The area is $\\frac{a}{b}$ and `x[0] = {1, 2}`.",
+    ],
+)
+def test_code_syntax_is_no_placeholder(output: str) -> None:
+    assert PlaceholderCheck().check(item(output=output)) is None
+
+
+def test_personal_fields_stay_allowed_in_a_letter_but_content_fields_do_not() -> None:
+    ask = "Write an email to my landlord asking to fix the boiler."
+    assert PlaceholderCheck().check(item(ask, "Dear Mr Patel,\n\nThe boiler...\n\n[Your Name]")) is None
+    leak = "Dear Mr Patel,\n\n[Insert response here]\n\n[Your Name]"
+    assert PlaceholderCheck().check(item(ask, leak)) is Reason.PLACEHOLDER
+
+
+@pytest.mark.parametrize(
+    "instruction",
+    [
+        "The correct answer is: 2.5. I am not sure about the other part.",  # the issue's quick-start junk
+        "I'm ready to help you edit this response, just let me know which parts need more detail.",
+        "I\u2019m ready to help you edit this response, ...",
+        "Here is the revised instruction: explain the water cycle with an example from a mountain village.",
+        "Sure! Here's a creative writing prompt about a lighthouse keeper.",
+        "As an AI language model, I can provide information on healthy eating for teenagers.",
+        "Python lists are mutable sequences that can hold items of different types.",
+        "The answer is 42 because the function doubles the input twice and then adds two.",
+    ],
+)
+def test_not_a_request(instruction: str) -> None:
+    check = NotARequestCheck()
+    assert check.check(item(instruction)) is Reason.NOT_A_REQUEST
+    assert check.explain(item(instruction)).startswith("not a request: ")
+    assert evaluate(item(instruction)).reasons[0] is Reason.NOT_A_REQUEST
+
+
+@pytest.mark.parametrize(
+    "instruction",
+    [
+        INSTRUCTION,
+        "Write a short poem about the sea at dawn for a greeting card.",
+        "I'm a teacher planning a field trip. I seek advice on keeping thirty children safe at a busy museum.",
+        "Please review my draft below. Here is the revised introduction I wrote: 'Our town was founded in 1820.'",
+        "Is 2.5 the correct answer to 5 divided by 2, or did I make a mistake?",
+        "Given a list of integers, return the indices of the two numbers that add up to a target.",
+        "**Scenario:** You are a museum curator. Draft a label for a Roman coin.",
+    ],
+)
+def test_real_requests_are_requests(instruction: str) -> None:
+    assert NotARequestCheck().check(item(instruction)) is None
+
+
+def test_short_instruction_answered_with_something_else_is_off_topic() -> None:
+    check = OffTopicCheck(0.25, 20)
+    ask = "Explain how tides are caused by the moon."
+    astray = (
+        "Good writing is concise and direct, so I removed extra words, grouped related points together and "
+        "made each paragraph open with its key sentence so the reader can skim it quickly and act on it."
+    )
+    assert check.check(item(ask, astray)) is Reason.OFF_TOPIC
+    assert "short instruction" in check.explain(item(ask, astray))
+    answer = "The moon's gravity pulls the ocean toward it, so the water bulges on the near side " + astray
+    assert check.check(item(ask, answer)) is None  # shares "moon"
+    assert check.check(item(ask, astray, skills=["concise_writing", "editing"])) is None  # the skills' topic
+    assert check.check(item("Say 5.", astray)) is None  # too short to compare
+
+
+SEA_POEM = (
+    "Grey light spills across the bay,\nthe gulls wake up and wheel away,\nthe tide pulls back its silver "
+    "thread,\nand morning paints the water red."
+)
+
+
+def test_no_skill_shown_by_words() -> None:
+    check = NoSkillShownCheck({"cooking_techniques": "explain recipes and kitchen methods"}, 0.2)
+    poem = item(
+        "Write a short poem about the sea at dawn.", SEA_POEM, skills=["cooking_techniques", "python_programming"]
+    )
+    assert check.check(poem) is Reason.NO_SKILL_SHOWN
+    assert "cooking_techniques, python_programming" in check.explain(poem)
+    # One skill is enough: the name's words ("python"), or two words of a description.
+    code = item("Write a short poem about the sea.", SEA_POEM + " (printed by a Python script)", skills=poem.skills)
+    assert check.check(code) is None
+    kitchen = item("Write a poem about the sea.", SEA_POEM + " Then a recipe from my kitchen.", skills=poem.skills)
+    assert check.check(kitchen) is None
+    assert check.check(item(skills=["sourdough_fermentation", "oven_temperature_control"])) is None
+    assert check.check(item(output=SEA_POEM)) is None  # no skills recorded
+
+
+def test_no_skill_shown_asks_the_model_only_when_the_words_found_nothing() -> None:
+    calls: list[list[str]] = []
+
+    def embed(texts: Any) -> Any:
+        import numpy as np
+
+        calls.append(list(texts))
+        # a made-up model: a text is close to a definition when both mention the sea
+        return np.array([[1.0, 0.0] if ("sea" in t or "ocean" in t) else [0.0, 1.0] for t in texts])
+
+    skills = ["cooking_techniques", "marine_biology"]
+    check = NoSkillShownCheck({"marine_biology": "explain life in the ocean"}, 0.2, embed)
+    sea = item("Write a short poem about the sea at dawn.", SEA_POEM, skills=["cooking_techniques", "coastal_poetry"])
+    assert check.check(sea) is Reason.NO_SKILL_SHOWN  # the model saw nothing near either skill
+    assert "similarity 0.00 < 0.2" in check.explain(sea)
+    n = len(calls)
+    assert check.check(item("Describe the tide.", "The sea pulls back its silver thread.", skills=skills)) is None
+    assert len(calls) > n  # the words found nothing, the model found the sea in marine_biology
+    n = len(calls)
+    assert check.check(item(skills=["sourdough_fermentation", "oven_temperature_control"])) is None
+    assert len(calls) == n  # the words decided: no embedding
+
+
+def test_no_skill_shown_falls_back_to_words_when_the_model_fails() -> None:
+    def broken(texts: Any) -> Any:
+        raise OSError("model files missing")
+
+    check = NoSkillShownCheck({}, 0.2, broken)
+    poem = item("Write a short poem about the sea at dawn.", SEA_POEM, skills=["cooking_techniques", "algebra"])
+    assert check.check(poem) is Reason.NO_SKILL_SHOWN and check.embed is None
+
+
+def test_the_filter_passes_the_job_skill_descriptions() -> None:
+    quality = QualityFilter(QualitySettings(checks=["no_skill_shown"]), {"cooking_techniques": "recipes kitchen"})
+    [check] = [c for c in quality.checks if isinstance(c, NoSkillShownCheck)]
+    assert check.descriptions == {"cooking_techniques": "recipes kitchen"}
+    assert "no_skill_shown" in QualitySettings().checks and "not_a_request" in QualitySettings().checks

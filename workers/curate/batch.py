@@ -30,6 +30,7 @@ from schemas.examples import GeneratedItem, QualityVerdict, Reason
 from schemas.jobs import JobRecord
 from schemas.llm import Usage
 from store import keys
+from workers.curate import semantic
 from workers.curate.decide import _DECIDE_AND_STORE
 from workers.curate.dedup import (
     _CHECK_AND_ADD,
@@ -41,7 +42,7 @@ from workers.curate.dedup import (
     exact_hash,
     shingles,
 )
-from workers.curate.quality import QualityFilter
+from workers.curate.quality import QualityFilter, quality_filter_for
 
 
 class Curator(Protocol):
@@ -147,14 +148,14 @@ def _request(item: GeneratedItem) -> str:
 
 
 async def curate_batch(consumer: Curator, record: JobRecord, items: list[GeneratedItem]) -> None:
-    redis, job_id, spec = consumer.redis, record.id, record.spec
+    redis, job_id = consumer.redis, record.id
     unique = list({item.index: item for item in reversed(items)}.values())[::-1]  # first delivery of an index
     earlier = await redis.hmget(keys.decisions(job_id), [str(item.index) for item in unique])
     todo = [item for item, prev in zip(unique, earlier, strict=True) if prev is None]
     if not todo:
         return
     if job_id not in consumer._filters:
-        consumer._filters[job_id] = QualityFilter(spec.quality)
+        consumer._filters[job_id] = quality_filter_for(record, semantic.embedder())
     run = _Run(redis, record, consumer._filters[job_id])
     # Sub-batches overlap Redis and Python: while Redis runs one sub-batch's dedup script, the next one's quality
     # checks run here. Dedup scripts still go one after another, in stream order (each is sent only once the

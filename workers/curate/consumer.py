@@ -17,10 +17,11 @@ from schemas.jobs import JobRecord, JobState
 from schemas.settings import Settings
 from store import keys, records
 from store.lifecycle import advance
+from workers.curate import semantic
 from workers.curate.batch import batched, curate_batch
 from workers.curate.decide import Pending, decide_many
 from workers.curate.dedup import Deduper
-from workers.curate.quality import QualityFilter
+from workers.curate.quality import QualityFilter, quality_filter_for
 from workers.curate.semantic import SemanticDeduper
 from workers.logs import job_context
 
@@ -146,7 +147,7 @@ class CurateConsumer:
     async def _curate(self, record: JobRecord, item: GeneratedItem) -> Pending:
         example_id = f"{record.id}-{item.index}"
         if record.id not in self._filters:
-            self._filters[record.id] = QualityFilter(record.spec.quality)
+            self._filters[record.id] = quality_filter_for(record, semantic.embedder())
         verdict = self._filters[record.id].verdict(item)
         reason = verdict.reasons[0] if verdict.reasons else None
         duplicate_of = None

@@ -47,7 +47,7 @@ import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -280,6 +280,11 @@ def load_model() -> MiniLM:
 def embed(texts: Sequence[str]) -> Matrix:
     """Blocking: embed ``texts`` with the process's model."""
     return load_model().embed(texts)
+
+
+def embedder() -> Callable[[Sequence[str]], Matrix] | None:
+    """``embed`` when the ``[embed]`` extra is installed, else None (the quality checks then use words only)."""
+    return embed if available() else None
 
 
 def cosine(a: str, b: str) -> float:

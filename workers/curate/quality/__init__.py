@@ -15,6 +15,8 @@ from workers.curate.quality.checks import (
     JudgeCheck,
     LengthTracker,
     LowNoveltyCheck,
+    NoSkillShownCheck,
+    NotARequestCheck,
     OffTopicCheck,
     OneParagraphCheck,
     PlaceholderCheck,
@@ -26,7 +28,7 @@ from workers.curate.quality.checks import (
     TooShortCheck,
     VaguenessCheck,
 )
-from workers.curate.quality.filter import QualityFilter
+from workers.curate.quality.filter import QualityFilter, quality_filter_for
 from workers.curate.quality.text import content_words, normalise_text, words
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "JudgeCheck",
     "LengthTracker",
     "LowNoveltyCheck",
+    "NoSkillShownCheck",
+    "NotARequestCheck",
     "OffTopicCheck",
     "OneParagraphCheck",
     "PlaceholderCheck",
@@ -52,5 +56,6 @@ __all__ = [
     "VaguenessCheck",
     "content_words",
     "normalise_text",
+    "quality_filter_for",
     "words",
 ]

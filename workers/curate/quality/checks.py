@@ -7,12 +7,14 @@ generic answers and the instruction re-asked. ``QualityFilter`` (``filter.py``) 
 from __future__ import annotations
 
 import bisect
+import logging
 import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from schemas.examples import GeneratedItem, Reason
 from workers.curate.quality.text import _STOPWORDS, _prose, _stem, _word_set, _words, content_words, normalise_text
@@ -450,11 +452,20 @@ _TASK_WORDS = frozenset(
 _FRAMING_STEMS: frozenset[str] = frozenset()  # _TASK_WORDS and the vague words, set below
 
 
-class OffTopicCheck(QualityCheck):
-    """A fine answer to another question: it uses almost none of the instruction's own content words.
+_CREATIVE_RE = re.compile(
+    r"\b(?:poems?|poetry|verses?|stor(?:y|ies)|tales?|haiku|limerick|sonnet|song|lyrics|jokes?|riddle|fiction"
+    r"|fable|slogan|tagline|names?|metaphor|dialogue|scene)\b",
+    re.I,
+)
 
-    Framing words ("provide concrete examples") do not count as shared content. Only instructions with
-    enough content words are judged; a short prompt ("Say 5.") leaves nothing to compare.
+
+class OffTopicCheck(QualityCheck):
+    """A response that does not address its instruction: it uses almost none of the instruction's content words.
+
+    Framing words ("provide concrete examples") do not count as shared content. A substantial instruction
+    (``min_instruction_words``) is judged by the share it uses (``min_overlap``); a short one (5 words or more)
+    only when the response uses none of its content words and none of the item's skill words either (the
+    instruction's topic). A prompt shorter still ("Say 5.") leaves nothing to compare.
     """
 
     name = "off_topic"
@@ -462,6 +473,8 @@ class OffTopicCheck(QualityCheck):
     MIN_ASKED_WORDS = 6
     MIN_RESPONSE_WORDS = 20
     MIN_FUNCTION_WORD_SHARE = 0.2
+    MIN_SHORT_INSTRUCTION_WORDS = 5
+    MIN_SHORT_ASKED_WORDS = 2
 
     def __init__(self, min_overlap: float, min_instruction_words: int) -> None:
         self.min_overlap = min_overlap
@@ -473,8 +486,15 @@ class OffTopicCheck(QualityCheck):
             return 0, 1.0
         return len(asked), len(asked & content_words(item.output)) / len(asked)
 
+    def _short(self, item: GeneratedItem) -> bool:
+        return len(_words(item.instruction)) < self.min_instruction_words
+
+    def _on_skills(self, item: GeneratedItem) -> bool:
+        return bool(item.skills) and bool(_skill_words(item.skills) & content_words(item.output))
+
     def check(self, item: GeneratedItem) -> Reason | None:
-        if len(_words(item.instruction)) < self.min_instruction_words:
+        short = self._short(item)
+        if short and len(_words(item.instruction)) < self.MIN_SHORT_INSTRUCTION_WORDS:
             return None
         tokens = _words(item.output)
         if len(tokens) < self.MIN_RESPONSE_WORDS:
@@ -484,10 +504,18 @@ class OffTopicCheck(QualityCheck):
         if sum(map(_STOPWORDS.__contains__, tokens)) < self.MIN_FUNCTION_WORD_SHARE * len(tokens):
             return None
         n_asked, overlap = self._measure(item)
+        if short:  # few words to compare: only a response sharing none of them, nor its skills' topic
+            if n_asked < self.MIN_SHORT_ASKED_WORDS or overlap > 0 or _CREATIVE_RE.search(item.instruction):
+                return None  # a poem or a story need not echo its prompt's words
+            if self._on_skills(item):
+                return None
+            return self.reason
         return self.reason if n_asked >= self.MIN_ASKED_WORDS and overlap < self.min_overlap else None
 
     def explain(self, item: GeneratedItem) -> str:
         n_asked, overlap = self._measure(item)
+        if self._short(item):
+            return f"off topic: uses none of the short instruction's {n_asked} content words, nor its skills'"
         return f"off topic: uses {overlap:.0%} of the instruction's {n_asked} content words"
 
 
@@ -791,18 +819,37 @@ _PLACEHOLDER_RES = [
 ]
 
 
+# Inside code, braces and brackets are syntax (``arr[i]``, ``dict[str, int]``, ``<div>``, ``{x}``): only a
+# bracket holding the words of a field to fill in is a placeholder there (``[insert description here]``,
+# ``<your name>``, ``{placeholder}``).
+_CODE_PLACEHOLDER_RE = re.compile(
+    r"[\[<{]\s*(?:(?:insert|enter|your|placeholder|todo)(?:\b|_)|(?:add|fill in|type|put) )[^\[\]<>{}\n]{0,60}[\]>}]"
+    r"|[\[<{][^\[\]<>{}\n]{0,60}\b(?:goes )?here\s*[\]>}]",
+    re.I,
+)
+# A field for generated content itself ("[insert response here]", "<your answer>"): a leak even in a letter.
+_CONTENT_FIELD_RE = re.compile(
+    r"\b(?:response|answer|instruction|question|output|description|explanation|content|text|code)\b", re.I
+)
+
+
 class PlaceholderCheck(QualityCheck):
-    """Leaked template or placeholder text: ``{{your_answer}}``, ``{response}``, ``[Your Name]``,
-    ``<insert example>``. Code (fenced or inline) is skipped: braces are normal there. Bracketed fill-in
-    fields ("[Your Name]", "[Date]") are allowed when the instruction asks for a letter, email, template
-    or similar document the user completes; elsewhere they are a leak."""
+    """Leaked template or placeholder text, in the instruction (and input) as well as the response:
+    ``{{your_answer}}``, ``{response}``, ``[Your Name]``, ``<insert example>``, ``[insert response here]``.
+
+    In code (fenced or inline) only fill-in brackets count (``[insert description here]``, ``<your name>``,
+    ``{placeholder}``), never syntax such as ``arr[i]`` or ``{x}``. Bracketed personal fields ("[Your Name]",
+    "[Date]") are allowed when the instruction asks for a letter, email, template or similar document the
+    user completes; a field for the generated content itself ("[insert response here]") never is."""
 
     name = "placeholder"
     reason = Reason.PLACEHOLDER
 
-    def _find(self, item: GeneratedItem) -> str | None:
-        text = item.output
-        if "`" in text:
+    def _find_in(self, text: str, document: bool) -> str | None:
+        if "`" in text or "~~~" in text:
+            for span in _CODE_RE.findall(text):
+                if match := _CODE_PLACEHOLDER_RE.search(span):
+                    return match.group(0)
             text = _CODE_RE.sub(" ", text)
         for openings, pattern in _PLACEHOLDER_RES:
             if len(openings) == 1:
@@ -810,17 +857,99 @@ class PlaceholderCheck(QualityCheck):
                     continue
             elif not (("ere" in text or "ERE" in text or "psum" in text) and any(o in text for o in openings)):
                 continue  # every multi-character opening contains "ere", "ERE" or "psum"
-            if openings is _FILL_IN and _asks_for_document(item.instruction):
-                continue
-            if match := pattern.search(text):
+            for match in pattern.finditer(text):
+                if openings is _FILL_IN and document and not _CONTENT_FIELD_RE.search(match.group(0)):
+                    continue
                 return match.group(0)
+        return None
+
+    def _find(self, item: GeneratedItem) -> tuple[str, str] | None:
+        document = _asks_for_document(item.instruction)
+        for side, text in (("response", item.output), ("instruction", item.instruction), ("input", item.input)):
+            if text and (found := self._find_in(text, document)):
+                return side, found
         return None
 
     def check(self, item: GeneratedItem) -> Reason | None:
         return self.reason if self._find(item) else None
 
     def explain(self, item: GeneratedItem) -> str:
-        return f"placeholder text {self._find(item)!r}"
+        found = self._find(item)
+        return f"placeholder text {found[1]!r} in the {found[0]}" if found else "placeholder text"
+
+
+# Read against ``_expanded`` text (lower case, "I'm" -> "i am", "here's" -> "here is").
+# Talk about the exchange itself: the model wrote an assistant's reply, or a note about its own draft.
+_META_RE = re.compile(
+    r"^(?:sure|certainly|of course|absolutely|okay|ok|great|here you go|happy to help)\b\s*[,!.:]"
+    r"|\bi am (?:ready|happy|glad|here|able|going|more than happy) to (?:help|assist)\b"
+    r"|\bi would (?:be (?:happy|glad|delighted) to|love to) (?:help|assist)\b"
+    r"|\b(?:here is|here are|below is|this is) (?:the|a|an|my|your) (?:revised|rewritten|improved|updated|edited"
+    r"|modified|refined|reworded|new|final|corrected) (?:instructions?|responses?|answers?|prompts?|questions?"
+    r"|query|version)\b"
+    r"|\bas an (?:ai|artificial intelligence|assistant|language model)\b"
+    r"|\bi hope (?:this|that) helps\b"
+)
+# An answer posing as the question: "The correct answer is: 2.5."
+_ANSWER_RE = re.compile(
+    r"^(?:the )?(?:correct |right |final |short )?(?:answer|solution|result|output|response)(?: is| would be)?\s*[:=]"
+    r"|\bthe (?:correct|right|final) (?:answer|solution|result) (?:is|would be)\b"
+)
+_IMPERATIVES = (
+    "act address adjust advise analyse analyze answer apply argue assess assist break brainstorm build calculate"
+    " check choose clarify classify code compare complete compose condense consider construct convert convince"
+    " correct craft create critique debug decide define defend delve demonstrate derive describe design detail"
+    " detect determine develop devise diagnose discuss document draft draw edit elaborate ensure estimate evaluate"
+    " examine explain explore expand extend find fix focus formulate generate give guide help highlight identify"
+    " illustrate imagine implement improve include incorporate interpret introduce investigate judge justify"
+    " let list make map modify name narrate offer optimise optimize organise organize outline paraphrase persuade"
+    " pick plan plot predict prepare present pretend prioritise prioritize produce program proofread propose prove"
+    " provide rank rate recommend refactor reflect reply rephrase respond review revise rewrite reword role-play"
+    " select set share shorten show simplify simulate sketch solve sort spot state suggest summarise summarize"
+    " support take teach tell test transform translate troubleshoot update use verify walk write return print"
+    " count sum add remove replace insert merge split parse reverse read load format output encode decode"
+    " find sort filter group rename fetch"
+).split()
+# What any request a user makes has: a question, a polite or first-person ask, or an imperative opening a
+# sentence or clause. Every one of the 1,000 real Instruct-SkillMix instructions has one.
+_REQUEST_CUE_RE = re.compile(
+    r"\?|\b(?:please|kindly|can you|could you|would you|will you|help me|i need|i want|i would like"
+    r"|i would (?:appreciate|love)|i am (?:looking|seeking|hoping|wondering|curious)|i seek|seeking (?:advice|help"
+    r"|guidance|suggestions|recommendations|tips|ideas)|looking for|i wonder|any (?:advice|tips|suggestions|ideas"
+    r"|recommendations)|your (?:advice|help|guidance|suggestions|thoughts|input|expertise|recommendations|insights?"
+    r"|opinion|feedback)|tell me|show me|let me know|what|how|why|which|whether|who|when|where)\b"
+    r"|(?:^|[.!:;\n]\s*|\band |, )[\"'*#>\s]*(?:" + "|".join(_IMPERATIVES) + r")\b"
+)
+
+
+class NotARequestCheck(QualityCheck):
+    """An instruction that is not a request a user would make: the model's talk about the exchange ("I'm
+    ready to help you edit this response", "Here is the revised instruction"), an answer posing as the
+    question ("The correct answer is: 2.5. I am not sure about the other part."), or a fragment with no
+    question, ask or imperative at all. Training on it teaches the model to answer things nobody asks."""
+
+    name = "not_a_request"
+    reason = Reason.NOT_A_REQUEST
+    HEAD_CHARS = 300  # meta-talk opens the text; further down it may be a quoted draft
+    MIN_STATEMENT_WORDS = 5  # "Hi", "Thanks!" are turns a user writes; too_short judges them
+
+    def _why(self, item: GeneratedItem) -> str | None:
+        text = _expanded(item.instruction)
+        if not text:
+            return None
+        if match := _META_RE.search(text[: self.HEAD_CHARS]):
+            return f"talks about the exchange: {match.group(0)!r}"
+        if (match := _ANSWER_RE.search(text)) and "?" not in text:
+            return f"an answer, not a question: {match.group(0)!r}"
+        if len(_words(item.instruction)) >= self.MIN_STATEMENT_WORDS and not _REQUEST_CUE_RE.search(text):
+            return "no question, ask or imperative"
+        return None
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        return self.reason if self._why(item) else None
+
+    def explain(self, item: GeneratedItem) -> str:
+        return f"not a request: {self._why(item)}"
 
 
 _GENERIC_SKILL_WORDS = frozenset(_stem(w) for w in "skill skills ability knowledge basic general".split())
@@ -851,6 +980,88 @@ class IgnoresSkillsCheck(QualityCheck):
 
     def explain(self, item: GeneratedItem) -> str:
         return f"uses none of the words of its skills {', '.join(item.skills)}"
+
+
+_log = logging.getLogger(__name__)
+Embed = Callable[[Sequence[str]], Any]  # texts -> unit-length row vectors (``workers.curate.semantic.embed``)
+
+
+class NoSkillShownCheck(QualityCheck):
+    """Neither side of the pair exhibits any of the item's skills (cooking_techniques + python_programming
+    answered with a poem about the sea): the example teaches nothing of what it was made for.
+
+    A skill is exhibited when the instruction, input or response uses a word of its name, or two words of its
+    description (the job's skill set; the judge reads the same). Only when none is, and an ``embed`` function
+    is given (the ``[embed]`` model, when installed), the example's opening is embedded and compared with
+    each skill's "name: description" (cosine, all-MiniLM-L6-v2); a skill at or above ``min_similarity``
+    counts as exhibited. So the model runs only on the few examples the words found nothing in, and the
+    check rejects only what both measures agree on.
+    """
+
+    name = "no_skill_shown"
+    reason = Reason.NO_SKILL_SHOWN
+    MIN_DESCRIPTION_HITS = 2
+    EMBED_CHARS = 1200  # the model reads 256 tokens: the instruction and the response's opening
+
+    def __init__(self, descriptions: dict[str, str], min_similarity: float, embed: Embed | None = None) -> None:
+        self.descriptions = descriptions
+        self.min_similarity = min_similarity
+        self.embed = embed  # ``workers.curate.semantic.embed`` when the [embed] extra is installed
+        self._definitions: dict[str, Any] = {}  # skill name -> embedding of its definition
+        self._last: tuple[GeneratedItem, tuple[bool, float | None]] | None = None  # explain reuses check's
+
+    def _definition(self, skill: str) -> str:
+        words = skill.replace("_", " ")
+        description = self.descriptions.get(skill, "")
+        return f"{words}: {description}" if description else words
+
+    def _lexical(self, item: GeneratedItem) -> bool:
+        said = content_words(item.instruction) | content_words(item.input) | content_words(item.output)
+        for skill in item.skills:
+            if _skill_words([skill]) & said:
+                return True
+            described = content_words(self.descriptions.get(skill, "")) - _FRAMING_STEMS - _GENERIC_SKILL_WORDS
+            if len(described & said) >= self.MIN_DESCRIPTION_HITS:
+                return True
+        return False
+
+    def _similarity(self, item: GeneratedItem) -> float | None:
+        """The best cosine of the example with a skill's definition; None without the model."""
+        if self.embed is None:
+            return None
+        try:
+            missing = [s for s in item.skills if s not in self._definitions]
+            if missing:
+                vectors = self.embed([self._definition(s) for s in missing])
+                self._definitions.update(zip(missing, vectors, strict=True))
+            text = "\n".join(t for t in (item.instruction, item.input, item.output) if t)[: self.EMBED_CHARS]
+            example = self.embed([text])[0]
+        except Exception as exc:  # the words alone decide from now on
+            _log.warning("no_skill_shown: the embedding model failed, words only from now on (%s)", exc)
+            self.embed = None
+            return None
+        return max(float(self._definitions[s] @ example) for s in item.skills)
+
+    def _measure(self, item: GeneratedItem) -> tuple[bool, float | None]:
+        """(shown by words, best similarity when the words showed none and the model is there)."""
+        if self._last is not None and self._last[0] is item:
+            return self._last[1]
+        measured = (True, None) if self._lexical(item) else (False, self._similarity(item))
+        self._last = (item, measured)
+        return measured
+
+    def check(self, item: GeneratedItem) -> Reason | None:
+        if not item.skills:
+            return None
+        shown, similarity = self._measure(item)
+        if shown or (similarity is not None and similarity >= self.min_similarity):
+            return None
+        return self.reason
+
+    def explain(self, item: GeneratedItem) -> str:
+        _, similarity = self._measure(item)
+        text = f"exhibits none of its skills {', '.join(item.skills)}: no word of their names or descriptions"
+        return text + (f", similarity {similarity:.2f} < {self.min_similarity}" if similarity is not None else "")
 
 
 class JudgeCheck(QualityCheck):

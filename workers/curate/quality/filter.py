@@ -8,8 +8,10 @@ from collections import Counter
 
 from schemas.curation import QualitySettings
 from schemas.examples import GeneratedItem, QualityVerdict, Reason
+from schemas.jobs import JobRecord
 from workers.curate.quality.checks import (
     CutOffCheck,
+    Embed,
     EmptyResponseCheck,
     ErrorCheck,
     GenericFillerCheck,
@@ -18,6 +20,8 @@ from workers.curate.quality.checks import (
     JudgeCheck,
     LengthTracker,
     LowNoveltyCheck,
+    NoSkillShownCheck,
+    NotARequestCheck,
     OffTopicCheck,
     OneParagraphCheck,
     PlaceholderCheck,
@@ -32,11 +36,25 @@ from workers.curate.quality.checks import (
 from workers.curate.quality.text import _words
 
 
+def quality_filter_for(record: JobRecord, embed: Embed | None = None) -> "QualityFilter":
+    """The filter for one job: its quality settings and its skill set's descriptions (``no_skill_shown``)."""
+    skill_set = record.skill_set
+    descriptions = {s.name: s.description for s in skill_set.skills if s.description} if skill_set else {}
+    return QualityFilter(record.spec.quality, descriptions, embed)
+
+
 class QualityFilter:
     """Runs the checks a job enabled and counts outcomes (``stats``: total, accepted, per reason)."""
 
-    def __init__(self, settings: QualitySettings) -> None:
+    def __init__(
+        self,
+        settings: QualitySettings,
+        skill_descriptions: dict[str, str] | None = None,
+        embed: Embed | None = None,
+    ) -> None:
         self.settings = settings
+        self.skill_descriptions = skill_descriptions or {}  # the job's skill set: name -> description
+        self.embed = embed if settings.semantic_skills else None  # no_skill_shown's model, when installed
         self.lengths = LengthTracker()
         self.checks: list[QualityCheck] = [ErrorCheck(), CutOffCheck()]
         if settings.enabled:
@@ -80,6 +98,10 @@ class QualityFilter:
                 )
             case "ignores_skills":
                 return IgnoresSkillsCheck()
+            case "not_a_request":
+                return NotARequestCheck()
+            case "no_skill_shown":
+                return NoSkillShownCheck(self.skill_descriptions, s.min_skill_similarity, self.embed)
             case "judge":
                 return JudgeCheck()
         raise ValueError(f"unknown quality check {name!r}")
