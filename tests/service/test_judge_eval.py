@@ -14,13 +14,14 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from schemas.curation import JudgeSettings
+from schemas.examples import GeneratedItem
 from schemas.jobs import JobRecord, JudgeEvalJobSpec
 from schemas.settings import EndpointSettings
 from store import records
 from tests import keyed
 from tests.conftest import REPO, Processes, service_env
-from tests.fake_llm import FakeConfig, response_sha, scripted_malformed, scripted_scores
-from workers.curate.judge import CRITERIA
+from tests.fake_llm import _JUDGE_CRITERION, FakeConfig, response_sha, scripted_malformed, scripted_scores
+from workers.curate.judge import CRITERIA, parse_judgement
 from workers.recipes.judge_eval import JudgeEvalRecipe
 
 TOPICS = ["sourdough starters", "binary search", "tax brackets", "tide tables", "bike gears", "SQL indexes",
@@ -76,9 +77,23 @@ def labelled_set(n_good: int, n_bad: int) -> list[dict[str, Any]]:
     return rows
 
 
-def scripted(response: str, criteria: list[str], config: FakeConfig) -> tuple[dict[str, int], str]:
-    found = scripted_scores(response, criteria, config)
-    assert found is not None
+def scripted(rows: list[dict[str, Any]], config: FakeConfig) -> list[tuple[dict[str, int], str]]:
+    """What the judge records for each row: the fake's scripted scores for the criteria the judge's own prompt
+    asks (per skill too), read back by the judge's parser (``uses_all_skills``: the lowest skill score)."""
+    spec = JudgeEvalJobSpec.model_validate({"judge": "judge", "examples": rows})
+    record = JobRecord(id="x", spec=spec, endpoint="judge", model="m", chunk_size=10, created_at=datetime.now(UTC))
+    recipe = JudgeEvalRecipe(record, "judge", EndpointSettings(base_url="http://127.0.0.1:9/v1", model="m"))
+    found = []
+    for i, row in enumerate(rows):
+        item = GeneratedItem(job_id="x", index=i, skills=row.get("skills", []), instruction=row["instruction"],
+                             input=row.get("input", ""), output=row["output"])  # fmt: skip
+        prompt = next(m.content for m in recipe.judge.messages(item) if m.role == "user")
+        asked = list(dict.fromkeys(_JUDGE_CRITERION.findall(prompt)))
+        answer = scripted_scores(row["output"], asked, config)
+        assert answer is not None
+        body = json.dumps({"scores": answer[0], "verdict": answer[1], "reason": "scripted"})
+        scores, passed, _ = parse_judgement(body, item.skills)
+        found.append((scores, "pass" if passed else "fail"))
     return found
 
 
@@ -118,7 +133,7 @@ async def test_judge_eval_report_threshold_errors_and_profile(
 
     # the truth, from the script: scores, verdicts, which answers are unreadable twice (errors)
     criteria = list(CRITERIA)
-    truth = [scripted(r["output"], criteria, config) for r in rows]
+    truth = scripted(rows, config)
     errors = [scripted_malformed(r["output"], 0, config) and scripted_malformed(r["output"], 1, config) for r in rows]
     retried = sum(scripted_malformed(r["output"], 0, config) for r in rows)
     assert 0 < sum(errors) < retried  # some retries rescue the answer, some do not

@@ -709,7 +709,12 @@ def test_real_requests_are_requests(instruction: str) -> None:
 
 
 def test_short_instruction_answered_with_something_else_is_off_topic() -> None:
-    check = OffTopicCheck(0.25, 20)
+    from workers.curate import semantic
+
+    assert OffTopicCheck(0.25, 20).check(item("Explain how tides are caused by the moon.", "x " * 40)) is None
+    embed = semantic.embedder()  # a short instruction is judged with the model only (words miss paraphrase)
+    assert embed is not None, "the [embed] extra's model is installed in CI"
+    check = OffTopicCheck(0.25, 20, embed)
     ask = "Explain how tides are caused by the moon."
     astray = (
         "Good writing is concise and direct, so I removed extra words, grouped related points together and "
@@ -721,6 +726,11 @@ def test_short_instruction_answered_with_something_else_is_off_topic() -> None:
     assert check.check(item(ask, answer)) is None  # shares "moon"
     assert check.check(item(ask, astray, skills=["concise_writing", "editing"])) is None  # the skills' topic
     assert check.check(item("Say 5.", astray)) is None  # too short to compare
+    paraphrase = (
+        "Several pressures combined in 1789. The monarchy was nearly bankrupt after funding wars, and taxes fell "
+        "mostly on the Third Estate while clergy and nobles kept privileges; poor harvests pushed bread prices up."
+    )
+    assert check.check(item("Summarise the causes of the French Revolution.", paraphrase)) is None
 
 
 SEA_POEM = (

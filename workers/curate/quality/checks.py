@@ -465,7 +465,8 @@ class OffTopicCheck(QualityCheck):
     Framing words ("provide concrete examples") do not count as shared content. A substantial instruction
     (``min_instruction_words``) is judged by the share it uses (``min_overlap``); a short one (5 words or more)
     only when the response uses none of its content words and none of the item's skill words either (the
-    instruction's topic). A prompt shorter still ("Say 5.") leaves nothing to compare.
+    instruction's topic), and the ``[embed]`` model (when installed) finds the two unrelated. A prompt shorter
+    still ("Say 5.") leaves nothing to compare.
     """
 
     name = "off_topic"
@@ -476,9 +477,24 @@ class OffTopicCheck(QualityCheck):
     MIN_SHORT_INSTRUCTION_WORDS = 5
     MIN_SHORT_ASKED_WORDS = 2
 
-    def __init__(self, min_overlap: float, min_instruction_words: int) -> None:
+    MAX_SHORT_SIMILARITY = 0.2  # cosine of instruction and response below which a short one is off topic
+
+    def __init__(self, min_overlap: float, min_instruction_words: int, embed: Embed | None = None) -> None:
         self.min_overlap = min_overlap
         self.min_instruction_words = min_instruction_words
+        self.embed = embed  # a short instruction is judged only with the model: words alone miss paraphrase
+
+    def _unrelated(self, item: GeneratedItem) -> bool:
+        """Whether the model finds the response unrelated to a short instruction (False without the model)."""
+        if self.embed is None:
+            return False
+        try:
+            vectors = self.embed([item.instruction, item.output[:1000]])
+        except Exception as exc:
+            _log.warning("off_topic: the embedding model failed; short instructions are not judged (%s)", exc)
+            self.embed = None
+            return False
+        return float(vectors[0] @ vectors[1]) < self.MAX_SHORT_SIMILARITY
 
     def _measure(self, item: GeneratedItem) -> tuple[int, float]:
         asked = (content_words(item.instruction) | content_words(item.input)) - _FRAMING_STEMS
@@ -509,7 +525,9 @@ class OffTopicCheck(QualityCheck):
                 return None  # a poem or a story need not echo its prompt's words
             if self._on_skills(item):
                 return None
-            return self.reason
+            # "Summarise the causes of the French Revolution." answered about 1789 and the Estates-General shares
+            # no word with it: only the model can tell a paraphrase from an answer to something else
+            return self.reason if self._unrelated(item) else None
         return self.reason if n_asked >= self.MIN_ASKED_WORDS and overlap < self.min_overlap else None
 
     def explain(self, item: GeneratedItem) -> str:

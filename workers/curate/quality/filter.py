@@ -85,7 +85,7 @@ class QualityFilter:
             case "generic_filler":
                 return GenericFillerCheck()
             case "off_topic":
-                return OffTopicCheck(s.min_topic_overlap, s.substantial_instruction_words)
+                return OffTopicCheck(s.min_topic_overlap, s.substantial_instruction_words, self.embed)
             case "vague":
                 return VaguenessCheck(s.max_vagueness)
             case "one_paragraph":
