@@ -133,6 +133,9 @@ class PromptsJobSpec(_JobSpecBase):
             if isinstance(quality, dict):
                 quality.setdefault("min_response_words", 1)
                 quality.setdefault("min_instruction_words", 0)
+                # the prompts are the user's own: whether each reads as a request is theirs to say
+                default_checks = QualitySettings.model_fields["checks"].default
+                quality.setdefault("checks", [c for c in default_checks if c != "not_a_request"])
             dedup = data.setdefault("dedup", {})
             if isinstance(dedup, dict):
                 dedup.setdefault("near", False)

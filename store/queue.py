@@ -3,10 +3,11 @@
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from schemas.jobs import ChunkTask, JobCounters, JobRecord, Step
@@ -116,21 +117,41 @@ async def enqueue_range(redis: ArqRedis, record: JobRecord, start: int, stop: in
     await enqueue_steps(redis, record.id, chunks(record, start, stop))
 
 
+# KEYS: the queue. ARGV: arq's job key prefix, its result key prefix, the job keys' TTL (ms), then per step its
+# arq id, queue score and serialized job. What ``ArqRedis.enqueue_job`` does for one job (a unit whose job or
+# result key exists is not enqueued again), for a whole batch in one round trip.
+_ENQUEUE = """
+local added = 0
+for i = 4, #ARGV, 3 do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[1] .. id, ARGV[2] .. id) == 0 then
+    redis.call('SET', ARGV[1] .. id, ARGV[i + 2], 'PX', ARGV[3])
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], id)
+    added = added + 1
+  end
+end
+return added
+"""
+ENQUEUE_BATCH = 500  # steps per script call: a 100,000-item job's 3,000 chunks go in 7 round trips
+
+
 async def enqueue_steps(redis: ArqRedis, job_id: str, steps: Sequence[Step]) -> None:
     """The one way a unit of work enters the queue: as a ``Step`` for the runner's one arq function, under its
     deterministic id. Queue scores come from ``fair_start``, so jobs interleave instead of queueing behind
-    each other, whatever their kind."""
+    each other, whatever their kind. Steps go in batches (``_ENQUEUE``), not one transaction each."""
+    if not steps:
+        return
     first, stride = await fair_start(redis, job_id, len(steps))
-    expires = timedelta(milliseconds=redis.expires_extra_ms)  # from now, whatever the (past) score
-    for k, step in enumerate(steps):
-        await redis.enqueue_job(
-            keys.STEP_FUNCTION,
-            step.model_dump(),
-            _job_id=step.arq_id,
-            _queue_name=keys.QUEUE_NAME,
-            _defer_until=datetime.fromtimestamp((first + k * stride) / 1000, UTC),
-            _expires=expires,
-        )
+    expires_ms = redis.expires_extra_ms  # from now, whatever the (past) score
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for lo in range(0, len(steps), ENQUEUE_BATCH):
+        args: list[str | int | bytes] = [job_key_prefix, result_key_prefix, expires_ms]
+        for k, step in enumerate(steps[lo : lo + ENQUEUE_BATCH], start=lo):
+            payload = serialize_job(
+                keys.STEP_FUNCTION, (step.model_dump(),), {}, None, now_ms, serializer=redis.job_serializer
+            )
+            args += [step.arq_id, first + k * stride, payload]
+        await redis.eval(_ENQUEUE, 1, keys.QUEUE_NAME, *args)
 
 
 # Lua helpers of fair share. ``vtime``: a job's "last stride" (an old plain "last" is stride 1). ``team_size``:

@@ -58,9 +58,12 @@ class TeamA:
     item: str
     skill_set: str
     key_id: str
+    judge_eval: str
+    profile: str
 
     def ids(self) -> set[str]:
-        return {self.instruct, self.curate, self.extraction, self.math, self.item, self.skill_set, self.key_id}
+        return {self.instruct, self.curate, self.extraction, self.math, self.item, self.skill_set, self.key_id,
+                self.judge_eval, self.profile}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ def _job_for(path: str, a: TeamA) -> str:
         return a.extraction
     if path.startswith("/v1/review"):
         return a.math
+    if path.startswith("/v1/judge-evals"):
+        return a.judge_eval
     return a.instruct
 
 
@@ -86,6 +91,8 @@ def _name_for(path: str, a: TeamA) -> Param:
         return Param("fake", False)  # endpoints are the fleet's, not a team's (their writes need an admin key)
     if path.startswith("/v1/teams"):
         return Param(keyed.TEAM, True)
+    if path.startswith("/v1/quality-profiles"):
+        return Param(a.profile, True)
     pytest.fail(f"route {path}: no team-A value for path parameter 'name' under this prefix; add it to _name_for")
 
 
@@ -260,7 +267,11 @@ def _team_a(api: str, data: Path) -> TeamA:
     assert listed.status_code == 200 and [i["id"] for i in listed.json()["data"]] == [item], listed.text
     key_ids = asyncio.run(_store(team_store.list_keys, keyed.TEAM))
     member_key = next(k.id for k in key_ids if k.role is Role.MEMBER)
-    return TeamA(instruct, curate, extraction, math_job, item, "a-private", member_key)
+    labelled = [{"instruction": "Name a prime.", "output": "Seven is prime.", "label": "good"}]
+    judge_eval = _created(keyed.post(f"{api}/v1/judge-evals", json={"judge": "fake", "examples": labelled}))
+    profile = {"name": "a-profile", "judge": {"endpoint": "fake", "min_score": 4}}
+    assert keyed.post(f"{api}/v1/quality-profiles", json=profile).status_code == 201
+    return TeamA(instruct, curate, extraction, math_job, item, "a-private", member_key, judge_eval, "a-profile")
 
 
 def test_every_route_keeps_team_a_from_team_b(processes: Processes, redis: ArqRedis, tmp_path: Path) -> None:
@@ -342,7 +353,7 @@ def test_every_route_keeps_team_a_from_team_b(processes: Processes, redis: ArqRe
 
 
 def test_a_route_with_an_unknown_path_parameter_fails_the_matrix() -> None:
-    a = TeamA("j1", "j2", "j3", "j4", "i1", "s1", "k1")
+    a = TeamA("j1", "j2", "j3", "j4", "i1", "s1", "k1", "j5", "p1")
     with pytest.raises(pytest.fail.Exception, match="add it to PARAMS"):
         fill(Route("/v1/widgets/{widget_id}", "GET", ("widget_id",), False), a)
     with pytest.raises(pytest.fail.Exception, match="_name_for"):
