@@ -6,6 +6,7 @@ SIGTERM / Ctrl-C via ``guard``) terminates exactly those pids, then kills any th
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
@@ -80,6 +81,25 @@ def service_env(redis_url: str, endpoints: Mapping[str, Any], default: str, **ex
     )
     env.update({k: v for k, v in extra.items() if v is not None})
     return env
+
+
+def member_key(redis_url: str, src: Path = REPO, purpose: str = "bench") -> str:
+    """A team and a member key in the flushed db, made by ``store.teams`` as the operator CLI makes them."""
+    sys.path.insert(1, str(src))
+    from redis.asyncio import Redis
+
+    from schemas.teams import Role, TeamCreate
+    from store import teams
+
+    async def make() -> str:
+        redis = Redis.from_url(redis_url)
+        try:
+            await teams.create_team(redis, TeamCreate(name="bench"))
+            return (await teams.create_key(redis, "bench", Role.MEMBER, purpose, "cli")).key
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(make())
 
 
 class Stack:

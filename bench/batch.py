@@ -21,7 +21,6 @@ check passed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -33,7 +32,18 @@ import httpx
 import redis as sync_redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import REPO, Stack, cpu_seconds, fake_stats, flush_db, loadavg, report, service_env, source_info
+from _stack import (
+    REPO,
+    Stack,
+    cpu_seconds,
+    fake_stats,
+    flush_db,
+    loadavg,
+    member_key,
+    report,
+    service_env,
+    source_info,
+)
 
 STARTER = REPO / "service" / "data" / "starter-skills.json"
 ENDPOINT = "bench"
@@ -85,25 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--src", type=Path, default=REPO, help="product tree to run (default: this checkout)")
     p.add_argument("--save", default=None, help="also write the JSON line to bench/results/NAME.json")
     return p.parse_args(argv)
-
-
-def member_key(redis_url: str, src: Path) -> str:
-    """A team and a member key in the flushed db, made by ``store.teams`` as the operator CLI makes them."""
-    sys.path.insert(1, str(src))
-    from redis.asyncio import Redis
-
-    from schemas.teams import Role, TeamCreate
-    from store import teams
-
-    async def make() -> str:
-        redis = Redis.from_url(redis_url)
-        try:
-            await teams.create_team(redis, TeamCreate(name="bench"))
-            return (await teams.create_key(redis, "bench", Role.MEMBER, "batch bench", "cli")).key
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(make())
 
 
 class Bench:
@@ -322,7 +313,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.workers):
             stack.worker(env)
         stack.wait_workers(redis)
-        client = httpx.Client(headers={"Authorization": f"Bearer {member_key(args.redis_url, args.src)}"})
+        client = httpx.Client(
+            headers={"Authorization": f"Bearer {member_key(args.redis_url, args.src, 'batch bench')}"}
+        )
         client.post(f"{api}/v1/skill-sets", json=json.loads(STARTER.read_text()), timeout=30).raise_for_status()
         bench = Bench(args, stack, api, base_url, fake, client, redis)
         bench.measure_idle(args.idle_s)

@@ -3,28 +3,30 @@
 (a) Builds the labelled set: the hand-written bad examples of ``bench/judge_set/bad.jsonl`` (eight kinds a
     fluent answer can fail in while passing the heuristics, six each) mixed with good examples drawn at run
     time from the real Instruct-SkillMix data in ``--data`` (never copied into the repository), as LABELLED
-    JSONL: ``{instruction, input, output, skills, label: good|bad, kind}`` (good ones: kind ``real``).
-(b) For the fake endpoint's scripted judge at three noise levels, splits the set in two halves stratified by
-    label and kind, runs ``skillmix judge-eval HALF -o DIR --judge fake --max-false-reject 0.03`` on each,
-    chooses the threshold on the calibration half and checks the false-reject bound on the held-back half.
+    JSONL: ``{instruction, input, output, skills, label: good|bad, kind}`` (good ones: kind ``real``). It is
+    split in two halves stratified by label and kind: A (calibration) and B (held back).
+(b) Starts its own fake endpoint (``python -m tests.fake_llm``) playing a scripted judge that knows every
+    label (``judge_script``: the sha256 of each response -> good / bad), an API and a worker on a Redis db of
+    its own (flushed first), and a team with a member key in it. For each noise level (``judge_noise``, set
+    through the fake's ``/admin/config``: that share of the responses is graded as if its label were the
+    other one) it runs the real command on each half:
+    ``skillmix judge-eval HALF -o DIR --judge fake --max-false-reject 0.03 [--save-profile NAME] --api URL``.
+(c) The threshold is the command's own ``chosen.min_score`` on half A (what ``--save-profile`` saves; none
+    when no min_score meets the bound there). It is applied to half B's per-example verdicts, read from the
+    job's records (``GET /v1/jobs/{id}/examples``: ``judge`` scores and verdict, ``judge_eval`` label, kind and
+    criteria); the bound holds when half B's false-reject rate is within it. Two cross-checks: half B's rates
+    at that min_score equal its own report's curve point, and the plain threshold arithmetic below, run on the
+    same per-example scores, makes the same choice on A (same catch and false-reject rates).
 
-What it expects of ``skillmix judge-eval`` (built on another branch; ``--build-only`` needs none of it):
-
-- ``DIR/report.json`` with ``examples``: one object per LABELLED line, in order, each with ``scores`` (the
-  judge's verdict scores: criterion -> 1-5, as ``JudgeVerdict.scores``) or a single number ``score``, and
-  ``error`` true for an answer that could not be read (counted as a reject, never a pass); optionally
-  ``chosen`` with ``min_score`` (the command's own choice, printed beside ours).
-- the fake (``python -m tests.fake_llm``) taking ``--judge-noise X`` and ``--judge-script LABELLED`` (hidden
-  labels: scores drawn from each example's label with noise X). Both names live in ``fake_knobs`` only.
-
-An example's score is the lowest of its criteria (the judge passes it at ``min_score`` t when every criterion
-scores at least t, as ``quality.judge.min_score``); it is rejected at t when its score is below t. The chosen
-t catches the most bad examples with at most ``--max-false-reject`` of the good ones rejected (the lowest
-such t on a tie). The split and threshold arithmetic are plain functions, tested in
-``tests/test_bench_judge_eval.py``.
+An example's score is the lowest of its criteria; a fail verdict or an unreadable answer is -inf: the judge
+rejects it at every min_score, as ``quality.judge`` does in a job. It is rejected at t when its score is
+below t. The chosen t catches the most bad examples with at most ``--max-false-reject`` of the good ones
+rejected (the lowest such t on a tie). The split and threshold arithmetic are plain functions, tested in
+``tests/test_bench_judge_eval.py``. Prints one JSON line (keys: bench/README.md, "judge_eval.py"); exit status
+0 when the cross-checks agree, whether or not the bound held (that is the finding, not a failure).
 
     python bench/judge_eval.py [--data PATH] [--good 200] [--seed 0] [--out DIR] [--build-only]
-        [--redis-url redis://127.0.0.1:6379/13] [--force]
+        [--redis-url redis://127.0.0.1:6379/13] [--force] [--save judge_eval]
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -132,9 +133,9 @@ def split_halves(rows: Sequence[dict[str, Any]], seed: int) -> tuple[list[int], 
 
 
 def example_score(entry: dict[str, Any]) -> float:
-    """One number per judged example: the lowest criterion score; an unreadable answer is -inf (rejected
-    at every threshold)."""
-    if entry.get("error"):
+    """One number per judged example: the lowest criterion score; an unreadable answer or a fail verdict is
+    -inf (rejected at every threshold, as ``quality.judge`` rejects a fail verdict whatever its scores)."""
+    if entry.get("error") or entry.get("verdict") is False:
         return -math.inf
     scores = entry.get("scores")
     if isinstance(scores, dict) and scores:
@@ -153,11 +154,16 @@ class Rates:
     bads: int
 
 
+def rejected(score: float, threshold: float) -> bool:
+    """Below the threshold; -inf (fail verdict, unreadable) at every threshold, -inf included."""
+    return score < threshold or score == -math.inf
+
+
 def rates(labels: Sequence[str], scores: Sequence[float], threshold: float) -> Rates:
     good = [s for lab, s in zip(labels, scores, strict=True) if lab == "good"]
     bad = [s for lab, s in zip(labels, scores, strict=True) if lab == "bad"]
-    false_reject = sum(s < threshold for s in good) / len(good) if good else 0.0
-    catch = sum(s < threshold for s in bad) / len(bad) if bad else 0.0
+    false_reject = sum(rejected(s, threshold) for s in good) / len(good) if good else 0.0
+    catch = sum(rejected(s, threshold) for s in bad) / len(bad) if bad else 0.0
     return Rates(threshold, false_reject, catch, len(good), len(bad))
 
 
@@ -178,14 +184,17 @@ def choose_threshold(labels: Sequence[str], scores: Sequence[float], max_false_r
 def held_back_check(
     labels: Sequence[str], scores: Sequence[float], calibration: Sequence[int], held: Sequence[int], bound: float
 ) -> dict[str, Any]:
-    """Choose on ``calibration``, measure on ``held``: does the false-reject rate stay within ``bound``?"""
+    """Choose on ``calibration``, measure on ``held``: does the false-reject rate stay within ``bound``? It
+    cannot when no threshold met it on ``calibration`` already (the judge fails too many good ones itself)."""
     chosen = choose_threshold([labels[i] for i in calibration], [scores[i] for i in calibration], bound)
     measured = rates([labels[i] for i in held], [scores[i] for i in held], chosen.threshold)
+    chose = chosen.false_reject <= bound
     return {
         "threshold": chosen.threshold,
         "calibration": asdict(chosen),
+        "calibration_meets_bound": chose,
         "held_back": asdict(measured),
-        "meets_bound": measured.false_reject <= bound,
+        "meets_bound": chose and measured.false_reject <= bound,
     }
 
 
@@ -197,65 +206,221 @@ def catch_by_kind(
     for i in idx:
         if rows[i]["label"] == "bad":
             seen[rows[i]["kind"]] += 1
-            caught[rows[i]["kind"]] += scores[i] < t
+            caught[rows[i]["kind"]] += rejected(scores[i], t)
     return {k: round(caught[k] / seen[k], 3) for k in sorted(seen)}
 
 
 # --- running judge-eval against the fake --------------------------------------------------------------
 
 
-def fake_knobs(noise: float, labelled: Path) -> dict[str, Any]:
-    """The fake's scripted judge (flags added on the judge-eval branch): the one place their names live."""
-    return {"judge_noise": noise, "judge_script": str(labelled), "rpm": 0}
+def fake_script(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The fake's scripted judge: every response's label, keyed as the fake keys it."""
+    from tests.fake_llm import response_sha
+
+    return {response_sha(r["output"]): r["label"] for r in rows}
 
 
-def judge_eval(labelled: Path, out: Path, env: dict[str, str], bound: float) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "service.cli", "judge-eval", str(labelled), "-o", str(out), "--judge", ENDPOINT]
-    argv += ["--max-false-reject", str(bound)]
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(f"judge-eval failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
-    return dict(json.loads((out / "report.json").read_text()))
+def entry_of(example: dict[str, Any]) -> dict[str, Any]:
+    """One job record as ``example_score`` reads it: the judge's scores on the criteria its rubric named (as
+    the report reads them), its verdict; ``error`` when it gave no readable verdict."""
+    judge = example.get("judge") or {}
+    scores = judge.get("scores") or {}
+    criteria = (example.get("judge_eval") or {}).get("criteria") or list(scores)
+    if not scores or any(c not in scores for c in criteria):
+        return {"error": True}
+    return {"scores": {c: scores[c] for c in criteria}, "verdict": bool(judge.get("verdict"))}
 
 
-def run_level(args: argparse.Namespace, rows: list[dict[str, Any]], noise: float, workdir: Path) -> dict[str, Any]:
-    from bench._stack import Stack, flush_db, service_env
+def json_safe(value: Any) -> Any:
+    """-inf (no threshold met the bound: the most lenient) as None, so the line is plain JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value
+
+
+def half_rates(rates_: dict[str, Any]) -> dict[str, Any]:
+    """A report's ``Rates`` as the table shows them."""
+    keys = ("caught", "bad", "catch_rate", "false_rejects", "good", "false_reject_rate")
+    return {k: rates_.get(k) for k in keys}
+
+
+class Runner:
+    """The running stack and a client of its API: one judge-eval per half and noise level."""
+
+    def __init__(self, args: argparse.Namespace, api: str, env: dict[str, str], key: str, fake_url: str) -> None:
+        import httpx
+
+        self.args, self.api, self.fake_url = args, api, fake_url
+        self.env = env | {"SKILLMIX_API_KEY": key, "COLUMNS": "200"}
+        self.client = httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+    def set_noise(self, noise: float) -> None:
+        root = self.fake_url.removesuffix("/v1")
+        self.client.post(root + "/admin/config", json={"judge_noise": noise}).raise_for_status()
+
+    def judge_eval(self, labelled: Path, out: Path, profile: str | None) -> tuple[dict[str, Any], int, str]:
+        """Run the command; (report.json, exit status, its output). Exit 1 is a refused profile."""
+        argv = [sys.executable, "-m", "service.cli", "judge-eval", str(labelled), "-o", str(out), "--judge", ENDPOINT]
+        argv += ["--max-false-reject", str(self.args.max_false_reject), "--api", self.api]
+        argv += ["--save-profile", profile] if profile else []
+        done = subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=1800)
+        text = done.stdout + done.stderr
+        if done.returncode not in (0, 1) or not (out / "report.json").exists():
+            raise RuntimeError(f"judge-eval failed ({done.returncode}): {text[-2000:]}")
+        return dict(json.loads((out / "report.json").read_text())), done.returncode, text
+
+    def examples(self, job_id: str, n: int) -> list[dict[str, Any]]:
+        """The job's records by labelled index (accepted and rejected alike); every one must be there."""
+        found: dict[int, dict[str, Any]] = {}
+        for status in ("accepted", "rejected"):
+            body = self.client.get(f"/v1/jobs/{job_id}/examples", params={"status": status}, timeout=300)
+            body.raise_for_status()
+            for line in body.text.splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    found[int(record["index"])] = record
+        if sorted(found) != list(range(n)):
+            raise RuntimeError(f"job {job_id}: records for {len(found)} of {n} examples")
+        return [found[i] for i in range(n)]
+
+    def profile(self, name: str) -> dict[str, Any] | None:
+        response = self.client.get(f"/v1/quality-profiles/{name}")
+        return dict(response.json()) if response.status_code == 200 else None
+
+
+def run_level(
+    runner: Runner, rows: list[dict[str, Any]], halves: dict[str, list[int]], noise: float, workdir: Path
+) -> dict[str, Any]:
+    """Both halves through the command at one noise level; the threshold from A, measured on B."""
+    runner.set_noise(noise)
+    bound = runner.args.max_false_reject
+    scores = [-math.inf] * len(rows)
+    reports: dict[str, dict[str, Any]] = {}
+    profile = f"bench-noise-{round(noise * 100):02d}"
+    profile_exit = None
+    for name, idx in halves.items():
+        half = write_jsonl([rows[i] for i in idx], workdir / f"{name}-{noise}.jsonl")
+        saving = profile if name == "calibration" else None
+        report, code, _ = runner.judge_eval(half, workdir / f"report-{name}-{noise}", saving)
+        if saving:
+            profile_exit = code
+        elif code:
+            raise RuntimeError(f"judge-eval on {name} exited {code}")
+        for i, record in zip(idx, runner.examples(report["job_id"], len(idx)), strict=True):
+            if record.get("judge_eval", {}).get("label") != rows[i]["label"]:
+                raise RuntimeError(f"job {report['job_id']}: record {record['index']} is not labelled example {i}")
+            scores[i] = example_score(entry_of(record))
+        reports[name] = report
+    a, b = reports["calibration"], reports["held_back"]
+    chosen = a["chosen"]
+    # the command's choice on A, else the most lenient min_score (what forcing a judge in would give)
+    t = chosen["min_score"] if chosen else 1
+    held = halves["held_back"]
+    labels = [r["label"] for r in rows]
+    measured = rates([labels[i] for i in held], [scores[i] for i in held], t)
+    point_b = b["curve"][t - 1]
+    assert point_b["min_score"] == t
+    ours = held_back_check(labels, scores, halves["calibration"], held, bound)
+    saved = runner.profile(profile)
+    result: dict[str, Any] = {
+        "noise": noise,
+        "half_a": {
+            "job_id": a["job_id"],
+            "examples": a["examples"],
+            "chosen_min_score": chosen["min_score"] if chosen else None,
+            "chosen": half_rates(chosen["judge"]) if chosen else None,
+            "note": a["chosen_note"],
+            "lowest_false_reject": min(p["judge"]["false_reject_rate"] for p in a["curve"]),
+            "auc": a["bias"]["auc"],
+            "errors": a["errors"]["total"],
+            "profile": profile,
+            "profile_exit": profile_exit,
+            "profile_saved_min_score": saved["judge"]["min_score"] if saved else None,
+        },
+        "half_b": {
+            "job_id": b["job_id"],
+            "examples": b["examples"],
+            "min_score": t,
+            "judge": half_rates(point_b["judge"]),
+            "combined": half_rates(point_b["combined"]),
+            "heuristics": half_rates(b["heuristics"]["overall"]),
+            "auc": b["bias"]["auc"],
+            "errors": b["errors"]["total"],
+            "catch_by_kind": catch_by_kind(rows, scores, held, t),
+        },
+        "bound_held": chosen is not None and point_b["judge"]["false_reject_rate"] <= bound,
+        "bench_arithmetic": json_safe(ours),
+    }
+    pj = point_b["judge"]
+    agree_a = (chosen is None) is (not ours["calibration_meets_bound"])
+    if chosen:
+        agree_a = agree_a and (ours["calibration"]["catch"], ours["calibration"]["false_reject"]) == (
+            chosen["judge"]["catch_rate"],
+            chosen["judge"]["false_reject_rate"],
+        )
+    result["checks"] = {
+        "records_match_report_b": (measured.catch, measured.false_reject, measured.bads, measured.goods)
+        == (pj["catch_rate"], pj["false_reject_rate"], pj["bad"], pj["good"]),
+        "bench_arithmetic_agrees_on_a": agree_a,
+        "no_errors": a["errors"]["total"] == 0 and b["errors"]["total"] == 0,
+        # a profile is saved exactly when a threshold was chosen, at that threshold
+        "profile_as_chosen": (profile_exit == 0 and saved is not None and saved["judge"]["min_score"] == t)
+        if chosen
+        else (profile_exit == 1 and saved is None),
+    }
+    return result
+
+
+def run(args: argparse.Namespace, rows: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    from bench._stack import Stack, flush_db, loadavg, member_key, service_env, source_info
 
     calibration, held = split_halves(rows, args.seed)
     halves = {"calibration": calibration, "held_back": held}
-    labelled = write_jsonl(rows, workdir / "labelled.jsonl")
     redis = flush_db(args.redis_url, args.force)
     stack = Stack("judge-eval")
     stack.guard()
+    levels = []
+    load0 = loadavg()
     try:
-        base_url = stack.fake(**fake_knobs(noise, labelled))
-        endpoint = {"base_url": base_url, "model": "fake-model", "rpm": 0, "json_schema": True}
-        env = service_env(args.redis_url, {ENDPOINT: endpoint}, ENDPOINT)
+        fake_url = stack.fake(judge_script=json.dumps(fake_script(rows)))
+        endpoint = {"base_url": fake_url, "model": "fake-model", "rpm": 60_000, "tpm": 1_000_000_000}
+        env = service_env(args.redis_url, {ENDPOINT: endpoint | {"json_schema": True}}, ENDPOINT)
         api = stack.api(env)
         stack.worker(env)
         stack.wait_workers(redis)
-        port = api.rsplit(":", 1)[1]
-        env = env | {
-            "SKILLMIX_API_PORT": port,
-            "SKILLMIX_API_KEY": args.api_key or os.environ.get("SKILLMIX_API_KEY", ""),
-        }
-        scores = [-math.inf] * len(rows)
-        chosen_by_command: dict[str, Any] = {}
-        for name, idx in halves.items():
-            half = write_jsonl([rows[i] for i in idx], workdir / f"{name}-{noise}.jsonl")
-            report = judge_eval(half, workdir / f"report-{name}-{noise}", env, args.max_false_reject)
-            for i, entry in zip(idx, report["examples"], strict=True):
-                scores[i] = example_score(entry)
-            chosen_by_command[name] = (report.get("chosen") or {}).get("min_score")
+        runner = Runner(args, api, env, member_key(args.redis_url, REPO, "judge-eval bench"), fake_url)
+        for noise in NOISE_LEVELS:
+            found = run_level(runner, rows, halves, noise, workdir)
+            levels.append(found)
+            a, b = found["half_a"], found["half_b"]
+            print(
+                f"noise {noise:.2f}: half A chose min_score {a['chosen_min_score']} ({a['note']}); half B at "
+                f"min_score {b['min_score']}: catch {b['judge']['catch_rate']:.1%}, false reject "
+                f"{b['judge']['false_reject_rate']:.1%} ({'held' if found['bound_held'] else 'NOT held'}), "
+                f"AUC {b['auc']:.3f}",
+                file=sys.stderr,
+            )
+    except BaseException:
+        print(f"logs in {stack.logdir}", file=sys.stderr)
+        raise
     finally:
         stack.stop()
-    labels = [r["label"] for r in rows]
-    result = held_back_check(labels, scores, calibration, held, args.max_false_reject)
-    result |= {
-        "noise": noise,
-        "command_chose": chosen_by_command,
-        "held_back_catch_by_kind": catch_by_kind(rows, scores, held, result["threshold"]),
+    kinds = Counter(r["kind"] for r in rows)
+    result: dict[str, Any] = {
+        "examples": len(rows),
+        "good": kinds["real"],
+        "bad": len(rows) - kinds["real"],
+        "half_sizes": [len(calibration), len(held)],
+        "seed": args.seed,
+        "max_false_reject": args.max_false_reject,
+        "endpoint": "fake (scripted judge)",
+        "levels": levels,
+        "loadavg_1m": [load0, loadavg()],
     }
+    result["ok"] = all(all(level["checks"].values()) for level in levels)
+    result.update(source_info(REPO))
     return result
 
 
@@ -268,10 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-false-reject", type=float, default=MAX_FALSE_REJECT)
     parser.add_argument("--build-only", action="store_true", help="write LABELLED and stop")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
-    parser.add_argument(
-        "--api-key", default=None, help="an API key of the bench's Redis db (default: SKILLMIX_API_KEY)"
-    )
     parser.add_argument("--force", action="store_true", help="allow flushing Redis db 0")
+    parser.add_argument("--save", default=None, help="also write the JSON line to bench/results/NAME.json")
     args = parser.parse_args(argv)
     if not args.data.exists():
         sys.exit(f"no real data at {args.data}: the good examples are read from there at run time")
@@ -279,21 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = build_labelled(load_bad(), load_good(args.data, args.good, args.seed), args.seed)
     labelled = write_jsonl(rows, workdir / "labelled.jsonl")
     kinds = Counter(r["kind"] for r in rows)
-    print(f"LABELLED: {labelled} ({len(rows)} examples: {dict(sorted(kinds.items()))})")
+    print(f"LABELLED: {labelled} ({len(rows)} examples: {dict(sorted(kinds.items()))})", file=sys.stderr)
     if args.build_only:
         return 0
-    results = []
-    for noise in NOISE_LEVELS:
-        found = run_level(args, rows, noise, workdir)
-        results.append(found)
-        held = found["held_back"]
-        print(
-            f"noise {noise:.2f}: min_score {found['threshold']:g} chosen on the calibration half "
-            f"(catch {found['calibration']['catch']:.0%}); held-back half: false reject {held['false_reject']:.1%} "
-            f"({'meets' if found['meets_bound'] else 'BREAKS'} {args.max_false_reject:.0%}), catch {held['catch']:.0%}"
-        )
-    write_jsonl(results, workdir / "results.jsonl")
-    return 0 if all(r["meets_bound"] for r in results) else 1
+    from bench._stack import report
+
+    return report(lambda: run(args, rows, workdir), args.save, lambda r: bool(r.get("ok")))
 
 
 if __name__ == "__main__":

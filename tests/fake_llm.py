@@ -303,7 +303,7 @@ JUDGE_MARKER = "You are grading"
 JUDGE_SHIRKER_REASON = "lazy, generic answer that does not answer what was asked"
 JUDGE_REJECT_REASON = "the response gets a key fact wrong"
 JUDGE_PASS_REASON = "specific, complete answer that uses all its skills"
-_JUDGE_CRITERION = re.compile(r'"([a-z][a-z0-9_]*)": <1-5>')
+_JUDGE_CRITERION = re.compile(r'"([^"\n]+)": <1-5>')  # any key: a skill may start with a digit (3d_modeling)
 _JUDGE_RESPONSE = re.compile(r"<response>\n(.*?)\n</response>", re.S)
 
 

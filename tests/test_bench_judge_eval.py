@@ -80,6 +80,11 @@ def test_threshold_choice_is_exact_on_known_scores() -> None:
     assert example_score({"error": True, "scores": {"a": 5}}) == -math.inf
     assert example_score({"scores": {"a": 5, "b": 2}}) == 2.0 and example_score({"score": 4}) == 4.0
     assert rates(["bad"], [-math.inf], 1.0).catch == 1.0
+    # a fail verdict rejects at every threshold (as quality.judge), whatever its scores; so does the fallback
+    assert example_score({"scores": {"a": 5}, "verdict": False}) == -math.inf
+    assert example_score({"scores": {"a": 5}, "verdict": True}) == 5.0
+    failing = choose_threshold(["good", "good", "good", "bad"], [-math.inf, 5.0, 5.0, 1.0], 0.03)
+    assert failing.false_reject == 1 / 3  # no threshold keeps it within 3%: the most lenient still rejects one
 
 
 def test_a_threshold_chosen_on_one_half_is_checked_on_the_other() -> None:
@@ -104,6 +109,12 @@ def test_a_threshold_chosen_on_one_half_is_checked_on_the_other() -> None:
     shifted = [1.0 if lab == "bad" else 2.0 if i in held else 5.0 for i, lab in enumerate(labels)]
     strict = held_back_check(labels, shifted, calibration, held, 0.03)  # good scores drift down on the held half
     assert not strict["meets_bound"] and strict["held_back"]["false_reject"] == 1.0
+    # a judge that fails good ones itself meets no bound, even where the held-back half happens to be clean
+    failing_scores = [-math.inf if lab == "good" and i in calibration[:20] else 5.0 if lab == "good" else 1.0
+                      for i, lab in enumerate(labels)]  # fmt: skip
+    broke = held_back_check(labels, failing_scores, calibration, held, 0.03)
+    assert not broke["calibration_meets_bound"] and not broke["meets_bound"]
+    assert broke["held_back"]["false_reject"] == 0.0
 
 
 def test_bad_file_lines_are_checked(tmp_path: Path) -> None:

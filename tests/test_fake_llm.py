@@ -130,3 +130,32 @@ def test_injected_faults_and_admin(fake_llm: FakeLLMFactory) -> None:
     assert httpx.post(f"{fake.admin_url}/admin/config", json={"nope": 1}).status_code == 422
     assert httpx.get(f"{fake.base_url}/models").json()["data"][0]["id"] == "m1"
     assert httpx.get(f"{fake.admin_url}/health").json() == {"status": "ok"}
+
+
+def test_scripted_judge_scores_every_skill_the_judge_asks_for_even_one_starting_with_a_digit() -> None:
+    """The judge's own prompt and parser: a skill named ``3d_modeling`` (in the real data) gets its score."""
+    from schemas.curation import JudgeSettings
+    from schemas.examples import GeneratedItem
+    from schemas.jobs import JobRecord, PromptsJobSpec
+    from tests.fake_llm import response_sha
+    from workers.curate.judge import Judge, parse_judgement
+
+    output = "Export the mesh as STL at 0.1 mm, then slice it with 20% infill and a 0.2 mm layer height."
+    skills = ["wound_management", "3d_modeling"]
+    item = GeneratedItem(job_id="x", index=0, skills=skills, instruction="Print a splint.", output=output)
+    spec = PromptsJobSpec.model_validate({"recipe": "prompts", "prompts": ["x"]})
+    record = JobRecord(id="x", spec=spec, endpoint="judge", model="m", chunk_size=10, created_at=_now())
+    judge = Judge(record, JudgeSettings(endpoint="judge", min_score=1), "judge", "m", True)
+    messages = [{"role": m.role, "content": m.content} for m in judge.messages(item)]
+    request = {"messages": messages, "response_format": {"type": "json_schema"}}
+    config = FakeConfig(judge_script={response_sha(output): "good"})
+    body, fault = answer(request, messages, config)
+    scores, passed, _ = parse_judgement(body, skills)
+    assert fault == "" and passed and "skill:3d_modeling" in scores, body
+    assert min(scores.values()) >= 3  # a good label: 3-5 on every criterion
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
