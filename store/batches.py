@@ -449,16 +449,6 @@ async def unlock(redis: Redis, key: str, owner: str) -> None:
     )
 
 
-async def group_endpoints(redis: Redis, job_id: str) -> list[str]:
-    """The endpoints a job has batch requests for (from its gathering entry and its open batches)."""
-    found: set[str] = set()
-    for bid in await redis.smembers(keys.job_batches(job_id)):
-        record = await load(redis, bid.decode())
-        if record is not None:
-            found.add(record.endpoint)
-    return sorted(found)
-
-
 async def progress(redis: Redis, job_id: str, endpoints: list[str]) -> BatchProgress:
     """A batch job's batches for its status: open files, lines waiting, rounds, age of the oldest open one."""
     groups = [Group(job_id, ep) for ep in endpoints]

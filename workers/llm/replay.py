@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from schemas.llm import ChatMessage, ChatResult
 from schemas.settings import Settings
 from store import keys, stats
+from store.batches import FAILED_MARK  # a kept value starting with it: a batch line that failed for good
 from workers import metrics
 from workers.llm.client import ChatClient, ChatOptions
 from workers.llm.errors import BatchLineFailed
@@ -77,7 +78,6 @@ redis.call('HINCRBY', KEYS[1], 'replayed', 1)
 redis.call('HINCRBYFLOAT', KEYS[2], ARGV[1], 1)
 """
 
-FAILED_MARK = "!"  # a kept value starting with this: a batch line that failed for good (``store.batches``)
 _HOOKS = frozenset({"on_send", "gate"})  # metering's options, not generation parameters
 CHUNK_FIELD = "chunk:"  # index hash field prefix: chunk start -> bytes its hash holds
 
